@@ -1,37 +1,38 @@
 """Sans-IO MQTT 3.1.1 and 5.0: codec, topic rules and session state machine.
 
 Runs on MicroPython and CPython. Nothing here opens a socket or reads a clock:
-callers feed bytes and ``now``. The MQTT 5.0 property code loads only when a
-5.0 packet with properties is encoded or decoded.
+callers feed bytes and ``now``.
+
+Names load on first use (as MicroPython's own ``asyncio`` package does), so a
+board pays RAM only for the parts it touches: a device that never matches
+topics does not load the topic tree, and the MQTT 5.0 property code loads
+only when a 5.0 packet carries properties.
 """
 
 from ._const import *  # noqa: F401,F403
-from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError  # noqa: F401
-from ._packets import (  # noqa: F401
-    Auth,
-    ConnAck,
-    Connect,
-    Disconnect,
-    Packet,
-    PingReq,
-    PingResp,
-    PubAck,
-    PubComp,
-    Publish,
-    PubRec,
-    PubRel,
-    SubAck,
-    Subscribe,
-    Subscription,
-    UnsubAck,
-    Unsubscribe,
-    Will,
+
+_PACKETS = (
+    "Auth ConnAck Connect Disconnect Packet PingReq PingResp PubAck PubComp Publish PubRec "
+    "PubRel SubAck Subscribe Subscription UnsubAck Unsubscribe Will"
 )
-from ._codec import Parser, decode, encode  # noqa: F401
-from ._topic import (  # noqa: F401
-    SubscriptionTree,
-    parse_shared,
-    topic_matches,
-    validate_topic_filter,
-    validate_topic_name,
-)
+_LAZY = {
+    "_errors": "LocalProtocolError MQTTError RemoteProtocolError",
+    "_packets": _PACKETS,
+    "_codec": "Parser decode encode",
+    "_topic": "SubscriptionTree parse_shared topic_matches validate_topic_filter "
+    "validate_topic_name",
+    "_session": "Session CLIENT SERVER",
+}
+
+
+def __getattr__(name):
+    for module in _LAZY:
+        if name in _LAZY[module].split():
+            value = getattr(__import__(__name__ + "." + module, None, None, [name]), name)
+            globals()[name] = value
+            return value
+    raise AttributeError(name)
+
+
+def __dir__():
+    return sorted(list(globals()) + " ".join(_LAZY.values()).split())
