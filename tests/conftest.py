@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -45,6 +46,9 @@ def find_tool(name: str, *fallbacks: str, hint: str = "") -> str:
     Skips the test when it is missing, or fails it under CI=true.
     """
     found = shutil.which(name)
+    if found is None:
+        # Console scripts of this interpreter (pyenv shims may not be rehashed yet).
+        found = shutil.which(name, path=sysconfig.get_path("scripts"))
     if found is None:
         found = next((f for f in fallbacks if os.access(f, os.X_OK)), None)
     if found is None:
