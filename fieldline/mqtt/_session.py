@@ -1,0 +1,753 @@
+"""The MQTT session state machine, for either end of the connection.
+
+Theory of operation
+-------------------
+A ``Session`` is what one MQTT session remembers, kept by the client (role
+CLIENT) or by the server (role SERVER). It outlives network connections and
+never touches a socket or a clock: bytes go in through ``receive_data()``,
+bytes come out of ``data_to_send()``, and time is the ``now`` argument of
+``receive_data()``, ``connect()`` and ``tick()``.
+
+``next_event()`` parses one packet, checks it against ``_RX`` below -- the one
+table saying which packet types each role may receive in each connection
+state -- and runs the handler named there. The handler updates the session,
+queues any automatic answer (PUBACK, PUBREC, PUBCOMP, PINGRESP) and returns
+the packet when the application has something to do with it, which is then
+the event.
+
+Connection states: IDLE (no connection) -> CONNECTING (CONNECT sent or
+received, no CONNACK yet; AUTH may go both ways) -> CONNECTED -> CLOSED
+(DISCONNECT sent or received) -> IDLE again on ``connection_lost()`` or EOF.
+A peer that breaks the protocol moves the session to ERROR: the DISCONNECT
+(or, before CONNACK, the CONNACK) carrying the reason code is queued and
+RemoteProtocolError is raised; write ``data_to_send()`` and close. A call the
+protocol does not allow raises LocalProtocolError and changes nothing.
+
+State kept across connections: our QoS 1/2 messages not yet completed, in
+publish order (``_order`` of packet ids, ``_msgs`` id -> Publish, or PubRel
+once PUBREC came); the first ``_nsent`` of them went out on this connection,
+the rest wait for the peer's Receive Maximum (MQTT-4.9.0-2); the ids of QoS 2
+messages received but not yet released (``_rx2``); the session expiry
+interval. Topic aliases, SUBSCRIBE ids awaiting their ack and keepalive
+timers belong to one connection. The 5.0-only parts (topic aliases, AUTH)
+live in ``_session5`` and load when first needed.
+"""
+
+from ._codec import Parser, encode
+from ._const import (
+    CLIENT_IDENTIFIER_NOT_VALID,
+    KEEP_ALIVE_TIMEOUT,
+    MAX_PACKET_SIZE,
+    MQTT5,
+    MQTT311,
+    PACKET_IDENTIFIER_NOT_FOUND,
+    PACKET_TOO_LARGE,
+    PROTOCOL_ERROR,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    QOS_NOT_SUPPORTED,
+    QUOTA_EXCEEDED,
+    RECEIVE_MAXIMUM_EXCEEDED,
+    RETAIN_NOT_SUPPORTED,
+    SUBSCRIBE,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
+from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
+from ._packets import (
+    ConnAck,
+    Disconnect,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    Subscribe,
+    Subscription,
+    Unsubscribe,
+)
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+CLIENT = const(0)
+SERVER = const(1)
+
+# Connection states.
+IDLE = const(0)
+CONNECTING = const(1)
+CONNECTED = const(2)
+CLOSED = const(3)
+ERROR = const(4)
+
+# State masks (1 << state) for the table.
+_I = const(1)
+_C = const(2)
+_K = const(4)
+
+# Session Expiry Interval meaning "never" (3.1.2.11.2).
+NEVER = 0xFFFFFFFF
+
+# The transition table, indexed by packet type: (states in which a CLIENT may
+# receive it, states in which a SERVER may, handler). A packet outside its
+# states is a Protocol Error: a first packet other than CONNECT
+# (MQTT-3.1.0-1), a second CONNECT (MQTT-3.1.0-2), anything but CONNACK or
+# AUTH before CONNACK (MQTT-3.2.0-1 and 4.12), a packet meant for the other
+# role.
+_RX = (
+    (0, 0, None),  # type 0 is reserved (the codec refuses it)
+    (0, _I, "_rx_connect"),  # CONNECT
+    (_C, 0, "_rx_connack"),  # CONNACK
+    (_K, _K, "_rx_publish"),  # PUBLISH
+    (_K, _K, "_rx_ack"),  # PUBACK
+    (_K, _K, "_rx_ack"),  # PUBREC
+    (_K, _K, "_rx_pubrel"),  # PUBREL
+    (_K, _K, "_rx_ack"),  # PUBCOMP
+    (0, _K, "_rx_sub"),  # SUBSCRIBE
+    (_K, 0, "_rx_suback"),  # SUBACK
+    (0, _K, "_rx_sub"),  # UNSUBSCRIBE
+    (_K, 0, "_rx_suback"),  # UNSUBACK
+    (0, _K, "_rx_pingreq"),  # PINGREQ
+    (_K, 0, None),  # PINGRESP: receive_data() already noted the peer is alive
+    (_K, _C | _K, "_rx_disconnect"),  # DISCONNECT
+    (_C | _K, _C | _K, "_rx_auth"),  # AUTH
+)
+
+# 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
+_V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
+
+
+def _get(p, name, default=None):
+    d = p.properties
+    return d.get(name, default) if d else default
+
+
+def _local(code, why):
+    return LocalProtocolError(code, why)
+
+
+def _remote(why, code=PROTOCOL_ERROR):
+    return RemoteProtocolError(code, why)
+
+
+class Session:
+    """One MQTT session, client or server side; see the module docstring.
+
+    ``role``: CLIENT or SERVER. ``version``: 4 (3.1.1) or 5 (5.0); a server
+    session takes it from the CONNECT. Our own limits, announced to the peer
+    in CONNECT (client) or CONNACK (server) and enforced on what it sends:
+    ``receive_maximum`` (QoS 2 messages we hold unreleased), ``max_packet_size``,
+    ``topic_alias_maximum`` (0: we accept no aliases), ``maximum_qos``
+    (server only). ``auto_alias``: give outgoing topics aliases within the
+    peer's Topic Alias Maximum (5.0).
+
+    Attributes to read: ``state``, ``role``, ``version``, ``client_id``,
+    ``keep_alive`` (in force: Server Keep Alive overrides), and
+    ``session_expiry_interval``.
+    """
+
+    def __init__(
+        self,
+        role=CLIENT,
+        version=MQTT5,
+        receive_maximum=65535,
+        max_packet_size=MAX_PACKET_SIZE,
+        topic_alias_maximum=0,
+        auto_alias=False,
+        maximum_qos=2,
+    ):
+        self.role = role
+        self.version = version
+        self.receive_maximum = receive_maximum
+        self.max_packet_size = max_packet_size
+        self.topic_alias_maximum = topic_alias_maximum
+        self.auto_alias = auto_alias
+        self.maximum_qos = maximum_qos
+        self.state = IDLE
+        self.client_id = ""
+        self.keep_alive = 0
+        self.session_expiry_interval = 0
+        self._connect_expiry = 0
+        self._msgs = {}
+        self._order = []
+        self._rx2 = set()
+        self._next_id = 0
+        self._now = 0
+        self._lost_at = None
+        self._known = False  # a connection was accepted on this session
+        self._had = False  # server: session state existed when CONNECT came
+        self._clean = True
+        self._auth_method = None
+        self._reset()
+
+    def _reset(self):
+        # Everything that belongs to one network connection.
+        self._parser = Parser(self.version if self.role == CLIENT else None, self.max_packet_size)
+        self._out = bytearray()
+        self._events = []
+        self._eof = False
+        self._hold = False  # server: an event awaits accept()/reject()/auth()
+        self._reauth = False
+        self._pending = {}  # SUBSCRIBE/UNSUBSCRIBE id -> (type, count)
+        self._rx_alias = None
+        self._tx_alias = None
+        self._nsent = 0
+        self._ping_at = None
+        self._last_rx = self._last_tx = self._now
+        self._peer_rmax = 65535
+        self._peer_max = MAX_PACKET_SIZE
+        self._peer_alias_max = 0
+        self._peer_qos = 2
+        self._peer_retain = 1
+
+    # -- bytes in, events out -------------------------------------------------
+
+    def receive_data(self, data, now):
+        """Feed bytes read from the network; ``b""`` means EOF. Returns None.
+        Raises LocalProtocolError if a client session has not called connect()."""
+        self._now = now
+        if not data:
+            self._eof = True
+            return
+        if self.role == CLIENT and self.state == IDLE:
+            raise _local(PROTOCOL_ERROR, "receive_data() before connect()")
+        self._last_rx = now
+        self._ping_at = None  # any byte shows the peer is alive
+        self._parser.feed(data)
+
+    def next_event(self):
+        """Return the next event (a packet object) or None when more bytes are
+        needed. Events: Connect, Auth, Subscribe, Unsubscribe (server);
+        ConnAck, SubAck, UnsubAck (client); Publish (a new message, delivered
+        once: already acknowledged as far as the session goes); PubAck,
+        PubComp, or PubRec with reason >= 0x80 (one of our QoS 1/2 messages
+        is complete; a PubAck with 0x95 also reports a queued message found
+        too large for the peer); Disconnect. A server session returns None
+        while a Connect or Auth awaits accept(), reject() or auth(). After EOF
+        and the last event, the session is IDLE as after connection_lost().
+        Raises RemoteProtocolError (session now ERROR, answer queued)."""
+        ev = self._events
+        while True:
+            if ev:
+                return ev.pop(0)
+            st = self.state
+            if st >= CLOSED or self._hold or self.role == CLIENT and st == IDLE:
+                if self._eof and st != IDLE:
+                    self.connection_lost()
+                return None
+            try:
+                p = self._parser.next_packet()
+                if p is None:
+                    if self._eof:
+                        self.connection_lost()
+                    return None
+                row = _RX[p.type]
+                if not row[self.role] & (1 << st):
+                    raise _remote("unexpected packet type %d" % p.type)
+                if row[2]:
+                    p = getattr(self, row[2])(p)
+                else:
+                    p = None
+            except RemoteProtocolError as e:
+                self._fail(e.reason_code)
+                raise
+            if p is not None:
+                return p
+
+    def data_to_send(self):
+        """Return (and forget) the bytes queued for the network, b"" if none."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = bytearray()
+        return bytes(out)
+
+    def connection_lost(self, now=None):
+        """The network connection ended (any state, also after an error).
+        The session state stays for the next connection; per-connection state
+        (aliases, pending SUBSCRIBE ids, unsent bytes, events) is dropped.
+        Returns None; never raises."""
+        if now is not None:
+            self._now = now
+        if self.state != IDLE:
+            self._lost_at = self._now
+        self.state = IDLE
+        self._reset()
+
+    def expired(self, now):
+        """True if the session's expiry interval has run out since its
+        connection was lost (server side: drop the Session then). False while
+        connected or if it never was."""
+        e = self.session_expiry_interval
+        if self.state != IDLE or self._lost_at is None or e == NEVER:
+            return False
+        return now >= self._lost_at + e
+
+    # -- time -----------------------------------------------------------------
+
+    def next_deadline(self):
+        """Return the time at which tick() must next be called, or None if no
+        timer runs (no connection, or Keep Alive 0)."""
+        k = self.keep_alive
+        if not k or self.state != CONNECTED and (self.role == CLIENT or self.state != CONNECTING):
+            return None
+        if self.role == SERVER:
+            return self._last_rx + k * 1.5
+        if self._ping_at is not None:
+            return self._ping_at + k / 2
+        return min(self._last_tx, self._last_rx) + k
+
+    def tick(self, now):
+        """Run the keepalive timers at time ``now``. A client queues a PINGREQ
+        when nothing was sent, or nothing received, for Keep Alive seconds.
+        Returns None. Raises RemoteProtocolError(KEEP_ALIVE_TIMEOUT): server,
+        nothing received for 1.5 x Keep Alive (MQTT-3.1.2-24 in 3.1.1,
+        MQTT-3.1.2-22 in 5.0); client, no answer within Keep Alive / 2 of a
+        PINGREQ (3.1.2.10: "a reasonable amount of time")."""
+        self._now = now
+        d = self.next_deadline()
+        if d is None or now < d:
+            return
+        if self.role == CLIENT and self._ping_at is None:
+            self._send(PingReq())
+            self._ping_at = now
+            return
+        self._fail(KEEP_ALIVE_TIMEOUT)
+        raise _remote("nothing received within the keepalive time", KEEP_ALIVE_TIMEOUT)
+
+    # -- client calls ---------------------------------------------------------
+
+    def connect(self, packet, now):
+        """Client: start a connection with the Connect ``packet`` (its
+        ``protocol_level`` sets the version; our receive_maximum,
+        max_packet_size and topic_alias_maximum are added to its 5.0
+        properties). Clean start discards the session state (MQTT-3.1.2-4).
+        Returns None. Raises LocalProtocolError if not IDLE or the packet is
+        invalid."""
+        self._need(CLIENT, _I)
+        v = packet.protocol_level
+        props = dict(packet.properties) if packet.properties else {}
+        if v == MQTT5:
+            self._our_limits(props)
+            packet.properties = props
+            e = props.get("session_expiry_interval", 0)
+        else:
+            e = 0 if packet.clean_start else NEVER
+            if not packet.client_id and not packet.clean_start:
+                raise _local(CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
+        data = encode(packet, v)  # raises before anything changes
+        self.version = self._parser.version = v
+        self._now = now
+        self._reset()
+        self.client_id = packet.client_id
+        self.keep_alive = packet.keep_alive
+        self._auth_method = props.get("authentication_method")
+        self._connect_expiry = self.session_expiry_interval = e
+        self._clean = packet.clean_start
+        if self._clean:
+            self._discard()
+        self.state = CONNECTING
+        self._put(data)
+
+    def subscribe(self, subscriptions, properties=None):
+        """Client: send SUBSCRIBE for a Subscription, a topic filter string
+        (QoS 0) or a list of those. Returns the packet id; the SubAck event
+        answers it. Raises LocalProtocolError if not connected or invalid."""
+        subs = subscriptions if isinstance(subscriptions, list) else [subscriptions]
+        subs = [Subscription(s) if isinstance(s, str) else s for s in subs]
+        return self._request(Subscribe, subs, properties)
+
+    def unsubscribe(self, topic_filters, properties=None):
+        """Client: send UNSUBSCRIBE for a filter or a list of filters. Returns
+        the packet id; the UnsubAck event answers it. Raises LocalProtocolError."""
+        if isinstance(topic_filters, str):
+            topic_filters = [topic_filters]
+        return self._request(Unsubscribe, topic_filters, properties)
+
+    def ping(self):
+        """Client: send PINGREQ now (tick() does this by itself). Returns None."""
+        self._need(CLIENT, _K)
+        self._send(PingReq())
+        self._ping_at = self._now
+
+    # -- server calls ---------------------------------------------------------
+
+    def accept(self, properties=None, assigned_client_id=None, resume=None):
+        """Server: accept the CONNECT (after the Connect event, or an Auth
+        event) with a CONNACK carrying ``properties``; our limits and the
+        authentication method are added. ``assigned_client_id`` (str, or an
+        int counter turned into "auto-N") names a client that sent an empty
+        client id (MQTT-3.1.3-6). ``resume``: the broker's stored Session for
+        this client id, whose state moves into this one (default: this
+        session's own state, if it had a connection before). Session Present
+        is set when state is resumed and Clean Start was 0 (MQTT-3.2.2-2, -3);
+        unacknowledged messages are then resent. Returns the Session Present
+        flag. Raises LocalProtocolError if not awaiting a CONNECT answer."""
+        from ._session_server import accept
+
+        return accept(self, properties, assigned_client_id, resume)
+
+    def reject(self, reason_code, properties=None):
+        """Server: refuse the CONNECT with a CONNACK carrying ``reason_code``
+        (5.0 code >= 0x80; mapped to a 3.1.1 return code, e.g. 0x87 -> 5).
+        The session is then CLOSED: send data_to_send() and close. Returns
+        None. Raises LocalProtocolError if not awaiting a CONNECT answer."""
+        from ._session_server import reject
+
+        reject(self, reason_code, properties)
+
+    def suback(self, packet_id, reason_codes, properties=None):
+        """Server: answer the Subscribe event ``packet_id`` with one reason
+        code per subscription (MQTT-3.9.3-1). Returns None. Raises
+        LocalProtocolError for an unknown id or a wrong count."""
+        from ._session_server import suback
+
+        suback(self, packet_id, reason_codes, properties)
+
+    def unsuback(self, packet_id, reason_codes=None, properties=None):
+        """Server: answer the Unsubscribe event ``packet_id`` (5.0: one reason
+        code per filter, MQTT-3.11.3-1; 3.1.1: none). Returns None. Raises
+        LocalProtocolError for an unknown id or a wrong count."""
+        from ._session_server import unsuback
+
+        unsuback(self, packet_id, reason_codes, properties)
+
+    # -- both ends ------------------------------------------------------------
+
+    def publish(self, topic, payload=b"", qos=0, retain=False, properties=None):
+        """Send an application message. Returns the packet id, or None for QoS
+        0. QoS 1/2 messages are kept until complete (event PubAck, PubComp,
+        or failed PubRec) and wait in order while the peer's Receive Maximum
+        is reached or no connection is up. QoS 0 needs a connection.
+        Raises LocalProtocolError: QoS 0 while not connected, QoS or retain
+        the server does not offer (MQTT-3.2.2-11, -14: QOS_NOT_SUPPORTED,
+        RETAIN_NOT_SUPPORTED), larger than the peer's Maximum Packet Size
+        (PACKET_TOO_LARGE, MQTT-3.2.2-15), or an invalid topic or property."""
+        connected = self.state == CONNECTED
+        if connected:
+            if qos > self._peer_qos:
+                raise _local(QOS_NOT_SUPPORTED, "QoS above the server's Maximum QoS")
+            if retain and not self._peer_retain:
+                raise _local(RETAIN_NOT_SUPPORTED, "the server has no retained messages")
+        elif not qos:
+            raise _local(PROTOCOL_ERROR, "QoS 0 publish needs a connection")
+        p = Publish(topic, payload, qos, retain, False, None, properties)
+        if not qos:
+            self._tx_publish(p)
+            return None
+        p.packet_id = pid = self._new_id()
+        order = self._order
+        n = self._nsent
+        if connected and n == len(order) and n < self._peer_rmax:
+            self._tx_publish(p)
+            self._nsent = n + 1
+        elif len(encode(p, self.version)) > self._peer_max:  # checked now, sent later
+            raise _local(PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+        self._msgs[pid] = p
+        order.append(pid)
+        return pid
+
+    def disconnect(self, reason_code=0, properties=None):
+        """Send DISCONNECT (5.0 server too; a 3.1.1 server has none, so it
+        only closes) and move to CLOSED: then close the connection. A client
+        may change the Session Expiry Interval here, but not from 0
+        (MQTT-3.14.2-2). Returns None. Raises LocalProtocolError."""
+        self._need(None, _C | _K)
+        e = properties.get("session_expiry_interval") if properties else None
+        if e is not None and (self.role == SERVER or e and not self._connect_expiry):
+            raise _local(PROTOCOL_ERROR, "Session Expiry Interval not allowed here")
+        if self.role == CLIENT or self.version == MQTT5:
+            self._send(Disconnect(reason_code, properties))
+        if e is not None:
+            self.session_expiry_interval = e
+        self.state = CLOSED
+
+    def auth(self, data=None, reason_code=None, properties=None):
+        """5.0 enhanced authentication: send AUTH with ``authentication_data``
+        ``data`` and the method from the CONNECT. Default reason: 0x19
+        (re-authenticate) for a connected client not yet re-authenticating,
+        else 0x18 (continue); a server ends a re-authentication with 0x00.
+        Returns None. Raises LocalProtocolError when no AUTH may be sent."""
+        from ._session5 import tx_auth
+
+        tx_auth(self, data, reason_code, properties)
+
+    @property
+    def inflight(self):
+        """Number of our QoS 1/2 messages not yet complete (sent or queued)."""
+        return len(self._order)
+
+    # -- receive handlers (named in _RX) --------------------------------------
+
+    def _rx_connect(self, p):
+        from ._session_server import rx_connect
+
+        return rx_connect(self, p)
+
+    def _rx_connack(self, p):
+        if p.reason_code:
+            self.state = CLOSED  # refused: the server closes (MQTT-3.2.2-7)
+            return p
+        if p.session_present and self._clean:
+            raise _remote("Session Present with Clean Start")  # MQTT-3.2.2-2
+        if self.version == MQTT5:
+            m = self._auth_method
+            if m is not None and _get(p, "authentication_method") != m:
+                raise _remote("CONNACK authentication method differs")  # 4.12.0-5
+            self._peer_limits(p)
+            self._peer_qos = _get(p, "maximum_qos", 2)
+            self._peer_retain = _get(p, "retain_available", 1)
+            cid = _get(p, "assigned_client_identifier")
+            if cid:
+                self.client_id = cid
+            ka = _get(p, "server_keep_alive")
+            if ka is not None:
+                self.keep_alive = ka  # MQTT-3.2.2-21
+            e = _get(p, "session_expiry_interval")
+            if e is not None:
+                self.session_expiry_interval = e
+        self._connected(p.session_present)
+        return p
+
+    def _rx_publish(self, p):
+        if self.version == MQTT5 and (self._rx_alias is not None or p.properties):
+            from ._session5 import rx_alias
+
+            rx_alias(self, p)
+        q = p.qos
+        if q > self.maximum_qos:
+            raise _remote("QoS above Maximum QoS", QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
+        if not q:
+            return p
+        pid = p.packet_id
+        if q == 1:
+            self._send(PubAck(pid))  # MQTT-4.3.2-4
+            return p
+        rx2 = self._rx2
+        if pid in rx2:
+            # Not yet released: acknowledge again, deliver no duplicate
+            # (MQTT-4.3.3-9), whatever the DUP flag says.
+            self._send(PubRec(pid))
+            return None
+        if self.version == MQTT5 and len(rx2) >= self.receive_maximum:
+            raise _remote("Receive Maximum exceeded", RECEIVE_MAXIMUM_EXCEEDED)  # MQTT-3.3.4-9
+        rx2.add(pid)
+        self._send(PubRec(pid))  # MQTT-4.3.3-8
+        return p
+
+    def _rx_ack(self, p):
+        # PUBACK, PUBREC or PUBCOMP for one of our messages.
+        t = p.type
+        pid = p.packet_id
+        m = self._msgs.get(pid)
+        if m is None:
+            if t == PUBREC:
+                # Unknown id: release it anyway so the peer can free its state.
+                self._send(PubRel(pid, PACKET_IDENTIFIER_NOT_FOUND if self.version == MQTT5 else 0))
+            return None  # a late PUBACK/PUBCOMP: nothing to complete
+        if m.type == PUBREL:
+            if t == PUBREC:
+                self._send(m)  # our PUBREL was lost: send it again
+                return None
+            if t != PUBCOMP:
+                raise _remote("PUBACK for a QoS 2 message")
+        elif t == PUBCOMP or m.qos != t - 3:  # PUBACK (4) for QoS 1, PUBREC (5) for QoS 2
+            raise _remote("acknowledgement does not match the QoS")
+        elif t == PUBREC and p.reason_code < 0x80:
+            rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
+            self._send(rel)
+            return None
+        i = self._order.index(pid)
+        if i >= self._nsent:
+            raise _remote("acknowledgement for a message not sent")
+        del self._order[i]
+        del self._msgs[pid]
+        self._nsent -= 1
+        self._pump()
+        return p
+
+    def _rx_pubrel(self, p):
+        pid = p.packet_id
+        rc = 0
+        if pid in self._rx2:
+            self._rx2.remove(pid)  # MQTT-4.3.3-12: the id may now carry a new message
+        elif self.version == MQTT5:
+            rc = PACKET_IDENTIFIER_NOT_FOUND
+        self._send(PubComp(pid, rc))  # MQTT-4.3.3-11
+        return None
+
+    def _rx_sub(self, p):
+        n = len(p.subscriptions) if p.type == SUBSCRIBE else len(p.topic_filters)
+        self._pending[p.packet_id] = (p.type, n)
+        return p
+
+    def _rx_suback(self, p):
+        e = self._pending.pop(p.packet_id, None)
+        if e is None or e[0] + 1 != p.type:
+            raise _remote("SUBACK/UNSUBACK for an unknown packet id")
+        if (self.version == MQTT5 or e[0] == SUBSCRIBE) and len(p.reason_codes) != e[1]:
+            raise _remote("wrong number of reason codes")  # MQTT-3.9.3-1, MQTT-3.11.3-1
+        return p
+
+    def _rx_pingreq(self, p):
+        self._send(PingResp())  # MQTT-3.12.4-1
+        return None
+
+    def _rx_disconnect(self, p):
+        if self.role == SERVER:
+            e = _get(p, "session_expiry_interval")
+            if e is not None:
+                if e and not self._connect_expiry:
+                    raise _remote("Session Expiry Interval was 0 in CONNECT")  # MQTT-3.14.2-2
+                self.session_expiry_interval = e
+        self._hold = False
+        self.state = CLOSED
+        return p
+
+    def _rx_auth(self, p):
+        from ._session5 import rx_auth
+
+        return rx_auth(self, p)
+
+    # -- internals -------------------------------------------------------------
+
+    def _need(self, role, mask):
+        if role is not None and role != self.role or not (1 << self.state) & mask:
+            raise _local(PROTOCOL_ERROR, "not allowed in state %d" % self.state)
+
+    def _put(self, data):
+        self._out += data
+        self._last_tx = self._now
+
+    def _send(self, p):
+        data = encode(p, self.version)
+        if len(data) > self._peer_max:
+            d = p.properties
+            if p.type != PUBLISH and d and ("reason_string" in d or "user_property" in d):
+                # Reason String and User Property go first (3.2.2.3.6, 3.4.2.2.2...).
+                d = dict(d)
+                d.pop("reason_string", None)
+                d.pop("user_property", None)
+                p.properties = d
+                return self._send(p)
+            raise _local(PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+        self._put(data)
+
+    def _tx_publish(self, p):
+        if self._tx_alias is not None and not p.dup:
+            from ._session5 import tx_aliased
+
+            tx_aliased(self, p)
+        else:
+            self._send(p)
+        if p.qos:
+            p.dup = True  # any later send is a redelivery (MQTT-3.3.1-1)
+
+    def _pump(self):
+        # Send waiting messages while the peer's Receive Maximum allows
+        # (MQTT-4.9.0-2); after a resumption this resends in original order.
+        order = self._order
+        while (
+            self.state == CONNECTED and self._nsent < len(order) and self._nsent < self._peer_rmax
+        ):
+            pid = order[self._nsent]
+            m = self._msgs[pid]
+            try:
+                if m.type == PUBREL:
+                    self._send(m)
+                else:
+                    self._tx_publish(m)
+            except LocalProtocolError as e:
+                # Too large for this connection's peer: drop it as if complete
+                # (MQTT-3.1.2-25) and report it as a failed PubAck.
+                del order[self._nsent]
+                del self._msgs[pid]
+                self._events.append(PubAck(pid, e.reason_code))
+                continue
+            self._nsent += 1
+
+    def _connected(self, present):
+        # CONNACK sent or received with success.
+        self.state = CONNECTED
+        self._hold = False
+        self._known = True
+        if not present:
+            self._discard()  # MQTT-3.2.2-5 (client), MQTT-3.1.2-4 (server)
+        if self.version == MQTT5 and self.topic_alias_maximum:
+            self._rx_alias = {}
+        if self.auto_alias and self._peer_alias_max and self.version == MQTT5:
+            self._tx_alias = {}
+        self._nsent = 0
+        # MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP set) and PUBREL, in order.
+        self._pump()
+
+    def _discard(self):
+        # Drop the session state. A client keeps messages it never sent: they
+        # are not session state yet and go out in the new session.
+        keep = []
+        for pid in self._order:
+            m = self._msgs[pid]
+            if self.role == CLIENT and m.type == PUBLISH and not m.dup:
+                keep.append(pid)
+            else:
+                del self._msgs[pid]
+        self._order = keep
+        self._rx2 = set()
+
+    def _new_id(self):
+        # MQTT-2.2.1-3: a non-zero id not in use by another message or request.
+        i = self._next_id
+        for _ in range(65535):
+            i = i % 65535 + 1
+            if i not in self._msgs and i not in self._pending:
+                self._next_id = i
+                return i
+        raise _local(QUOTA_EXCEEDED, "all 65535 packet identifiers are in use")
+
+    def _request(self, cls, items, properties):
+        self._need(CLIENT, _K)
+        pid = self._new_id()
+        self._send(cls(pid, items, properties))
+        self._pending[pid] = (cls.type, len(items))
+        return pid
+
+    def _our_limits(self, props):
+        if self.receive_maximum != 65535:
+            props["receive_maximum"] = self.receive_maximum
+        if self.max_packet_size < MAX_PACKET_SIZE:
+            props["maximum_packet_size"] = self.max_packet_size
+        if self.topic_alias_maximum:
+            props["topic_alias_maximum"] = self.topic_alias_maximum
+
+    def _peer_limits(self, p):
+        self._peer_rmax = _get(p, "receive_maximum", 65535)
+        self._peer_max = _get(p, "maximum_packet_size", MAX_PACKET_SIZE)
+        self._peer_alias_max = _get(p, "topic_alias_maximum", 0)
+
+    def _fail(self, code):
+        # The peer broke the protocol: queue the answer that carries the
+        # reason code, if this version and state have one, and stop.
+        st = self.state
+        self.state = ERROR
+        self._hold = False
+        v = self.version
+        try:
+            if self.role == SERVER and st == IDLE and code == UNSUPPORTED_PROTOCOL_VERSION:
+                self._put(encode(ConnAck(False, 1), MQTT311))  # MQTT-3.1.2-2
+            elif self.role == SERVER and st == CONNECTING:
+                if v != MQTT5:
+                    code = _V3_CODES.get(code)
+                if code is not None:
+                    self._send(ConnAck(False, code))  # MQTT-3.2.2-6
+            elif v == MQTT5 and st and st < CLOSED:
+                self._send(Disconnect(code))
+        except MQTTError:
+            pass

@@ -1,0 +1,122 @@
+"""MQTT 5.0-only parts of the session: topic aliases and the AUTH exchange.
+
+Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
+Each function takes the Session ``s`` and reads or updates its state.
+"""
+
+from ._const import (
+    CONTINUE_AUTHENTICATION,
+    MQTT5,
+    PROTOCOL_ERROR,
+    RE_AUTHENTICATE,
+    SUCCESS,
+    TOPIC_ALIAS_INVALID,
+)
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._packets import Auth
+
+# Same values as in _session (importing them would be circular).
+_CLIENT = 0
+_CONNECTING = 1
+_CONNECTED = 2
+
+
+def rx_alias(s, p):
+    """Resolve the Topic Alias of a received PUBLISH ``p`` in place (3.3.2.3.4)."""
+    d = p.properties
+    a = d.get("topic_alias") if d else None
+    if a is None:
+        return
+    if a > s.topic_alias_maximum:  # 0 is refused by the codec
+        # MQTT-3.3.2-10 (client) / MQTT-3.3.2-12 (server): only 1..our maximum.
+        raise RemoteProtocolError(TOPIC_ALIAS_INVALID, "topic alias %d out of range" % a)
+    m = s._rx_alias
+    if p.topic:
+        m[a] = p.topic
+    else:
+        t = m.get(a)
+        if t is None:
+            raise RemoteProtocolError(PROTOCOL_ERROR, "topic alias %d not set" % a)
+        p.topic = t
+
+
+def tx_aliased(s, p):
+    """Send PUBLISH ``p`` with a Topic Alias: the topic gets one on first use
+    while the peer's Topic Alias Maximum allows (MQTT-3.3.2-9, -11), later
+    sends carry only the alias. ``p`` itself keeps its topic and properties,
+    so a resent copy carries the full topic."""
+    m = s._tx_alias
+    topic = p.topic
+    a = m.get(topic)
+    props = p.properties
+    if a is None:
+        if len(m) >= s._peer_alias_max:
+            s._send(p)
+            return
+        a = len(m) + 1
+        try:
+            p.properties = _with(props, a)
+            s._send(p)
+        finally:
+            p.properties = props
+        m[topic] = a
+        return
+    try:
+        p.topic = ""
+        p.properties = _with(props, a)
+        s._send(p)
+    finally:
+        p.topic = topic
+        p.properties = props
+
+
+def _with(props, a):
+    d = dict(props) if props else {}
+    d["topic_alias"] = a
+    return d
+
+
+def _auth_ok(s, rc, sender):
+    # Which AUTH reason codes the ``sender`` role may use now (4.12): 0x18
+    # during the CONNECT exchange or a re-authentication, 0x19 from a
+    # connected client to start one, 0x00 from the server to end one.
+    if rc == CONTINUE_AUTHENTICATION:
+        return s.state == _CONNECTING or s._reauth
+    if s.state != _CONNECTED:
+        return False
+    if sender == _CLIENT:
+        return rc == RE_AUTHENTICATE and not s._reauth
+    return rc == SUCCESS and s._reauth
+
+
+def rx_auth(s, p):
+    """Check a received AUTH against the exchange in progress; returns it as
+    the event. MQTT-4.12.0-5: same method as in CONNECT; AUTH without a
+    method in CONNECT, or out of turn, is a Protocol Error (4.12)."""
+    m = s._auth_method
+    d = p.properties
+    if m is None or not d or d.get("authentication_method") != m:
+        raise RemoteProtocolError(PROTOCOL_ERROR, "AUTH method missing or different")
+    rc = p.reason_code
+    if not _auth_ok(s, rc, 1 - s.role):
+        raise RemoteProtocolError(PROTOCOL_ERROR, "AUTH 0x%02X out of turn" % rc)
+    s._reauth = rc == RE_AUTHENTICATE or rc == CONTINUE_AUTHENTICATION and s._reauth
+    s._hold = s.role != _CLIENT and s.state == _CONNECTING
+    return p
+
+
+def tx_auth(s, data, rc, properties):
+    """Send AUTH for Session.auth(); see there."""
+    m = s._auth_method
+    if rc is None:
+        ok = s.role == _CLIENT and s.state == _CONNECTED and not s._reauth
+        rc = RE_AUTHENTICATE if ok else CONTINUE_AUTHENTICATION
+    if s.version != MQTT5 or m is None or not _auth_ok(s, rc, s.role):
+        raise LocalProtocolError(PROTOCOL_ERROR, "AUTH not allowed now")
+    d = dict(properties) if properties else {}
+    d["authentication_method"] = m
+    if data is not None:
+        d["authentication_data"] = data
+    s._send(Auth(rc, d))
+    s._reauth = rc == RE_AUTHENTICATE or rc == CONTINUE_AUTHENTICATION and s._reauth
+    s._hold = False

@@ -1,0 +1,107 @@
+"""Server side of the session: the CONNECT and its answer, SUBACK/UNSUBACK.
+
+Imported by ``_session`` on first use, so a client device never loads it.
+Each function takes the Session ``s``; the public docstrings are on the
+``Session`` methods that call these.
+"""
+
+from ._codec import encode
+from ._const import CLIENT_IDENTIFIER_NOT_VALID, MQTT5, PROTOCOL_ERROR, SUBSCRIBE, UNSUBSCRIBE
+from ._packets import ConnAck, SubAck, UnsubAck
+from ._session import _V3_CODES, CLOSED, CONNECTING, NEVER, SERVER, _get, _local, _remote
+
+# State masks as in _session (its underscored const() names do not exist at
+# run time on MicroPython, so they cannot be imported).
+_C = 2
+_K = 4
+
+
+def accept(s, properties=None, assigned_client_id=None, resume=None):
+    s._need(SERVER, _C)
+    props = dict(properties) if properties else {}
+    v5 = s.version == MQTT5
+    cid = s.client_id
+    if not cid:
+        if assigned_client_id is None:
+            raise _local(CLIENT_IDENTIFIER_NOT_VALID, "empty client id: pass assigned_client_id")
+        if isinstance(assigned_client_id, int):
+            assigned_client_id = "auto-%d" % assigned_client_id
+        cid = assigned_client_id
+        if v5:
+            props["assigned_client_identifier"] = cid  # MQTT-3.2.2-16
+    had = s._had
+    if resume is not None and resume is not s:
+        had = not resume.expired(s._now) and resume._known
+    present = had and not s._clean
+    if v5:
+        s._our_limits(props)
+        if s.maximum_qos < 2:
+            props["maximum_qos"] = s.maximum_qos
+        if s._auth_method is not None:
+            props["authentication_method"] = s._auth_method  # 4.12.0-5
+    data = encode(ConnAck(present, 0, props or None), s.version)
+    if present and resume is not None and resume is not s:
+        s._msgs, s._order, s._rx2 = resume._msgs, resume._order, resume._rx2
+        s._next_id = resume._next_id
+        resume._msgs, resume._order, resume._rx2 = {}, [], set()
+    s.client_id = cid
+    e = props.get("session_expiry_interval")
+    if e is not None:
+        s.session_expiry_interval = e
+    ka = props.get("server_keep_alive")
+    if ka is not None:
+        s.keep_alive = ka  # MQTT-3.2.2-21
+    s._put(data)
+    s._connected(present)
+    return present
+
+
+def reject(s, reason_code, properties=None):
+    s._need(SERVER, _C)
+    if s.version != MQTT5:
+        reason_code = _V3_CODES.get(reason_code, 5)
+        properties = None
+    s._send(ConnAck(False, reason_code, properties))
+    s._hold = False
+    s.state = CLOSED
+
+
+def suback(s, packet_id, reason_codes, properties=None):
+    answer(s, SubAck(packet_id, reason_codes, properties), SUBSCRIBE)
+
+
+def unsuback(s, packet_id, reason_codes=None, properties=None):
+    if reason_codes is None and s.version == MQTT5:
+        reason_codes = [0] * s._pending.get(packet_id, (0, 0))[1]
+    answer(s, UnsubAck(packet_id, reason_codes, properties), UNSUBSCRIBE)
+
+
+def rx_connect(s, p):
+    v = s.version = p.protocol_level
+    s._had = s._known and not s.expired(s._now)
+    s.state = CONNECTING
+    s._hold = True
+    s.client_id = p.client_id
+    s.keep_alive = p.keep_alive
+    s._clean = p.clean_start
+    if v == MQTT5:
+        e = _get(p, "session_expiry_interval", 0)
+        s._auth_method = _get(p, "authentication_method")
+        s._peer_limits(p)
+    else:
+        e = 0 if p.clean_start else NEVER
+        s._auth_method = None
+        if not p.client_id and not p.clean_start:
+            raise _remote("empty client id needs clean session", CLIENT_IDENTIFIER_NOT_VALID)
+    s._connect_expiry = s.session_expiry_interval = e
+    return p
+
+
+def answer(s, p, t):
+    s._need(SERVER, _K)
+    e = s._pending.get(p.packet_id)
+    n = len(p.reason_codes)
+    if e is None or e[0] != t or n != e[1] and (n or s.version == MQTT5):
+        raise _local(PROTOCOL_ERROR, "no such request, or wrong number of reason codes")
+    s._send(p)
+    del s._pending[p.packet_id]

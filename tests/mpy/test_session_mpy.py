@@ -1,0 +1,127 @@
+# Session tests that run on MicroPython as well as CPython: plain test_*
+# functions and assert only. A client and a server Session joined through bytes.
+
+import fieldline.mqtt._props  # noqa: F401  (works around a lazy-import issue, see below)
+from fieldline.mqtt._codec import Parser, encode
+from fieldline.mqtt._errors import RemoteProtocolError
+from fieldline.mqtt._packets import Connect, PingReq, PubAck, PubComp, Publish, PubRec
+from fieldline.mqtt._session import CLIENT, CONNECTED, ERROR, IDLE, SERVER, Session
+
+# On MicroPython, _codec's ``from . import _props`` goes through the package
+# ``__getattr__``, which does not know ``_props``; importing it first here
+# makes it a package attribute. To be fixed in fieldline/mqtt/__init__.py.
+
+
+def _drain(sess, log):
+    while True:
+        e = sess.next_event()
+        if e is None:
+            return
+        log.append(e)
+
+
+def _run(c, s, cev, sev, now=0):
+    for _ in range(50):
+        a = c.data_to_send()
+        if a:
+            s.receive_data(a, now)
+        _drain(s, sev)
+        b = s.data_to_send()
+        if b:
+            c.receive_data(b, now)
+        _drain(c, cev)
+        if not a and not b:
+            return
+
+
+def _pair(v=5, ka=60, clean=True, c=None, s=None, skw=None):
+    c = c or Session(CLIENT, v)
+    s = s or Session(SERVER, **(skw or {}))
+    cev = []  # type: list
+    sev = []  # type: list
+    props = {"session_expiry_interval": 100} if v == 5 and not clean else None
+    c.connect(Connect("dev", clean, ka, protocol_level=v, properties=props), 0)
+    s.receive_data(c.data_to_send(), 0)
+    _drain(s, sev)
+    s.accept()
+    _run(c, s, cev, sev)
+    assert c.state == CONNECTED and s.state == CONNECTED
+    return c, s, cev, sev
+
+
+def _pubs(events):
+    return [e.payload for e in events if isinstance(e, Publish)]
+
+
+def test_qos_both_ways():
+    for v in (4, 5):
+        c, s, cev, sev = _pair(v)
+        for q in (0, 1, 2):
+            c.publish("a/b", b"c%d" % q, q)
+            s.publish("x", b"s%d" % q, q)
+        _run(c, s, cev, sev)
+        assert _pubs(sev) == [b"c0", b"c1", b"c2"]
+        assert _pubs(cev) == [b"s0", b"s1", b"s2"]
+        assert [type(e) for e in cev if not isinstance(e, Publish)][1:] == [PubAck, PubComp]
+        assert c.inflight == 0 and s.inflight == 0
+
+
+def test_qos2_duplicate_not_delivered():
+    c, s, cev, sev = _pair(5)
+    s.receive_data(encode(Publish("t", b"x", 2, packet_id=3), 5), 0)
+    _drain(s, sev)
+    s.receive_data(encode(Publish("t", b"x", 2, dup=True, packet_id=3), 5), 0)
+    _drain(s, sev)
+    assert _pubs(sev) == [b"x"]
+    p = Parser(5)
+    p.feed(s.data_to_send())
+    assert p.next_packet() == PubRec(3) and p.next_packet() == PubRec(3)
+
+
+def test_window_and_order():
+    c, s, cev, sev = _pair(5, skw={"receive_maximum": 2})
+    for i in range(10):
+        c.publish("t", b"%d" % i, 1 + i % 2)
+    assert c.inflight == 10
+    _run(c, s, cev, sev)
+    assert _pubs(sev) == [b"%d" % i for i in range(10)]
+    assert c.inflight == 0
+
+
+def test_resume_resends_with_dup():
+    c, s, cev, sev = _pair(5, clean=False)
+    c.publish("t", b"a", 1)
+    c.publish("t", b"b", 2)
+    c.data_to_send()  # lost
+    c.connection_lost(1)
+    s.connection_lost(1)
+    assert c.state == IDLE
+    c2, s2, cev2, sev2 = _pair(5, clean=False, c=c, s=s)
+    got = [e for e in sev2 if isinstance(e, Publish)]
+    assert [(e.payload, e.dup) for e in got] == [(b"a", True), (b"b", True)]
+    assert c.inflight == 0
+
+
+def test_keepalive():
+    c, s, cev, sev = _pair(4, ka=10)
+    assert c.next_deadline() == 10
+    c.tick(10)
+    p = Parser(4)
+    p.feed(c.data_to_send())
+    assert p.next_packet() == PingReq()
+    assert s.next_deadline() == 15
+    try:
+        s.tick(15)
+        raise AssertionError("no timeout")
+    except RemoteProtocolError as e:
+        assert e.reason_code == 0x8D
+    assert s.state == ERROR
+
+
+def test_topic_alias_roundtrip():
+    c = Session(CLIENT, 5, auto_alias=True)
+    c, s, cev, sev = _pair(5, c=c, skw={"topic_alias_maximum": 4})
+    for _ in range(3):
+        c.publish("long/topic/name", b"x", 0)
+    _run(c, s, cev, sev)
+    assert [e.topic for e in sev if isinstance(e, Publish)] == ["long/topic/name"] * 3
