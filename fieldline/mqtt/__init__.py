@@ -25,7 +25,16 @@ _LAZY = {
 }
 
 
+__all__ = [n for n in globals() if n[0] != "_"] + " ".join(_LAZY.values()).split()
+
+
 def __getattr__(name):
+    if name[:1] == "_" and name[:2] != "__":
+        # A private submodule: MicroPython asks here for `from . import _props`.
+        try:
+            return __import__(__name__ + "." + name, None, None, [name])
+        except ImportError:
+            raise AttributeError(name) from None
     for module in _LAZY:
         if name in _LAZY[module].split():
             value = getattr(__import__(__name__ + "." + module, None, None, [name]), name)
@@ -35,4 +44,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(list(globals()) + " ".join(_LAZY.values()).split())
+    return sorted(set(list(globals()) + __all__))
