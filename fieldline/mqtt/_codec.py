@@ -265,7 +265,13 @@ def _e_connect(p, v):
 
 def _e_connack(p, v):
     rc = p.reason_code
-    if not isinstance(rc, int) or rc < 0 or rc > 255:
+    # 3.1.1 return codes are 0-5 (3.2.2.3); 5.0 reason codes as listed in 3.2.2.2.
+    if (
+        not isinstance(rc, int)
+        or rc < 0
+        or rc > 255
+        or (rc not in _CONNACK_CODES if v == MQTT5 else rc > 5)
+    ):
         raise LocalProtocolError(PROTOCOL_ERROR, "invalid reason code %r" % (rc,))
     return _frame(
         0x20, bytes((1 if p.session_present else 0, rc)) + _encode_props(p.properties, CONNACK, v)
@@ -274,7 +280,7 @@ def _e_connack(p, v):
 
 # Encoded topic names, validated once: devices publish to a few topics over
 # and over. Cleared when full, so it never holds more than _TOPIC_CACHE_SIZE.
-_topics = {}
+_topics = {}  # type: dict[str, bytes]
 _TOPIC_CACHE_SIZE = 16
 
 
@@ -335,7 +341,7 @@ def _e_ack(p, v):
             body += bytes((rc,)) + _encode_props(p.properties, t, v)
         elif rc:
             body += bytes((rc,))  # 3.4.2.1: the property length may be left out
-    elif rc:
+    elif rc or p.properties:
         raise LocalProtocolError(PROTOCOL_ERROR, "MQTT 3.1.1 acks carry no reason code")
     return _frame((t << 4) | (2 if t == PUBREL else 0), body)
 
@@ -395,7 +401,7 @@ def _e_unsuback(p, v):
         if not codes:
             raise LocalProtocolError(PROTOCOL_ERROR, "UNSUBACK needs a reason code")
         body += _encode_props(p.properties, UNSUBACK, v) + codes
-    elif p.reason_codes:
+    elif p.reason_codes or p.properties:
         raise LocalProtocolError(PROTOCOL_ERROR, "MQTT 3.1.1 UNSUBACK carries no reason codes")
     return _frame(0xB0, body)
 
@@ -447,7 +453,7 @@ def encode(packet, version=MQTT5):
     """Return the bytes of ``packet`` for protocol ``version`` (4 = 3.1.1, 5 = 5.0).
     Raises LocalProtocolError if the packet breaks the spec."""
     try:
-        return _ENCODERS[packet.type](packet, version)
+        return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
     except (TypeError, ValueError, OverflowError) as e:
         raise LocalProtocolError(PROTOCOL_ERROR, "cannot encode %r: %s" % (packet, e)) from None
 
@@ -726,7 +732,7 @@ class Parser:
         # Whole chunks are kept as the bytes they came in (packets are sliced
         # from them with one copy); a packet split across chunks is gathered
         # in a bytearray.
-        self._buf = b""
+        self._buf = b""  # type: bytes | bytearray
         self._pos = 0
 
     def feed(self, data):
@@ -778,12 +784,11 @@ class Parser:
                 if shift > 21:
                     raise _malformed("remaining length longer than 4 bytes")
             end = i + length
-            if end - start > self.max_packet_size:
-                raise RemoteProtocolError(PACKET_TOO_LARGE, "packet of %d bytes" % (end - start))
-        if end > n:
-            return None
+        # Checked before waiting for the body, so a peer cannot make us buffer it.
         if end - start > self.max_packet_size:
             raise RemoteProtocolError(PACKET_TOO_LARGE, "packet of %d bytes" % (end - start))
+        if end > n:
+            return None
         self._pos = end
         if start or end != n or type(buf) is not bytes:
             buf = bytes(buf[start:end])
@@ -801,7 +806,7 @@ class Parser:
                 raise RemoteProtocolError(PROTOCOL_ERROR, "first packet is not CONNECT")
             v = MQTT5
         try:
-            p = _DECODERS[t](t, flags, buf, i - start, v)
+            p = _DECODERS[t](t, flags, buf, i - start, v)  # type: ignore[misc]
         except (IndexError, ValueError):
             raise _malformed("packet shorter than its fields") from None
         if t == CONNECT and self.version is None:

@@ -30,6 +30,7 @@ _PUBLISH = 1 << 3
 _ACKS = 0xF0  # PUBACK, PUBREC, PUBREL, PUBCOMP
 _SUBSCRIBE = 1 << 8
 _SUBACK = 1 << 9
+_UNSUBSCRIBE = 1 << 10
 _UNSUBACK = 1 << 11
 _DISCONNECT = 1 << 14
 _AUTH = 1 << 15
@@ -53,7 +54,13 @@ PROPERTIES = {
     0x19: ("request_response_information", _BYTE, _CONNECT, b"\x00\x01"),
     0x1A: ("response_information", _STRING, _CONNACK, None),
     0x1C: ("server_reference", _STRING, _CONNACK | _DISCONNECT, None),
-    0x1F: ("reason_string", _STRING, _ALL & ~(_CONNECT | _PUBLISH | _SUBSCRIBE | _WILL), None),
+    # Not in UNSUBSCRIBE: its only property is User Property (3.10.2.1).
+    0x1F: (
+        "reason_string",
+        _STRING,
+        _ALL & ~(_CONNECT | _PUBLISH | _SUBSCRIBE | _UNSUBSCRIBE | _WILL),
+        None,
+    ),
     0x21: ("receive_maximum", _INT2, _CONNECT | _CONNACK, None),
     0x22: ("topic_alias_maximum", _INT2, _CONNECT | _CONNACK, None),
     0x23: ("topic_alias", _INT2, _PUBLISH, None),
@@ -88,7 +95,7 @@ def decode_properties(data, pos, ptype):
         raise RemoteProtocolError(MALFORMED_PACKET, "property length exceeds packet")
     if not n:
         return None, pos
-    props = {}
+    props = {}  # type: dict
     bit = 1 << ptype
     while pos < end:
         pid, pos = read_varint(data, pos)
