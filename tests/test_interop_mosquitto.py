@@ -41,13 +41,15 @@ class Wire:
         self.sock: socket.socket | None = None
         self.events: list[Any] = []  # events read while waiting for another kind
 
-    def open(self, client_id: str, clean: bool, **props: Any) -> ConnAck:
+    def open(self, client_id: str, clean: bool, will: Will | None = None, **props: Any) -> ConnAck:
         self.sock = socket.create_connection(self.address, timeout=5)
         properties = props or None
         if self.version == MQTT5 and not clean:
             properties = {"session_expiry_interval": 300, **(properties or {})}
         self.session.connect(
-            Connect(client_id, clean, 30, protocol_level=self.version, properties=properties),
+            Connect(
+                client_id, clean, 30, will=will, protocol_level=self.version, properties=properties
+            ),
             time.monotonic(),
         )
         event = self.wait(ConnAck)
@@ -222,12 +224,7 @@ def test_disconnect_is_clean(wires: Any, version: int) -> None:
     watcher.session.subscribe([Subscription("will/#", qos=1)])
     watcher.wait(SubAck)
     c = wires(version)
-    c.sock = socket.create_connection(c.address, timeout=5)
-    c.session.connect(
-        Connect("will-owner", True, 30, will=Will("will/gone", b"bye", 1), protocol_level=version),
-        time.monotonic(),
-    )
-    c.wait(ConnAck)
+    c.open("will-owner", clean=True, will=Will("will/gone", b"bye", 1))
     c.close()
     # The broker must not publish the will: a marker sent afterwards is the next message.
     m = wires(version)
@@ -236,12 +233,7 @@ def test_disconnect_is_clean(wires: Any, version: int) -> None:
     m.wait(PubAck)
     assert watcher.wait(Publish).topic == "will/marker"
     # Dropping without DISCONNECT does publish the will.
-    c.sock = socket.create_connection(c.address, timeout=5)
-    c.session.connect(
-        Connect("will-owner", True, 30, will=Will("will/gone", b"bye", 1), protocol_level=version),
-        time.monotonic(),
-    )
-    c.wait(ConnAck)
+    c.open("will-owner", clean=True, will=Will("will/gone", b"bye", 1))
     c.drop()
     will = watcher.wait(Publish)
     assert (will.topic, will.payload) == ("will/gone", b"bye")
