@@ -30,27 +30,38 @@ TIMEOUT = 120.0
 # error), the 5.0-only session parts (topic aliases, AUTH) and the server side
 # of the session. Everything else in fieldline/mqtt is the 3.1.1 device core.
 NOT_IN_311_CORE = frozenset({"_props.py", "_names.py", "_session5.py", "_session_server.py"})
+# Client adapters built on the core (files named _client*.py, _async_client*.py)
+# are not part of it and are left out of every figure here.
+ADAPTER_PREFIXES = ("_client", "_async_client")
 
 SIZE_GOAL = 20 * 1024  # .mpy bytes of the 3.1.1 core
 HEAP_GOAL_FULL = 24 * 1024  # 5.0 round trip with properties, full core, .mpy
 HEAP_GOAL_311 = 12 * 1024  # 3.1.1 round trip, .mpy, without _props
 
-# Runs on the device: argv[1] is "5" (5.0 round trip with properties, full
-# core), "4" (3.1.1 round trip, full core) or "4-codec" (3.1.1 round trip that
-# touches only Publish, encode and Parser). "Full core" touches every name the
-# package exports, which loads every module its __init__ exports from (eagerly
-# or lazily), the session included when it is importable. Not dir(): on
-# MicroPython, dir() of a module with __getattr__ probes every interned name.
-# The packet, its bytes and the parser stay alive through the measurement.
+# Runs on the device, cut into chunks at the "#@" lines (tools/mpy_wasm.mjs
+# --split runs each on its own, with a garbage collection in between: on the
+# wasm build gc.collect() inside a script frees nothing). argv[1] is "5" (5.0
+# round trip with properties, full core), "4" (3.1.1 round trip, full core) or
+# "4-codec" (3.1.1 round trip that touches only Publish, encode and Parser).
+# "Full core" touches every name the package exports from the core (not the
+# client adapters), which loads every module those come from. Not dir(): on MicroPython,
+# dir() of a module with __getattr__ probes every interned name. The packet,
+# its bytes and the parser stay alive through the measurement; every global is
+# bound before the baseline so the globals dict does not grow after it.
 DEVICE_SCRIPT = """\
 import gc
 import sys
 
 
 def touch_exports(mqtt, failed):
-    # A function, so the name list it builds is garbage by the measurement.
+    # Client adapters (_client*, _async_client*) are not part of the core.
     lazy = getattr(mqtt, "_LAZY", None)
-    names = " ".join(lazy.values()).split() if lazy else list(mqtt.__dict__)
+    names = list(mqtt.__dict__)
+    if lazy:
+        names = []
+        for module in lazy:
+            if not module.startswith("_client") and not module.startswith("_async_client"):
+                names += lazy[module].split()
     for name in names:
         if not name.startswith("_"):
             try:
@@ -62,13 +73,14 @@ def touch_exports(mqtt, failed):
 MODE = sys.argv[1]
 failed = []
 version = 5 if MODE == "5" else 4
-gc.collect()
+base = used = 0
+mqtt = props = packet = data = parser = back = None
+#@
 base = gc.mem_alloc()
 import fieldline.mqtt as mqtt
 
 if MODE != "4-codec":
     touch_exports(mqtt, failed)
-props = None
 if version == 5:
     props = {
         "message_expiry_interval": 3600,
@@ -78,44 +90,37 @@ if version == 5:
 packet = mqtt.Publish(
     "sensors/device-42/temperature", b"x" * 64, qos=1, packet_id=42, properties=props
 )
-workaround = False
-try:
-    data = mqtt.encode(packet, version)
-except AttributeError:
-    # `from . import _props` in _codec can hit the package's lazy __getattr__
-    # on MicroPython; importing the submodule by its full name binds it first.
-    import fieldline.mqtt._props
-
-    workaround = True
-    data = mqtt.encode(packet, version)
+data = mqtt.encode(packet, version)
 parser = mqtt.Parser(version)
 parser.feed(data)
 back = parser.next_packet()
-gc.collect()
+#@
 used = gc.mem_alloc() - base
 print("heap", used)
 print("roundtrip_ok", back == packet)
 print("props_loaded", "fieldline.mqtt._props" in sys.modules)
 print("modules", " ".join(sorted(k[15:] for k in sys.modules if k.startswith("fieldline.mqtt."))))
 print("failed", " ".join(failed))
-print("workaround", workaround)
 """
 
-# Runs on the device: imports the modules named in argv[1:] one by one and
-# prints the heap each adds (its own imports not loaded before count with it).
-MODULES_SCRIPT = """\
-import gc
-import sys
 
-import fieldline.mqtt
+def modules_script(modules: list[str]) -> str:
+    """Device script that imports ``modules`` one by one and prints the heap
+    each adds (its own imports not loaded before count with it)."""
+    lines = ["import gc", "import sys", "import fieldline.mqtt", "before = 0"]
+    for name in modules:
+        lines += [
+            "#@",
+            "before = gc.mem_alloc()",
+            f'if "fieldline.mqtt.{name}" in sys.modules:',
+            f'    print("{name} loaded")',
+            f'__import__("fieldline.mqtt.{name}")',
+            "#@",
+            f'print("{name}", gc.mem_alloc() - before)',
+        ]
+    return "\n".join(lines) + "\n"
 
-for name in sys.argv[1:]:
-    gc.collect()
-    before = gc.mem_alloc()
-    __import__("fieldline.mqtt." + name)
-    gc.collect()
-    print(name, gc.mem_alloc() - before)
-"""
+
 # Dependency order, so each module's figure is mostly its own.
 IMPORT_ORDER = ("_const", "_errors", "_names", "_packets", "_codec", "_props", "_topic")
 
@@ -126,7 +131,6 @@ class HeapResult:
     props_loaded: bool
     modules: list[str]
     failed: list[str]
-    workaround: bool
 
 
 def _tool(name: str, hint: str) -> str:
@@ -171,23 +175,31 @@ def measure_heap(script: Path, package: Path, mode: str) -> HeapResult:
         props_loaded=out["props_loaded"] == "True",
         modules=out["modules"].split(),
         failed=out["failed"].split(),
-        workaround=out["workaround"] == "True",
     )
 
 
 def _wasm(script: Path, package: Path, args: list[str]) -> str:
     node = _tool("node", "install Node.js >= 18")
-    cmd = [node, str(RUNNER), "--heap", str(HEAP), "--pkg", str(package), str(script), *args]
+    cmd = [node, str(RUNNER), "--heap", str(HEAP), "--split", "--pkg", str(package), str(script)]
+    cmd += args
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}{proc.stderr}")
     return proc.stdout
 
 
-def measure_modules(script: Path, package: Path, modules: list[str]) -> dict[str, int]:
-    """Heap each module adds when imported in the order given (wasm build)."""
-    out = _wasm(script, package, modules)
-    return {name: int(n) for name, n in (line.split() for line in out.splitlines())}
+def measure_modules(script: Path, package: Path, modules: list[str]) -> dict[str, int | str]:
+    """Heap each module adds when imported in the order given (wasm build), or
+    "loaded" for one ``import fieldline.mqtt`` loads; writes the device script
+    to ``script``."""
+    script.write_text(modules_script(modules))
+    out = _wasm(script, package, [])
+    heap: dict[str, int | str] = {}
+    for line in out.splitlines():
+        name, n = line.split()
+        if heap.get(name) != "loaded":
+            heap[name] = n if n == "loaded" else int(n)
+    return heap
 
 
 def _size_table(sources: list[Path], sizes: dict[str, int]) -> tuple[Table, int]:
@@ -227,7 +239,7 @@ def run(quick: bool = False) -> Section:
     """Compile and measure; returns the footprint section. ``quick`` changes
     nothing here (every step is already fast) but is accepted for the runner."""
     del quick
-    sources = sorted(MQTT.glob("*.py"))
+    sources = [p for p in sorted(MQTT.glob("*.py")) if not p.stem.startswith(ADAPTER_PREFIXES)]
     heap_table = Table(
         [
             Column("device"),
@@ -243,7 +255,6 @@ def run(quick: bool = False) -> Section:
     notes: list[str] = []
     loaded: dict[str, list[str]] = {}
     failed: set[str] = set()
-    workaround = False
     with tempfile.TemporaryDirectory(prefix="fieldline-bench-") as tmp:
         tmpdir = Path(tmp)
         mpy_root = tmpdir / "mpy"
@@ -273,20 +284,21 @@ def run(quick: bool = False) -> Section:
                 )
                 loaded[f"{mode} ({kind})"] = result.modules
                 failed.update(result.failed)
-                workaround |= result.workaround
         stems = [src.stem for src in sources if src.stem != "__init__"]
         order = [m for m in IMPORT_ORDER if m in stems] + [
             m for m in stems if m not in IMPORT_ORDER
         ]
-        modules_script = script_dir / "footprint_modules.py"
-        modules_script.write_text(MODULES_SCRIPT)
-        per_module = measure_modules(modules_script, mpy_root / "fieldline", order)
+        per_module = measure_modules(
+            script_dir / "footprint_modules.py", mpy_root / "fieldline", order
+        )
     module_table = Table(
         [Column("module"), Column(".mpy bytes", "bytes"), Column("heap bytes", "bytes")],
         caption="**(c) heap each module adds**, `.mpy`, imported one by one in this order "
         "after `import fieldline.mqtt` (a module's imports not loaded yet count with it)",
     )
     for name, heap in per_module.items():
+        if heap == "loaded":
+            heap = "loaded by `import fieldline.mqtt`"
         module_table.add(f"`{name}`", sizes[name + ".py"], heap)
     full = loaded["5 (.mpy)"]
     notes.append(
@@ -297,8 +309,11 @@ def run(quick: bool = False) -> Section:
         "(never loaded by a 3.1.1 client device)."
     )
     notes.append(
-        "Heap = `gc.mem_alloc()` after `gc.collect()`, minus the same before "
-        "`import fieldline.mqtt`; the packet, its bytes and the Parser are still alive. "
+        "Heap = live heap (`gc.mem_alloc()` after a collection) after the round trip, minus "
+        "the same before `import fieldline.mqtt`; the packet, its bytes and the Parser are "
+        "still alive. Each step runs as its own `runPython()` call with a collection in "
+        "between (`tools/mpy_wasm.mjs --split`): on this build `gc.collect()` inside a "
+        "script only marks a collection pending, so garbage would count otherwise. "
         '"Full core" touches every name `fieldline.mqtt` exports; modules loaded: '
         + ", ".join(f"`{m}`" for m in full)
         + " (5.0); the 3.1.1 runs load "
@@ -309,13 +324,6 @@ def run(quick: bool = False) -> Section:
     )
     if "_session" not in full:
         notes.append("The session module was not loaded: `fieldline.mqtt` does not export it yet.")
-    if workaround:
-        notes.append(
-            "Bug found while measuring: on MicroPython, `_codec._p()`'s `from . import _props` "
-            "reaches the package's lazy `__getattr__`, which raises AttributeError, so a 5.0 "
-            "PUBLISH with properties fails. The device script catches that and imports "
-            "`fieldline.mqtt._props` by its full name, then retries (same modules loaded)."
-        )
     if failed:
         notes.append(
             "Exported names that failed to load on the device (left out of the figure): "

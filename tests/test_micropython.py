@@ -138,3 +138,34 @@ def test_mpy_files_import_on_wasm_port(mpy_tree: Path, need_tool: NeedTool) -> N
         script,
     ]
     assert "imported" in check(run(cmd))
+
+
+SPLIT_SCRIPT = """\
+import gc
+import sys
+
+base = 0
+#@ each chunk runs after a collection
+base = gc.mem_alloc()
+junk = [bytes(100) for _ in range(100)]
+junk = None
+#@
+print("left", gc.mem_alloc() - base, sys.argv[1:])
+#@
+raise ValueError("on line 12")
+"""
+
+
+def test_wasm_split_collects_between_chunks(tmp_path: Path, need_tool: NeedTool) -> None:
+    # On the wasm build gc.collect() inside a script frees nothing; --split runs
+    # each "#@" chunk on its own with a collection in between (the footprint
+    # bench relies on it), shares the globals and keeps the file's line numbers.
+    node = wasm_node(need_tool)
+    script = tmp_path / "split.py"
+    script.write_text(SPLIT_SCRIPT)
+    proc = run([node, WASM, "--split", script, "a"])
+    assert proc.returncode == 1, proc.stderr
+    words = proc.stdout.split()
+    assert words[0] == "left" and int(words[1]) < 1000, proc.stdout  # ~10 KB made
+    assert "['a']" in proc.stdout
+    assert f'File "{script}", line 12' in proc.stderr, proc.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Run a MicroPython script under the 32-bit WebAssembly port, from Node.
 //
-//   node tools/mpy_wasm.mjs [--heap BYTES] [--pystack WORDS]
+//   node tools/mpy_wasm.mjs [--heap BYTES] [--pystack WORDS] [--split]
 //                           [--pkg DIR ...] script.py [args ...]
 //
 // The VM has an in-memory file system (MEMFS) and cannot see the host's files,
@@ -27,14 +27,23 @@
 // not a cap, and a script never sees MemoryError for want of heap. Areas that
 // empty out are given back, so the growth cannot be read off after the run
 // either. gc.mem_free() reports ~128 MiB of headroom ("max new split"); measure
-// with gc.mem_alloc() deltas after gc.collect(), and compare to the budget.
+// with gc.mem_alloc() deltas after a collection, and compare to the budget.
+//
+// Collections: on this build gc.collect() only marks a collection pending (the
+// VM cannot scan the wasm stack); it runs when control returns to JavaScript.
+// Inside one script nothing is freed, so a heap figure taken there counts the
+// garbage made since the baseline too. --split fixes that: the script is cut
+// at every line starting "#@" and each chunk runs in its own runPython() call,
+// with a collection run in between, so a chunk that starts with
+// gc.mem_alloc() sees only live objects. The chunks share one set of globals
+// and keep their line numbers; a SystemExit or exception ends the run.
 
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
 
 const USAGE =
-  "usage: node tools/mpy_wasm.mjs [--heap BYTES] [--pystack WORDS] " +
+  "usage: node tools/mpy_wasm.mjs [--heap BYTES] [--pystack WORDS] [--split] " +
   "[--pkg DIR ...] script.py [args ...]";
 const DEFAULT_HEAP = 256 * 1024;
 const DEFAULT_PYSTACK = 2048; // the module's own default, in machine words
@@ -54,13 +63,14 @@ function parseSize(text, flag) {
 }
 
 function parseArgs(argv) {
-  const opts = { heap: DEFAULT_HEAP, pystack: DEFAULT_PYSTACK, pkgs: [] };
+  const opts = { heap: DEFAULT_HEAP, pystack: DEFAULT_PYSTACK, pkgs: [], split: false };
   let i = 0;
   for (; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--heap") opts.heap = parseSize(argv[++i], a);
     else if (a.startsWith("--heap=")) opts.heap = parseSize(a.slice(7), "--heap");
     else if (a === "--pystack") opts.pystack = parseSize(argv[++i], a);
+    else if (a === "--split") opts.split = true;
     else if (a === "--pkg") {
       if (i + 1 >= argv.length) die("--pkg needs a directory");
       opts.pkgs.push(argv[++i]);
@@ -131,17 +141,26 @@ function loadModule() {
   return import(entry);
 }
 
-// Runs inside the VM. Returns the process exit code.
+// Runs inside the VM. _mpy_wasm_run() returns the process exit code, or None
+// when the chunk ended normally and the next one may run.
 const BOOTSTRAP = `
-def _mpy_wasm_main(path, argv, extra_path):
+def _mpy_wasm_setup(path, argv, extra_path):
     import sys
     sys.argv[:] = argv
     sys.path[:0] = extra_path
-    g = {"__name__": "__main__", "__file__": path}
+    return {"__name__": "__main__", "__file__": path}
+
+
+def _mpy_wasm_run(g, path, start, end):
+    # Lines start..end-1 of the script, after start blank lines so that
+    # tracebacks give the line numbers of the file.
+    import sys
     try:
         with open(path) as f:
-            code = compile(f.read(), path, "exec")
-        exec(code, g)
+            source = f.read()
+        if start or end is not None:
+            source = "\\n" * start + "\\n".join(source.split("\\n")[start:end])
+        exec(compile(source, path, "exec"), g)
     except SystemExit as e:
         code = e.args[0] if e.args else None
         if code is None:
@@ -153,8 +172,23 @@ def _mpy_wasm_main(path, argv, extra_path):
     except BaseException as e:
         sys.print_exception(e, sys.stderr)
         return 1
-    return 0
 `;
+
+// Line ranges [start, end) of the script's chunks: the whole script, or the
+// pieces between "#@" lines (each "#@" line opens a chunk).
+function chunks(source, split) {
+  if (!split) return [[0, null]];
+  const out = [];
+  let start = 0;
+  source.split("\n").forEach((line, i) => {
+    if (line.startsWith("#@") && i > start) {
+      out.push([start, i]);
+      start = i;
+    }
+  });
+  out.push([start, null]);
+  return out;
+}
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
@@ -191,12 +225,19 @@ async function main() {
   try {
     mp.runPython(BOOTSTRAP);
     // JSON string/array literals are valid Python literals.
+    const script = JSON.stringify(opts.script);
     const argv = JSON.stringify([opts.script, ...opts.args]);
-    mp.runPython(
-      `_mpy_wasm_rc = _mpy_wasm_main(${JSON.stringify(opts.script)}, ${argv}, ` +
-        `${JSON.stringify(extraPath)})`,
-    );
-    rc = mp.globals.get("_mpy_wasm_rc");
+    mp.runPython(`_mpy_wasm_g = _mpy_wasm_setup(${script}, ${argv}, ${JSON.stringify(extraPath)})`);
+    const source = fs.readFileSync(opts.script, "utf8");
+    for (const [i, [start, end]] of chunks(source, opts.split).entries()) {
+      // Runs the collection that gc.collect() left pending (see the top).
+      if (i) mp.runPython("import gc; gc.collect()");
+      const range = `${start}, ${end === null ? "None" : end}`;
+      mp.runPython(`_mpy_wasm_rc = _mpy_wasm_run(_mpy_wasm_g, ${script}, ${range})`);
+      rc = mp.globals.get("_mpy_wasm_rc");
+      if (rc !== null && rc !== undefined) break;
+    }
+    rc ??= 0;
   } catch (e) {
     // Only reached if the bootstrap itself fails (e.g. MemoryError in it).
     out.flush();
