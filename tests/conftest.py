@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a real mosquitto broker and a tool finder.
+"""Shared pytest fixtures: real mosquitto brokers (plain, TLS, WebSockets), network
+faults (a stalling/dropping TCP proxy, a scripted misbehaving broker), a tool finder.
 
 Missing tools skip the tests that need them on a developer machine, but fail
 them when ``CI=true``: CI must never go green by skipping the integration tests.
@@ -14,11 +15,16 @@ import socket
 import subprocess
 import sysconfig
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import pytest
+from fakebroker import FakeBroker, Script
+from netfaults import TcpProxy
+
+if TYPE_CHECKING:  # cryptography is imported only by the fixtures that need it
+    from tlsfiles import TlsFiles
 
 # tests/mpy/ holds MicroPython test modules; they are run by tests/test_micropython.py
 # through tests/mpy/runner.py on every runtime, not collected by pytest.
@@ -86,16 +92,28 @@ class Mosquitto:
     only what an autosave already wrote survives (pass
     ``extra_config=["autosave_interval 1", "autosave_on_changes true"]`` to the
     factory to save after every change).
+
+    Extra listeners come from ``listeners``: name -> the config lines that follow
+    their ``listener PORT 127.0.0.1`` line (each gets a free port); ``ports[name]``
+    is the port, and ``start()`` waits for every listener to accept connections.
+    ``ports["mqtt"]`` is ``port``, the plain MQTT listener every broker has.
     """
 
     host = "127.0.0.1"
 
     def __init__(
-        self, executable: str, workdir: Path, port: int, extra_config: Sequence[str] = ()
+        self,
+        executable: str,
+        workdir: Path,
+        port: int,
+        extra_config: Sequence[str] = (),
+        listeners: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.executable = executable
         self.workdir = workdir
         self.port = port
+        self.ports: dict[str, int] = {"mqtt": port}
+        self.tls: TlsFiles | None = None  # set by fixtures whose listeners use TLS
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self.output_path = workdir / "mosquitto.out"  # stdout/stderr: config errors land here
@@ -116,6 +134,11 @@ class Mosquitto:
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             *extra_config,
         ]
+        for name, listener_config in (listeners or {}).items():
+            if name in self.ports:
+                raise ValueError(f"listener name {name!r} is taken")
+            self.ports[name] = _free_port(self.host)
+            lines += [f"listener {self.ports[name]} {self.host}", *listener_config]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     @property
@@ -158,7 +181,7 @@ class Mosquitto:
                     f"mosquitto exited with status {self._proc.returncode} during start-up "
                     f"on {self.address}\n{self.log()}"
                 )
-            if _accepts(self.host, self.port):
+            if all(_accepts(self.host, port) for port in self.ports.values()):
                 return
             time.sleep(0.02)
         self.kill()
@@ -206,8 +229,9 @@ MosquittoFactory = Callable[..., Mosquitto]
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
-    """Callable ``(extra_config=(), start=True) -> Mosquitto``; each call makes an
-    independent broker with its own port and directory. All are stopped at teardown.
+    """Callable ``(extra_config=(), start=True, listeners=None) -> Mosquitto``; each
+    call makes an independent broker with its own ports and directory (see Mosquitto
+    for ``listeners``). All are stopped at teardown.
     """
     executable = find_tool(
         "mosquitto",
@@ -216,13 +240,19 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[MosquittoFactory]:
     )
     brokers: list[Mosquitto] = []
 
-    def make(extra_config: Sequence[str] = (), start: bool = True) -> Mosquitto:
+    def make(
+        extra_config: Sequence[str] = (),
+        start: bool = True,
+        listeners: Mapping[str, Sequence[str]] | None = None,
+    ) -> Mosquitto:
         last_error: RuntimeError | None = None
         # A free port can be taken between probing and binding; try a few.
         for _ in range(3):
             workdir = tmp_path / f"mosquitto{len(brokers)}"
             workdir.mkdir()
-            broker = Mosquitto(executable, workdir, _free_port(Mosquitto.host), extra_config)
+            broker = Mosquitto(
+                executable, workdir, _free_port(Mosquitto.host), extra_config, listeners
+            )
             brokers.append(broker)
             if not start:
                 return broker
@@ -246,3 +276,105 @@ def mosquitto(mosquitto_factory: MosquittoFactory) -> Mosquitto:
     with ``.stop()``, ``.start()``, ``.restart()`` and ``.kill()``; stopped at teardown.
     """
     return mosquitto_factory()
+
+
+# -- TLS and WebSockets ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server certificate (``localhost``, ``127.0.0.1``) and a client
+    certificate signed by it, generated once per run; see ``tests/tlsfiles.py``.
+    """
+    try:
+        import tlsfiles
+    except ImportError as e:
+        skip_or_fail(f"cannot generate TLS files ({e}); pip install -e '.[test]'")
+    return tlsfiles.make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def mosquitto_tls(mosquitto_factory: MosquittoFactory, tls_files: TlsFiles) -> Mosquitto:
+    """A running mosquitto with, besides its plain listener, two TLS listeners:
+    ``ports["tls"]`` (server certificate only) and ``ports["mtls"]`` (clients must
+    present a certificate signed by the CA). ``.tls`` holds the ``TlsFiles``.
+    """
+    broker = mosquitto_factory(
+        listeners={
+            "tls": tls_files.mosquitto_config(),
+            "mtls": tls_files.mosquitto_config(require_certificate=True),
+        }
+    )
+    broker.tls = tls_files
+    return broker
+
+
+@pytest.fixture
+def mosquitto_ws(mosquitto_factory: MosquittoFactory, tls_files: TlsFiles) -> Mosquitto:
+    """A running mosquitto with MQTT over WebSockets: ``ports["ws"]`` (plain) and
+    ``ports["wss"]`` (TLS, the ``tls_files`` server certificate), both on path ``/``
+    (any path is accepted). ``.tls`` holds the ``TlsFiles``.
+    """
+    # socket_domain ipv4: without it the websockets listener binds every address.
+    ws = ["protocol websockets", "socket_domain ipv4"]
+    broker = mosquitto_factory(listeners={"ws": ws, "wss": ws + tls_files.mosquitto_config()})
+    broker.tls = tls_files
+    return broker
+
+
+# -- network faults ----------------------------------------------------------------------
+
+
+class Endpoint(Protocol):
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+
+ProxyFactory = Callable[[tuple[str, int] | Endpoint], TcpProxy]
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[ProxyFactory]:
+    """Callable ``(target) -> TcpProxy``, ``target`` being ``(host, port)`` or anything
+    with ``.host`` and ``.port`` (a Mosquitto, a FakeBroker). All are closed (every
+    connection reset, thread joined) at teardown. See ``tests/netfaults.py``.
+    """
+    proxies: list[TcpProxy] = []
+
+    def make(target: tuple[str, int] | Endpoint) -> TcpProxy:
+        address = target if isinstance(target, tuple) else (target.host, target.port)
+        proxies.append(TcpProxy(address))
+        return proxies[-1]
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def proxy(tcp_proxy: ProxyFactory, mosquitto: Mosquitto) -> TcpProxy:
+    """A TcpProxy to the ``mosquitto`` fixture's plain listener."""
+    return tcp_proxy(mosquitto)
+
+
+FakeBrokerFactory = Callable[..., FakeBroker]
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBrokerFactory]:
+    """Callable ``(*scripts) -> FakeBroker``: a scripted misbehaving server on a free
+    loopback port; connection ``i`` runs ``scripts[i]`` (the last one repeats). All are
+    closed (threads joined) at teardown. See ``tests/fakebroker.py``.
+    """
+    brokers: list[FakeBroker] = []
+
+    def make(*scripts: Script) -> FakeBroker:
+        brokers.append(FakeBroker(*scripts))
+        return brokers[-1]
+
+    yield make
+    for broker in brokers:
+        broker.close()
