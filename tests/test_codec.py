@@ -1860,3 +1860,42 @@ def test_paho_keepalive_ping(server: CodecServer, clients: list[mqtt.Client], v:
     assert server.expect(PingReq) == PingReq()
     client.disconnect()
     server.expect(Disconnect)
+
+
+# -- private const() copies ------------------------------------------------------
+
+
+def test_private_const_copies_match_the_public_numbers() -> None:
+    # Each module keeps `_NAME = const(value)` copies of the numbers it uses
+    # (free on MicroPython) instead of importing them from _const.
+    import importlib
+    import pkgutil
+
+    import fieldline.mqtt
+    from fieldline.mqtt import _const
+
+    public = {k: v for k, v in vars(_const).items() if k.isupper()}
+    checked = 0
+    for info in pkgutil.iter_modules(fieldline.mqtt.__path__):
+        if info.name.startswith(("_client", "_async_client")):
+            continue  # the client adapters, not the core
+        module = importlib.import_module("fieldline.mqtt." + info.name)
+        for name, value in vars(module).items():
+            if name[:1] == "_" and name[1:] in public and isinstance(value, int):
+                assert value == public[name[1:]], f"{info.name}.{name}"
+                checked += 1
+    assert checked > 50
+
+
+def test_public_numbers_load_lazily_and_star_import_has_them() -> None:
+    import fieldline.mqtt as mqtt
+
+    assert mqtt.PUBLISH == 3 and mqtt.PACKET_TOO_LARGE == 0x95 and mqtt.MQTT311 == 4
+    namespace: dict[str, object] = {}
+    exec("from fieldline.mqtt import *", namespace)
+    assert namespace["PACKET_TOO_LARGE"] == 0x95 and namespace["Publish"] is mqtt.Publish
+    assert "V3_ACCEPTED" in mqtt.__all__ and "SubscriptionTree" in dir(mqtt)
+    with pytest.raises(AttributeError):
+        mqtt.NO_SUCH_NUMBER  # noqa: B018
+    with pytest.raises(AttributeError):
+        mqtt.no_such_name  # noqa: B018

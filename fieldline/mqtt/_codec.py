@@ -13,29 +13,6 @@ and stay small enough for an ESP32's RAM.
 
 import sys
 
-from ._const import (
-    AUTH,
-    CONNACK,
-    CONNECT,
-    MALFORMED_PACKET,
-    MAX_PACKET_SIZE,
-    MAX_REMAINING_LENGTH,
-    MQTT5,
-    MQTT311,
-    PACKET_TOO_LARGE,
-    PINGREQ,
-    PROTOCOL_ERROR,
-    PUBACK,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    SUBACK,
-    SUBSCRIBE,
-    TOPIC_NAME_INVALID,
-    UNSUBACK,
-    UNSUBSCRIBE,
-    UNSUPPORTED_PROTOCOL_VERSION,
-)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import (
     Auth,
@@ -56,6 +33,34 @@ from ._packets import (
     Unsubscribe,
     Will,
 )
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+# Private copies of the numbers in _const: folded into the bytecode, no RAM.
+_CONNECT = const(1)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_SUBSCRIBE = const(8)
+_SUBACK = const(9)
+_UNSUBSCRIBE = const(10)
+_UNSUBACK = const(11)
+_PINGREQ = const(12)
+_AUTH = const(15)
+_MQTT311 = const(4)
+_MQTT5 = const(5)
+_MALFORMED_PACKET = const(0x81)
+_PROTOCOL_ERROR = const(0x82)
+_UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
+_TOPIC_NAME_INVALID = const(0x90)
+_PACKET_TOO_LARGE = const(0x95)
+_MAX_REMAINING_LENGTH = const(268435455)
+_MAX_PACKET_SIZE = const(268435460)
 
 # CPython's UTF-8 codec rejects encoded surrogates; MicroPython's does not.
 _CHECK_SURROGATES = sys.implementation.name == "micropython"
@@ -89,7 +94,7 @@ def _p():
 
 
 def _malformed(msg):
-    return RemoteProtocolError(MALFORMED_PACKET, msg)
+    return RemoteProtocolError(_MALFORMED_PACKET, msg)
 
 
 # -- primitives (2.2.1, 1.5) ---------------------------------------------------
@@ -171,10 +176,12 @@ def encode_string(s):
     try:
         b = s.encode()
     except (AttributeError, UnicodeError):
-        raise LocalProtocolError(MALFORMED_PACKET, "%r is not a valid string" % (s,)) from None
+        raise LocalProtocolError(_MALFORMED_PACKET, "%r is not a valid string" % (s,)) from None
     n = len(b)
     if n > 0xFFFF or "\x00" in s or (_CHECK_SURROGATES and _surrogate_at(b)):
-        raise LocalProtocolError(MALFORMED_PACKET, "string too long or holds U+0000 or a surrogate")
+        raise LocalProtocolError(
+            _MALFORMED_PACKET, "string too long or holds U+0000 or a surrogate"
+        )
     return bytes((n >> 8, n & 255)) + b
 
 
@@ -183,20 +190,20 @@ def _encode_binary(b):
         b = b.encode()
     n = len(b)
     if n > 0xFFFF:
-        raise LocalProtocolError(MALFORMED_PACKET, "binary data longer than 65535 bytes")
+        raise LocalProtocolError(_MALFORMED_PACKET, "binary data longer than 65535 bytes")
     return bytes((n >> 8, n & 255)) + bytes(b)
 
 
 def _encode_topic(topic, alias_ok):
     if not isinstance(topic, str) or "+" in topic or "#" in topic or not (topic or alias_ok):
-        raise LocalProtocolError(TOPIC_NAME_INVALID, "invalid topic name %r" % (topic,))
+        raise LocalProtocolError(_TOPIC_NAME_INVALID, "invalid topic name %r" % (topic,))
     return encode_string(topic)
 
 
 def _encode_props(props, ptype, v):
-    if v != MQTT5:
+    if v != _MQTT5:
         if props:
-            raise LocalProtocolError(PROTOCOL_ERROR, "properties need MQTT 5.0")
+            raise LocalProtocolError(_PROTOCOL_ERROR, "properties need MQTT 5.0")
         return b""
     if not props:
         return b"\x00"
@@ -205,13 +212,13 @@ def _encode_props(props, ptype, v):
 
 def _packet_id(pid):
     if not isinstance(pid, int) or pid < 1 or pid > 0xFFFF:
-        raise LocalProtocolError(PROTOCOL_ERROR, "packet id must be 1..65535")  # MQTT-2.2.1-3
+        raise LocalProtocolError(_PROTOCOL_ERROR, "packet id must be 1..65535")  # MQTT-2.2.1-3
     return bytes((pid >> 8, pid & 255))
 
 
 def _frame_header(first, n):
-    if n > MAX_REMAINING_LENGTH:
-        raise LocalProtocolError(PACKET_TOO_LARGE, "packet larger than 256 MB")
+    if n > _MAX_REMAINING_LENGTH:
+        raise LocalProtocolError(_PACKET_TOO_LARGE, "packet larger than 256 MB")
     return bytes((first,)) + encode_varint(n)
 
 
@@ -224,7 +231,7 @@ def _frame(first, body):
 
 def _check_qos(qos):
     if qos not in (0, 1, 2):
-        raise LocalProtocolError(PROTOCOL_ERROR, "QoS must be 0, 1 or 2")
+        raise LocalProtocolError(_PROTOCOL_ERROR, "QoS must be 0, 1 or 2")
 
 
 # -- encoders ------------------------------------------------------------------
@@ -232,8 +239,8 @@ def _check_qos(qos):
 
 def _e_connect(p, v):
     v = p.protocol_level
-    if v not in (MQTT311, MQTT5):
-        raise LocalProtocolError(UNSUPPORTED_PROTOCOL_VERSION, "protocol level must be 4 or 5")
+    if v not in (_MQTT311, _MQTT5):
+        raise LocalProtocolError(_UNSUPPORTED_PROTOCOL_VERSION, "protocol level must be 4 or 5")
     flags = 2 if p.clean_start else 0
     w = p.will
     if w is not None:
@@ -242,15 +249,15 @@ def _e_connect(p, v):
     if p.username is not None:
         flags |= 128
     if p.password is not None:
-        if v == MQTT311 and p.username is None:
-            raise LocalProtocolError(PROTOCOL_ERROR, "3.1.1 needs a user name with a password")
+        if v == _MQTT311 and p.username is None:
+            raise LocalProtocolError(_PROTOCOL_ERROR, "3.1.1 needs a user name with a password")
         flags |= 64
     ka = p.keep_alive
     if not isinstance(ka, int) or ka < 0 or ka > 0xFFFF:
-        raise LocalProtocolError(PROTOCOL_ERROR, "keep_alive must be 0..65535")
+        raise LocalProtocolError(_PROTOCOL_ERROR, "keep_alive must be 0..65535")
     body = bytearray(b"\x00\x04MQTT")
     body += bytes((v, flags, ka >> 8, ka & 255))
-    body += _encode_props(p.properties, CONNECT, v)
+    body += _encode_props(p.properties, _CONNECT, v)
     body += encode_string(p.client_id)
     if w is not None:
         body += _encode_props(w.properties, 0, v)
@@ -270,11 +277,11 @@ def _e_connack(p, v):
         not isinstance(rc, int)
         or rc < 0
         or rc > 255
-        or (rc not in _CONNACK_CODES if v == MQTT5 else rc > 5)
+        or (rc not in _CONNACK_CODES if v == _MQTT5 else rc > 5)
     ):
-        raise LocalProtocolError(PROTOCOL_ERROR, "invalid reason code %r" % (rc,))
+        raise LocalProtocolError(_PROTOCOL_ERROR, "invalid reason code %r" % (rc,))
     return _frame(
-        0x20, bytes((1 if p.session_present else 0, rc)) + _encode_props(p.properties, CONNACK, v)
+        0x20, bytes((1 if p.session_present else 0, rc)) + _encode_props(p.properties, _CONNACK, v)
     )
 
 
@@ -290,7 +297,7 @@ def _e_publish(p, v):
     topic = p.topic
     tb = _topics.get(topic)
     if tb is None:
-        tb = _encode_topic(topic, v == MQTT5 and props and "topic_alias" in props)
+        tb = _encode_topic(topic, v == _MQTT5 and props and "topic_alias" in props)
         if topic:
             if len(_topics) >= _TOPIC_CACHE_SIZE:
                 _topics.clear()
@@ -300,11 +307,11 @@ def _e_publish(p, v):
         if isinstance(payload, str):
             payload = payload.encode()
         elif not isinstance(payload, (bytearray, memoryview)):
-            raise LocalProtocolError(PROTOCOL_ERROR, "payload must be bytes or str")
-    if v == MQTT5:
-        pb = _p().encode_properties(props, PUBLISH) if props else b"\x00"
+            raise LocalProtocolError(_PROTOCOL_ERROR, "payload must be bytes or str")
+    if v == _MQTT5:
+        pb = _p().encode_properties(props, _PUBLISH) if props else b"\x00"
     elif props:
-        raise LocalProtocolError(PROTOCOL_ERROR, "properties need MQTT 5.0")
+        raise LocalProtocolError(_PROTOCOL_ERROR, "properties need MQTT 5.0")
     else:
         pb = b""
     first = 0x30 | (1 if p.retain else 0)
@@ -322,7 +329,7 @@ def _e_publish(p, v):
     if type(qos) is not int:
         _check_qos(qos)
     if p.dup:
-        raise LocalProtocolError(PROTOCOL_ERROR, "DUP must be 0 for QoS 0")  # MQTT-3.3.1-2
+        raise LocalProtocolError(_PROTOCOL_ERROR, "DUP must be 0 for QoS 0")  # MQTT-3.3.1-2
     n = len(tb) + len(pb) + len(payload)
     if n < 128:
         return b"".join((bytes((first, n)), tb, pb, payload))
@@ -333,25 +340,25 @@ def _e_ack(p, v):
     t = p.type
     body = _packet_id(p.packet_id)
     rc = p.reason_code
-    codes = _PUBREL_CODES if t > PUBREC else _PUBACK_CODES
+    codes = _PUBREL_CODES if t > _PUBREC else _PUBACK_CODES
     if rc not in codes:
-        raise LocalProtocolError(PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
-    if v == MQTT5:
+        raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
+    if v == _MQTT5:
         if p.properties:
             body += bytes((rc,)) + _encode_props(p.properties, t, v)
         elif rc:
             body += bytes((rc,))  # 3.4.2.1: the property length may be left out
     elif rc or p.properties:
-        raise LocalProtocolError(PROTOCOL_ERROR, "MQTT 3.1.1 acks carry no reason code")
-    return _frame((t << 4) | (2 if t == PUBREL else 0), body)
+        raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 acks carry no reason code")
+    return _frame((t << 4) | (2 if t == _PUBREL else 0), body)
 
 
 def _e_subscribe(p, v):
     subs = p.subscriptions
     if not subs:
-        raise LocalProtocolError(PROTOCOL_ERROR, "SUBSCRIBE needs a topic filter")  # MQTT-3.8.3-3
+        raise LocalProtocolError(_PROTOCOL_ERROR, "SUBSCRIBE needs a topic filter")  # MQTT-3.8.3-3
     body = bytearray(_packet_id(p.packet_id))
-    body += _encode_props(p.properties, SUBSCRIBE, v)
+    body += _encode_props(p.properties, _SUBSCRIBE, v)
     for s in subs:
         _check_qos(s.qos)
         opts = s.qos
@@ -361,10 +368,10 @@ def _e_subscribe(p, v):
             opts |= 8
         rh = s.retain_handling
         if rh not in (0, 1, 2):
-            raise LocalProtocolError(PROTOCOL_ERROR, "retain_handling must be 0, 1 or 2")
+            raise LocalProtocolError(_PROTOCOL_ERROR, "retain_handling must be 0, 1 or 2")
         opts |= rh << 4
-        if v != MQTT5 and opts > 3:
-            raise LocalProtocolError(PROTOCOL_ERROR, "subscription options need MQTT 5.0")
+        if v != _MQTT5 and opts > 3:
+            raise LocalProtocolError(_PROTOCOL_ERROR, "subscription options need MQTT 5.0")
         body += encode_string(s.topic_filter)
         body.append(opts)
     return _frame(0x82, body)
@@ -372,20 +379,20 @@ def _e_subscribe(p, v):
 
 def _e_suback(p, v):
     codes = bytes(p.reason_codes)
-    allowed = _SUBACK_CODES if v == MQTT5 else _SUBACK_CODES_V3
+    allowed = _SUBACK_CODES if v == _MQTT5 else _SUBACK_CODES_V3
     for c in codes:
         if c not in allowed:
-            raise LocalProtocolError(PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
+            raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
     if not codes:
-        raise LocalProtocolError(PROTOCOL_ERROR, "SUBACK needs a reason code")
-    return _frame(0x90, _packet_id(p.packet_id) + _encode_props(p.properties, SUBACK, v) + codes)
+        raise LocalProtocolError(_PROTOCOL_ERROR, "SUBACK needs a reason code")
+    return _frame(0x90, _packet_id(p.packet_id) + _encode_props(p.properties, _SUBACK, v) + codes)
 
 
 def _e_unsubscribe(p, v):
     if not p.topic_filters:
-        raise LocalProtocolError(PROTOCOL_ERROR, "UNSUBSCRIBE needs a topic filter")
+        raise LocalProtocolError(_PROTOCOL_ERROR, "UNSUBSCRIBE needs a topic filter")
     body = bytearray(_packet_id(p.packet_id))
-    body += _encode_props(p.properties, UNSUBSCRIBE, v)
+    body += _encode_props(p.properties, _UNSUBSCRIBE, v)
     for f in p.topic_filters:
         body += encode_string(f)
     return _frame(0xA2, body)
@@ -393,16 +400,16 @@ def _e_unsubscribe(p, v):
 
 def _e_unsuback(p, v):
     body = _packet_id(p.packet_id)
-    if v == MQTT5:
+    if v == _MQTT5:
         codes = bytes(p.reason_codes)
         for c in codes:
             if c not in _UNSUBACK_CODES:
-                raise LocalProtocolError(PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
+                raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
         if not codes:
-            raise LocalProtocolError(PROTOCOL_ERROR, "UNSUBACK needs a reason code")
-        body += _encode_props(p.properties, UNSUBACK, v) + codes
+            raise LocalProtocolError(_PROTOCOL_ERROR, "UNSUBACK needs a reason code")
+        body += _encode_props(p.properties, _UNSUBACK, v) + codes
     elif p.reason_codes or p.properties:
-        raise LocalProtocolError(PROTOCOL_ERROR, "MQTT 3.1.1 UNSUBACK carries no reason codes")
+        raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 UNSUBACK carries no reason codes")
     return _frame(0xB0, body)
 
 
@@ -414,13 +421,13 @@ def _e_reason(p, v):
     # DISCONNECT and AUTH: reason code and properties, both optional on the wire.
     t = p.type
     rc = p.reason_code
-    if rc not in (_AUTH_CODES if t == AUTH else _DISCONNECT_CODES):
-        raise LocalProtocolError(PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
-    if v != MQTT5:
-        if t == AUTH:
-            raise LocalProtocolError(PROTOCOL_ERROR, "AUTH needs MQTT 5.0")
+    if rc not in (_AUTH_CODES if t == _AUTH else _DISCONNECT_CODES):
+        raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
+    if v != _MQTT5:
+        if t == _AUTH:
+            raise LocalProtocolError(_PROTOCOL_ERROR, "AUTH needs MQTT 5.0")
         if rc or p.properties:
-            raise LocalProtocolError(PROTOCOL_ERROR, "MQTT 3.1.1 DISCONNECT is empty")
+            raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 DISCONNECT is empty")
         return b"\xe0\x00"
     if p.properties:
         return _frame(t << 4, bytes((rc,)) + _encode_props(p.properties, t, v))
@@ -449,13 +456,13 @@ _ENCODERS = (
 )
 
 
-def encode(packet, version=MQTT5):
+def encode(packet, version=_MQTT5):
     """Return the bytes of ``packet`` for protocol ``version`` (4 = 3.1.1, 5 = 5.0).
     Raises LocalProtocolError if the packet breaks the spec."""
     try:
         return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
     except (TypeError, ValueError, OverflowError) as e:
-        raise LocalProtocolError(PROTOCOL_ERROR, "cannot encode %r: %s" % (packet, e)) from None
+        raise LocalProtocolError(_PROTOCOL_ERROR, "cannot encode %r: %s" % (packet, e)) from None
 
 
 # -- decoders ------------------------------------------------------------------
@@ -467,7 +474,7 @@ def encode(packet, version=MQTT5):
 def _pid(data, pos):
     pid = (data[pos] << 8) | data[pos + 1]
     if not pid:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
     return pid
 
 
@@ -475,10 +482,10 @@ def _d_connect(t, flags, data, pos, v):
     end = len(data)
     name, pos = read_string(data, pos, end)
     level = data[pos]
-    if name != "MQTT" or level not in (MQTT311, MQTT5):
+    if name != "MQTT" or level not in (_MQTT311, _MQTT5):
         # MQTT-3.1.2-2: answer CONNACK 0x84 (3.1.1: return code 1) and close.
         raise RemoteProtocolError(
-            UNSUPPORTED_PROTOCOL_VERSION, "protocol %r level %d" % (name, level)
+            _UNSUPPORTED_PROTOCOL_VERSION, "protocol %r level %d" % (name, level)
         )
     cf = data[pos + 1]
     if cf & 1:
@@ -486,8 +493,8 @@ def _d_connect(t, flags, data, pos, v):
     ka = (data[pos + 2] << 8) | data[pos + 3]
     pos += 4
     props = None
-    if level == MQTT5:
-        props, pos = _read_props(data, pos, CONNECT)
+    if level == _MQTT5:
+        props, pos = _read_props(data, pos, _CONNECT)
     client_id, pos = read_string(data, pos, end)
     will = None
     if cf & 4:
@@ -495,11 +502,11 @@ def _d_connect(t, flags, data, pos, v):
         if wqos == 3:
             raise _malformed("will QoS 3")  # MQTT-3.1.2-14
         wprops = None
-        if level == MQTT5:
+        if level == _MQTT5:
             wprops, pos = _read_props(data, pos, 0)
         wtopic, pos = read_string(data, pos, end)
         if not wtopic or "+" in wtopic or "#" in wtopic:
-            raise RemoteProtocolError(TOPIC_NAME_INVALID, "invalid will topic")
+            raise RemoteProtocolError(_TOPIC_NAME_INVALID, "invalid will topic")
         wpayload, pos = _read_binary(data, pos, end)
         will = Will(wtopic, wpayload, wqos, bool(cf & 32), wprops)
     elif cf & 0x38:
@@ -507,7 +514,7 @@ def _d_connect(t, flags, data, pos, v):
     username = password = None
     if cf & 128:
         username, pos = read_string(data, pos, end)
-    elif level == MQTT311 and cf & 64:
+    elif level == _MQTT311 and cf & 64:
         raise _malformed("password without user name")  # MQTT-3.1.2-22
     if cf & 64:
         password, pos = _read_binary(data, pos, end)
@@ -523,12 +530,12 @@ def _d_connack(t, flags, data, pos, v):
     rc = data[pos + 1]
     pos += 2
     props = None
-    if v == MQTT5:
+    if v == _MQTT5:
         if rc not in _CONNACK_CODES:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "CONNACK reason code 0x%02X" % rc)
-        props, pos = _read_props(data, pos, CONNACK)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "CONNACK reason code 0x%02X" % rc)
+        props, pos = _read_props(data, pos, _CONNACK)
     elif rc > 5:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "CONNACK return code %d" % rc)
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "CONNACK return code %d" % rc)
     if pos != len(data):
         raise _malformed("bytes after the CONNACK")
     return ConnAck(f == 1, rc, props)
@@ -550,25 +557,25 @@ def _d_publish(t, flags, data, pos, v):
     if "+" in topic or "#" in topic or "\x00" in topic:
         if "\x00" in topic:
             raise _malformed("U+0000 in a UTF-8 string")  # MQTT-1.5.4-2
-        raise RemoteProtocolError(TOPIC_NAME_INVALID, "wildcard in PUBLISH topic")  # MQTT-3.3.2-2
+        raise RemoteProtocolError(_TOPIC_NAME_INVALID, "wildcard in PUBLISH topic")  # MQTT-3.3.2-2
     pid = None
     if qos:
         pid = (data[e] << 8) | data[e + 1]
         e += 2
         if not pid:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
     elif flags & 8:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "DUP set on QoS 0")  # MQTT-3.3.1-2
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "DUP set on QoS 0")  # MQTT-3.3.1-2
     props = None
-    if v == MQTT5:
+    if v == _MQTT5:
         if data[e]:
-            props, e = _p().decode_properties(data, e, PUBLISH)
+            props, e = _p().decode_properties(data, e, _PUBLISH)
         else:
             e += 1
     if e > len(data):
         raise _malformed("PUBLISH shorter than its fields")
     if not topic and (not props or "topic_alias" not in props):
-        raise RemoteProtocolError(PROTOCOL_ERROR, "empty topic without topic alias")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "empty topic without topic alias")
     return Publish(topic, data[e:], qos, flags & 1 != 0, flags & 8 != 0, pid, props)
 
 
@@ -580,17 +587,17 @@ def _d_ack(t, flags, data, pos, v):
     pid = _pid(data, pos)
     rc = 0
     props = None
-    if v == MQTT5 and n > 2:
+    if v == _MQTT5 and n > 2:
         rc = data[pos + 2]
-        if rc not in (_PUBREL_CODES if t > PUBREC else _PUBACK_CODES):
-            raise RemoteProtocolError(PROTOCOL_ERROR, "reason code 0x%02X" % rc)
+        if rc not in (_PUBREL_CODES if t > _PUBREC else _PUBACK_CODES):
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % rc)
         if n > 3:
             props, pos = _read_props(data, pos + 3, t)
             if pos != len(data):
                 raise _malformed("bytes after the properties")
     elif n != 2:
         raise _malformed("wrong remaining length")
-    return _ACKS[t - PUBACK](pid, rc, props)
+    return _ACKS[t - _PUBACK](pid, rc, props)
 
 
 def _d_subscribe(t, flags, data, pos, v):
@@ -598,37 +605,37 @@ def _d_subscribe(t, flags, data, pos, v):
     pid = _pid(data, pos)
     pos += 2
     props = None
-    if v == MQTT5:
-        props, pos = _read_props(data, pos, SUBSCRIBE)
+    if v == _MQTT5:
+        props, pos = _read_props(data, pos, _SUBSCRIBE)
     subs = []
     while pos < end:
         f, pos = read_string(data, pos, end)
         o = data[pos]
         pos += 1
-        if o & (0xC0 if v == MQTT5 else 0xFC):
+        if o & (0xC0 if v == _MQTT5 else 0xFC):
             raise _malformed("reserved subscription option bits set")  # MQTT-3.8.3-5
         if o & 3 == 3:
             # 3.1.1: malformed (MQTT-3-8.3-4); 5.0: protocol error (3.8.3.1).
             raise RemoteProtocolError(
-                PROTOCOL_ERROR if v == MQTT5 else MALFORMED_PACKET, "subscription QoS 3"
+                _PROTOCOL_ERROR if v == _MQTT5 else _MALFORMED_PACKET, "subscription QoS 3"
             )
         if o >> 4 == 3:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "retain handling 3")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "retain handling 3")
         if o & 4 and f.startswith("$share/"):
-            raise RemoteProtocolError(PROTOCOL_ERROR, "no local on a shared subscription")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "no local on a shared subscription")
         subs.append(Subscription(f, o & 3, bool(o & 4), bool(o & 8), o >> 4))
     if not subs:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "SUBSCRIBE without topic filter")  # MQTT-3.8.3-3
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "SUBSCRIBE without topic filter")  # MQTT-3.8.3-3
     return Subscribe(pid, subs, props)
 
 
 def _d_codes(data, pos, allowed):
     codes = list(data[pos:])
     if not codes:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "no reason codes")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "no reason codes")
     for c in codes:
         if c not in allowed:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "reason code 0x%02X" % c)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % c)
     return codes
 
 
@@ -636,9 +643,9 @@ def _d_suback(t, flags, data, pos, v):
     pid = _pid(data, pos)
     pos += 2
     props = None
-    if v == MQTT5:
-        props, pos = _read_props(data, pos, SUBACK)
-    codes = _d_codes(data, pos, _SUBACK_CODES if v == MQTT5 else _SUBACK_CODES_V3)
+    if v == _MQTT5:
+        props, pos = _read_props(data, pos, _SUBACK)
+    codes = _d_codes(data, pos, _SUBACK_CODES if v == _MQTT5 else _SUBACK_CODES_V3)
     return SubAck(pid, codes, props)
 
 
@@ -647,51 +654,51 @@ def _d_unsubscribe(t, flags, data, pos, v):
     pid = _pid(data, pos)
     pos += 2
     props = None
-    if v == MQTT5:
-        props, pos = _read_props(data, pos, UNSUBSCRIBE)
+    if v == _MQTT5:
+        props, pos = _read_props(data, pos, _UNSUBSCRIBE)
     filters = []
     while pos < end:
         f, pos = read_string(data, pos, end)
         filters.append(f)
     if not filters:
         # MQTT-3.10.3-2
-        raise RemoteProtocolError(PROTOCOL_ERROR, "UNSUBSCRIBE without topic filter")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "UNSUBSCRIBE without topic filter")
     return Unsubscribe(pid, filters, props)
 
 
 def _d_unsuback(t, flags, data, pos, v):
     pid = _pid(data, pos)
-    if v != MQTT5:
+    if v != _MQTT5:
         if len(data) - pos != 2:
             raise _malformed("wrong remaining length")
         return UnsubAck(pid)
-    props, pos = _read_props(data, pos + 2, UNSUBACK)
+    props, pos = _read_props(data, pos + 2, _UNSUBACK)
     return UnsubAck(pid, _d_codes(data, pos, _UNSUBACK_CODES), props)
 
 
 def _d_ping(t, flags, data, pos, v):
     if len(data) != pos:
         raise _malformed("PINGREQ/PINGRESP with a body")
-    return PingReq() if t == PINGREQ else PingResp()
+    return PingReq() if t == _PINGREQ else PingResp()
 
 
 def _d_reason(t, flags, data, pos, v):
     n = len(data) - pos
-    if t == AUTH and v != MQTT5:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "AUTH in MQTT 3.1.1")
+    if t == _AUTH and v != _MQTT5:
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH in MQTT 3.1.1")
     rc = 0
     props = None
     if n:
-        if v != MQTT5:
+        if v != _MQTT5:
             raise _malformed("DISCONNECT with a body")
         rc = data[pos]
-        if rc not in (_AUTH_CODES if t == AUTH else _DISCONNECT_CODES):
-            raise RemoteProtocolError(PROTOCOL_ERROR, "reason code 0x%02X" % rc)
+        if rc not in (_AUTH_CODES if t == _AUTH else _DISCONNECT_CODES):
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % rc)
         if n > 1:
             props, pos = _read_props(data, pos + 1, t)
             if pos != len(data):
                 raise _malformed("bytes after the properties")
-    return (Auth if t == AUTH else Disconnect)(rc, props)
+    return (Auth if t == _AUTH else Disconnect)(rc, props)
 
 
 _DECODERS = (
@@ -726,7 +733,7 @@ class Parser:
     ``version`` is 4 or 5; None (server side) takes it from the CONNECT.
     """
 
-    def __init__(self, version=MQTT5, max_packet_size=MAX_PACKET_SIZE):
+    def __init__(self, version=_MQTT5, max_packet_size=_MAX_PACKET_SIZE):
         self.version = version
         self.max_packet_size = max_packet_size
         # Whole chunks are kept as the bytes they came in (packets are sliced
@@ -786,7 +793,7 @@ class Parser:
             end = i + length
         # Checked before waiting for the body, so a peer cannot make us buffer it.
         if end - start > self.max_packet_size:
-            raise RemoteProtocolError(PACKET_TOO_LARGE, "packet of %d bytes" % (end - start))
+            raise RemoteProtocolError(_PACKET_TOO_LARGE, "packet of %d bytes" % (end - start))
         if end > n:
             return None
         self._pos = end
@@ -802,19 +809,19 @@ class Parser:
             raise _malformed("invalid fixed header flags")  # MQTT-2.2.2-1, -2
         v = self.version
         if v is None:
-            if t != CONNECT:
-                raise RemoteProtocolError(PROTOCOL_ERROR, "first packet is not CONNECT")
-            v = MQTT5
+            if t != _CONNECT:
+                raise RemoteProtocolError(_PROTOCOL_ERROR, "first packet is not CONNECT")
+            v = _MQTT5
         try:
             p = _DECODERS[t](t, flags, buf, i - start, v)  # type: ignore[misc]
         except (IndexError, ValueError):
             raise _malformed("packet shorter than its fields") from None
-        if t == CONNECT and self.version is None:
+        if t == _CONNECT and self.version is None:
             self.version = p.protocol_level
         return p
 
 
-def decode(data, version=MQTT5):
+def decode(data, version=_MQTT5):
     """Decode exactly one whole packet from ``data``; raises RemoteProtocolError
     if it is malformed, incomplete or followed by more bytes."""
     parser = Parser(version)

@@ -1,8 +1,13 @@
 """Numbers of the protocol: packet types, protocol levels, QoS and reason codes.
 
-Plain ints laid out like Starlette's ``status.py``. On MicroPython the
-underscore-free names are module attributes (a few bytes each); names for
-``repr`` and error messages live in ``_names`` and load only when printed.
+Plain ints laid out like Starlette's ``status.py``: the public names of
+``fieldline.mqtt`` (``fieldline.mqtt.PUBLISH``, ``PACKET_TOO_LARGE``, ...).
+This module loads only when an application asks for one of them; the modules
+of the package never import it. Each keeps private ``_NAME = const(...)``
+copies of the values it uses instead, which MicroPython folds into the
+bytecode at no RAM cost, where an imported name costs RAM in every module
+that imports it (tests check the copies against this table). Names for
+``repr`` and error messages live in ``_names``.
 """
 
 try:

@@ -6,24 +6,28 @@ no extra cost. ``properties`` is ``None`` or a dict keyed by property name
 (see ``_props.PROPERTIES``); ``None`` and ``{}`` mean the same.
 """
 
-from ._const import (
-    AUTH,
-    CONNACK,
-    CONNECT,
-    DISCONNECT,
-    MQTT5,
-    PINGREQ,
-    PINGRESP,
-    PUBACK,
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    SUBACK,
-    SUBSCRIBE,
-    UNSUBACK,
-    UNSUBSCRIBE,
-)
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+# Packet types (private copies: folded into the bytecode, no RAM on the board).
+_CONNECT = const(1)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_SUBACK = const(9)
+_UNSUBSCRIBE = const(10)
+_UNSUBACK = const(11)
+_PINGREQ = const(12)
+_PINGRESP = const(13)
+_DISCONNECT = const(14)
+_AUTH = const(15)
+_MQTT5 = const(5)
 
 
 class _Record:
@@ -70,7 +74,7 @@ class Will(_Record):
 
 
 class Connect(Packet):
-    type = CONNECT
+    type = _CONNECT
 
     def __init__(
         self,
@@ -80,7 +84,7 @@ class Connect(Packet):
         username=None,
         password=None,
         will=None,
-        protocol_level=MQTT5,
+        protocol_level=_MQTT5,
         properties=None,
     ):
         self.client_id = client_id
@@ -96,7 +100,7 @@ class Connect(Packet):
 class ConnAck(Packet):
     """``reason_code`` is the 5.0 reason code, or the 3.1.1 return code (0-5)."""
 
-    type = CONNACK
+    type = _CONNACK
 
     def __init__(self, session_present=False, reason_code=0, properties=None):
         self.session_present = session_present
@@ -105,7 +109,7 @@ class ConnAck(Packet):
 
 
 class Publish(Packet):
-    type = PUBLISH
+    type = _PUBLISH
 
     def __init__(
         self, topic, payload=b"", qos=0, retain=False, dup=False, packet_id=None, properties=None
@@ -129,19 +133,19 @@ class _Ack(Packet):
 
 
 class PubAck(_Ack):
-    type = PUBACK
+    type = _PUBACK
 
 
 class PubRec(_Ack):
-    type = PUBREC
+    type = _PUBREC
 
 
 class PubRel(_Ack):
-    type = PUBREL
+    type = _PUBREL
 
 
 class PubComp(_Ack):
-    type = PUBCOMP
+    type = _PUBCOMP
 
 
 class Subscription(_Record):
@@ -158,7 +162,7 @@ class Subscription(_Record):
 
 
 class Subscribe(Packet):
-    type = SUBSCRIBE
+    type = _SUBSCRIBE
 
     def __init__(self, packet_id, subscriptions, properties=None):
         self.packet_id = packet_id
@@ -167,7 +171,7 @@ class Subscribe(Packet):
 
 
 class SubAck(Packet):
-    type = SUBACK
+    type = _SUBACK
 
     def __init__(self, packet_id, reason_codes, properties=None):
         self.packet_id = packet_id
@@ -176,7 +180,7 @@ class SubAck(Packet):
 
 
 class Unsubscribe(Packet):
-    type = UNSUBSCRIBE
+    type = _UNSUBSCRIBE
 
     def __init__(self, packet_id, topic_filters, properties=None):
         self.packet_id = packet_id
@@ -187,7 +191,7 @@ class Unsubscribe(Packet):
 class UnsubAck(Packet):
     """In 3.1.1 UNSUBACK carries no reason codes; ``reason_codes`` is then empty."""
 
-    type = UNSUBACK
+    type = _UNSUBACK
 
     def __init__(self, packet_id, reason_codes=None, properties=None):
         self.packet_id = packet_id
@@ -196,15 +200,15 @@ class UnsubAck(Packet):
 
 
 class PingReq(Packet):
-    type = PINGREQ
+    type = _PINGREQ
 
 
 class PingResp(Packet):
-    type = PINGRESP
+    type = _PINGRESP
 
 
 class Disconnect(Packet):
-    type = DISCONNECT
+    type = _DISCONNECT
 
     def __init__(self, reason_code=0, properties=None):
         self.reason_code = reason_code
@@ -214,7 +218,7 @@ class Disconnect(Packet):
 class Auth(Packet):
     """Enhanced authentication exchange (MQTT 5.0 only)."""
 
-    type = AUTH
+    type = _AUTH
 
     def __init__(self, reason_code=0, properties=None):
         self.reason_code = reason_code

@@ -9,68 +9,73 @@ in PUBLISH (list of ints; a single int in SUBSCRIBE).
 """
 
 from ._codec import encode_string, encode_varint, read_string, read_varint
-from ._const import MALFORMED_PACKET, PROTOCOL_ERROR, PUBLISH
 from ._errors import LocalProtocolError, RemoteProtocolError
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_PUBLISH = const(3)  # the packet type; _IN_PUBLISH below is its mask bit
+_MALFORMED_PACKET = const(0x81)
+_PROTOCOL_ERROR = const(0x82)
+
 # Wire types.
-_BYTE = 1
-_INT2 = 2
-_INT4 = 4
-_VARINT = 7
-_STRING = 8
-_BINARY = 9
-_PAIR = 10
+_BYTE = const(1)
+_INT2 = const(2)
+_INT4 = const(4)
+_VARINT = const(7)
+_STRING = const(8)
+_BINARY = const(9)
+_PAIR = const(10)
 
 # Bit masks of where a property may appear: bit n is packet type n (1..15);
 # bit 0 stands for the Will Properties of CONNECT.
-_WILL = 1
-_CONNECT = 1 << 1
-_CONNACK = 1 << 2
-_PUBLISH = 1 << 3
-_ACKS = 0xF0  # PUBACK, PUBREC, PUBREL, PUBCOMP
-_SUBSCRIBE = 1 << 8
-_SUBACK = 1 << 9
-_UNSUBSCRIBE = 1 << 10
-_UNSUBACK = 1 << 11
-_DISCONNECT = 1 << 14
-_AUTH = 1 << 15
-_ALL = 0xFFFF
+_IN_WILL = const(1)
+_IN_CONNECT = const(1 << 1)
+_IN_CONNACK = const(1 << 2)
+_IN_PUBLISH = const(1 << 3)
+_IN_SUBSCRIBE = const(1 << 8)
+_IN_UNSUBSCRIBE = const(1 << 10)
+_IN_DISCONNECT = const(1 << 14)
+_IN_AUTH = const(1 << 15)
+_IN_ALL = const(0xFFFF)
 
 # id: (name, wire type, where allowed, allowed values as bytes or None) (2.2.2.2).
 PROPERTIES = {
-    0x01: ("payload_format_indicator", _BYTE, _PUBLISH | _WILL, b"\x00\x01"),
-    0x02: ("message_expiry_interval", _INT4, _PUBLISH | _WILL, None),
-    0x03: ("content_type", _STRING, _PUBLISH | _WILL, None),
-    0x08: ("response_topic", _STRING, _PUBLISH | _WILL, None),
-    0x09: ("correlation_data", _BINARY, _PUBLISH | _WILL, None),
-    0x0B: ("subscription_identifier", _VARINT, _PUBLISH | _SUBSCRIBE, None),
-    0x11: ("session_expiry_interval", _INT4, _CONNECT | _CONNACK | _DISCONNECT, None),
-    0x12: ("assigned_client_identifier", _STRING, _CONNACK, None),
-    0x13: ("server_keep_alive", _INT2, _CONNACK, None),
-    0x15: ("authentication_method", _STRING, _CONNECT | _CONNACK | _AUTH, None),
-    0x16: ("authentication_data", _BINARY, _CONNECT | _CONNACK | _AUTH, None),
-    0x17: ("request_problem_information", _BYTE, _CONNECT, b"\x00\x01"),
-    0x18: ("will_delay_interval", _INT4, _WILL, None),
-    0x19: ("request_response_information", _BYTE, _CONNECT, b"\x00\x01"),
-    0x1A: ("response_information", _STRING, _CONNACK, None),
-    0x1C: ("server_reference", _STRING, _CONNACK | _DISCONNECT, None),
+    0x01: ("payload_format_indicator", _BYTE, _IN_PUBLISH | _IN_WILL, b"\x00\x01"),
+    0x02: ("message_expiry_interval", _INT4, _IN_PUBLISH | _IN_WILL, None),
+    0x03: ("content_type", _STRING, _IN_PUBLISH | _IN_WILL, None),
+    0x08: ("response_topic", _STRING, _IN_PUBLISH | _IN_WILL, None),
+    0x09: ("correlation_data", _BINARY, _IN_PUBLISH | _IN_WILL, None),
+    0x0B: ("subscription_identifier", _VARINT, _IN_PUBLISH | _IN_SUBSCRIBE, None),
+    0x11: ("session_expiry_interval", _INT4, _IN_CONNECT | _IN_CONNACK | _IN_DISCONNECT, None),
+    0x12: ("assigned_client_identifier", _STRING, _IN_CONNACK, None),
+    0x13: ("server_keep_alive", _INT2, _IN_CONNACK, None),
+    0x15: ("authentication_method", _STRING, _IN_CONNECT | _IN_CONNACK | _IN_AUTH, None),
+    0x16: ("authentication_data", _BINARY, _IN_CONNECT | _IN_CONNACK | _IN_AUTH, None),
+    0x17: ("request_problem_information", _BYTE, _IN_CONNECT, b"\x00\x01"),
+    0x18: ("will_delay_interval", _INT4, _IN_WILL, None),
+    0x19: ("request_response_information", _BYTE, _IN_CONNECT, b"\x00\x01"),
+    0x1A: ("response_information", _STRING, _IN_CONNACK, None),
+    0x1C: ("server_reference", _STRING, _IN_CONNACK | _IN_DISCONNECT, None),
     # Not in UNSUBSCRIBE: its only property is User Property (3.10.2.1).
     0x1F: (
         "reason_string",
         _STRING,
-        _ALL & ~(_CONNECT | _PUBLISH | _SUBSCRIBE | _UNSUBSCRIBE | _WILL),
+        _IN_ALL & ~(_IN_CONNECT | _IN_PUBLISH | _IN_SUBSCRIBE | _IN_UNSUBSCRIBE | _IN_WILL),
         None,
     ),
-    0x21: ("receive_maximum", _INT2, _CONNECT | _CONNACK, None),
-    0x22: ("topic_alias_maximum", _INT2, _CONNECT | _CONNACK, None),
-    0x23: ("topic_alias", _INT2, _PUBLISH, None),
-    0x24: ("maximum_qos", _BYTE, _CONNACK, b"\x00\x01"),
-    0x25: ("retain_available", _BYTE, _CONNACK, b"\x00\x01"),
-    0x26: ("user_property", _PAIR, _ALL, None),
-    0x27: ("maximum_packet_size", _INT4, _CONNECT | _CONNACK, None),
-    0x28: ("wildcard_subscription_available", _BYTE, _CONNACK, b"\x00\x01"),
-    0x29: ("subscription_identifier_available", _BYTE, _CONNACK, b"\x00\x01"),
-    0x2A: ("shared_subscription_available", _BYTE, _CONNACK, b"\x00\x01"),
+    0x21: ("receive_maximum", _INT2, _IN_CONNECT | _IN_CONNACK, None),
+    0x22: ("topic_alias_maximum", _INT2, _IN_CONNECT | _IN_CONNACK, None),
+    0x23: ("topic_alias", _INT2, _IN_PUBLISH, None),
+    0x24: ("maximum_qos", _BYTE, _IN_CONNACK, b"\x00\x01"),
+    0x25: ("retain_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
+    0x26: ("user_property", _PAIR, _IN_ALL, None),
+    0x27: ("maximum_packet_size", _INT4, _IN_CONNECT | _IN_CONNACK, None),
+    0x28: ("wildcard_subscription_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
+    0x29: ("subscription_identifier_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
+    0x2A: ("shared_subscription_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
 }
 
 # Properties whose value 0 is a Protocol Error (3.1.2.11.3, 3.1.2.11.4, 3.3.2.3.8, 3.3.4).
@@ -92,7 +97,7 @@ def decode_properties(data, pos, ptype):
     n, pos = read_varint(data, pos)
     end = pos + n
     if end > len(data):
-        raise RemoteProtocolError(MALFORMED_PACKET, "property length exceeds packet")
+        raise RemoteProtocolError(_MALFORMED_PACKET, "property length exceeds packet")
     if not n:
         return None, pos
     props = {}  # type: dict
@@ -102,7 +107,7 @@ def decode_properties(data, pos, ptype):
         spec = PROPERTIES.get(pid)
         if spec is None or not spec[2] & bit:
             # MQTT 2.2.2.2: an identifier not valid for the packet type is malformed.
-            raise RemoteProtocolError(MALFORMED_PACKET, "property 0x%02X not allowed here" % pid)
+            raise RemoteProtocolError(_MALFORMED_PACKET, "property 0x%02X not allowed here" % pid)
         name, wire, _, allowed = spec
         if wire == _BYTE:
             value = data[pos]
@@ -135,17 +140,17 @@ def decode_properties(data, pos, ptype):
         if pos > end:
             raise IndexError
         if allowed is not None and value not in allowed:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "%s = %d is not allowed" % (name, value))
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "%s = %d is not allowed" % (name, value))
         if not value and pid in _NONZERO:
-            raise RemoteProtocolError(PROTOCOL_ERROR, name + " must not be 0")
-        if wire == _PAIR or (pid == 0x0B and ptype == PUBLISH):
+            raise RemoteProtocolError(_PROTOCOL_ERROR, name + " must not be 0")
+        if wire == _PAIR or (pid == 0x0B and ptype == _PUBLISH):
             lst = props.get(name)
             if lst is None:
                 props[name] = [value]
             else:
                 lst.append(value)
         elif name in props:
-            raise RemoteProtocolError(PROTOCOL_ERROR, name + " included more than once")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, name + " included more than once")
         else:
             props[name] = value
     return props, pos
@@ -161,10 +166,10 @@ def encode_properties(props, ptype):
         value = props[name]
         pid = _BY_NAME.get(name)
         if pid is None:
-            raise LocalProtocolError(PROTOCOL_ERROR, "unknown property %r" % name)
+            raise LocalProtocolError(_PROTOCOL_ERROR, "unknown property %r" % name)
         _, wire, where, allowed = PROPERTIES[pid]
         if not where & bit:
-            raise LocalProtocolError(PROTOCOL_ERROR, "property %s not allowed here" % name)
+            raise LocalProtocolError(_PROTOCOL_ERROR, "property %s not allowed here" % name)
         many = wire == _PAIR or pid == 0x0B
         values = (
             value
@@ -173,8 +178,8 @@ def encode_properties(props, ptype):
             and (wire != _PAIR or not value or isinstance(value[0], (list, tuple)))
             else (value,)
         )
-        if pid == 0x0B and ptype != PUBLISH and len(values) != 1:
-            raise LocalProtocolError(PROTOCOL_ERROR, "one subscription_identifier allowed")
+        if pid == 0x0B and ptype != _PUBLISH and len(values) != 1:
+            raise LocalProtocolError(_PROTOCOL_ERROR, "one subscription_identifier allowed")
         for v in values:
             out += encode_varint(pid)
             if wire == _STRING:
@@ -183,7 +188,7 @@ def encode_properties(props, ptype):
                 if isinstance(v, str):
                     v = v.encode()
                 if len(v) > 0xFFFF:
-                    raise LocalProtocolError(PROTOCOL_ERROR, name + " is longer than 65535 bytes")
+                    raise LocalProtocolError(_PROTOCOL_ERROR, name + " is longer than 65535 bytes")
                 out += bytes((len(v) >> 8, len(v) & 255))
                 out += v
             elif wire == _PAIR:
@@ -191,9 +196,9 @@ def encode_properties(props, ptype):
                 out += encode_string(v[1])
             else:
                 if not isinstance(v, int) or v < 0 or v > _RANGES[wire]:
-                    raise LocalProtocolError(PROTOCOL_ERROR, "%s = %r out of range" % (name, v))
+                    raise LocalProtocolError(_PROTOCOL_ERROR, "%s = %r out of range" % (name, v))
                 if (allowed is not None and v not in allowed) or (not v and pid in _NONZERO):
-                    raise LocalProtocolError(PROTOCOL_ERROR, "%s = %r is not allowed" % (name, v))
+                    raise LocalProtocolError(_PROTOCOL_ERROR, "%s = %r is not allowed" % (name, v))
                 if wire == _VARINT:
                     out += encode_varint(v)
                 else:

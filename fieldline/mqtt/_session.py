@@ -34,26 +34,6 @@ live in ``_session5`` and load when first needed.
 """
 
 from ._codec import Parser, encode
-from ._const import (
-    CLIENT_IDENTIFIER_NOT_VALID,
-    KEEP_ALIVE_TIMEOUT,
-    MAX_PACKET_SIZE,
-    MQTT5,
-    MQTT311,
-    PACKET_IDENTIFIER_NOT_FOUND,
-    PACKET_TOO_LARGE,
-    PROTOCOL_ERROR,
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    QOS_NOT_SUPPORTED,
-    QUOTA_EXCEEDED,
-    RECEIVE_MAXIMUM_EXCEEDED,
-    RETAIN_NOT_SUPPORTED,
-    SUBSCRIBE,
-    UNSUPPORTED_PROTOCOL_VERSION,
-)
 from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
 from ._packets import (
     ConnAck,
@@ -73,20 +53,44 @@ from ._packets import (
 try:
     from micropython import const
 except ImportError:  # CPython
+    const = int
 
-    def const(x):
-        return x
-
-
-CLIENT = const(0)
-SERVER = const(1)
+_CLIENT = const(0)
+_SERVER = const(1)
+CLIENT = _CLIENT
+SERVER = _SERVER
 
 # Connection states.
-IDLE = const(0)
-CONNECTING = const(1)
-CONNECTED = const(2)
-CLOSED = const(3)
-ERROR = const(4)
+_IDLE = const(0)
+_CONNECTING = const(1)
+_CONNECTED = const(2)
+_CLOSED = const(3)
+_ERROR = const(4)
+IDLE = _IDLE
+CONNECTING = _CONNECTING
+CONNECTED = _CONNECTED
+CLOSED = _CLOSED
+ERROR = _ERROR
+
+# Private copies of the numbers in _const: folded into the bytecode, no RAM.
+_PUBLISH = const(3)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_MQTT311 = const(4)
+_MQTT5 = const(5)
+_PROTOCOL_ERROR = const(0x82)
+_UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
+_CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
+_KEEP_ALIVE_TIMEOUT = const(0x8D)
+_PACKET_IDENTIFIER_NOT_FOUND = const(0x92)
+_RECEIVE_MAXIMUM_EXCEEDED = const(0x93)
+_PACKET_TOO_LARGE = const(0x95)
+_QUOTA_EXCEEDED = const(0x97)
+_RETAIN_NOT_SUPPORTED = const(0x9A)
+_QOS_NOT_SUPPORTED = const(0x9B)
+_MAX_PACKET_SIZE = const(268435460)
 
 # State masks (1 << state) for the table.
 _I = const(1)
@@ -134,7 +138,7 @@ def _local(code, why):
     return LocalProtocolError(code, why)
 
 
-def _remote(why, code=PROTOCOL_ERROR):
+def _remote(why, code=_PROTOCOL_ERROR):
     return RemoteProtocolError(code, why)
 
 
@@ -156,10 +160,10 @@ class Session:
 
     def __init__(
         self,
-        role=CLIENT,
-        version=MQTT5,
+        role=_CLIENT,
+        version=_MQTT5,
         receive_maximum=65535,
-        max_packet_size=MAX_PACKET_SIZE,
+        max_packet_size=_MAX_PACKET_SIZE,
         topic_alias_maximum=0,
         auto_alias=False,
         maximum_qos=2,
@@ -171,7 +175,7 @@ class Session:
         self.topic_alias_maximum = topic_alias_maximum
         self.auto_alias = auto_alias
         self.maximum_qos = maximum_qos
-        self.state = IDLE
+        self.state = _IDLE
         self.client_id = ""
         self.keep_alive = 0
         self.session_expiry_interval = 0
@@ -190,7 +194,7 @@ class Session:
 
     def _reset(self):
         # Everything that belongs to one network connection.
-        self._parser = Parser(self.version if self.role == CLIENT else None, self.max_packet_size)
+        self._parser = Parser(self.version if self.role == _CLIENT else None, self.max_packet_size)
         self._out = bytearray()
         self._events = []
         self._eof = False
@@ -203,7 +207,7 @@ class Session:
         self._ping_at = None
         self._last_rx = self._last_tx = self._now
         self._peer_rmax = 65535
-        self._peer_max = MAX_PACKET_SIZE
+        self._peer_max = _MAX_PACKET_SIZE
         self._peer_alias_max = 0
         self._peer_qos = 2
         self._peer_retain = 1
@@ -217,8 +221,8 @@ class Session:
         if not data:
             self._eof = True
             return
-        if self.role == CLIENT and self.state == IDLE:
-            raise _local(PROTOCOL_ERROR, "receive_data() before connect()")
+        if self.role == _CLIENT and self.state == _IDLE:
+            raise _local(_PROTOCOL_ERROR, "receive_data() before connect()")
         self._last_rx = now
         self._ping_at = None  # any byte shows the peer is alive
         self._parser.feed(data)
@@ -239,8 +243,8 @@ class Session:
             if ev:
                 return ev.pop(0)
             st = self.state
-            if st >= CLOSED or self._hold or self.role == CLIENT and st == IDLE:
-                if self._eof and st != IDLE:
+            if st >= _CLOSED or self._hold or self.role == _CLIENT and st == _IDLE:
+                if self._eof and st != _IDLE:
                     self.connection_lost()
                 return None
             try:
@@ -277,9 +281,9 @@ class Session:
         Returns None; never raises."""
         if now is not None:
             self._now = now
-        if self.state != IDLE:
+        if self.state != _IDLE:
             self._lost_at = self._now
-        self.state = IDLE
+        self.state = _IDLE
         self._reset()
 
     def expired(self, now):
@@ -287,7 +291,7 @@ class Session:
         connection was lost (server side: drop the Session then). False while
         connected or if it never was."""
         e = self.session_expiry_interval
-        if self.state != IDLE or self._lost_at is None or e == NEVER:
+        if self.state != _IDLE or self._lost_at is None or e == NEVER:
             return False
         return now >= self._lost_at + e
 
@@ -297,9 +301,13 @@ class Session:
         """Return the time at which tick() must next be called, or None if no
         timer runs (no connection, or Keep Alive 0)."""
         k = self.keep_alive
-        if not k or self.state != CONNECTED and (self.role == CLIENT or self.state != CONNECTING):
+        if (
+            not k
+            or self.state != _CONNECTED
+            and (self.role == _CLIENT or self.state != _CONNECTING)
+        ):
             return None
-        if self.role == SERVER:
+        if self.role == _SERVER:
             return self._last_rx + k * 1.5
         if self._ping_at is not None:
             return self._ping_at + k / 2
@@ -316,12 +324,12 @@ class Session:
         d = self.next_deadline()
         if d is None or now < d:
             return
-        if self.role == CLIENT and self._ping_at is None:
+        if self.role == _CLIENT and self._ping_at is None:
             self._send(PingReq())
             self._ping_at = now
             return
-        self._fail(KEEP_ALIVE_TIMEOUT)
-        raise _remote("nothing received within the keepalive time", KEEP_ALIVE_TIMEOUT)
+        self._fail(_KEEP_ALIVE_TIMEOUT)
+        raise _remote("nothing received within the keepalive time", _KEEP_ALIVE_TIMEOUT)
 
     # -- client calls ---------------------------------------------------------
 
@@ -332,17 +340,17 @@ class Session:
         properties). Clean start discards the session state (MQTT-3.1.2-4).
         Returns None. Raises LocalProtocolError if not IDLE or the packet is
         invalid."""
-        self._need(CLIENT, _I)
+        self._need(_CLIENT, _I)
         v = packet.protocol_level
         props = dict(packet.properties) if packet.properties else {}
-        if v == MQTT5:
+        if v == _MQTT5:
             self._our_limits(props)
             packet.properties = props
             e = props.get("session_expiry_interval", 0)
         else:
             e = 0 if packet.clean_start else NEVER
             if not packet.client_id and not packet.clean_start:
-                raise _local(CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
+                raise _local(_CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
         data = encode(packet, v)  # raises before anything changes
         self.version = self._parser.version = v
         self._now = now
@@ -354,7 +362,7 @@ class Session:
         self._clean = packet.clean_start
         if self._clean:
             self._discard()
-        self.state = CONNECTING
+        self.state = _CONNECTING
         self._put(data)
 
     def subscribe(self, subscriptions, properties=None):
@@ -374,7 +382,7 @@ class Session:
 
     def ping(self):
         """Client: send PINGREQ now (tick() does this by itself). Returns None."""
-        self._need(CLIENT, _K)
+        self._need(_CLIENT, _K)
         self._send(PingReq())
         self._ping_at = self._now
 
@@ -431,14 +439,14 @@ class Session:
         the server does not offer (MQTT-3.2.2-11, -14: QOS_NOT_SUPPORTED,
         RETAIN_NOT_SUPPORTED), larger than the peer's Maximum Packet Size
         (PACKET_TOO_LARGE, MQTT-3.2.2-15), or an invalid topic or property."""
-        connected = self.state == CONNECTED
+        connected = self.state == _CONNECTED
         if connected:
             if qos > self._peer_qos:
-                raise _local(QOS_NOT_SUPPORTED, "QoS above the server's Maximum QoS")
+                raise _local(_QOS_NOT_SUPPORTED, "QoS above the server's Maximum QoS")
             if retain and not self._peer_retain:
-                raise _local(RETAIN_NOT_SUPPORTED, "the server has no retained messages")
+                raise _local(_RETAIN_NOT_SUPPORTED, "the server has no retained messages")
         elif not qos:
-            raise _local(PROTOCOL_ERROR, "QoS 0 publish needs a connection")
+            raise _local(_PROTOCOL_ERROR, "QoS 0 publish needs a connection")
         p = Publish(topic, payload, qos, retain, False, None, properties)
         if not qos:
             self._tx_publish(p)
@@ -450,7 +458,7 @@ class Session:
             self._tx_publish(p)
             self._nsent = n + 1
         elif len(encode(p, self.version)) > self._peer_max:  # checked now, sent later
-            raise _local(PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+            raise _local(_PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
         self._msgs[pid] = p
         order.append(pid)
         return pid
@@ -462,13 +470,13 @@ class Session:
         (MQTT-3.14.2-2). Returns None. Raises LocalProtocolError."""
         self._need(None, _C | _K)
         e = properties.get("session_expiry_interval") if properties else None
-        if e is not None and (self.role == SERVER or e and not self._connect_expiry):
-            raise _local(PROTOCOL_ERROR, "Session Expiry Interval not allowed here")
-        if self.role == CLIENT or self.version == MQTT5:
+        if e is not None and (self.role == _SERVER or e and not self._connect_expiry):
+            raise _local(_PROTOCOL_ERROR, "Session Expiry Interval not allowed here")
+        if self.role == _CLIENT or self.version == _MQTT5:
             self._send(Disconnect(reason_code, properties))
         if e is not None:
             self.session_expiry_interval = e
-        self.state = CLOSED
+        self.state = _CLOSED
 
     def auth(self, data=None, reason_code=None, properties=None):
         """5.0 enhanced authentication: send AUTH with ``authentication_data``
@@ -494,11 +502,11 @@ class Session:
 
     def _rx_connack(self, p):
         if p.reason_code:
-            self.state = CLOSED  # refused: the server closes (MQTT-3.2.2-7)
+            self.state = _CLOSED  # refused: the server closes (MQTT-3.2.2-7)
             return p
         if p.session_present and self._clean:
             raise _remote("Session Present with Clean Start")  # MQTT-3.2.2-2
-        if self.version == MQTT5:
+        if self.version == _MQTT5:
             m = self._auth_method
             if m is not None and _get(p, "authentication_method") != m:
                 raise _remote("CONNACK authentication method differs")  # 4.12.0-5
@@ -518,13 +526,13 @@ class Session:
         return p
 
     def _rx_publish(self, p):
-        if self.version == MQTT5 and (self._rx_alias is not None or p.properties):
+        if self.version == _MQTT5 and (self._rx_alias is not None or p.properties):
             from ._session5 import rx_alias
 
             rx_alias(self, p)
         q = p.qos
         if q > self.maximum_qos:
-            raise _remote("QoS above Maximum QoS", QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
+            raise _remote("QoS above Maximum QoS", _QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
         if not q:
             return p
         pid = p.packet_id
@@ -537,8 +545,8 @@ class Session:
             # (MQTT-4.3.3-9), whatever the DUP flag says.
             self._send(PubRec(pid))
             return None
-        if self.version == MQTT5 and len(rx2) >= self.receive_maximum:
-            raise _remote("Receive Maximum exceeded", RECEIVE_MAXIMUM_EXCEEDED)  # MQTT-3.3.4-9
+        if self.version == _MQTT5 and len(rx2) >= self.receive_maximum:
+            raise _remote("Receive Maximum exceeded", _RECEIVE_MAXIMUM_EXCEEDED)  # MQTT-3.3.4-9
         rx2.add(pid)
         self._send(PubRec(pid))  # MQTT-4.3.3-8
         return p
@@ -549,19 +557,21 @@ class Session:
         pid = p.packet_id
         m = self._msgs.get(pid)
         if m is None:
-            if t == PUBREC:
+            if t == _PUBREC:
                 # Unknown id: release it anyway so the peer can free its state.
-                self._send(PubRel(pid, PACKET_IDENTIFIER_NOT_FOUND if self.version == MQTT5 else 0))
+                self._send(
+                    PubRel(pid, _PACKET_IDENTIFIER_NOT_FOUND if self.version == _MQTT5 else 0)
+                )
             return None  # a late PUBACK/PUBCOMP: nothing to complete
-        if m.type == PUBREL:
-            if t == PUBREC:
+        if m.type == _PUBREL:
+            if t == _PUBREC:
                 self._send(m)  # our PUBREL was lost: send it again
                 return None
-            if t != PUBCOMP:
+            if t != _PUBCOMP:
                 raise _remote("PUBACK for a QoS 2 message")
-        elif t == PUBCOMP or m.qos != t - 3:  # PUBACK (4) for QoS 1, PUBREC (5) for QoS 2
+        elif t == _PUBCOMP or m.qos != t - 3:  # PUBACK (4) for QoS 1, PUBREC (5) for QoS 2
             raise _remote("acknowledgement does not match the QoS")
-        elif t == PUBREC and p.reason_code < 0x80:
+        elif t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
             self._send(rel)
             return None
@@ -579,13 +589,13 @@ class Session:
         rc = 0
         if pid in self._rx2:
             self._rx2.remove(pid)  # MQTT-4.3.3-12: the id may now carry a new message
-        elif self.version == MQTT5:
-            rc = PACKET_IDENTIFIER_NOT_FOUND
+        elif self.version == _MQTT5:
+            rc = _PACKET_IDENTIFIER_NOT_FOUND
         self._send(PubComp(pid, rc))  # MQTT-4.3.3-11
         return None
 
     def _rx_sub(self, p):
-        n = len(p.subscriptions) if p.type == SUBSCRIBE else len(p.topic_filters)
+        n = len(p.subscriptions) if p.type == _SUBSCRIBE else len(p.topic_filters)
         self._pending[p.packet_id] = (p.type, n)
         return p
 
@@ -593,7 +603,7 @@ class Session:
         e = self._pending.pop(p.packet_id, None)
         if e is None or e[0] + 1 != p.type:
             raise _remote("SUBACK/UNSUBACK for an unknown packet id")
-        if (self.version == MQTT5 or e[0] == SUBSCRIBE) and len(p.reason_codes) != e[1]:
+        if (self.version == _MQTT5 or e[0] == _SUBSCRIBE) and len(p.reason_codes) != e[1]:
             raise _remote("wrong number of reason codes")  # MQTT-3.9.3-1, MQTT-3.11.3-1
         return p
 
@@ -602,14 +612,14 @@ class Session:
         return None
 
     def _rx_disconnect(self, p):
-        if self.role == SERVER:
+        if self.role == _SERVER:
             e = _get(p, "session_expiry_interval")
             if e is not None:
                 if e and not self._connect_expiry:
                     raise _remote("Session Expiry Interval was 0 in CONNECT")  # MQTT-3.14.2-2
                 self.session_expiry_interval = e
         self._hold = False
-        self.state = CLOSED
+        self.state = _CLOSED
         return p
 
     def _rx_auth(self, p):
@@ -621,7 +631,7 @@ class Session:
 
     def _need(self, role, mask):
         if role is not None and role != self.role or not (1 << self.state) & mask:
-            raise _local(PROTOCOL_ERROR, "not allowed in state %d" % self.state)
+            raise _local(_PROTOCOL_ERROR, "not allowed in state %d" % self.state)
 
     def _put(self, data):
         self._out += data
@@ -631,14 +641,14 @@ class Session:
         data = encode(p, self.version)
         if len(data) > self._peer_max:
             d = p.properties
-            if p.type != PUBLISH and d and ("reason_string" in d or "user_property" in d):
+            if p.type != _PUBLISH and d and ("reason_string" in d or "user_property" in d):
                 # Reason String and User Property go first (3.2.2.3.6, 3.4.2.2.2...).
                 d = dict(d)
                 d.pop("reason_string", None)
                 d.pop("user_property", None)
                 p.properties = d
                 return self._send(p)
-            raise _local(PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+            raise _local(_PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
         self._put(data)
 
     def _tx_publish(self, p):
@@ -656,12 +666,12 @@ class Session:
         # (MQTT-4.9.0-2); after a resumption this resends in original order.
         order = self._order
         while (
-            self.state == CONNECTED and self._nsent < len(order) and self._nsent < self._peer_rmax
+            self.state == _CONNECTED and self._nsent < len(order) and self._nsent < self._peer_rmax
         ):
             pid = order[self._nsent]
             m = self._msgs[pid]
             try:
-                if m.type == PUBREL:
+                if m.type == _PUBREL:
                     self._send(m)
                 else:
                     self._tx_publish(m)
@@ -676,14 +686,14 @@ class Session:
 
     def _connected(self, present):
         # CONNACK sent or received with success.
-        self.state = CONNECTED
+        self.state = _CONNECTED
         self._hold = False
         self._known = True
         if not present:
             self._discard()  # MQTT-3.2.2-5 (client), MQTT-3.1.2-4 (server)
-        if self.version == MQTT5 and self.topic_alias_maximum:
+        if self.version == _MQTT5 and self.topic_alias_maximum:
             self._rx_alias = {}
-        if self.auto_alias and self._peer_alias_max and self.version == MQTT5:
+        if self.auto_alias and self._peer_alias_max and self.version == _MQTT5:
             self._tx_alias = {}
         self._nsent = 0
         # MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP set) and PUBREL, in order.
@@ -695,7 +705,7 @@ class Session:
         keep = []
         for pid in self._order:
             m = self._msgs[pid]
-            if self.role == CLIENT and m.type == PUBLISH and not m.dup:
+            if self.role == _CLIENT and m.type == _PUBLISH and not m.dup:
                 keep.append(pid)
             else:
                 del self._msgs[pid]
@@ -710,10 +720,10 @@ class Session:
             if i not in self._msgs and i not in self._pending:
                 self._next_id = i
                 return i
-        raise _local(QUOTA_EXCEEDED, "all 65535 packet identifiers are in use")
+        raise _local(_QUOTA_EXCEEDED, "all 65535 packet identifiers are in use")
 
     def _request(self, cls, items, properties):
-        self._need(CLIENT, _K)
+        self._need(_CLIENT, _K)
         pid = self._new_id()
         self._send(cls(pid, items, properties))
         self._pending[pid] = (cls.type, len(items))
@@ -722,32 +732,32 @@ class Session:
     def _our_limits(self, props):
         if self.receive_maximum != 65535:
             props["receive_maximum"] = self.receive_maximum
-        if self.max_packet_size < MAX_PACKET_SIZE:
+        if self.max_packet_size < _MAX_PACKET_SIZE:
             props["maximum_packet_size"] = self.max_packet_size
         if self.topic_alias_maximum:
             props["topic_alias_maximum"] = self.topic_alias_maximum
 
     def _peer_limits(self, p):
         self._peer_rmax = _get(p, "receive_maximum", 65535)
-        self._peer_max = _get(p, "maximum_packet_size", MAX_PACKET_SIZE)
+        self._peer_max = _get(p, "maximum_packet_size", _MAX_PACKET_SIZE)
         self._peer_alias_max = _get(p, "topic_alias_maximum", 0)
 
     def _fail(self, code):
         # The peer broke the protocol: queue the answer that carries the
         # reason code, if this version and state have one, and stop.
         st = self.state
-        self.state = ERROR
+        self.state = _ERROR
         self._hold = False
         v = self.version
         try:
-            if self.role == SERVER and st == IDLE and code == UNSUPPORTED_PROTOCOL_VERSION:
-                self._put(encode(ConnAck(False, 1), MQTT311))  # MQTT-3.1.2-2
-            elif self.role == SERVER and st == CONNECTING:
-                if v != MQTT5:
+            if self.role == _SERVER and st == _IDLE and code == _UNSUPPORTED_PROTOCOL_VERSION:
+                self._put(encode(ConnAck(False, 1), _MQTT311))  # MQTT-3.1.2-2
+            elif self.role == _SERVER and st == _CONNECTING:
+                if v != _MQTT5:
                     code = _V3_CODES.get(code)
                 if code is not None:
                     self._send(ConnAck(False, code))  # MQTT-3.2.2-6
-            elif v == MQTT5 and st and st < CLOSED:
+            elif v == _MQTT5 and st and st < _CLOSED:
                 self._send(Disconnect(code))
         except MQTTError:
             pass

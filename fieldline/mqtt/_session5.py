@@ -4,21 +4,24 @@ Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
 Each function takes the Session ``s`` and reads or updates its state.
 """
 
-from ._const import (
-    CONTINUE_AUTHENTICATION,
-    MQTT5,
-    PROTOCOL_ERROR,
-    RE_AUTHENTICATE,
-    SUCCESS,
-    TOPIC_ALIAS_INVALID,
-)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import Auth
 
-# Same values as in _session (importing them would be circular).
-_CLIENT = 0
-_CONNECTING = 1
-_CONNECTED = 2
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+# Same values as in _session and _const (imported names would cost RAM).
+_CLIENT = const(0)
+_CONNECTING = const(1)
+_CONNECTED = const(2)
+_MQTT5 = const(5)
+_SUCCESS = const(0)
+_CONTINUE_AUTHENTICATION = const(0x18)
+_RE_AUTHENTICATE = const(0x19)
+_PROTOCOL_ERROR = const(0x82)
+_TOPIC_ALIAS_INVALID = const(0x94)
 
 
 def rx_alias(s, p):
@@ -29,14 +32,14 @@ def rx_alias(s, p):
         return
     if a > s.topic_alias_maximum:  # 0 is refused by the codec
         # MQTT-3.3.2-10 (client) / MQTT-3.3.2-12 (server): only 1..our maximum.
-        raise RemoteProtocolError(TOPIC_ALIAS_INVALID, "topic alias %d out of range" % a)
+        raise RemoteProtocolError(_TOPIC_ALIAS_INVALID, "topic alias %d out of range" % a)
     m = s._rx_alias
     if p.topic:
         m[a] = p.topic
     else:
         t = m.get(a)
         if t is None:
-            raise RemoteProtocolError(PROTOCOL_ERROR, "topic alias %d not set" % a)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, "topic alias %d not set" % a)
         p.topic = t
 
 
@@ -80,13 +83,13 @@ def _auth_ok(s, rc, sender):
     # Which AUTH reason codes the ``sender`` role may use now (4.12): 0x18
     # during the CONNECT exchange or a re-authentication, 0x19 from a
     # connected client to start one, 0x00 from the server to end one.
-    if rc == CONTINUE_AUTHENTICATION:
+    if rc == _CONTINUE_AUTHENTICATION:
         return s.state == _CONNECTING or s._reauth
     if s.state != _CONNECTED:
         return False
     if sender == _CLIENT:
-        return rc == RE_AUTHENTICATE and not s._reauth
-    return rc == SUCCESS and s._reauth
+        return rc == _RE_AUTHENTICATE and not s._reauth
+    return rc == _SUCCESS and s._reauth
 
 
 def rx_auth(s, p):
@@ -96,11 +99,11 @@ def rx_auth(s, p):
     m = s._auth_method
     d = p.properties
     if m is None or not d or d.get("authentication_method") != m:
-        raise RemoteProtocolError(PROTOCOL_ERROR, "AUTH method missing or different")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH method missing or different")
     rc = p.reason_code
     if not _auth_ok(s, rc, 1 - s.role):
-        raise RemoteProtocolError(PROTOCOL_ERROR, "AUTH 0x%02X out of turn" % rc)
-    s._reauth = rc == RE_AUTHENTICATE or rc == CONTINUE_AUTHENTICATION and s._reauth
+        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH 0x%02X out of turn" % rc)
+    s._reauth = rc == _RE_AUTHENTICATE or rc == _CONTINUE_AUTHENTICATION and s._reauth
     s._hold = s.role != _CLIENT and s.state == _CONNECTING
     return p
 
@@ -110,13 +113,13 @@ def tx_auth(s, data, rc, properties):
     m = s._auth_method
     if rc is None:
         ok = s.role == _CLIENT and s.state == _CONNECTED and not s._reauth
-        rc = RE_AUTHENTICATE if ok else CONTINUE_AUTHENTICATION
-    if s.version != MQTT5 or m is None or not _auth_ok(s, rc, s.role):
-        raise LocalProtocolError(PROTOCOL_ERROR, "AUTH not allowed now")
+        rc = _RE_AUTHENTICATE if ok else _CONTINUE_AUTHENTICATION
+    if s.version != _MQTT5 or m is None or not _auth_ok(s, rc, s.role):
+        raise LocalProtocolError(_PROTOCOL_ERROR, "AUTH not allowed now")
     d = dict(properties) if properties else {}
     d["authentication_method"] = m
     if data is not None:
         d["authentication_data"] = data
     s._send(Auth(rc, d))
-    s._reauth = rc == RE_AUTHENTICATE or rc == CONTINUE_AUTHENTICATION and s._reauth
+    s._reauth = rc == _RE_AUTHENTICATE or rc == _CONTINUE_AUTHENTICATION and s._reauth
     s._hold = False

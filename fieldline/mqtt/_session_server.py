@@ -6,24 +6,36 @@ Each function takes the Session ``s``; the public docstrings are on the
 """
 
 from ._codec import encode
-from ._const import CLIENT_IDENTIFIER_NOT_VALID, MQTT5, PROTOCOL_ERROR, SUBSCRIBE, UNSUBSCRIBE
 from ._packets import ConnAck, SubAck, UnsubAck
-from ._session import _V3_CODES, CLOSED, CONNECTING, NEVER, SERVER, _get, _local, _remote
+from ._session import _V3_CODES, NEVER, _get, _local, _remote
 
-# State masks as in _session (its underscored const() names do not exist at
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+# Same values as in _session (its underscored const() names do not exist at
 # run time on MicroPython, so they cannot be imported).
-_C = 2
-_K = 4
+_SERVER = const(1)
+_CONNECTING = const(1)
+_CLOSED = const(3)
+_C = const(2)  # state masks (1 << state)
+_K = const(4)
+_SUBSCRIBE = const(8)
+_UNSUBSCRIBE = const(10)
+_MQTT5 = const(5)
+_PROTOCOL_ERROR = const(0x82)
+_CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
 
 
 def accept(s, properties=None, assigned_client_id=None, resume=None):
-    s._need(SERVER, _C)
+    s._need(_SERVER, _C)
     props = dict(properties) if properties else {}
-    v5 = s.version == MQTT5
+    v5 = s.version == _MQTT5
     cid = s.client_id
     if not cid:
         if assigned_client_id is None:
-            raise _local(CLIENT_IDENTIFIER_NOT_VALID, "empty client id: pass assigned_client_id")
+            raise _local(_CLIENT_IDENTIFIER_NOT_VALID, "empty client id: pass assigned_client_id")
         if isinstance(assigned_client_id, int):
             assigned_client_id = "auto-%d" % assigned_client_id
         cid = assigned_client_id
@@ -57,34 +69,34 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
 
 
 def reject(s, reason_code, properties=None):
-    s._need(SERVER, _C)
-    if s.version != MQTT5:
+    s._need(_SERVER, _C)
+    if s.version != _MQTT5:
         reason_code = _V3_CODES.get(reason_code, 5)
         properties = None
     s._send(ConnAck(False, reason_code, properties))
     s._hold = False
-    s.state = CLOSED
+    s.state = _CLOSED
 
 
 def suback(s, packet_id, reason_codes, properties=None):
-    answer(s, SubAck(packet_id, reason_codes, properties), SUBSCRIBE)
+    answer(s, SubAck(packet_id, reason_codes, properties), _SUBSCRIBE)
 
 
 def unsuback(s, packet_id, reason_codes=None, properties=None):
-    if reason_codes is None and s.version == MQTT5:
+    if reason_codes is None and s.version == _MQTT5:
         reason_codes = [0] * s._pending.get(packet_id, (0, 0))[1]
-    answer(s, UnsubAck(packet_id, reason_codes, properties), UNSUBSCRIBE)
+    answer(s, UnsubAck(packet_id, reason_codes, properties), _UNSUBSCRIBE)
 
 
 def rx_connect(s, p):
     v = s.version = p.protocol_level
     s._had = s._known and not s.expired(s._now)
-    s.state = CONNECTING
+    s.state = _CONNECTING
     s._hold = True
     s.client_id = p.client_id
     s.keep_alive = p.keep_alive
     s._clean = p.clean_start
-    if v == MQTT5:
+    if v == _MQTT5:
         e = _get(p, "session_expiry_interval", 0)
         s._auth_method = _get(p, "authentication_method")
         s._peer_limits(p)
@@ -92,16 +104,16 @@ def rx_connect(s, p):
         e = 0 if p.clean_start else NEVER
         s._auth_method = None
         if not p.client_id and not p.clean_start:
-            raise _remote("empty client id needs clean session", CLIENT_IDENTIFIER_NOT_VALID)
+            raise _remote("empty client id needs clean session", _CLIENT_IDENTIFIER_NOT_VALID)
     s._connect_expiry = s.session_expiry_interval = e
     return p
 
 
 def answer(s, p, t):
-    s._need(SERVER, _K)
+    s._need(_SERVER, _K)
     e = s._pending.get(p.packet_id)
     n = len(p.reason_codes)
-    if e is None or e[0] != t or n != e[1] and (n or s.version == MQTT5):
-        raise _local(PROTOCOL_ERROR, "no such request, or wrong number of reason codes")
+    if e is None or e[0] != t or n != e[1] and (n or s.version == _MQTT5):
+        raise _local(_PROTOCOL_ERROR, "no such request, or wrong number of reason codes")
     s._send(p)
     del s._pending[p.packet_id]

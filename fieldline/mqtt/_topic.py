@@ -7,8 +7,16 @@ validate once where the string enters, then match as often as needed.
 Matching compares strings exactly, without normalization (MQTT-4.7.3-4).
 """
 
-from ._const import MALFORMED_PACKET, TOPIC_FILTER_INVALID, TOPIC_NAME_INVALID
 from ._errors import LocalProtocolError, RemoteProtocolError
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_MALFORMED_PACKET = const(0x81)
+_TOPIC_FILTER_INVALID = const(0x8F)
+_TOPIC_NAME_INVALID = const(0x90)
 
 
 def _fail(remote, code, why, s):
@@ -22,7 +30,7 @@ def _check(s, remote, code):
     if not s:  # MQTT-4.7.3-1
         _fail(remote, code, "topic is empty", s)
     if "\x00" in s:  # MQTT-4.7.3-2; from the peer it is a Malformed Packet (MQTT-1.5.4-2)
-        _fail(remote, MALFORMED_PACKET if remote else code, "topic contains U+0000", s)
+        _fail(remote, _MALFORMED_PACKET if remote else code, "topic contains U+0000", s)
     # A char is at most 4 UTF-8 bytes: encode only when it could be too long.
     if len(s) > 16383 and len(s.encode()) > 65535:  # MQTT-4.7.3-3
         _fail(remote, code, "topic longer than 65535 UTF-8 bytes", s)
@@ -34,9 +42,9 @@ def validate_topic_name(name, remote=False):
     Returns None. Raises LocalProtocolError (or RemoteProtocolError if
     ``remote``) with TOPIC_NAME_INVALID, or MALFORMED_PACKET for a remote U+0000.
     """
-    _check(name, remote, TOPIC_NAME_INVALID)
+    _check(name, remote, _TOPIC_NAME_INVALID)
     if "+" in name or "#" in name:  # MQTT-3.3.2-2, MQTT-4.7.0-1
-        _fail(remote, TOPIC_NAME_INVALID, "wildcard in topic name", name)
+        _fail(remote, _TOPIC_NAME_INVALID, "wildcard in topic name", name)
 
 
 def parse_shared(filter):
@@ -57,23 +65,23 @@ def validate_topic_filter(filter, remote=False):
     Returns None. Raises LocalProtocolError (or RemoteProtocolError if
     ``remote``) with TOPIC_FILTER_INVALID, or MALFORMED_PACKET for a remote U+0000.
     """
-    _check(filter, remote, TOPIC_FILTER_INVALID)
+    _check(filter, remote, _TOPIC_FILTER_INVALID)
     group, inner = parse_shared(filter)
     if group is not None:
         if not group:  # MQTT-4.8.2-1
-            _fail(remote, TOPIC_FILTER_INVALID, "empty share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, "empty share name", filter)
         if "+" in group or "#" in group:  # MQTT-4.8.2-2
-            _fail(remote, TOPIC_FILTER_INVALID, "wildcard in share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, "wildcard in share name", filter)
         if not inner:  # MQTT-4.8.2-2: "/" then a Topic Filter must follow the ShareName
-            _fail(remote, TOPIC_FILTER_INVALID, "no topic filter after share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, "no topic filter after share name", filter)
     if "+" in inner or "#" in inner:
         levels = inner.split("/")
         last = len(levels) - 1
         for i, lv in enumerate(levels):
             if "#" in lv and (lv != "#" or i != last):  # MQTT-4.7.1-1
-                _fail(remote, TOPIC_FILTER_INVALID, "'#' must be a whole last level", filter)
+                _fail(remote, _TOPIC_FILTER_INVALID, "'#' must be a whole last level", filter)
             if "+" in lv and lv != "+":  # MQTT-4.7.1-2
-                _fail(remote, TOPIC_FILTER_INVALID, "'+' must be a whole level", filter)
+                _fail(remote, _TOPIC_FILTER_INVALID, "'+' must be a whole level", filter)
 
 
 def topic_matches(filter, name):
