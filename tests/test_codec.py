@@ -1899,3 +1899,39 @@ def test_public_numbers_load_lazily_and_star_import_has_them() -> None:
         mqtt.NO_SUCH_NUMBER  # noqa: B018
     with pytest.raises(AttributeError):
         mqtt.no_such_name  # noqa: B018
+
+
+def test_error_detail_numbers_match_their_texts() -> None:
+    # Errors carry a detail number (a private const() copy per module); the
+    # text lives in _names.DETAILS and loads only when the error is printed.
+    import importlib
+    import pkgutil
+
+    import fieldline.mqtt
+    from fieldline.mqtt import _names
+
+    lines = _names.DETAILS.splitlines()
+    index = {line.split()[0]: i + 1 for i, line in enumerate(lines)}
+    assert len(index) == len(lines)
+    assert _names.detail(len(lines)) == lines[-1].split(" ", 1)[1]
+    checked = 0
+    for info in pkgutil.iter_modules(fieldline.mqtt.__path__):
+        if info.name.startswith(("_client", "_async_client")):
+            continue
+        module = importlib.import_module("fieldline.mqtt." + info.name)
+        for name, value in vars(module).items():
+            if name.startswith("_E_"):
+                assert index.get(name[3:]) == value, f"{info.name}.{name}"
+                checked += 1
+    assert checked > 80
+
+
+def test_error_text_is_built_when_printed() -> None:
+    with pytest.raises(RemoteProtocolError) as e:
+        decode(b"\x30\xff\xff\xff\xff\x01")
+    assert e.value.reason_code == 0x81
+    assert str(e.value) == "Malformed Packet (0x81): remaining length longer than 4 bytes"
+    with pytest.raises(LocalProtocolError) as e2:
+        encode(PubAck(1, 0x42))
+    assert str(e2.value) == "Protocol Error (0x82): reason code 0x42 not valid here"
+    assert str(LocalProtocolError(0x80, "plain text")) == "Unspecified error (0x80): plain text"

@@ -62,6 +62,75 @@ _PACKET_TOO_LARGE = const(0x95)
 _MAX_REMAINING_LENGTH = const(268435455)
 _MAX_PACKET_SIZE = const(268435460)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_VARINT_NOT_MINIMAL = const(1)
+_E_VARINT_TOO_LONG = const(2)
+_E_STRING_PAST_END = const(3)
+_E_BAD_UTF8 = const(4)
+_E_NUL_IN_STRING = const(5)
+_E_BINARY_PAST_END = const(6)
+_E_BAD_STRING = const(7)
+_E_BINARY_TOO_LONG = const(8)
+_E_PROPS_NEED_V5 = const(9)
+_E_BAD_PACKET_ID = const(10)
+_E_OVER_256MB = const(11)
+_E_BAD_QOS = const(12)
+_E_BAD_LEVEL = const(13)
+_E_PASSWORD_NEEDS_USER = const(14)
+_E_BAD_KEEP_ALIVE = const(15)
+_E_BAD_PAYLOAD = const(16)
+_E_DUP_ON_QOS0 = const(17)
+_E_V3_ACK_NO_REASON = const(18)
+_E_SUBSCRIBE_EMPTY = const(19)
+_E_BAD_RETAIN_HANDLING = const(20)
+_E_OPTIONS_NEED_V5 = const(21)
+_E_SUBACK_EMPTY = const(22)
+_E_UNSUBSCRIBE_EMPTY = const(23)
+_E_UNSUBACK_EMPTY = const(24)
+_E_V3_UNSUBACK_NO_REASON = const(25)
+_E_AUTH_NEEDS_V5 = const(26)
+_E_V3_DISCONNECT_EMPTY = const(27)
+_E_PACKET_ID_0 = const(28)
+_E_CONNECT_RESERVED_FLAG = const(29)
+_E_WILL_QOS_3 = const(30)
+_E_BAD_WILL_TOPIC = const(31)
+_E_WILL_FLAGS_WITHOUT_WILL = const(32)
+_E_PASSWORD_WITHOUT_USER = const(33)
+_E_BYTES_AFTER_CONNECT = const(34)
+_E_CONNACK_RESERVED_FLAGS = const(35)
+_E_BYTES_AFTER_CONNACK = const(36)
+_E_PUBLISH_QOS_3 = const(37)
+_E_WILDCARD_IN_PUBLISH = const(38)
+_E_DUP_SET_ON_QOS0 = const(39)
+_E_PUBLISH_TOO_SHORT = const(40)
+_E_EMPTY_TOPIC_NO_ALIAS = const(41)
+_E_BYTES_AFTER_PROPS = const(42)
+_E_WRONG_LENGTH = const(43)
+_E_RESERVED_OPTION_BITS = const(44)
+_E_SUBSCRIPTION_QOS_3 = const(45)
+_E_RETAIN_HANDLING_3 = const(46)
+_E_NO_LOCAL_SHARED = const(47)
+_E_SUBSCRIBE_NO_FILTER = const(48)
+_E_NO_REASON_CODES = const(49)
+_E_UNSUBSCRIBE_NO_FILTER = const(50)
+_E_PING_WITH_BODY = const(51)
+_E_AUTH_IN_V3 = const(52)
+_E_DISCONNECT_WITH_BODY = const(53)
+_E_LENGTH_NOT_MINIMAL = const(54)
+_E_LENGTH_TOO_LONG = const(55)
+_E_PACKET_TYPE_0 = const(56)
+_E_BAD_FLAGS = const(57)
+_E_FIRST_NOT_CONNECT = const(58)
+_E_PACKET_TOO_SHORT = const(59)
+_E_NOT_ONE_PACKET = const(60)
+_E_NOT_A_STRING = const(95)
+_E_BAD_TOPIC_NAME = const(96)
+_E_BAD_REASON_CODE = const(97)
+_E_CANNOT_ENCODE = const(98)
+_E_BAD_PROTOCOL = const(99)
+_E_OVER_MAX_SIZE = const(101)
+
 # CPython's UTF-8 codec rejects encoded surrogates; MicroPython's does not.
 _CHECK_SURROGATES = sys.implementation.name == "micropython"
 
@@ -110,11 +179,11 @@ def read_varint(data, pos):
         value |= (b & 127) << shift
         if b < 128:
             if shift and not b:
-                raise _malformed("variable byte integer not minimally encoded")  # MQTT-1.5.5-1
+                raise _malformed(_E_VARINT_NOT_MINIMAL)  # MQTT-1.5.5-1
             return value, pos
         shift += 7
         if shift > 21:
-            raise _malformed("variable byte integer longer than 4 bytes")
+            raise _malformed(_E_VARINT_TOO_LONG)
 
 
 def encode_varint(n):
@@ -145,23 +214,23 @@ def read_string(data, pos, end):
     surrogates and U+0000 are malformed (MQTT-1.5.4-1, -2)."""
     e = pos + 2 + ((data[pos] << 8) | data[pos + 1])
     if e > end:
-        raise _malformed("string runs past the end of the packet")
+        raise _malformed(_E_STRING_PAST_END)
     raw = data[pos + 2 : e]
     try:
         if _CHECK_SURROGATES and _surrogate_at(raw):
             raise UnicodeError
         s = raw.decode()
     except UnicodeError:
-        raise _malformed("invalid UTF-8 string") from None
+        raise _malformed(_E_BAD_UTF8) from None
     if "\x00" in s:
-        raise _malformed("U+0000 in a UTF-8 string")
+        raise _malformed(_E_NUL_IN_STRING)
     return s, e
 
 
 def _read_binary(data, pos, end):
     e = pos + 2 + ((data[pos] << 8) | data[pos + 1])
     if e > end:
-        raise _malformed("binary data runs past the end of the packet")
+        raise _malformed(_E_BINARY_PAST_END)
     return data[pos + 2 : e], e
 
 
@@ -176,12 +245,10 @@ def encode_string(s):
     try:
         b = s.encode()
     except (AttributeError, UnicodeError):
-        raise LocalProtocolError(_MALFORMED_PACKET, "%r is not a valid string" % (s,)) from None
+        raise LocalProtocolError(_MALFORMED_PACKET, (_E_NOT_A_STRING, s)) from None
     n = len(b)
     if n > 0xFFFF or "\x00" in s or (_CHECK_SURROGATES and _surrogate_at(b)):
-        raise LocalProtocolError(
-            _MALFORMED_PACKET, "string too long or holds U+0000 or a surrogate"
-        )
+        raise LocalProtocolError(_MALFORMED_PACKET, _E_BAD_STRING)
     return bytes((n >> 8, n & 255)) + b
 
 
@@ -190,20 +257,20 @@ def _encode_binary(b):
         b = b.encode()
     n = len(b)
     if n > 0xFFFF:
-        raise LocalProtocolError(_MALFORMED_PACKET, "binary data longer than 65535 bytes")
+        raise LocalProtocolError(_MALFORMED_PACKET, _E_BINARY_TOO_LONG)
     return bytes((n >> 8, n & 255)) + bytes(b)
 
 
 def _encode_topic(topic, alias_ok):
     if not isinstance(topic, str) or "+" in topic or "#" in topic or not (topic or alias_ok):
-        raise LocalProtocolError(_TOPIC_NAME_INVALID, "invalid topic name %r" % (topic,))
+        raise LocalProtocolError(_TOPIC_NAME_INVALID, (_E_BAD_TOPIC_NAME, topic))
     return encode_string(topic)
 
 
 def _encode_props(props, ptype, v):
     if v != _MQTT5:
         if props:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "properties need MQTT 5.0")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_PROPS_NEED_V5)
         return b""
     if not props:
         return b"\x00"
@@ -212,13 +279,13 @@ def _encode_props(props, ptype, v):
 
 def _packet_id(pid):
     if not isinstance(pid, int) or pid < 1 or pid > 0xFFFF:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "packet id must be 1..65535")  # MQTT-2.2.1-3
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_PACKET_ID)  # MQTT-2.2.1-3
     return bytes((pid >> 8, pid & 255))
 
 
 def _frame_header(first, n):
     if n > _MAX_REMAINING_LENGTH:
-        raise LocalProtocolError(_PACKET_TOO_LARGE, "packet larger than 256 MB")
+        raise LocalProtocolError(_PACKET_TOO_LARGE, _E_OVER_256MB)
     return bytes((first,)) + encode_varint(n)
 
 
@@ -231,7 +298,7 @@ def _frame(first, body):
 
 def _check_qos(qos):
     if qos not in (0, 1, 2):
-        raise LocalProtocolError(_PROTOCOL_ERROR, "QoS must be 0, 1 or 2")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_QOS)
 
 
 # -- encoders ------------------------------------------------------------------
@@ -240,7 +307,7 @@ def _check_qos(qos):
 def _e_connect(p, v):
     v = p.protocol_level
     if v not in (_MQTT311, _MQTT5):
-        raise LocalProtocolError(_UNSUPPORTED_PROTOCOL_VERSION, "protocol level must be 4 or 5")
+        raise LocalProtocolError(_UNSUPPORTED_PROTOCOL_VERSION, _E_BAD_LEVEL)
     flags = 2 if p.clean_start else 0
     w = p.will
     if w is not None:
@@ -250,11 +317,11 @@ def _e_connect(p, v):
         flags |= 128
     if p.password is not None:
         if v == _MQTT311 and p.username is None:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "3.1.1 needs a user name with a password")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_PASSWORD_NEEDS_USER)
         flags |= 64
     ka = p.keep_alive
     if not isinstance(ka, int) or ka < 0 or ka > 0xFFFF:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "keep_alive must be 0..65535")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_KEEP_ALIVE)
     body = bytearray(b"\x00\x04MQTT")
     body += bytes((v, flags, ka >> 8, ka & 255))
     body += _encode_props(p.properties, _CONNECT, v)
@@ -279,7 +346,7 @@ def _e_connack(p, v):
         or rc > 255
         or (rc not in _CONNACK_CODES if v == _MQTT5 else rc > 5)
     ):
-        raise LocalProtocolError(_PROTOCOL_ERROR, "invalid reason code %r" % (rc,))
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
     return _frame(
         0x20, bytes((1 if p.session_present else 0, rc)) + _encode_props(p.properties, _CONNACK, v)
     )
@@ -307,11 +374,11 @@ def _e_publish(p, v):
         if isinstance(payload, str):
             payload = payload.encode()
         elif not isinstance(payload, (bytearray, memoryview)):
-            raise LocalProtocolError(_PROTOCOL_ERROR, "payload must be bytes or str")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_PAYLOAD)
     if v == _MQTT5:
         pb = _p().encode_properties(props, _PUBLISH) if props else b"\x00"
     elif props:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "properties need MQTT 5.0")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_PROPS_NEED_V5)
     else:
         pb = b""
     first = 0x30 | (1 if p.retain else 0)
@@ -329,7 +396,7 @@ def _e_publish(p, v):
     if type(qos) is not int:
         _check_qos(qos)
     if p.dup:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "DUP must be 0 for QoS 0")  # MQTT-3.3.1-2
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_DUP_ON_QOS0)  # MQTT-3.3.1-2
     n = len(tb) + len(pb) + len(payload)
     if n < 128:
         return b"".join((bytes((first, n)), tb, pb, payload))
@@ -342,21 +409,21 @@ def _e_ack(p, v):
     rc = p.reason_code
     codes = _PUBREL_CODES if t > _PUBREC else _PUBACK_CODES
     if rc not in codes:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
     if v == _MQTT5:
         if p.properties:
             body += bytes((rc,)) + _encode_props(p.properties, t, v)
         elif rc:
             body += bytes((rc,))  # 3.4.2.1: the property length may be left out
     elif rc or p.properties:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 acks carry no reason code")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_V3_ACK_NO_REASON)
     return _frame((t << 4) | (2 if t == _PUBREL else 0), body)
 
 
 def _e_subscribe(p, v):
     subs = p.subscriptions
     if not subs:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "SUBSCRIBE needs a topic filter")  # MQTT-3.8.3-3
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_SUBSCRIBE_EMPTY)  # MQTT-3.8.3-3
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _SUBSCRIBE, v)
     for s in subs:
@@ -368,10 +435,10 @@ def _e_subscribe(p, v):
             opts |= 8
         rh = s.retain_handling
         if rh not in (0, 1, 2):
-            raise LocalProtocolError(_PROTOCOL_ERROR, "retain_handling must be 0, 1 or 2")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_RETAIN_HANDLING)
         opts |= rh << 4
         if v != _MQTT5 and opts > 3:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "subscription options need MQTT 5.0")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_OPTIONS_NEED_V5)
         body += encode_string(s.topic_filter)
         body.append(opts)
     return _frame(0x82, body)
@@ -382,15 +449,15 @@ def _e_suback(p, v):
     allowed = _SUBACK_CODES if v == _MQTT5 else _SUBACK_CODES_V3
     for c in codes:
         if c not in allowed:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
+            raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, c))
     if not codes:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "SUBACK needs a reason code")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_SUBACK_EMPTY)
     return _frame(0x90, _packet_id(p.packet_id) + _encode_props(p.properties, _SUBACK, v) + codes)
 
 
 def _e_unsubscribe(p, v):
     if not p.topic_filters:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "UNSUBSCRIBE needs a topic filter")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_UNSUBSCRIBE_EMPTY)
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _UNSUBSCRIBE, v)
     for f in p.topic_filters:
@@ -404,12 +471,12 @@ def _e_unsuback(p, v):
         codes = bytes(p.reason_codes)
         for c in codes:
             if c not in _UNSUBACK_CODES:
-                raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % c)
+                raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, c))
         if not codes:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "UNSUBACK needs a reason code")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_UNSUBACK_EMPTY)
         body += _encode_props(p.properties, _UNSUBACK, v) + codes
     elif p.reason_codes or p.properties:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 UNSUBACK carries no reason codes")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_V3_UNSUBACK_NO_REASON)
     return _frame(0xB0, body)
 
 
@@ -422,12 +489,12 @@ def _e_reason(p, v):
     t = p.type
     rc = p.reason_code
     if rc not in (_AUTH_CODES if t == _AUTH else _DISCONNECT_CODES):
-        raise LocalProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X not valid here" % rc)
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
     if v != _MQTT5:
         if t == _AUTH:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "AUTH needs MQTT 5.0")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_AUTH_NEEDS_V5)
         if rc or p.properties:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "MQTT 3.1.1 DISCONNECT is empty")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_V3_DISCONNECT_EMPTY)
         return b"\xe0\x00"
     if p.properties:
         return _frame(t << 4, bytes((rc,)) + _encode_props(p.properties, t, v))
@@ -462,7 +529,7 @@ def encode(packet, version=_MQTT5):
     try:
         return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
     except (TypeError, ValueError, OverflowError) as e:
-        raise LocalProtocolError(_PROTOCOL_ERROR, "cannot encode %r: %s" % (packet, e)) from None
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_CANNOT_ENCODE, packet, e)) from None
 
 
 # -- decoders ------------------------------------------------------------------
@@ -474,7 +541,7 @@ def encode(packet, version=_MQTT5):
 def _pid(data, pos):
     pid = (data[pos] << 8) | data[pos + 1]
     if not pid:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PACKET_ID_0)  # MQTT-2.2.1-3
     return pid
 
 
@@ -484,12 +551,10 @@ def _d_connect(t, flags, data, pos, v):
     level = data[pos]
     if name != "MQTT" or level not in (_MQTT311, _MQTT5):
         # MQTT-3.1.2-2: answer CONNACK 0x84 (3.1.1: return code 1) and close.
-        raise RemoteProtocolError(
-            _UNSUPPORTED_PROTOCOL_VERSION, "protocol %r level %d" % (name, level)
-        )
+        raise RemoteProtocolError(_UNSUPPORTED_PROTOCOL_VERSION, (_E_BAD_PROTOCOL, name, level))
     cf = data[pos + 1]
     if cf & 1:
-        raise _malformed("CONNECT reserved flag set")  # MQTT-3.1.2-3
+        raise _malformed(_E_CONNECT_RESERVED_FLAG)  # MQTT-3.1.2-3
     ka = (data[pos + 2] << 8) | data[pos + 3]
     pos += 4
     props = None
@@ -500,44 +565,44 @@ def _d_connect(t, flags, data, pos, v):
     if cf & 4:
         wqos = (cf >> 3) & 3
         if wqos == 3:
-            raise _malformed("will QoS 3")  # MQTT-3.1.2-14
+            raise _malformed(_E_WILL_QOS_3)  # MQTT-3.1.2-14
         wprops = None
         if level == _MQTT5:
             wprops, pos = _read_props(data, pos, 0)
         wtopic, pos = read_string(data, pos, end)
         if not wtopic or "+" in wtopic or "#" in wtopic:
-            raise RemoteProtocolError(_TOPIC_NAME_INVALID, "invalid will topic")
+            raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_BAD_WILL_TOPIC)
         wpayload, pos = _read_binary(data, pos, end)
         will = Will(wtopic, wpayload, wqos, bool(cf & 32), wprops)
     elif cf & 0x38:
-        raise _malformed("will QoS or retain set without a will")  # MQTT-3.1.2-11, -13, -15
+        raise _malformed(_E_WILL_FLAGS_WITHOUT_WILL)  # MQTT-3.1.2-11, -13, -15
     username = password = None
     if cf & 128:
         username, pos = read_string(data, pos, end)
     elif level == _MQTT311 and cf & 64:
-        raise _malformed("password without user name")  # MQTT-3.1.2-22
+        raise _malformed(_E_PASSWORD_WITHOUT_USER)  # MQTT-3.1.2-22
     if cf & 64:
         password, pos = _read_binary(data, pos, end)
     if pos != end:
-        raise _malformed("bytes after the CONNECT payload")
+        raise _malformed(_E_BYTES_AFTER_CONNECT)
     return Connect(client_id, bool(cf & 2), ka, username, password, will, level, props)
 
 
 def _d_connack(t, flags, data, pos, v):
     f = data[pos]
     if f & 0xFE:
-        raise _malformed("CONNACK reserved flags set")  # MQTT-3.2.2-1
+        raise _malformed(_E_CONNACK_RESERVED_FLAGS)  # MQTT-3.2.2-1
     rc = data[pos + 1]
     pos += 2
     props = None
     if v == _MQTT5:
         if rc not in _CONNACK_CODES:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "CONNACK reason code 0x%02X" % rc)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
         props, pos = _read_props(data, pos, _CONNACK)
     elif rc > 5:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "CONNACK return code %d" % rc)
+        raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
     if pos != len(data):
-        raise _malformed("bytes after the CONNACK")
+        raise _malformed(_E_BYTES_AFTER_CONNACK)
     return ConnAck(f == 1, rc, props)
 
 
@@ -545,7 +610,7 @@ def _d_publish(t, flags, data, pos, v):
     # The hot path: read_string and _pid are inlined here.
     qos = (flags >> 1) & 3
     if qos == 3:
-        raise _malformed("PUBLISH with QoS 3")  # MQTT-3.3.1-4
+        raise _malformed(_E_PUBLISH_QOS_3)  # MQTT-3.3.1-4
     e = pos + 2 + ((data[pos] << 8) | data[pos + 1])
     raw = data[pos + 2 : e]
     try:
@@ -553,19 +618,19 @@ def _d_publish(t, flags, data, pos, v):
             raise UnicodeError
         topic = raw.decode()
     except UnicodeError:
-        raise _malformed("invalid UTF-8 string") from None
+        raise _malformed(_E_BAD_UTF8) from None
     if "+" in topic or "#" in topic or "\x00" in topic:
         if "\x00" in topic:
-            raise _malformed("U+0000 in a UTF-8 string")  # MQTT-1.5.4-2
-        raise RemoteProtocolError(_TOPIC_NAME_INVALID, "wildcard in PUBLISH topic")  # MQTT-3.3.2-2
+            raise _malformed(_E_NUL_IN_STRING)  # MQTT-1.5.4-2
+        raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_WILDCARD_IN_PUBLISH)  # MQTT-3.3.2-2
     pid = None
     if qos:
         pid = (data[e] << 8) | data[e + 1]
         e += 2
         if not pid:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "packet id 0")  # MQTT-2.2.1-3
+            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PACKET_ID_0)  # MQTT-2.2.1-3
     elif flags & 8:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "DUP set on QoS 0")  # MQTT-3.3.1-2
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_DUP_SET_ON_QOS0)  # MQTT-3.3.1-2
     props = None
     if v == _MQTT5:
         if data[e]:
@@ -573,9 +638,9 @@ def _d_publish(t, flags, data, pos, v):
         else:
             e += 1
     if e > len(data):
-        raise _malformed("PUBLISH shorter than its fields")
+        raise _malformed(_E_PUBLISH_TOO_SHORT)
     if not topic and (not props or "topic_alias" not in props):
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "empty topic without topic alias")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_EMPTY_TOPIC_NO_ALIAS)
     return Publish(topic, data[e:], qos, flags & 1 != 0, flags & 8 != 0, pid, props)
 
 
@@ -590,13 +655,13 @@ def _d_ack(t, flags, data, pos, v):
     if v == _MQTT5 and n > 2:
         rc = data[pos + 2]
         if rc not in (_PUBREL_CODES if t > _PUBREC else _PUBACK_CODES):
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % rc)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
         if n > 3:
             props, pos = _read_props(data, pos + 3, t)
             if pos != len(data):
-                raise _malformed("bytes after the properties")
+                raise _malformed(_E_BYTES_AFTER_PROPS)
     elif n != 2:
-        raise _malformed("wrong remaining length")
+        raise _malformed(_E_WRONG_LENGTH)
     return _ACKS[t - _PUBACK](pid, rc, props)
 
 
@@ -613,29 +678,29 @@ def _d_subscribe(t, flags, data, pos, v):
         o = data[pos]
         pos += 1
         if o & (0xC0 if v == _MQTT5 else 0xFC):
-            raise _malformed("reserved subscription option bits set")  # MQTT-3.8.3-5
+            raise _malformed(_E_RESERVED_OPTION_BITS)  # MQTT-3.8.3-5
         if o & 3 == 3:
             # 3.1.1: malformed (MQTT-3-8.3-4); 5.0: protocol error (3.8.3.1).
             raise RemoteProtocolError(
-                _PROTOCOL_ERROR if v == _MQTT5 else _MALFORMED_PACKET, "subscription QoS 3"
+                _PROTOCOL_ERROR if v == _MQTT5 else _MALFORMED_PACKET, _E_SUBSCRIPTION_QOS_3
             )
         if o >> 4 == 3:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "retain handling 3")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_RETAIN_HANDLING_3)
         if o & 4 and f.startswith("$share/"):
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "no local on a shared subscription")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_NO_LOCAL_SHARED)
         subs.append(Subscription(f, o & 3, bool(o & 4), bool(o & 8), o >> 4))
     if not subs:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "SUBSCRIBE without topic filter")  # MQTT-3.8.3-3
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_SUBSCRIBE_NO_FILTER)  # MQTT-3.8.3-3
     return Subscribe(pid, subs, props)
 
 
 def _d_codes(data, pos, allowed):
     codes = list(data[pos:])
     if not codes:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "no reason codes")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_NO_REASON_CODES)
     for c in codes:
         if c not in allowed:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % c)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, c))
     return codes
 
 
@@ -662,7 +727,7 @@ def _d_unsubscribe(t, flags, data, pos, v):
         filters.append(f)
     if not filters:
         # MQTT-3.10.3-2
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "UNSUBSCRIBE without topic filter")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_UNSUBSCRIBE_NO_FILTER)
     return Unsubscribe(pid, filters, props)
 
 
@@ -670,7 +735,7 @@ def _d_unsuback(t, flags, data, pos, v):
     pid = _pid(data, pos)
     if v != _MQTT5:
         if len(data) - pos != 2:
-            raise _malformed("wrong remaining length")
+            raise _malformed(_E_WRONG_LENGTH)
         return UnsubAck(pid)
     props, pos = _read_props(data, pos + 2, _UNSUBACK)
     return UnsubAck(pid, _d_codes(data, pos, _UNSUBACK_CODES), props)
@@ -678,26 +743,26 @@ def _d_unsuback(t, flags, data, pos, v):
 
 def _d_ping(t, flags, data, pos, v):
     if len(data) != pos:
-        raise _malformed("PINGREQ/PINGRESP with a body")
+        raise _malformed(_E_PING_WITH_BODY)
     return PingReq() if t == _PINGREQ else PingResp()
 
 
 def _d_reason(t, flags, data, pos, v):
     n = len(data) - pos
     if t == _AUTH and v != _MQTT5:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH in MQTT 3.1.1")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_AUTH_IN_V3)
     rc = 0
     props = None
     if n:
         if v != _MQTT5:
-            raise _malformed("DISCONNECT with a body")
+            raise _malformed(_E_DISCONNECT_WITH_BODY)
         rc = data[pos]
         if rc not in (_AUTH_CODES if t == _AUTH else _DISCONNECT_CODES):
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "reason code 0x%02X" % rc)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
         if n > 1:
             props, pos = _read_props(data, pos + 1, t)
             if pos != len(data):
-                raise _malformed("bytes after the properties")
+                raise _malformed(_E_BYTES_AFTER_PROPS)
     return (Auth if t == _AUTH else Disconnect)(rc, props)
 
 
@@ -785,15 +850,15 @@ class Parser:
                 length |= (b & 127) << shift
                 if b < 128:
                     if not b:
-                        raise _malformed("remaining length not minimally encoded")
+                        raise _malformed(_E_LENGTH_NOT_MINIMAL)
                     break
                 shift += 7
                 if shift > 21:
-                    raise _malformed("remaining length longer than 4 bytes")
+                    raise _malformed(_E_LENGTH_TOO_LONG)
             end = i + length
         # Checked before waiting for the body, so a peer cannot make us buffer it.
         if end - start > self.max_packet_size:
-            raise RemoteProtocolError(_PACKET_TOO_LARGE, "packet of %d bytes" % (end - start))
+            raise RemoteProtocolError(_PACKET_TOO_LARGE, (_E_OVER_MAX_SIZE, end - start))
         if end > n:
             return None
         self._pos = end
@@ -805,17 +870,17 @@ class Parser:
         f = _FLAGS[t]
         if f != flags and f != -1:
             if not t:
-                raise _malformed("reserved packet type 0")
-            raise _malformed("invalid fixed header flags")  # MQTT-2.2.2-1, -2
+                raise _malformed(_E_PACKET_TYPE_0)
+            raise _malformed(_E_BAD_FLAGS)  # MQTT-2.2.2-1, -2
         v = self.version
         if v is None:
             if t != _CONNECT:
-                raise RemoteProtocolError(_PROTOCOL_ERROR, "first packet is not CONNECT")
+                raise RemoteProtocolError(_PROTOCOL_ERROR, _E_FIRST_NOT_CONNECT)
             v = _MQTT5
         try:
             p = _DECODERS[t](t, flags, buf, i - start, v)  # type: ignore[misc]
         except (IndexError, ValueError):
-            raise _malformed("packet shorter than its fields") from None
+            raise _malformed(_E_PACKET_TOO_SHORT) from None
         if t == _CONNECT and self.version is None:
             self.version = p.protocol_level
         return p
@@ -828,5 +893,5 @@ def decode(data, version=_MQTT5):
     parser.feed(data)
     p = parser.next_packet()
     if p is None or parser.buffered():
-        raise _malformed("not exactly one packet")
+        raise _malformed(_E_NOT_ONE_PACKET)
     return p

@@ -7,7 +7,11 @@ Every error carries ``reason_code``: the MQTT 5.0 reason code to answer with
 
 
 class MQTTError(Exception):
-    """Base of every error raised by ``fieldline.mqtt``."""
+    """Base of every error raised by ``fieldline.mqtt``. ``reason_code``: the
+    MQTT 5.0 reason code to answer with. ``message``: a text, or (raised by
+    this package) a detail number, alone or in a tuple with the values it
+    shows; ``str()`` of the error turns it into text from ``_names``, which
+    loads only then, so the board keeps no error texts in RAM."""
 
     def __init__(self, reason_code, message=""):
         super().__init__(reason_code, message)
@@ -15,9 +19,9 @@ class MQTTError(Exception):
         self.message = message
 
     def __str__(self):
-        from ._names import reason_name
+        from ._names import describe
 
-        return "%s (0x%02X): %s" % (reason_name(self.reason_code), self.reason_code, self.message)
+        return describe(self.reason_code, self.message)
 
 
 class RemoteProtocolError(MQTTError):

@@ -41,6 +41,19 @@ _IN_DISCONNECT = const(1 << 14)
 _IN_AUTH = const(1 << 15)
 _IN_ALL = const(0xFFFF)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_PROPS_PAST_END = const(84)
+_E_ONE_SUBSCRIPTION_ID = const(85)
+_E_PROP_NOT_ALLOWED = const(107)
+_E_PROP_VALUE = const(108)
+_E_PROP_ZERO = const(109)
+_E_PROP_TWICE = const(110)
+_E_UNKNOWN_PROP = const(111)
+_E_PROP_PLACE = const(112)
+_E_PROP_TOO_LONG = const(113)
+_E_PROP_RANGE = const(114)
+
 # id: (name, wire type, where allowed, allowed values as bytes or None) (2.2.2.2).
 PROPERTIES = {
     0x01: ("payload_format_indicator", _BYTE, _IN_PUBLISH | _IN_WILL, b"\x00\x01"),
@@ -97,7 +110,7 @@ def decode_properties(data, pos, ptype):
     n, pos = read_varint(data, pos)
     end = pos + n
     if end > len(data):
-        raise RemoteProtocolError(_MALFORMED_PACKET, "property length exceeds packet")
+        raise RemoteProtocolError(_MALFORMED_PACKET, _E_PROPS_PAST_END)
     if not n:
         return None, pos
     props = {}  # type: dict
@@ -107,7 +120,7 @@ def decode_properties(data, pos, ptype):
         spec = PROPERTIES.get(pid)
         if spec is None or not spec[2] & bit:
             # MQTT 2.2.2.2: an identifier not valid for the packet type is malformed.
-            raise RemoteProtocolError(_MALFORMED_PACKET, "property 0x%02X not allowed here" % pid)
+            raise RemoteProtocolError(_MALFORMED_PACKET, (_E_PROP_NOT_ALLOWED, pid))
         name, wire, _, allowed = spec
         if wire == _BYTE:
             value = data[pos]
@@ -140,9 +153,9 @@ def decode_properties(data, pos, ptype):
         if pos > end:
             raise IndexError
         if allowed is not None and value not in allowed:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "%s = %d is not allowed" % (name, value))
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, value))
         if not value and pid in _NONZERO:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, name + " must not be 0")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_ZERO, name))
         if wire == _PAIR or (pid == 0x0B and ptype == _PUBLISH):
             lst = props.get(name)
             if lst is None:
@@ -150,7 +163,7 @@ def decode_properties(data, pos, ptype):
             else:
                 lst.append(value)
         elif name in props:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, name + " included more than once")
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_TWICE, name))
         else:
             props[name] = value
     return props, pos
@@ -166,10 +179,10 @@ def encode_properties(props, ptype):
         value = props[name]
         pid = _BY_NAME.get(name)
         if pid is None:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "unknown property %r" % name)
+            raise LocalProtocolError(_PROTOCOL_ERROR, (_E_UNKNOWN_PROP, name))
         _, wire, where, allowed = PROPERTIES[pid]
         if not where & bit:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "property %s not allowed here" % name)
+            raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, name))
         many = wire == _PAIR or pid == 0x0B
         values = (
             value
@@ -179,7 +192,7 @@ def encode_properties(props, ptype):
             else (value,)
         )
         if pid == 0x0B and ptype != _PUBLISH and len(values) != 1:
-            raise LocalProtocolError(_PROTOCOL_ERROR, "one subscription_identifier allowed")
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_ONE_SUBSCRIPTION_ID)
         for v in values:
             out += encode_varint(pid)
             if wire == _STRING:
@@ -188,7 +201,7 @@ def encode_properties(props, ptype):
                 if isinstance(v, str):
                     v = v.encode()
                 if len(v) > 0xFFFF:
-                    raise LocalProtocolError(_PROTOCOL_ERROR, name + " is longer than 65535 bytes")
+                    raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_TOO_LONG, name))
                 out += bytes((len(v) >> 8, len(v) & 255))
                 out += v
             elif wire == _PAIR:
@@ -196,9 +209,9 @@ def encode_properties(props, ptype):
                 out += encode_string(v[1])
             else:
                 if not isinstance(v, int) or v < 0 or v > _RANGES[wire]:
-                    raise LocalProtocolError(_PROTOCOL_ERROR, "%s = %r out of range" % (name, v))
+                    raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_RANGE, name, v))
                 if (allowed is not None and v not in allowed) or (not v and pid in _NONZERO):
-                    raise LocalProtocolError(_PROTOCOL_ERROR, "%s = %r is not allowed" % (name, v))
+                    raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, v))
                 if wire == _VARINT:
                     out += encode_varint(v)
                 else:

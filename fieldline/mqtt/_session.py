@@ -97,6 +97,30 @@ _I = const(1)
 _C = const(2)
 _K = const(4)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_RECEIVE_BEFORE_CONNECT = const(61)
+_E_KEEP_ALIVE_EXPIRED = const(62)
+_E_EMPTY_ID_NEEDS_CLEAN = const(63)
+_E_SERVER_MAX_QOS = const(64)
+_E_NO_RETAIN = const(65)
+_E_QOS0_NEEDS_CONNECTION = const(66)
+_E_OVER_PEER_MAX = const(67)
+_E_EXPIRY_NOT_ALLOWED = const(68)
+_E_PRESENT_WITH_CLEAN = const(69)
+_E_CONNACK_AUTH_METHOD = const(70)
+_E_OVER_MAX_QOS = const(71)
+_E_OVER_RECEIVE_MAX = const(72)
+_E_PUBACK_FOR_QOS2 = const(73)
+_E_ACK_QOS_MISMATCH = const(74)
+_E_ACK_NOT_SENT = const(75)
+_E_SUBACK_UNKNOWN_ID = const(76)
+_E_REASON_CODE_COUNT = const(77)
+_E_EXPIRY_WAS_0 = const(78)
+_E_IDS_EXHAUSTED = const(79)
+_E_UNEXPECTED_TYPE = const(102)
+_E_NOT_IN_STATE = const(103)
+
 # Session Expiry Interval meaning "never" (3.1.2.11.2).
 NEVER = 0xFFFFFFFF
 
@@ -222,7 +246,7 @@ class Session:
             self._eof = True
             return
         if self.role == _CLIENT and self.state == _IDLE:
-            raise _local(_PROTOCOL_ERROR, "receive_data() before connect()")
+            raise _local(_PROTOCOL_ERROR, _E_RECEIVE_BEFORE_CONNECT)
         self._last_rx = now
         self._ping_at = None  # any byte shows the peer is alive
         self._parser.feed(data)
@@ -255,7 +279,7 @@ class Session:
                     return None
                 row = _RX[p.type]
                 if not row[self.role] & (1 << st):
-                    raise _remote("unexpected packet type %d" % p.type)
+                    raise _remote((_E_UNEXPECTED_TYPE, p.type))
                 if row[2]:
                     p = getattr(self, row[2])(p)
                 else:
@@ -329,7 +353,7 @@ class Session:
             self._ping_at = now
             return
         self._fail(_KEEP_ALIVE_TIMEOUT)
-        raise _remote("nothing received within the keepalive time", _KEEP_ALIVE_TIMEOUT)
+        raise _remote(_E_KEEP_ALIVE_EXPIRED, _KEEP_ALIVE_TIMEOUT)
 
     # -- client calls ---------------------------------------------------------
 
@@ -350,7 +374,7 @@ class Session:
         else:
             e = 0 if packet.clean_start else NEVER
             if not packet.client_id and not packet.clean_start:
-                raise _local(_CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
+                raise _local(_CLIENT_IDENTIFIER_NOT_VALID, _E_EMPTY_ID_NEEDS_CLEAN)
         data = encode(packet, v)  # raises before anything changes
         self.version = self._parser.version = v
         self._now = now
@@ -442,11 +466,11 @@ class Session:
         connected = self.state == _CONNECTED
         if connected:
             if qos > self._peer_qos:
-                raise _local(_QOS_NOT_SUPPORTED, "QoS above the server's Maximum QoS")
+                raise _local(_QOS_NOT_SUPPORTED, _E_SERVER_MAX_QOS)
             if retain and not self._peer_retain:
-                raise _local(_RETAIN_NOT_SUPPORTED, "the server has no retained messages")
+                raise _local(_RETAIN_NOT_SUPPORTED, _E_NO_RETAIN)
         elif not qos:
-            raise _local(_PROTOCOL_ERROR, "QoS 0 publish needs a connection")
+            raise _local(_PROTOCOL_ERROR, _E_QOS0_NEEDS_CONNECTION)
         p = Publish(topic, payload, qos, retain, False, None, properties)
         if not qos:
             self._tx_publish(p)
@@ -458,7 +482,7 @@ class Session:
             self._tx_publish(p)
             self._nsent = n + 1
         elif len(encode(p, self.version)) > self._peer_max:  # checked now, sent later
-            raise _local(_PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+            raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
         self._msgs[pid] = p
         order.append(pid)
         return pid
@@ -471,7 +495,7 @@ class Session:
         self._need(None, _C | _K)
         e = properties.get("session_expiry_interval") if properties else None
         if e is not None and (self.role == _SERVER or e and not self._connect_expiry):
-            raise _local(_PROTOCOL_ERROR, "Session Expiry Interval not allowed here")
+            raise _local(_PROTOCOL_ERROR, _E_EXPIRY_NOT_ALLOWED)
         if self.role == _CLIENT or self.version == _MQTT5:
             self._send(Disconnect(reason_code, properties))
         if e is not None:
@@ -505,11 +529,11 @@ class Session:
             self.state = _CLOSED  # refused: the server closes (MQTT-3.2.2-7)
             return p
         if p.session_present and self._clean:
-            raise _remote("Session Present with Clean Start")  # MQTT-3.2.2-2
+            raise _remote(_E_PRESENT_WITH_CLEAN)  # MQTT-3.2.2-2
         if self.version == _MQTT5:
             m = self._auth_method
             if m is not None and _get(p, "authentication_method") != m:
-                raise _remote("CONNACK authentication method differs")  # 4.12.0-5
+                raise _remote(_E_CONNACK_AUTH_METHOD)  # 4.12.0-5
             self._peer_limits(p)
             self._peer_qos = _get(p, "maximum_qos", 2)
             self._peer_retain = _get(p, "retain_available", 1)
@@ -532,7 +556,7 @@ class Session:
             rx_alias(self, p)
         q = p.qos
         if q > self.maximum_qos:
-            raise _remote("QoS above Maximum QoS", _QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
+            raise _remote(_E_OVER_MAX_QOS, _QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
         if not q:
             return p
         pid = p.packet_id
@@ -546,7 +570,7 @@ class Session:
             self._send(PubRec(pid))
             return None
         if self.version == _MQTT5 and len(rx2) >= self.receive_maximum:
-            raise _remote("Receive Maximum exceeded", _RECEIVE_MAXIMUM_EXCEEDED)  # MQTT-3.3.4-9
+            raise _remote(_E_OVER_RECEIVE_MAX, _RECEIVE_MAXIMUM_EXCEEDED)  # MQTT-3.3.4-9
         rx2.add(pid)
         self._send(PubRec(pid))  # MQTT-4.3.3-8
         return p
@@ -568,16 +592,16 @@ class Session:
                 self._send(m)  # our PUBREL was lost: send it again
                 return None
             if t != _PUBCOMP:
-                raise _remote("PUBACK for a QoS 2 message")
+                raise _remote(_E_PUBACK_FOR_QOS2)
         elif t == _PUBCOMP or m.qos != t - 3:  # PUBACK (4) for QoS 1, PUBREC (5) for QoS 2
-            raise _remote("acknowledgement does not match the QoS")
+            raise _remote(_E_ACK_QOS_MISMATCH)
         elif t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
             self._send(rel)
             return None
         i = self._order.index(pid)
         if i >= self._nsent:
-            raise _remote("acknowledgement for a message not sent")
+            raise _remote(_E_ACK_NOT_SENT)
         del self._order[i]
         del self._msgs[pid]
         self._nsent -= 1
@@ -602,9 +626,9 @@ class Session:
     def _rx_suback(self, p):
         e = self._pending.pop(p.packet_id, None)
         if e is None or e[0] + 1 != p.type:
-            raise _remote("SUBACK/UNSUBACK for an unknown packet id")
+            raise _remote(_E_SUBACK_UNKNOWN_ID)
         if (self.version == _MQTT5 or e[0] == _SUBSCRIBE) and len(p.reason_codes) != e[1]:
-            raise _remote("wrong number of reason codes")  # MQTT-3.9.3-1, MQTT-3.11.3-1
+            raise _remote(_E_REASON_CODE_COUNT)  # MQTT-3.9.3-1, MQTT-3.11.3-1
         return p
 
     def _rx_pingreq(self, p):
@@ -616,7 +640,7 @@ class Session:
             e = _get(p, "session_expiry_interval")
             if e is not None:
                 if e and not self._connect_expiry:
-                    raise _remote("Session Expiry Interval was 0 in CONNECT")  # MQTT-3.14.2-2
+                    raise _remote(_E_EXPIRY_WAS_0)  # MQTT-3.14.2-2
                 self.session_expiry_interval = e
         self._hold = False
         self.state = _CLOSED
@@ -631,7 +655,7 @@ class Session:
 
     def _need(self, role, mask):
         if role is not None and role != self.role or not (1 << self.state) & mask:
-            raise _local(_PROTOCOL_ERROR, "not allowed in state %d" % self.state)
+            raise _local(_PROTOCOL_ERROR, (_E_NOT_IN_STATE, self.state))
 
     def _put(self, data):
         self._out += data
@@ -648,7 +672,7 @@ class Session:
                 d.pop("user_property", None)
                 p.properties = d
                 return self._send(p)
-            raise _local(_PACKET_TOO_LARGE, "larger than the peer's Maximum Packet Size")
+            raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
         self._put(data)
 
     def _tx_publish(self, p):
@@ -720,7 +744,7 @@ class Session:
             if i not in self._msgs and i not in self._pending:
                 self._next_id = i
                 return i
-        raise _local(_QUOTA_EXCEEDED, "all 65535 packet identifiers are in use")
+        raise _local(_QUOTA_EXCEEDED, _E_IDS_EXHAUSTED)
 
     def _request(self, cls, items, properties):
         self._need(_CLIENT, _K)

@@ -23,6 +23,14 @@ _RE_AUTHENTICATE = const(0x19)
 _PROTOCOL_ERROR = const(0x82)
 _TOPIC_ALIAS_INVALID = const(0x94)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_AUTH_METHOD = const(80)
+_E_AUTH_NOT_NOW = const(81)
+_E_ALIAS_RANGE = const(104)
+_E_ALIAS_NOT_SET = const(105)
+_E_AUTH_OUT_OF_TURN = const(106)
+
 
 def rx_alias(s, p):
     """Resolve the Topic Alias of a received PUBLISH ``p`` in place (3.3.2.3.4)."""
@@ -32,14 +40,14 @@ def rx_alias(s, p):
         return
     if a > s.topic_alias_maximum:  # 0 is refused by the codec
         # MQTT-3.3.2-10 (client) / MQTT-3.3.2-12 (server): only 1..our maximum.
-        raise RemoteProtocolError(_TOPIC_ALIAS_INVALID, "topic alias %d out of range" % a)
+        raise RemoteProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
     m = s._rx_alias
     if p.topic:
         m[a] = p.topic
     else:
         t = m.get(a)
         if t is None:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, "topic alias %d not set" % a)
+            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_ALIAS_NOT_SET, a))
         p.topic = t
 
 
@@ -99,10 +107,10 @@ def rx_auth(s, p):
     m = s._auth_method
     d = p.properties
     if m is None or not d or d.get("authentication_method") != m:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH method missing or different")
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_AUTH_METHOD)
     rc = p.reason_code
     if not _auth_ok(s, rc, 1 - s.role):
-        raise RemoteProtocolError(_PROTOCOL_ERROR, "AUTH 0x%02X out of turn" % rc)
+        raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_AUTH_OUT_OF_TURN, rc))
     s._reauth = rc == _RE_AUTHENTICATE or rc == _CONTINUE_AUTHENTICATION and s._reauth
     s._hold = s.role != _CLIENT and s.state == _CONNECTING
     return p
@@ -115,7 +123,7 @@ def tx_auth(s, data, rc, properties):
         ok = s.role == _CLIENT and s.state == _CONNECTED and not s._reauth
         rc = _RE_AUTHENTICATE if ok else _CONTINUE_AUTHENTICATION
     if s.version != _MQTT5 or m is None or not _auth_ok(s, rc, s.role):
-        raise LocalProtocolError(_PROTOCOL_ERROR, "AUTH not allowed now")
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_AUTH_NOT_NOW)
     d = dict(properties) if properties else {}
     d["authentication_method"] = m
     if data is not None:

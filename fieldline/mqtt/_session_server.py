@@ -27,6 +27,12 @@ _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_EMPTY_ID_NEEDS_CLEAN = const(63)
+_E_EMPTY_ID_PASS_ASSIGNED = const(82)
+_E_NO_SUCH_REQUEST = const(83)
+
 
 def accept(s, properties=None, assigned_client_id=None, resume=None):
     s._need(_SERVER, _C)
@@ -35,7 +41,7 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
     cid = s.client_id
     if not cid:
         if assigned_client_id is None:
-            raise _local(_CLIENT_IDENTIFIER_NOT_VALID, "empty client id: pass assigned_client_id")
+            raise _local(_CLIENT_IDENTIFIER_NOT_VALID, _E_EMPTY_ID_PASS_ASSIGNED)
         if isinstance(assigned_client_id, int):
             assigned_client_id = "auto-%d" % assigned_client_id
         cid = assigned_client_id
@@ -104,7 +110,7 @@ def rx_connect(s, p):
         e = 0 if p.clean_start else NEVER
         s._auth_method = None
         if not p.client_id and not p.clean_start:
-            raise _remote("empty client id needs clean session", _CLIENT_IDENTIFIER_NOT_VALID)
+            raise _remote(_E_EMPTY_ID_NEEDS_CLEAN, _CLIENT_IDENTIFIER_NOT_VALID)
     s._connect_expiry = s.session_expiry_interval = e
     return p
 
@@ -114,6 +120,6 @@ def answer(s, p, t):
     e = s._pending.get(p.packet_id)
     n = len(p.reason_codes)
     if e is None or e[0] != t or n != e[1] and (n or s.version == _MQTT5):
-        raise _local(_PROTOCOL_ERROR, "no such request, or wrong number of reason codes")
+        raise _local(_PROTOCOL_ERROR, _E_NO_SUCH_REQUEST)
     s._send(p)
     del s._pending[p.packet_id]

@@ -18,22 +18,35 @@ _MALFORMED_PACKET = const(0x81)
 _TOPIC_FILTER_INVALID = const(0x8F)
 _TOPIC_NAME_INVALID = const(0x90)
 
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_TOPIC_EMPTY = const(86)
+_E_TOPIC_NUL = const(87)
+_E_TOPIC_TOO_LONG = const(88)
+_E_WILDCARD_IN_NAME = const(89)
+_E_EMPTY_SHARE_NAME = const(90)
+_E_WILDCARD_IN_SHARE = const(91)
+_E_SHARE_WITHOUT_FILTER = const(92)
+_E_BAD_HASH = const(93)
+_E_BAD_PLUS = const(94)
+_E_TOPIC_NOT_STR = const(115)
+
 
 def _fail(remote, code, why, s):
-    raise (RemoteProtocolError if remote else LocalProtocolError)(code, "%s: %r" % (why, s[:80]))
+    raise (RemoteProtocolError if remote else LocalProtocolError)(code, (why, s[:80]))
 
 
 def _check(s, remote, code):
     # Rules shared by names and filters.
     if not isinstance(s, str):
-        raise LocalProtocolError(code, "topic must be str, not %s" % type(s).__name__)
+        raise LocalProtocolError(code, (_E_TOPIC_NOT_STR, type(s).__name__))
     if not s:  # MQTT-4.7.3-1
-        _fail(remote, code, "topic is empty", s)
+        _fail(remote, code, _E_TOPIC_EMPTY, s)
     if "\x00" in s:  # MQTT-4.7.3-2; from the peer it is a Malformed Packet (MQTT-1.5.4-2)
-        _fail(remote, _MALFORMED_PACKET if remote else code, "topic contains U+0000", s)
+        _fail(remote, _MALFORMED_PACKET if remote else code, _E_TOPIC_NUL, s)
     # A char is at most 4 UTF-8 bytes: encode only when it could be too long.
     if len(s) > 16383 and len(s.encode()) > 65535:  # MQTT-4.7.3-3
-        _fail(remote, code, "topic longer than 65535 UTF-8 bytes", s)
+        _fail(remote, code, _E_TOPIC_TOO_LONG, s)
 
 
 def validate_topic_name(name, remote=False):
@@ -44,7 +57,7 @@ def validate_topic_name(name, remote=False):
     """
     _check(name, remote, _TOPIC_NAME_INVALID)
     if "+" in name or "#" in name:  # MQTT-3.3.2-2, MQTT-4.7.0-1
-        _fail(remote, _TOPIC_NAME_INVALID, "wildcard in topic name", name)
+        _fail(remote, _TOPIC_NAME_INVALID, _E_WILDCARD_IN_NAME, name)
 
 
 def parse_shared(filter):
@@ -69,19 +82,19 @@ def validate_topic_filter(filter, remote=False):
     group, inner = parse_shared(filter)
     if group is not None:
         if not group:  # MQTT-4.8.2-1
-            _fail(remote, _TOPIC_FILTER_INVALID, "empty share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, _E_EMPTY_SHARE_NAME, filter)
         if "+" in group or "#" in group:  # MQTT-4.8.2-2
-            _fail(remote, _TOPIC_FILTER_INVALID, "wildcard in share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, _E_WILDCARD_IN_SHARE, filter)
         if not inner:  # MQTT-4.8.2-2: "/" then a Topic Filter must follow the ShareName
-            _fail(remote, _TOPIC_FILTER_INVALID, "no topic filter after share name", filter)
+            _fail(remote, _TOPIC_FILTER_INVALID, _E_SHARE_WITHOUT_FILTER, filter)
     if "+" in inner or "#" in inner:
         levels = inner.split("/")
         last = len(levels) - 1
         for i, lv in enumerate(levels):
             if "#" in lv and (lv != "#" or i != last):  # MQTT-4.7.1-1
-                _fail(remote, _TOPIC_FILTER_INVALID, "'#' must be a whole last level", filter)
+                _fail(remote, _TOPIC_FILTER_INVALID, _E_BAD_HASH, filter)
             if "+" in lv and lv != "+":  # MQTT-4.7.1-2
-                _fail(remote, _TOPIC_FILTER_INVALID, "'+' must be a whole level", filter)
+                _fail(remote, _TOPIC_FILTER_INVALID, _E_BAD_PLUS, filter)
 
 
 def topic_matches(filter, name):

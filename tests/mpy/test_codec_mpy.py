@@ -334,3 +334,11 @@ def test_encode_errors():
     for v, p, code in cases:
         e = mpytest.raises(LocalProtocolError, encode, p, v)
         assert e.reason_code == code, (p, e.reason_code)
+
+
+def test_error_text_is_built_when_printed():
+    # Errors carry detail numbers; _names builds the text only for str().
+    e = mpytest.raises(RemoteProtocolError, decode, b"\x30\xff\xff\xff\xff\x01")
+    assert str(e) == "Malformed Packet (0x81): remaining length longer than 4 bytes", str(e)
+    e = mpytest.raises(LocalProtocolError, encode, PubAck(1, 0x42), 5)
+    assert str(e) == "Protocol Error (0x82): reason code 0x42 not valid here", str(e)
