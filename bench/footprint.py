@@ -27,10 +27,13 @@ HEAP = 256 * 1024  # initial GC heap: about what an ESP32 without PSRAM leaves t
 TIMEOUT = 120.0
 
 # Modules a 3.1.1 client device never loads (each says so in its docstring):
-# the 5.0 property code, the reason-code names (loaded only to print an
-# error), the 5.0-only session parts (topic aliases, AUTH) and the server side
-# of the session. Everything else in fieldline/mqtt is the 3.1.1 device core.
-NOT_IN_311_CORE = frozenset({"_props.py", "_names.py", "_session5.py", "_session_server.py"})
+# the 5.0 property code, the reason-code names and error texts (loaded only to
+# print an error), the 5.0-only session parts (topic aliases, AUTH) and the
+# server sides of the codec and the session. Everything else in fieldline/mqtt
+# is the 3.1.1 device core.
+NOT_IN_311_CORE = frozenset(
+    {"_props.py", "_names.py", "_session5.py", "_session_server.py", "_codec_server.py"}
+)
 # Client adapters built on the core (files named _client*.py, _async_client*.py)
 # are not part of it and are left out of every figure here.
 ADAPTER_PREFIXES = ("_client", "_async_client")
@@ -123,7 +126,16 @@ def modules_script(modules: list[str]) -> str:
 
 
 # Dependency order, so each module's figure is mostly its own.
-IMPORT_ORDER = ("_const", "_errors", "_names", "_packets", "_codec", "_props", "_topic")
+IMPORT_ORDER = (
+    "_const",
+    "_errors",
+    "_names",
+    "_packets",
+    "_codec",
+    "_codec_server",
+    "_props",
+    "_topic",
+)
 
 
 @dataclass

@@ -1935,3 +1935,33 @@ def test_error_text_is_built_when_printed() -> None:
         encode(PubAck(1, 0x42))
     assert str(e2.value) == "Protocol Error (0x82): reason code 0x42 not valid here"
     assert str(LocalProtocolError(0x80, "plain text")) == "Unspecified error (0x80): plain text"
+
+
+def test_a_client_never_loads_the_server_codec_or_the_5_0_properties() -> None:
+    # _codec_server (CONNECT/SUBSCRIBE/UNSUBSCRIBE decoders, CONNACK/SUBACK/
+    # UNSUBACK encoders) and _props load on first use only.
+    import subprocess
+    import sys
+
+    code = """if 1:
+    import sys
+    from fieldline.mqtt import Connect, Parser, PubAck, Publish, Subscribe, Subscription, encode
+    for v in (4, 5):
+        out = encode(Connect("c", protocol_level=v), v) + encode(Subscribe(1, [Subscription("a")]), v)
+        out += encode(Publish("t", b"x", qos=1, packet_id=2), v)
+        p = Parser(v)
+        acks = b"\\x20\\x02\\x00\\x00\\x90\\x03\\x00\\x01\\x00"  # CONNACK, SUBACK
+        if v == 5:  # with an empty property block each
+            acks = b"\\x20\\x03\\x00\\x00\\x00\\x90\\x04\\x00\\x01\\x00\\x00"
+        p.feed(acks + encode(PubAck(2), v))
+        n = 0
+        while p.next_packet() is not None:
+            n += 1
+        assert n == 3
+    print(sorted(m for m in sys.modules if m.startswith("fieldline.mqtt._")))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "_codec_server" not in out and "_props" not in out and "_const" not in out, out
+    assert "fieldline.mqtt._codec" in out

@@ -17,7 +17,6 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import (
     Auth,
     ConnAck,
-    Connect,
     Disconnect,
     PingReq,
     PingResp,
@@ -27,11 +26,7 @@ from ._packets import (
     PubRec,
     PubRel,
     SubAck,
-    Subscribe,
-    Subscription,
     UnsubAck,
-    Unsubscribe,
-    Will,
 )
 
 try:
@@ -85,19 +80,10 @@ _E_V3_ACK_NO_REASON = const(18)
 _E_SUBSCRIBE_EMPTY = const(19)
 _E_BAD_RETAIN_HANDLING = const(20)
 _E_OPTIONS_NEED_V5 = const(21)
-_E_SUBACK_EMPTY = const(22)
 _E_UNSUBSCRIBE_EMPTY = const(23)
-_E_UNSUBACK_EMPTY = const(24)
-_E_V3_UNSUBACK_NO_REASON = const(25)
 _E_AUTH_NEEDS_V5 = const(26)
 _E_V3_DISCONNECT_EMPTY = const(27)
 _E_PACKET_ID_0 = const(28)
-_E_CONNECT_RESERVED_FLAG = const(29)
-_E_WILL_QOS_3 = const(30)
-_E_BAD_WILL_TOPIC = const(31)
-_E_WILL_FLAGS_WITHOUT_WILL = const(32)
-_E_PASSWORD_WITHOUT_USER = const(33)
-_E_BYTES_AFTER_CONNECT = const(34)
 _E_CONNACK_RESERVED_FLAGS = const(35)
 _E_BYTES_AFTER_CONNACK = const(36)
 _E_PUBLISH_QOS_3 = const(37)
@@ -107,13 +93,7 @@ _E_PUBLISH_TOO_SHORT = const(40)
 _E_EMPTY_TOPIC_NO_ALIAS = const(41)
 _E_BYTES_AFTER_PROPS = const(42)
 _E_WRONG_LENGTH = const(43)
-_E_RESERVED_OPTION_BITS = const(44)
-_E_SUBSCRIPTION_QOS_3 = const(45)
-_E_RETAIN_HANDLING_3 = const(46)
-_E_NO_LOCAL_SHARED = const(47)
-_E_SUBSCRIBE_NO_FILTER = const(48)
 _E_NO_REASON_CODES = const(49)
-_E_UNSUBSCRIBE_NO_FILTER = const(50)
 _E_PING_WITH_BODY = const(51)
 _E_AUTH_IN_V3 = const(52)
 _E_DISCONNECT_WITH_BODY = const(53)
@@ -128,7 +108,6 @@ _E_NOT_A_STRING = const(95)
 _E_BAD_TOPIC_NAME = const(96)
 _E_BAD_REASON_CODE = const(97)
 _E_CANNOT_ENCODE = const(98)
-_E_BAD_PROTOCOL = const(99)
 _E_OVER_MAX_SIZE = const(101)
 
 # CPython's UTF-8 codec rejects encoded surrogates; MicroPython's does not.
@@ -337,21 +316,6 @@ def _e_connect(p, v):
     return _frame(0x10, body)
 
 
-def _e_connack(p, v):
-    rc = p.reason_code
-    # 3.1.1 return codes are 0-5 (3.2.2.3); 5.0 reason codes as listed in 3.2.2.2.
-    if (
-        not isinstance(rc, int)
-        or rc < 0
-        or rc > 255
-        or (rc not in _CONNACK_CODES if v == _MQTT5 else rc > 5)
-    ):
-        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, rc))
-    return _frame(
-        0x20, bytes((1 if p.session_present else 0, rc)) + _encode_props(p.properties, _CONNACK, v)
-    )
-
-
 # Encoded topic names, validated once: devices publish to a few topics over
 # and over. Cleared when full, so it never holds more than _TOPIC_CACHE_SIZE.
 _topics = {}  # type: dict[str, bytes]
@@ -444,17 +408,6 @@ def _e_subscribe(p, v):
     return _frame(0x82, body)
 
 
-def _e_suback(p, v):
-    codes = bytes(p.reason_codes)
-    allowed = _SUBACK_CODES if v == _MQTT5 else _SUBACK_CODES_V3
-    for c in codes:
-        if c not in allowed:
-            raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, c))
-    if not codes:
-        raise LocalProtocolError(_PROTOCOL_ERROR, _E_SUBACK_EMPTY)
-    return _frame(0x90, _packet_id(p.packet_id) + _encode_props(p.properties, _SUBACK, v) + codes)
-
-
 def _e_unsubscribe(p, v):
     if not p.topic_filters:
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_UNSUBSCRIBE_EMPTY)
@@ -465,19 +418,12 @@ def _e_unsubscribe(p, v):
     return _frame(0xA2, body)
 
 
-def _e_unsuback(p, v):
-    body = _packet_id(p.packet_id)
-    if v == _MQTT5:
-        codes = bytes(p.reason_codes)
-        for c in codes:
-            if c not in _UNSUBACK_CODES:
-                raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, c))
-        if not codes:
-            raise LocalProtocolError(_PROTOCOL_ERROR, _E_UNSUBACK_EMPTY)
-        body += _encode_props(p.properties, _UNSUBACK, v) + codes
-    elif p.reason_codes or p.properties:
-        raise LocalProtocolError(_PROTOCOL_ERROR, _E_V3_UNSUBACK_NO_REASON)
-    return _frame(0xB0, body)
+def _e_server(p, v):
+    # CONNACK, SUBACK, UNSUBACK: only a server sends them, so their encoders
+    # live in _codec_server and load on first use.
+    from ._codec_server import ENCODERS
+
+    return ENCODERS[p.type](p, v)
 
 
 def _e_empty(p, v):
@@ -506,16 +452,16 @@ def _e_reason(p, v):
 _ENCODERS = (
     None,
     _e_connect,
-    _e_connack,
+    _e_server,
     _e_publish,
     _e_ack,
     _e_ack,
     _e_ack,
     _e_ack,
     _e_subscribe,
-    _e_suback,
+    _e_server,
     _e_unsubscribe,
-    _e_unsuback,
+    _e_server,
     _e_empty,
     _e_empty,
     _e_reason,
@@ -543,49 +489,6 @@ def _pid(data, pos):
     if not pid:
         raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PACKET_ID_0)  # MQTT-2.2.1-3
     return pid
-
-
-def _d_connect(t, flags, data, pos, v):
-    end = len(data)
-    name, pos = read_string(data, pos, end)
-    level = data[pos]
-    if name != "MQTT" or level not in (_MQTT311, _MQTT5):
-        # MQTT-3.1.2-2: answer CONNACK 0x84 (3.1.1: return code 1) and close.
-        raise RemoteProtocolError(_UNSUPPORTED_PROTOCOL_VERSION, (_E_BAD_PROTOCOL, name, level))
-    cf = data[pos + 1]
-    if cf & 1:
-        raise _malformed(_E_CONNECT_RESERVED_FLAG)  # MQTT-3.1.2-3
-    ka = (data[pos + 2] << 8) | data[pos + 3]
-    pos += 4
-    props = None
-    if level == _MQTT5:
-        props, pos = _read_props(data, pos, _CONNECT)
-    client_id, pos = read_string(data, pos, end)
-    will = None
-    if cf & 4:
-        wqos = (cf >> 3) & 3
-        if wqos == 3:
-            raise _malformed(_E_WILL_QOS_3)  # MQTT-3.1.2-14
-        wprops = None
-        if level == _MQTT5:
-            wprops, pos = _read_props(data, pos, 0)
-        wtopic, pos = read_string(data, pos, end)
-        if not wtopic or "+" in wtopic or "#" in wtopic:
-            raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_BAD_WILL_TOPIC)
-        wpayload, pos = _read_binary(data, pos, end)
-        will = Will(wtopic, wpayload, wqos, bool(cf & 32), wprops)
-    elif cf & 0x38:
-        raise _malformed(_E_WILL_FLAGS_WITHOUT_WILL)  # MQTT-3.1.2-11, -13, -15
-    username = password = None
-    if cf & 128:
-        username, pos = read_string(data, pos, end)
-    elif level == _MQTT311 and cf & 64:
-        raise _malformed(_E_PASSWORD_WITHOUT_USER)  # MQTT-3.1.2-22
-    if cf & 64:
-        password, pos = _read_binary(data, pos, end)
-    if pos != end:
-        raise _malformed(_E_BYTES_AFTER_CONNECT)
-    return Connect(client_id, bool(cf & 2), ka, username, password, will, level, props)
 
 
 def _d_connack(t, flags, data, pos, v):
@@ -665,33 +568,11 @@ def _d_ack(t, flags, data, pos, v):
     return _ACKS[t - _PUBACK](pid, rc, props)
 
 
-def _d_subscribe(t, flags, data, pos, v):
-    end = len(data)
-    pid = _pid(data, pos)
-    pos += 2
-    props = None
-    if v == _MQTT5:
-        props, pos = _read_props(data, pos, _SUBSCRIBE)
-    subs = []
-    while pos < end:
-        f, pos = read_string(data, pos, end)
-        o = data[pos]
-        pos += 1
-        if o & (0xC0 if v == _MQTT5 else 0xFC):
-            raise _malformed(_E_RESERVED_OPTION_BITS)  # MQTT-3.8.3-5
-        if o & 3 == 3:
-            # 3.1.1: malformed (MQTT-3-8.3-4); 5.0: protocol error (3.8.3.1).
-            raise RemoteProtocolError(
-                _PROTOCOL_ERROR if v == _MQTT5 else _MALFORMED_PACKET, _E_SUBSCRIPTION_QOS_3
-            )
-        if o >> 4 == 3:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_RETAIN_HANDLING_3)
-        if o & 4 and f.startswith("$share/"):
-            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_NO_LOCAL_SHARED)
-        subs.append(Subscription(f, o & 3, bool(o & 4), bool(o & 8), o >> 4))
-    if not subs:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_SUBSCRIBE_NO_FILTER)  # MQTT-3.8.3-3
-    return Subscribe(pid, subs, props)
+def _d_server(t, flags, data, pos, v):
+    # CONNECT, SUBSCRIBE, UNSUBSCRIBE: only a server receives them.
+    from ._codec_server import DECODERS
+
+    return DECODERS[t](t, flags, data, pos, v)
 
 
 def _d_codes(data, pos, allowed):
@@ -712,23 +593,6 @@ def _d_suback(t, flags, data, pos, v):
         props, pos = _read_props(data, pos, _SUBACK)
     codes = _d_codes(data, pos, _SUBACK_CODES if v == _MQTT5 else _SUBACK_CODES_V3)
     return SubAck(pid, codes, props)
-
-
-def _d_unsubscribe(t, flags, data, pos, v):
-    end = len(data)
-    pid = _pid(data, pos)
-    pos += 2
-    props = None
-    if v == _MQTT5:
-        props, pos = _read_props(data, pos, _UNSUBSCRIBE)
-    filters = []
-    while pos < end:
-        f, pos = read_string(data, pos, end)
-        filters.append(f)
-    if not filters:
-        # MQTT-3.10.3-2
-        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_UNSUBSCRIBE_NO_FILTER)
-    return Unsubscribe(pid, filters, props)
 
 
 def _d_unsuback(t, flags, data, pos, v):
@@ -768,16 +632,16 @@ def _d_reason(t, flags, data, pos, v):
 
 _DECODERS = (
     None,
-    _d_connect,
+    _d_server,
     _d_connack,
     _d_publish,
     _d_ack,
     _d_ack,
     _d_ack,
     _d_ack,
-    _d_subscribe,
+    _d_server,
     _d_suback,
-    _d_unsubscribe,
+    _d_server,
     _d_unsuback,
     _d_ping,
     _d_ping,
