@@ -34,9 +34,8 @@ live in ``_session5`` and load when first needed.
 """
 
 from ._codec import Parser, encode
-from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
+from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import (
-    ConnAck,
     Disconnect,
     PingReq,
     PingResp,
@@ -78,10 +77,8 @@ _PUBREC = const(5)
 _PUBREL = const(6)
 _PUBCOMP = const(7)
 _SUBSCRIBE = const(8)
-_MQTT311 = const(4)
 _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
-_UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
 _KEEP_ALIVE_TIMEOUT = const(0x8D)
 _PACKET_IDENTIFIER_NOT_FOUND = const(0x92)
@@ -108,7 +105,6 @@ _E_QOS0_NEEDS_CONNECTION = const(66)
 _E_OVER_PEER_MAX = const(67)
 _E_EXPIRY_NOT_ALLOWED = const(68)
 _E_PRESENT_WITH_CLEAN = const(69)
-_E_CONNACK_AUTH_METHOD = const(70)
 _E_OVER_MAX_QOS = const(71)
 _E_OVER_RECEIVE_MAX = const(72)
 _E_PUBACK_FOR_QOS2 = const(73)
@@ -148,9 +144,6 @@ _RX = (
     (_K, _C | _K, "_rx_disconnect"),  # DISCONNECT
     (_C | _K, _C | _K, "_rx_auth"),  # AUTH
 )
-
-# 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
-_V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
 def _get(p, name, default=None):
@@ -368,7 +361,9 @@ class Session:
         v = packet.protocol_level
         props = dict(packet.properties) if packet.properties else {}
         if v == _MQTT5:
-            self._our_limits(props)
+            from ._session5 import our_limits
+
+            our_limits(self, props)
             packet.properties = props
             e = props.get("session_expiry_interval", 0)
         else:
@@ -531,21 +526,9 @@ class Session:
         if p.session_present and self._clean:
             raise _remote(_E_PRESENT_WITH_CLEAN)  # MQTT-3.2.2-2
         if self.version == _MQTT5:
-            m = self._auth_method
-            if m is not None and _get(p, "authentication_method") != m:
-                raise _remote(_E_CONNACK_AUTH_METHOD)  # 4.12.0-5
-            self._peer_limits(p)
-            self._peer_qos = _get(p, "maximum_qos", 2)
-            self._peer_retain = _get(p, "retain_available", 1)
-            cid = _get(p, "assigned_client_identifier")
-            if cid:
-                self.client_id = cid
-            ka = _get(p, "server_keep_alive")
-            if ka is not None:
-                self.keep_alive = ka  # MQTT-3.2.2-21
-            e = _get(p, "session_expiry_interval")
-            if e is not None:
-                self.session_expiry_interval = e
+            from ._session5 import rx_connack
+
+            rx_connack(self, p)
         self._connected(p.session_present)
         return p
 
@@ -664,14 +647,11 @@ class Session:
     def _send(self, p):
         data = encode(p, self.version)
         if len(data) > self._peer_max:
-            d = p.properties
-            if p.type != _PUBLISH and d and ("reason_string" in d or "user_property" in d):
-                # Reason String and User Property go first (3.2.2.3.6, 3.4.2.2.2...).
-                d = dict(d)
-                d.pop("reason_string", None)
-                d.pop("user_property", None)
-                p.properties = d
-                return self._send(p)
+            if p.properties and p.type != _PUBLISH:
+                from ._session5 import shrink
+
+                if shrink(p):
+                    return self._send(p)
             raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
         self._put(data)
 
@@ -753,35 +733,8 @@ class Session:
         self._pending[pid] = (cls.type, len(items))
         return pid
 
-    def _our_limits(self, props):
-        if self.receive_maximum != 65535:
-            props["receive_maximum"] = self.receive_maximum
-        if self.max_packet_size < _MAX_PACKET_SIZE:
-            props["maximum_packet_size"] = self.max_packet_size
-        if self.topic_alias_maximum:
-            props["topic_alias_maximum"] = self.topic_alias_maximum
-
-    def _peer_limits(self, p):
-        self._peer_rmax = _get(p, "receive_maximum", 65535)
-        self._peer_max = _get(p, "maximum_packet_size", _MAX_PACKET_SIZE)
-        self._peer_alias_max = _get(p, "topic_alias_maximum", 0)
-
     def _fail(self, code):
-        # The peer broke the protocol: queue the answer that carries the
-        # reason code, if this version and state have one, and stop.
-        st = self.state
-        self.state = _ERROR
-        self._hold = False
-        v = self.version
-        try:
-            if self.role == _SERVER and st == _IDLE and code == _UNSUPPORTED_PROTOCOL_VERSION:
-                self._put(encode(ConnAck(False, 1), _MQTT311))  # MQTT-3.1.2-2
-            elif self.role == _SERVER and st == _CONNECTING:
-                if v != _MQTT5:
-                    code = _V3_CODES.get(code)
-                if code is not None:
-                    self._send(ConnAck(False, code))  # MQTT-3.2.2-6
-            elif v == _MQTT5 and st and st < _CLOSED:
-                self._send(Disconnect(code))
-        except MQTTError:
-            pass
+        # The peer broke the protocol (a rare path, so it loads on demand).
+        from ._session_fail import fail
+
+        fail(self, code)

@@ -1,4 +1,5 @@
-"""MQTT 5.0-only parts of the session: topic aliases and the AUTH exchange.
+"""MQTT 5.0-only parts of the session: the limits both ends announce in
+CONNECT and CONNACK, topic aliases and the AUTH exchange.
 
 Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
 Each function takes the Session ``s`` and reads or updates its state.
@@ -22,14 +23,71 @@ _CONTINUE_AUTHENTICATION = const(0x18)
 _RE_AUTHENTICATE = const(0x19)
 _PROTOCOL_ERROR = const(0x82)
 _TOPIC_ALIAS_INVALID = const(0x94)
+_MAX_PACKET_SIZE = const(268435460)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
+_E_CONNACK_AUTH_METHOD = const(70)
 _E_AUTH_METHOD = const(80)
 _E_AUTH_NOT_NOW = const(81)
 _E_ALIAS_RANGE = const(104)
 _E_ALIAS_NOT_SET = const(105)
 _E_AUTH_OUT_OF_TURN = const(106)
+
+
+def _get(p, name, default=None):
+    d = p.properties
+    return d.get(name, default) if d else default
+
+
+def our_limits(s, props):
+    """Add our limits (Receive Maximum, Maximum Packet Size, Topic Alias
+    Maximum) to the CONNECT or CONNACK property dict ``props``."""
+    if s.receive_maximum != 65535:
+        props["receive_maximum"] = s.receive_maximum
+    if s.max_packet_size < _MAX_PACKET_SIZE:
+        props["maximum_packet_size"] = s.max_packet_size
+    if s.topic_alias_maximum:
+        props["topic_alias_maximum"] = s.topic_alias_maximum
+
+
+def peer_limits(s, p):
+    """Take the peer's limits from its CONNECT or CONNACK ``p``."""
+    s._peer_rmax = _get(p, "receive_maximum", 65535)
+    s._peer_max = _get(p, "maximum_packet_size", _MAX_PACKET_SIZE)
+    s._peer_alias_max = _get(p, "topic_alias_maximum", 0)
+
+
+def rx_connack(s, p):
+    """Apply the properties of an accepting 5.0 CONNACK ``p``."""
+    m = s._auth_method
+    if m is not None and _get(p, "authentication_method") != m:
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_CONNACK_AUTH_METHOD)  # 4.12.0-5
+    peer_limits(s, p)
+    s._peer_qos = _get(p, "maximum_qos", 2)
+    s._peer_retain = _get(p, "retain_available", 1)
+    cid = _get(p, "assigned_client_identifier")
+    if cid:
+        s.client_id = cid
+    ka = _get(p, "server_keep_alive")
+    if ka is not None:
+        s.keep_alive = ka  # MQTT-3.2.2-21
+    e = _get(p, "session_expiry_interval")
+    if e is not None:
+        s.session_expiry_interval = e
+
+
+def shrink(p):
+    """Drop Reason String and User Property from a packet too large for the
+    peer, as the spec allows (3.2.2.3.6, 3.4.2.2.2...); False if it has none."""
+    d = p.properties
+    if "reason_string" not in d and "user_property" not in d:
+        return False
+    d = dict(d)
+    d.pop("reason_string", None)
+    d.pop("user_property", None)
+    p.properties = d
+    return True
 
 
 def rx_alias(s, p):

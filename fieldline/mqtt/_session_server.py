@@ -7,7 +7,9 @@ Each function takes the Session ``s``; the public docstrings are on the
 
 from ._codec import encode
 from ._packets import ConnAck, SubAck, UnsubAck
-from ._session import _V3_CODES, NEVER, _get, _local, _remote
+from ._session import NEVER, _get, _local, _remote
+from ._session5 import our_limits, peer_limits
+from ._session_fail import V3_CODES
 
 try:
     from micropython import const
@@ -52,7 +54,7 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
         had = not resume.expired(s._now) and resume._known
     present = had and not s._clean
     if v5:
-        s._our_limits(props)
+        our_limits(s, props)
         if s.maximum_qos < 2:
             props["maximum_qos"] = s.maximum_qos
         if s._auth_method is not None:
@@ -77,7 +79,7 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
 def reject(s, reason_code, properties=None):
     s._need(_SERVER, _C)
     if s.version != _MQTT5:
-        reason_code = _V3_CODES.get(reason_code, 5)
+        reason_code = V3_CODES.get(reason_code, 5)
         properties = None
     s._send(ConnAck(False, reason_code, properties))
     s._hold = False
@@ -105,7 +107,7 @@ def rx_connect(s, p):
     if v == _MQTT5:
         e = _get(p, "session_expiry_interval", 0)
         s._auth_method = _get(p, "authentication_method")
-        s._peer_limits(p)
+        peer_limits(s, p)
     else:
         e = 0 if p.clean_start else NEVER
         s._auth_method = None

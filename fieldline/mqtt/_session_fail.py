@@ -1,0 +1,47 @@
+"""What a session does when the peer breaks the protocol.
+
+Imported by ``Session._fail`` on first use: a rare path, so a device keeps
+it out of RAM until a peer misbehaves.
+"""
+
+from ._codec import encode
+from ._errors import MQTTError
+from ._packets import ConnAck, Disconnect
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = int
+
+_SERVER = const(1)
+_IDLE = const(0)
+_CONNECTING = const(1)
+_CLOSED = const(3)
+_ERROR = const(4)
+_MQTT311 = const(4)
+_MQTT5 = const(5)
+_UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
+
+# 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
+V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
+
+
+def fail(s, code):
+    """Move Session ``s`` to ERROR and queue the answer that carries the
+    reason ``code``, if this version and state have one."""
+    st = s.state
+    s.state = _ERROR
+    s._hold = False
+    v = s.version
+    try:
+        if s.role == _SERVER and st == _IDLE and code == _UNSUPPORTED_PROTOCOL_VERSION:
+            s._put(encode(ConnAck(False, 1), _MQTT311))  # MQTT-3.1.2-2
+        elif s.role == _SERVER and st == _CONNECTING:
+            if v != _MQTT5:
+                code = V3_CODES.get(code)
+            if code is not None:
+                s._send(ConnAck(False, code))  # MQTT-3.2.2-6
+        elif v == _MQTT5 and st and st < _CLOSED:
+            s._send(Disconnect(code))
+    except MQTTError:
+        pass
