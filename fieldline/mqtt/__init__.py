@@ -27,6 +27,10 @@ _LAZY = {
     "_topic": "SubscriptionTree parse_shared topic_matches validate_topic_filter "
     "validate_topic_name",
     "_session": "Session CLIENT SERVER",
+    "_client_base": "BLOCK RAISE ConnectionLost ConnectionRefused MQTTTimeout NotAuthorized "
+    "PacketTooLarge PublishRefused QueueFull",
+    "_client": "Client",
+    "_async_client": "AsyncClient",
 }
 
 

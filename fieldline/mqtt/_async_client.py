@@ -1,0 +1,445 @@
+"""The asyncio MQTT client, for CPython's asyncio and MicroPython's.
+
+One task per connection reads from the broker, handles what arrives (acks
+complete their waiters, messages go to callbacks and ``messages()``
+streams), runs the keepalive timer and, when the connection breaks,
+reconnects with backoff. Coroutines such as ``publish()`` only queue bytes
+in the session, write them, and wait for their ack. MicroPython's asyncio
+has no Future or Queue and no async generators, so waiting uses ``Event``
+and ``messages()`` returns a plain async iterator.
+"""
+
+import asyncio
+
+from ._client import _tls_context, clock
+from ._client_base import (
+    BLOCK,
+    RAISE,
+    BaseClient,
+    ConnectionLost,
+    MQTTTimeout,
+    PacketTooLarge,
+    QueueFull,
+    ack_error,
+    refusal,
+)
+from ._errors import LocalProtocolError, MQTTError
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_CONNECTING = const(1)
+_CONNECTED = const(2)
+_PACKET_TOO_LARGE = const(0x95)
+
+if hasattr(asyncio, "timeout"):  # CPython 3.11: cheaper than wait_for, no extra task
+
+    async def _within(seconds, aw):
+        async with asyncio.timeout(seconds):
+            return await aw
+
+else:
+
+    async def _within(seconds, aw):
+        return await asyncio.wait_for(aw, seconds)
+
+
+class _Waiter:
+    # A result that one coroutine waits for (MicroPython has no Future).
+    def __init__(self):
+        self.event = asyncio.Event()
+        self.value = None
+        self.request = False
+
+    def set(self, value):
+        self.value = value
+        self.event.set()
+
+
+class _Stream:
+    """``async for message in client.messages(filter)``: the messages
+    matching ``filter`` from now on (None: those no callback or stream takes)."""
+
+    def __init__(self, client, topic_filter):
+        self._client = client
+        self._filter = topic_filter
+        self._queue = client._inbox if topic_filter is None else []
+        self._event = client._inbox_event if topic_filter is None else asyncio.Event()
+        if topic_filter is not None:
+            client._routes.append([topic_filter, self])
+
+    def __call__(self, message):  # a route target
+        self._queue.append(message)
+        self._event.set()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._queue:
+            if self._client._closing:
+                raise StopAsyncIteration
+            self._event.clear()
+            await self._event.wait()
+        return self._queue.pop(0)
+
+    def close(self):
+        """Stop routing messages here."""
+        routes = self._client._routes
+        for r in routes:
+            if r[1] is self:
+                routes.remove(r)
+                break
+
+
+class AsyncClient(BaseClient):
+    """asyncio MQTT 3.1.1/5.0 client; options as in ``BaseClient``.
+
+    ``async with AsyncClient(...) as c:`` connects and disconnects. Every
+    coroutine takes ``timeout`` (seconds; default the client's ``timeout``)
+    and raises MQTTTimeout when it passes. Callbacks may be plain functions
+    (keep them quick: they run on the reading task) or coroutine functions
+    (each call runs as its own task).
+    """
+
+    def __init__(self, *args, **kwargs):
+        BaseClient.__init__(self, *args, **kwargs)
+        self._r = self._w = None
+        self._task = None
+        self._closing = False
+        self._waiters = {}  # packet id -> _Waiter
+        self._inbox_event = asyncio.Event()
+        self._up = asyncio.Event()  # set while connected
+        self._wlock = asyncio.Lock()
+        self._error = None
+        self._retry_at = 0
+        self._room = None  # Event set by any ack while publish() waits for room
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.disconnect()
+
+    @property
+    def is_connected(self):
+        return self._w is not None and self.session.state == _CONNECTED
+
+    # -- connection ---------------------------------------------------------------
+
+    async def connect(self, timeout=None):
+        """Connect and return the ConnAck; a task then keeps the connection
+        (and reconnects if ``reconnect``). Raises ConnectionRefused (or
+        NotAuthorized), MQTTTimeout, OSError."""
+        self._closing = False
+        await self._open(self.connack is None, self._t(timeout))
+        self._task = asyncio.create_task(self._run())
+        return self.connack
+
+    async def disconnect(self, reason_code=0, properties=None):
+        """Send DISCONNECT and close; unacknowledged QoS 1/2 messages stay in
+        the session for the next connect(). Open ``messages()`` iterators end."""
+        self._closing = True
+        if self._w is not None:
+            try:
+                self.session.disconnect(reason_code, properties)
+                await self._flush()
+            except (OSError, MQTTError):
+                pass
+        await self._close(None)
+        t = self._task
+        self._task = None
+        if t is not None and t is not _current_task():
+            t.cancel()
+            try:
+                await t
+            except BaseException:  # CancelledError is a BaseException on CPython
+                pass
+        self._inbox_event.set()
+        for r in self._routes:
+            if isinstance(r[1], _Stream):
+                r[1]._event.set()
+        self._wake_all()
+
+    async def _open(self, first, timeout):
+        try:
+            r, w = await _within(timeout, self._dial())
+        except asyncio.TimeoutError:
+            raise MQTTTimeout(0x80, "timed out connecting") from None
+        s = self.session
+        self.connack = None
+        self._r, self._w = r, w
+        try:
+            s.connect(self._connect_packet(first), clock())
+            await self._flush()
+            while self.connack is None:
+                try:
+                    data = await _within(timeout, r.read(4096))
+                except asyncio.TimeoutError:
+                    raise MQTTTimeout(0x80, "timed out waiting for CONNACK") from None
+                if not data:
+                    raise ConnectionLost(0x80, "closed before CONNACK")
+                s.receive_data(data, clock())
+                self._events()
+        except BaseException:
+            await self._close(None)
+            raise
+        ack = self.connack
+        if ack.reason_code:
+            await self._close(None)
+            raise refusal(ack)
+        self._attempt = 0
+        self._was_up = True
+        if not ack.session_present:
+            self._restore()
+        await self._flush()
+        self._up.set()
+        if self.on_connect is not None:
+            self._call(self.on_connect, ack)
+
+    async def _dial(self):
+        if self.tls:
+            return await asyncio.open_connection(
+                self.host,
+                self.port,
+                ssl=_tls_context(self),
+                server_hostname=self.server_hostname or self.host,
+            )
+        return await asyncio.open_connection(self.host, self.port)
+
+    async def _close(self, error):
+        w = self._w
+        self._r = self._w = None
+        self._up.clear()
+        if w is not None:
+            try:
+                w.close()
+                await w.wait_closed()
+            except (OSError, AttributeError):
+                pass
+        was_up = self._was_up
+        self._was_up = False
+        self.session.connection_lost(clock())
+        if error is not None:
+            self._error = error
+            if was_up and self.on_disconnect is not None:
+                self._call(self.on_disconnect, error)
+        self._wake_all()
+
+    def _wake_all(self):
+        # A closed connection fails the waits that cannot outlive it: SUBSCRIBE
+        # and UNSUBSCRIBE always (they are sent again), the rest when the
+        # client will not reconnect.
+        final = self._closing or not self.reconnect
+        for w in self._waiters.values():
+            if final or w.request:
+                w.event.set()
+        room = self._room
+        if final and room is not None:
+            room.set()
+
+    async def _flush(self, quiet=False):
+        """Write what the session queued. A broken connection is left to the
+        connection task to notice (it reconnects); with ``quiet`` nothing is
+        raised, else ConnectionLost."""
+        data = self.session.data_to_send()
+        w = self._w
+        if data and w is not None:
+            async with self._wlock:
+                try:
+                    w.write(data)
+                    await w.drain()
+                except OSError as e:
+                    if not quiet:
+                        raise ConnectionLost(0x80, "connection lost while writing") from e
+
+    # -- the connection task ----------------------------------------------------------
+
+    async def _run(self):
+        while not self._closing:
+            if self._r is None:
+                if not self.reconnect:
+                    return
+                await asyncio.sleep(max(0.0, self._retry_at - clock()))
+                try:
+                    await self._open(False, self.timeout)
+                except (OSError, MQTTError, asyncio.TimeoutError) as e:
+                    self._error = e
+                    self._retry_at = clock() + self._backoff()
+                continue
+            try:
+                await self._io()
+            except (OSError, MQTTError, asyncio.TimeoutError) as e:
+                if self._closing:
+                    return
+                try:
+                    await self._flush()  # a DISCONNECT carrying the reason code
+                except (OSError, MQTTError):
+                    pass
+                await self._close(e)
+                self._retry_at = clock() + self._backoff()
+
+    async def _io(self):
+        s = self.session
+        if not self._events():  # nothing left over from the last read
+            d = s.next_deadline()
+            data = None
+            r = self._r
+            if d is None:
+                data = await r.read(4096)
+            else:
+                left = d - clock()
+                if left > 0:
+                    try:
+                        data = await _within(left, r.read(4096))
+                    except asyncio.TimeoutError:
+                        pass
+            if data is not None:
+                if not data:
+                    raise ConnectionLost(0x80, "the broker closed the connection")
+                s.receive_data(data, clock())
+                self._events()
+        s.tick(clock())
+        await self._flush()
+        if s.state < _CONNECTING:
+            raise ConnectionLost(0x80, "the broker closed the connection")
+
+    # -- application messages ----------------------------------------------------------
+
+    async def publish(self, topic, payload=b"", qos=0, retain=False, properties=None, timeout=None):
+        """Publish and, for QoS 1/2, wait until the broker acknowledged it;
+        returns the PubAck/PubComp (None for QoS 0). ``timeout=0``: queue and
+        send a QoS 1/2 message without waiting. Raises PublishRefused,
+        PacketTooLarge, QueueFull, MQTTTimeout, ConnectionLost."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        t = self._t(timeout or None)  # timeout=0 still waits for room
+        s = self.session
+        if not self.is_connected and (self._closing or not self.reconnect):
+            raise self._error or ConnectionLost(0x80, "not connected")
+        if not qos:
+            if not self.is_connected:
+                await self._until_up(t)
+        elif s.inflight >= self.max_queued:
+            await self._make_room(t)
+        try:
+            pid = s.publish(topic, payload, qos, retain, properties)
+        except LocalProtocolError as e:
+            if e.reason_code == _PACKET_TOO_LARGE:
+                raise PacketTooLarge(e.reason_code, e.message) from None
+            raise
+        if pid is None or timeout == 0:
+            await self._flush(pid is not None)  # a QoS 1/2 message is sent again anyway
+            return None
+        ack = await self._ack(pid, t)
+        e = ack_error(ack, "publish refused")
+        if e is not None:
+            raise e
+        return ack
+
+    async def _ack(self, pid, t, request=False):
+        # Wait for the ack of ``pid``. A QoS 1/2 message survives a lost
+        # connection (the session sends it again); a SUBSCRIBE or UNSUBSCRIBE
+        # does not, so its waiter is woken with None and the caller resends.
+        w = self._waiters[pid] = _Waiter()
+        w.request = request
+        try:
+            await self._flush(True)
+            try:
+                await _within(t, w.event.wait())
+            except asyncio.TimeoutError:
+                raise MQTTTimeout(0x80, "timed out waiting for the acknowledgement") from None
+        finally:
+            self._waiters.pop(pid, None)
+        if w.value is None and (self._closing or not self.reconnect or not request):
+            raise self._error or ConnectionLost(0x80, "the client closed")
+        return w.value
+
+    async def _request(self, send, items, properties, timeout):
+        t = self._t(timeout)
+        deadline = clock() + t
+        while True:
+            if not self.is_connected:
+                await self._until_up(max(0.0, deadline - clock()))
+            ack = await self._ack(send(items, properties), max(0.0, deadline - clock()), True)
+            if ack is not None:
+                return ack.reason_codes
+
+    async def _until_up(self, t):
+        if self._closing or not self.reconnect:
+            raise self._error or ConnectionLost(0x80, "not connected")
+        try:
+            await _within(t, self._up.wait())
+        except asyncio.TimeoutError:
+            raise MQTTTimeout(0x80, "timed out waiting for a connection") from None
+
+    async def _make_room(self, t):
+        s = self.session
+        if self.queue_policy == RAISE:
+            raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
+        if self.queue_policy != BLOCK:
+            raise ValueError("unknown queue_policy %r" % self.queue_policy)
+        deadline = clock() + t
+        while s.inflight >= self.max_queued:
+            # Wait for any ack: the oldest message's waiter is a fine proxy.
+            left = deadline - clock()
+            if left <= 0:
+                raise MQTTTimeout(0x80, "timed out waiting for room in the queue")
+            self._room = ev = asyncio.Event()
+            try:
+                await _within(left, ev.wait())
+            except asyncio.TimeoutError:
+                pass
+
+    async def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
+        """Subscribe and wait for the SUBACK; returns its reason codes (the
+        granted QoS, or a failure code >= 0x80, per filter). Arguments as
+        for ``Client.subscribe``."""
+        if isinstance(subscriptions, str):
+            subscriptions = (subscriptions, qos)
+        subs = self._remember(subscriptions, properties, callback)
+        return await self._request(self.session.subscribe, subs, properties, timeout)
+
+    async def unsubscribe(self, topic_filters, properties=None, timeout=None):
+        """Unsubscribe and wait for the UNSUBACK; returns its reason codes."""
+        filters = self._forget(topic_filters)
+        return await self._request(self.session.unsubscribe, filters, properties, timeout)
+
+    def messages(self, topic_filter=None):
+        """An async iterator over incoming messages: those matching
+        ``topic_filter`` (subscribe to it first), or with None those no
+        callback or filtered stream takes. Ends when the client disconnects."""
+        return _Stream(self, topic_filter)
+
+    def _complete(self, pid, packet):
+        w = self._waiters.get(pid)
+        if w is not None:
+            w.set(packet)
+        room = self._room
+        if room is not None:
+            room.set()
+
+    def _put(self, queue, msg):
+        queue.append(msg)
+        self._inbox_event.set()
+
+    def _call(self, fn, arg):
+        r = fn(arg)
+        if r is not None and hasattr(r, "send"):  # a coroutine: run it as a task
+            asyncio.create_task(r)
+
+    def _t(self, timeout):
+        return self.timeout if timeout is None else timeout
+
+
+def _current_task():
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None

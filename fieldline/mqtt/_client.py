@@ -1,0 +1,565 @@
+"""The blocking MQTT client: one socket, no threads needed, so it runs on a board.
+
+Every call drives the connection itself: ``publish(qos=1)`` writes the
+PUBLISH, then reads and handles whatever arrives (messages for callbacks,
+PINGRESP, other acks) until its PUBACK comes or its timeout passes. Between
+calls, ``loop()`` does the same for a while; ``loop_forever()`` never
+returns. A lost connection is re-established inside those calls, after a
+backoff delay, when ``reconnect`` is on; unacknowledged QoS 1/2 messages are
+then resent by the session, and subscriptions restored if the broker lost
+them.
+
+``loop_start()`` (CPython) moves the reading into a background thread, as
+paho does, with two differences: callbacks run on a second thread, so a slow
+callback never delays PINGREQ, and a callback may itself call publish() and
+wait for the ack without deadlocking.
+"""
+
+import select
+import socket
+
+from ._client_base import (
+    BLOCK,
+    RAISE,
+    BaseClient,
+    ConnectionLost,
+    MQTTTimeout,
+    PacketTooLarge,
+    QueueFull,
+    ack_error,
+    refusal,
+)
+from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
+
+try:
+    from time import monotonic as clock
+    from time import sleep
+except ImportError:  # MicroPython: a monotonic clock in seconds from ticks_ms()
+    from time import sleep, ticks_diff, ticks_ms
+
+    _ticks = [ticks_ms(), 0]
+
+    def clock():
+        t = ticks_ms()
+        _ticks[1] += ticks_diff(t, _ticks[0])
+        _ticks[0] = t
+        return _ticks[1] / 1000
+
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_CONNECTING = const(1)
+_CONNECTED = const(2)
+_PUBCOMP = const(7)
+_SUBACK = const(9)
+_PACKET_TOO_LARGE = const(0x95)
+
+
+class _NoLock:
+    # Stands in for the lock until loop_start() makes a real one.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class Client(BaseClient):
+    """Blocking MQTT 3.1.1/5.0 client; options as in ``BaseClient``.
+
+    ``with Client(...) as c:`` connects and disconnects. Every blocking call
+    takes ``timeout`` (seconds; default the client's ``timeout``) and raises
+    MQTTTimeout when it passes.
+    """
+
+    def __init__(self, *args, **kwargs):
+        BaseClient.__init__(self, *args, **kwargs)
+        self._sock = None
+        self._poller = None
+        self._done = {}  # packet id -> the ack a caller waits for
+        self._requests = set()  # ids of SUBSCRIBE/UNSUBSCRIBE among them
+        self._error = None  # why the last connection ended
+        self._retry_at = None  # when to reconnect; None: not after a success yet
+        self._closing = False
+        self._lock = _NoLock()
+        self._cond = None  # threading.Condition once loop_start() runs
+        self._io_thread = None
+        self._wake = None  # socketpair: user threads wake the I/O thread
+        self._calls = None  # callbacks waiting for the callback thread
+
+    # -- connection -------------------------------------------------------------
+
+    def __enter__(self):
+        self.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self.disconnect()
+
+    @property
+    def is_connected(self):
+        return self._sock is not None and self.session.state == _CONNECTED
+
+    def connect(self, timeout=None):
+        """Connect and return the ConnAck. Raises ConnectionRefused (or its
+        subclass NotAuthorized) with the broker's reason code, MQTTTimeout,
+        or OSError when the broker cannot be reached."""
+        self._closing = False
+        with self._lock:
+            self._open(self.connack is None, self._deadline(timeout))
+        return self.connack
+
+    def disconnect(self, reason_code=0, properties=None, timeout=None):
+        """Send DISCONNECT (a will is then not published, unless 5.0 reason
+        0x04) and close. QoS 1/2 messages still unacknowledged stay in the
+        session for the next connect(). Stops a loop_start() thread."""
+        self._closing = True
+        self.loop_stop()
+        with self._lock:
+            if self._sock is not None:
+                try:
+                    self.session.disconnect(reason_code, properties)
+                    self._flush()
+                except (OSError, MQTTError):
+                    pass
+                self._close(None)
+
+    def _open(self, first, deadline):
+        sock = self._dial(deadline)
+        s = self.session
+        self.connack = None
+        try:
+            s.connect(self._connect_packet(first), clock())
+            self._attach(sock)
+            self._flush()
+            while self.connack is None:
+                if self._sock is None:
+                    raise self._error or ConnectionLost(0x80, "closed before CONNACK")
+                self._io(self._left(deadline, "CONNACK"))
+        except BaseException:
+            self._close(None)
+            raise
+        ack = self.connack
+        if ack.reason_code:
+            self._close(None)
+            raise refusal(ack)
+        self._attempt = 0
+        self._was_up = True
+        self._retry_at = 0
+        if not ack.session_present:
+            self._restore()
+            self._flush()
+        if self.on_connect is not None:
+            self._call(self.on_connect, ack)
+
+    def _dial(self, deadline):
+        ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
+        sock = socket.socket(ai[0], socket.SOCK_STREAM)
+        try:
+            sock.settimeout(max(0.05, min(self.timeout, self._left(deadline, "connect"))))
+            sock.connect(ai[-1])
+            if self.tls:
+                sock = _tls_context(self).wrap_socket(
+                    sock, server_hostname=self.server_hostname or self.host
+                )
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _attach(self, sock):
+        self._sock = sock
+        p = self._poller = select.poll()
+        p.register(sock, select.POLLIN)
+        if self._wake is not None:
+            p.register(self._wake[0], select.POLLIN)
+        w = getattr(sock, "sendall", None)
+        self._write = w if w is not None else sock.write
+
+    def _close(self, error):
+        sock = self._sock
+        self._sock = None
+        self._poller = None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        was_up = self._was_up
+        self._was_up = False
+        for pid in self._requests:
+            self._done[pid] = False
+        self.session.connection_lost(clock())
+        if error is not None:
+            self._error = error
+            if was_up and self.on_disconnect is not None:
+                self._call(self.on_disconnect, error)
+        if self._cond is not None:
+            self._cond.notify_all()
+
+    def _lost(self, error):
+        # The connection broke: close it and plan the next attempt.
+        self._close(error)
+        if self.reconnect and self._retry_at is not None and not self._closing:
+            self._retry_at = clock() + self._backoff()
+
+    # -- I/O --------------------------------------------------------------------
+
+    def _flush(self):
+        data = self.session.data_to_send()
+        if data and self._sock is not None:
+            self._write(data)
+
+    def _io(self, timeout):
+        """Wait up to ``timeout`` s for bytes, handle all that arrived, run
+        the keepalive timer and write what is due. Never raises for a broken
+        connection: that becomes ``_lost()``."""
+        s = self.session
+        sock = self._sock
+        if sock is None:
+            self._redial(timeout)
+            return
+        d = s.next_deadline()
+        if d is not None:
+            timeout = min(timeout, max(0.0, d - clock()))
+        try:
+            if not self._events() and self._readable(sock, timeout):
+                data = sock.recv(4096)
+                s.receive_data(data if data is not None else b"", clock())
+                self._events()
+            s.tick(clock())
+            self._flush()
+        except (OSError, RemoteProtocolError, ConnectionLost) as e:
+            try:
+                self._flush()  # a DISCONNECT carrying the reason code
+            except OSError:
+                pass
+            self._lost(e)
+            return
+        if s.state < _CONNECTING:  # EOF
+            self._lost(ConnectionLost(0x80, "the broker closed the connection"))
+
+    def _readable(self, sock, timeout):
+        pending = getattr(sock, "pending", None)  # CPython TLS: bytes already decrypted
+        if pending is not None and pending():
+            return True
+        ms = int(min(timeout, 60.0) * 1000)
+        if self._io_thread is not None:
+            self._lock.release()
+            try:
+                ready = self._poller.poll(ms)
+            finally:
+                self._lock.acquire()
+        else:
+            ready = self._poller.poll(ms)
+        ok = False
+        for entry in ready:
+            if self._wake is not None and entry[0] in (self._wake[0], self._wake[0].fileno()):
+                self._wake[0].recv(512)
+            else:
+                ok = True
+        return ok and self._sock is sock
+
+    def _redial(self, timeout):
+        # Not connected: reconnect when the backoff delay has passed.
+        if self._closing or not self.reconnect or self._retry_at is None:
+            raise self._error or ConnectionLost(0x80, "not connected")
+        wait = self._retry_at - clock()
+        if wait > 0:
+            self._sleep(min(wait, timeout))
+            return
+        try:
+            self._open(False, clock() + self.timeout)
+        except (OSError, MQTTError) as e:
+            self._error = e
+            self._retry_at = clock() + self._backoff()
+
+    def _sleep(self, seconds):
+        if self._cond is not None:
+            self._cond.wait(seconds)
+        else:
+            sleep(seconds)
+
+    def _deadline(self, timeout):
+        return clock() + (self.timeout if timeout is None else timeout)
+
+    def _left(self, deadline, what):
+        left = deadline - clock()
+        if left <= 0:
+            raise MQTTTimeout(0x80, "timed out waiting for " + what)
+        return left
+
+    def _wait(self, ready, deadline, what):
+        """Drive the connection (or, with loop_start(), let its thread do
+        it) until ``ready()`` is true. Call with the lock held."""
+        while not ready():
+            left = self._left(deadline, what)
+            if self._io_thread is not None and not self._on_io_thread():
+                if self._io_thread is None or not self._io_thread.is_alive():
+                    raise self._error or ConnectionLost(0x80, "the loop thread ended")
+                self._cond.wait(left)
+            else:
+                self._io(left)
+
+    # -- application messages ------------------------------------------------------
+
+    def publish(self, topic, payload=b"", qos=0, retain=False, properties=None, timeout=None):
+        """Publish a message and, for QoS 1/2, wait until the broker has
+        acknowledged it (PUBACK, or PUBCOMP for QoS 2); returns that ack (None
+        for QoS 0). ``payload``: bytes or str. With ``timeout=0`` a QoS 1/2
+        message is queued and sent without waiting. Raises PublishRefused
+        (failure reason code), PacketTooLarge, QueueFull, MQTTTimeout."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        deadline = self._deadline(timeout or None)  # timeout=0 still waits for room
+        with self._lock:
+            s = self.session
+            if not qos:
+                if not self.is_connected:
+                    self._wait(lambda: self.is_connected, deadline, "a connection")
+            elif s.inflight >= self.max_queued:
+                self._make_room(deadline)
+            try:
+                pid = s.publish(topic, payload, qos, retain, properties)
+            except LocalProtocolError as e:
+                if e.reason_code == _PACKET_TOO_LARGE:
+                    raise PacketTooLarge(e.reason_code, e.message) from None
+                raise
+            if pid is not None and timeout != 0:
+                self._done[pid] = None
+            self._kick()
+            if pid is None or timeout == 0:
+                return None
+            try:
+                self._await_ack(pid, deadline)
+            except BaseException:
+                self._done.pop(pid, None)
+                raise
+            ack = self._done.pop(pid)
+        e = ack_error(ack, "publish refused")
+        if e is not None:
+            raise e
+        return ack
+
+    def _await_ack(self, pid, deadline):
+        self._wait(lambda: self._done[pid] is not None, deadline, "the acknowledgement")
+
+    def _make_room(self, deadline):
+        s = self.session
+        policy = self.queue_policy
+        if policy == RAISE:
+            raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
+        if policy != BLOCK:
+            raise ValueError("unknown queue_policy %r" % policy)
+        self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
+
+    def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
+        """Subscribe and wait for the SUBACK; returns its reason codes (the
+        granted QoS, or a failure code >= 0x80, per filter). ``subscriptions``:
+        a topic filter (with ``qos``), a Subscription, a (filter, qos) tuple,
+        or a list of those. ``callback(message)`` gets the messages matching
+        these filters; other messages go to ``on_message`` or ``recv()``."""
+        if isinstance(subscriptions, str):
+            subscriptions = (subscriptions, qos)
+        with self._lock:
+            subs = self._remember(subscriptions, properties, callback)
+            return self._request(self.session.subscribe, subs, properties, timeout)
+
+    def unsubscribe(self, topic_filters, properties=None, timeout=None):
+        """Unsubscribe and wait for the UNSUBACK; returns its reason codes
+        (empty in 3.1.1)."""
+        with self._lock:
+            filters = self._forget(topic_filters)
+            return self._request(self.session.unsubscribe, filters, properties, timeout)
+
+    def _request(self, send, items, properties, timeout):
+        # A SUBSCRIBE/UNSUBSCRIBE does not outlive its connection (a QoS 1/2
+        # message does): _close() marks it False, and it is sent again.
+        deadline = self._deadline(timeout)
+        while True:
+            if not self.is_connected:
+                self._wait(lambda: self.is_connected, deadline, "a connection")
+            pid = send(items, properties)
+            self._done[pid] = None
+            self._requests.add(pid)
+            self._kick()
+            try:
+                self._await_ack(pid, deadline)
+            finally:
+                ack = self._done.pop(pid, None)
+                self._requests.discard(pid)
+            if ack:
+                return ack.reason_codes
+
+    def _complete(self, pid, packet):
+        if pid in self._done:
+            self._done[pid] = packet
+        if self._cond is not None:
+            self._cond.notify_all()
+
+    def recv(self, timeout=None):
+        """Return the next message that no callback took, waiting up to
+        ``timeout`` seconds; raises MQTTTimeout."""
+        deadline = self._deadline(timeout)
+        with self._lock:
+            self._wait(lambda: self._inbox, deadline, "a message")
+            return self._inbox.pop(0)
+
+    def messages(self, timeout=None):
+        """Iterate over messages no callback takes; stops after ``timeout``
+        seconds without one (None: never)."""
+        while True:
+            try:
+                yield self.recv(1e9 if timeout is None else timeout)
+            except MQTTTimeout:
+                return
+
+    # -- driving the connection ------------------------------------------------------
+
+    def loop(self, timeout=1.0):
+        """Handle the connection for up to ``timeout`` seconds (returns
+        earlier once something was handled). Raises ConnectionLost when the
+        connection is down for good (reconnect off, or closed)."""
+        with self._lock:
+            self._io(timeout)
+
+    def loop_forever(self):
+        """loop() until disconnect() is called."""
+        while not self._closing:
+            self.loop(1.0)
+
+    def _kick(self):
+        # Get queued bytes written: by the I/O thread, or now.
+        if self._io_thread is not None and not self._on_io_thread():
+            self._wake[1].send(b"\x00")
+        else:
+            try:
+                self._flush()
+            except OSError as e:
+                self._lost(e)
+
+    def _put(self, queue, msg):
+        with self._lock:
+            queue.append(msg)
+            if self._cond is not None:
+                self._cond.notify_all()
+
+    def _call(self, fn, arg):
+        if self._calls is not None and not self._on_call_thread():
+            self._calls.put((fn, arg))
+        else:
+            fn(arg)
+
+    def _route(self, msg):
+        if self._calls is not None and not self._on_call_thread():
+            self._calls.put((BaseClient._route, (self, msg)))
+        else:
+            BaseClient._route(self, msg)
+
+    # -- loop_start(): the background threads (CPython) ------------------------------
+
+    def loop_start(self):
+        """Run the connection on a background thread (and callbacks on a
+        second one) until loop_stop() or disconnect()."""
+        import queue
+        import threading
+
+        if self._io_thread is not None:
+            return
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._wake = socket.socketpair()
+        self._wake[0].setblocking(False)
+        if self._poller is not None:
+            self._poller.register(self._wake[0], select.POLLIN)
+        self._calls = queue.SimpleQueue()
+        self._closing = False
+        self._io_thread = threading.Thread(target=self._run_io, daemon=True)
+        self._call_thread = threading.Thread(target=self._run_calls, daemon=True)
+        self._io_thread.start()
+        self._call_thread.start()
+
+    def loop_stop(self):
+        """Stop the loop_start() threads (the connection stays open)."""
+        t = self._io_thread
+        if t is None:
+            return
+        stopping = self._closing
+        self._closing = True
+        self._wake[1].send(b"\x00")
+        if not self._on_io_thread():
+            t.join()
+        self._calls.put(None)
+        if not self._on_call_thread():
+            self._call_thread.join()
+        with self._lock:
+            self._io_thread = None
+            self._calls = None
+            for s in self._wake:
+                s.close()
+            self._wake = None
+            self._cond = None
+        self._lock = _NoLock()
+        self._closing = stopping
+
+    def _run_io(self):
+        with self._lock:
+            while not self._closing:
+                try:
+                    self._io(1.0)
+                except MQTTError as e:  # down for good
+                    self._error = e
+                    self._cond.notify_all()
+                    return
+                self._cond.notify_all()
+
+    def _run_calls(self):
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            fn, arg = item
+            try:
+                if isinstance(arg, tuple):
+                    fn(*arg)
+                else:
+                    fn(arg)
+            except Exception as e:  # a callback's bug must not stop the others
+                import sys
+
+                print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
+
+    def _on_io_thread(self):
+        import threading
+
+        return threading.current_thread() is self._io_thread
+
+    def _on_call_thread(self):
+        import threading
+
+        return threading.current_thread() is getattr(self, "_call_thread", None)
+
+
+def _tls_context(client):
+    """An SSLContext for ``client``'s TLS options (or the one it was given)."""
+    import ssl
+
+    if not isinstance(client.tls, bool):
+        return client.tls
+    if hasattr(ssl, "create_default_context"):  # CPython
+        ctx = ssl.create_default_context(cafile=client.ca_file)
+    else:  # MicroPython: there is no system CA store, so a CA file is needed
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if client.ca_file is None:
+            raise ValueError("MicroPython needs ca_file for TLS")
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=client.ca_file)
+    if client.cert_file:
+        ctx.load_cert_chain(client.cert_file, client.key_file)
+    return ctx

@@ -1,0 +1,336 @@
+"""What the blocking and the asyncio client share, free of I/O.
+
+``BaseClient`` turns the constructor's options into a CONNECT, remembers the
+subscriptions to restore them when the broker has lost the session, routes
+incoming messages to callbacks and message streams, and plans reconnect
+delays. ``Client`` (blocking sockets) and ``AsyncClient`` (asyncio) own the
+socket, the clock and the waiting; each is a thin adapter over this and the
+sans-IO ``Session``. Runs on MicroPython: no typing, no dataclasses.
+"""
+
+from ._errors import MQTTError
+from ._packets import Connect, Subscription
+from ._session import CLIENT, Session
+from ._topic import topic_matches
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_MQTT5 = const(5)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_SUBACK = const(9)
+_UNSUBACK = const(11)
+_DISCONNECT = const(14)
+_AUTH = const(15)
+
+# Queue policies: what publish() does when ``max_queued`` messages wait.
+BLOCK = "block"  # wait until the broker acknowledges one (or the timeout)
+RAISE = "raise"  # raise QueueFull
+
+# 3.1.1 CONNACK return codes 1-5 as the 5.0 reason codes (3.2.2.3).
+_V3_REFUSALS = (0, 0x84, 0x85, 0x88, 0x86, 0x87)
+
+
+class ConnectionRefused(MQTTError):
+    """The broker refused the connection; ``reason_code`` is the CONNACK reason
+    (a 3.1.1 return code is given as its 5.0 equivalent). ``server_reference``
+    names the broker to use instead (5.0 codes 0x9C, 0x9D), if it sent one."""
+
+    server_reference = None
+
+
+class NotAuthorized(ConnectionRefused):
+    """Refused for the credentials: 0x86 bad user name or password, 0x87 not
+    authorized, 0x8C bad authentication method."""
+
+
+class PublishRefused(MQTTError):
+    """The broker acknowledged a QoS 1/2 message with a failure reason code
+    (e.g. 0x87 not authorized, 0x97 quota exceeded): it was not delivered."""
+
+
+class PacketTooLarge(MQTTError):
+    """The packet is larger than the broker's Maximum Packet Size (0x95)."""
+
+
+class ConnectionLost(MQTTError):
+    """The connection ended and reconnecting is off (or the client closed)."""
+
+
+class QueueFull(MQTTError):
+    """``max_queued`` messages already wait and the policy is RAISE."""
+
+
+try:
+
+    class MQTTTimeout(MQTTError, TimeoutError):
+        """A call did not complete within its timeout."""
+
+except (NameError, TypeError):  # MicroPython: no TimeoutError, no such multiple inheritance
+
+    class MQTTTimeout(MQTTError):
+        """A call did not complete within its timeout."""
+
+
+def refusal(connack):
+    """The exception for a CONNACK that refuses: ConnectionRefused or NotAuthorized."""
+    rc = connack.reason_code
+    if rc < len(_V3_REFUSALS):
+        rc = _V3_REFUSALS[rc]
+    e = (NotAuthorized if rc in (0x86, 0x87, 0x8C) else ConnectionRefused)(rc, "connection refused")
+    d = connack.properties
+    if d:
+        e.server_reference = d.get("server_reference")
+        if "reason_string" in d:
+            e.message = d["reason_string"]
+    return e
+
+
+def ack_error(ack, what):
+    """The exception for a failed ack (reason code >= 0x80), else None."""
+    rc = ack.reason_code
+    if rc < 0x80:
+        return None
+    d = ack.properties
+    why = d.get("reason_string", what) if d else what
+    if rc == 0x95:
+        return PacketTooLarge(rc, why)
+    return PublishRefused(rc, why)
+
+
+class BaseClient:
+    """Options and I/O-free logic shared by ``Client`` and ``AsyncClient``.
+
+    ``version``: 4 (MQTT 3.1.1) or 5 (MQTT 5.0). ``keepalive`` in seconds.
+    ``clean_start`` and ``session_expiry`` (seconds, 5.0) choose whether the
+    broker keeps the session across connections; in 3.1.1
+    ``clean_start=False`` (clean session 0) keeps it. ``will``: a ``Will``.
+    ``connect_properties``: extra 5.0 CONNECT properties. TLS: ``tls=True``
+    with the system CAs (CPython) or ``ca_file``; ``cert_file``/``key_file``
+    for a client certificate; ``server_hostname`` (default ``host``); or pass
+    an ``ssl.SSLContext`` as ``tls``. ``reconnect``: after a connection was
+    up, reconnect by itself with exponential backoff from ``backoff_min`` to
+    ``backoff_max`` seconds, with jitter. ``max_queued``: QoS 1/2 messages
+    that may wait for their acknowledgement; ``queue_policy`` says what
+    publish() does beyond it. ``receive_maximum``: our receive window for
+    QoS 1/2 messages (5.0). ``timeout``: default for every blocking call.
+    """
+
+    def __init__(
+        self,
+        host="localhost",
+        port=None,
+        client_id="",
+        version=_MQTT5,
+        keepalive=60,
+        clean_start=True,
+        session_expiry=0,
+        username=None,
+        password=None,
+        will=None,
+        connect_properties=None,
+        tls=None,
+        ca_file=None,
+        cert_file=None,
+        key_file=None,
+        server_hostname=None,
+        reconnect=True,
+        backoff_min=0.5,
+        backoff_max=30.0,
+        max_queued=1000,
+        queue_policy=BLOCK,
+        receive_maximum=65535,
+        topic_alias_maximum=0,
+        timeout=30.0,
+    ):
+        if tls is None and (ca_file or cert_file):
+            tls = True
+        self.host = host
+        self.port = port or (8883 if tls else 1883)
+        self.client_id = client_id
+        self.version = version
+        self.keepalive = keepalive
+        self.clean_start = clean_start
+        self.session_expiry = session_expiry
+        self.username = username
+        self.password = password
+        self.will = will
+        self.connect_properties = connect_properties
+        self.tls = tls
+        self.ca_file = ca_file
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.server_hostname = server_hostname
+        self.reconnect = reconnect
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.max_queued = max_queued
+        self.queue_policy = queue_policy
+        self.timeout = timeout
+        self.on_message = None  # callable(message) for messages no route takes
+        self.on_connect = None  # callable(connack) after each successful CONNACK
+        self.on_disconnect = None  # callable(exception or None) when a connection ends
+        self.connack = None  # the last CONNACK
+        self.disconnect_reason = None  # the DISCONNECT the broker sent, if any
+        self.session = Session(
+            CLIENT,
+            version,
+            receive_maximum=receive_maximum,
+            topic_alias_maximum=topic_alias_maximum,
+            auto_alias=True,
+        )
+        self._subs = {}  # topic filter -> (Subscription, properties), restored on reconnect
+        self._routes = []  # [filter, callable or list] in subscription order
+        self._inbox = []  # messages no route took, for recv()/messages()
+        self._attempt = 0  # reconnect attempts since the last success
+        self._was_up = False  # a CONNACK accepted this connection
+
+    # -- what goes out --------------------------------------------------------
+
+    def _connect_packet(self, first):
+        """The CONNECT for this connection. After the first, the session is
+        resumed (clean start 0) whenever it may still exist on the broker."""
+        v = self.version
+        clean = self.clean_start
+        props = dict(self.connect_properties) if self.connect_properties else {}
+        if v == _MQTT5 and self.session_expiry:
+            props["session_expiry_interval"] = self.session_expiry
+            if not first:
+                clean = False  # the broker may still hold it
+        return Connect(
+            self.session.client_id if not first and self.session.client_id else self.client_id,
+            clean,
+            self.keepalive,
+            self.username,
+            self.password,
+            self.will,
+            v,
+            props or None,
+        )
+
+    def _remember(self, subs, properties, callback):
+        # Normalise subscribe() arguments to a list of Subscription and
+        # remember them (and their callback route) for reconnects.
+        if not isinstance(subs, list):
+            subs = [subs]
+        out = []
+        for s in subs:
+            if isinstance(s, str):
+                s = Subscription(s)
+            elif isinstance(s, tuple):
+                s = Subscription(*s)
+            out.append(s)
+            self._subs[s.topic_filter] = (s, properties)
+            if callback is not None:
+                self._routes.append([s.topic_filter, callback])
+        return out
+
+    def _forget(self, filters):
+        if isinstance(filters, str):
+            filters = [filters]
+        for f in filters:
+            self._subs.pop(f, None)
+        self._routes = [r for r in self._routes if r[0] not in filters or isinstance(r[1], list)]
+        return filters
+
+    def _restore(self):
+        # The broker has no session: subscribe again to everything (one
+        # SUBSCRIBE per properties set); the SubAcks need no waiter.
+        groups = []
+        for s, props in self._subs.values():
+            for g in groups:
+                if g[1] == props:
+                    g[0].append(s)
+                    break
+            else:
+                groups.append(([s], props))
+        for subs, props in groups:
+            self.session.subscribe(subs, props)
+
+    # -- what comes in --------------------------------------------------------
+
+    def _dispatch(self, ev):
+        """Handle one session event; the adapter's ``_complete(pid, packet)``
+        gets acks. Returns the CONNACK or DISCONNECT for the adapter to act on,
+        else None."""
+        t = ev.type
+        if t == _PUBLISH:
+            self._route(ev)
+        elif t == _CONNACK:
+            self.connack = ev
+            return ev
+        elif t == _DISCONNECT:
+            self.disconnect_reason = ev
+            return ev
+        elif t == _AUTH:
+            self._auth(ev)
+        else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
+            self._complete(ev.packet_id, ev)
+        return None
+
+    def _events(self):
+        # Handle the packets received so far; True if there were any. Stops
+        # after a CONNACK, so that _open() completes the connection before
+        # anything that came after it is handled.
+        s = self.session
+        handled = False
+        while True:
+            ev = s.next_event()
+            if ev is None:
+                return handled
+            handled = True
+            ack = self._dispatch(ev)
+            if ack is not None:
+                if ack.type == _DISCONNECT:  # DISCONNECT from the broker
+                    raise ConnectionLost(ack.reason_code, "the broker sent DISCONNECT")
+                return True  # CONNACK
+
+    def _route(self, msg):
+        taken = False
+        for f, target in self._routes:
+            if topic_matches(f, msg.topic):
+                taken = True
+                if isinstance(target, list):
+                    self._put(target, msg)
+                else:
+                    self._call(target, msg)
+        if not taken:
+            if self.on_message is not None:
+                self._call(self.on_message, msg)
+            else:
+                self._put(self._inbox, msg)
+
+    def _put(self, queue, msg):
+        queue.append(msg)
+
+    def _auth(self, ev):
+        raise MQTTError(0x8C, "AUTH from the broker, and no authentication handler")
+
+    def _call(self, fn, arg):
+        fn(arg)
+
+    def _complete(self, pid, packet):
+        pass  # the adapters wake whoever waits for ``pid``
+
+    # -- reconnecting -----------------------------------------------------------
+
+    def _backoff(self):
+        """Seconds to wait before the next reconnect attempt: exponential from
+        ``backoff_min`` to ``backoff_max``, the upper half jittered."""
+        d = min(self.backoff_max, self.backoff_min * (1 << min(self._attempt, 20)))
+        self._attempt += 1
+        return d / 2 + d / 2 * _random()
+
+
+def _random():
+    try:
+        from random import getrandbits
+    except ImportError:
+        return 0.5
+    return getrandbits(16) / 65536

@@ -1,0 +1,205 @@
+"""The asyncio AsyncClient against a real Mosquitto, with paho-mqtt as the peer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import pytest
+from conftest import Mosquitto, MosquittoFactory, ProxyFactory
+from paho_peer import PahoPeer
+
+from fieldline.mqtt import (
+    AsyncClient,
+    ConnectionLost,
+    NotAuthorized,
+    PacketTooLarge,
+    Publish,
+    QueueFull,
+)
+
+WAIT = 10.0
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
+def version(request: pytest.FixtureRequest) -> int:
+    v: int = request.param
+    return v
+
+
+def aclient(broker: Mosquitto, version: int, **kwargs: Any) -> AsyncClient:
+    kwargs.setdefault("timeout", WAIT)
+    return AsyncClient(broker.host, broker.port, version=version, **kwargs)
+
+
+def test_qos_0_1_2_both_ways_with_paho(mosquitto: Mosquitto, version: int) -> None:
+    peer = PahoPeer(mosquitto.host, mosquitto.port, version)
+    peer.subscribe("to-paho/#", 2)
+
+    async def main() -> None:
+        async with aclient(mosquitto, version) as c:
+            assert await c.subscribe("to-us/#", qos=2) == [2]
+            stream = c.messages()
+            for qos in (0, 1, 2):
+                ack = await c.publish(f"to-paho/{qos}", b"ours %d" % qos, qos=qos)
+                assert (ack is None) == (qos == 0)
+                await asyncio.to_thread(peer.publish, f"to-us/{qos}", b"paho %d" % qos, qos)
+                m = await stream.__anext__()
+                assert (m.topic, m.payload, m.qos) == (f"to-us/{qos}", b"paho %d" % qos, qos)
+
+    try:
+        run(main())
+        seen = sorted((m.topic, m.payload, m.qos) for m in peer.expect(3))
+        assert seen == [(f"to-paho/{q}", b"ours %d" % q, q) for q in (0, 1, 2)]
+    finally:
+        peer.close()
+
+
+def test_filtered_streams_and_callbacks(mosquitto: Mosquitto, version: int) -> None:
+    async def main() -> None:
+        async with aclient(mosquitto, version) as c:
+            sync_got: list[Publish] = []
+            async_got: list[Publish] = []
+            done = asyncio.Event()
+
+            async def slow_async_callback(m: Publish) -> None:
+                await asyncio.sleep(0)
+                async_got.append(m)
+                done.set()
+
+            await c.subscribe("cb/sync", qos=1, callback=sync_got.append)
+            await c.subscribe("cb/async", qos=1, callback=slow_async_callback)
+            await c.subscribe("stream/#", qos=1)
+            stream = c.messages("stream/#")
+            await c.publish("cb/sync", b"s", qos=1)
+            await c.publish("cb/async", b"a", qos=1)
+            await c.publish("stream/1", b"x", qos=1)
+            m = await stream.__anext__()
+            assert m.payload == b"x"
+            await asyncio.wait_for(done.wait(), WAIT)
+            assert [m.payload for m in sync_got] == [b"s"]
+            assert [m.payload for m in async_got] == [b"a"]
+            stream.close()
+
+    run(main())
+
+
+def test_async_for_ends_on_disconnect(mosquitto: Mosquitto, version: int) -> None:
+    async def main() -> None:
+        c = aclient(mosquitto, version)
+        await c.connect()
+        await c.subscribe("end/#", qos=1)
+        await c.publish("end/1", b"1", qos=1)
+        got = []
+        async for m in c.messages():
+            got.append(m.payload)
+            await c.disconnect()
+        assert got == [b"1"]
+
+    run(main())
+
+
+def test_wrong_credentials(mosquitto_factory: MosquittoFactory, version: int) -> None:
+    broker = mosquitto_factory(extra_config=["allow_anonymous false"])
+
+    async def main() -> None:
+        with pytest.raises(NotAuthorized) as e:
+            await aclient(broker, version, username="x", password=b"y").connect()
+        assert e.value.reason_code in (0x86, 0x87)
+
+    run(main())
+
+
+def test_queue_full_and_packet_too_large(mosquitto_factory: MosquittoFactory) -> None:
+    broker = mosquitto_factory(extra_config=["max_packet_size 1000"])
+
+    async def main() -> None:
+        async with aclient(broker, 5, max_queued=2, queue_policy="raise") as c:
+            with pytest.raises(PacketTooLarge):
+                await c.publish("big", b"x" * 2000, qos=1)
+            await c.publish("q", b"1", qos=1, timeout=0)
+            await c.publish("q", b"2", qos=1, timeout=0)
+            with pytest.raises(QueueFull):
+                await c.publish("q", b"3", qos=1, timeout=0)
+
+    run(main())
+
+
+def test_queue_policy_block(mosquitto: Mosquitto, version: int) -> None:
+    async def main() -> None:
+        async with aclient(mosquitto, version, max_queued=2) as c:
+            for i in range(20):
+                await c.publish("q", b"%d" % i, qos=1, timeout=0)
+                assert c.session.inflight <= 2
+
+    run(main())
+
+
+def test_connection_drop_mid_stream_loses_nothing(
+    mosquitto_factory: MosquittoFactory, tcp_proxy: ProxyFactory, version: int
+) -> None:
+    # See the blocking client's test for the Mosquitto settings.
+    broker = mosquitto_factory(extra_config=["max_inflight_messages 0"])
+    proxy = tcp_proxy(broker)
+    opts: dict[str, Any] = {
+        "clean_start": version == 5,
+        "session_expiry": 3600,
+        "backoff_min": 0.05,
+        "backoff_max": 0.2,
+        "timeout": WAIT,
+        "version": version,
+    }
+
+    async def main() -> None:
+        states: list[str] = []
+        sub = AsyncClient(proxy.host, proxy.port, client_id="asub", **opts)
+        pub = AsyncClient(proxy.host, proxy.port, client_id="apub", **opts)
+        pub.on_disconnect = lambda e: states.append("down")
+        pub.on_connect = lambda ack: states.append("up")
+        await sub.connect()
+        await sub.subscribe("chaos/#", qos=2)
+        await pub.connect()
+        stream = sub.messages()
+        acks = []
+        for i in range(60):
+            if i == 20:
+                proxy.drop()
+            acks.append(asyncio.create_task(pub.publish("chaos/x", b"%d" % i, qos=1 + i % 2)))
+            await asyncio.sleep(0)
+        for a in acks:
+            assert (await a).reason_code < 0x80
+        got: list[bytes] = []
+        while len(set(got)) < 60:
+            got.append((await asyncio.wait_for(stream.__anext__(), WAIT)).payload)
+        await pub.publish("chaos/x", b"end", qos=1)
+        while got[-1] != b"end":
+            got.append((await asyncio.wait_for(stream.__anext__(), WAIT)).payload)
+        await sub.disconnect()
+        await pub.disconnect()
+        assert states[:3] == ["up", "down", "up"]
+        payloads = got[:-1]
+        assert sorted(set(payloads), key=int) == [b"%d" % i for i in range(60)]
+        qos2 = [p for p in payloads if int(p) % 2]
+        assert len(qos2) == len(set(qos2)) == 30, "QoS 2 duplicates"
+
+    run(main())
+    assert proxy.established.value >= 4
+
+
+def test_reconnect_off_fails_waiters(mosquitto: Mosquitto, version: int) -> None:
+    async def main() -> None:
+        c = aclient(mosquitto, version, reconnect=False)
+        await c.connect()
+        await asyncio.to_thread(mosquitto.stop)
+        with pytest.raises(ConnectionLost):
+            for _ in range(100):
+                await c.publish("x", b"1", qos=1)
+        with pytest.raises(ConnectionLost):
+            await c.publish("x", b"1", qos=0)
+
+    run(main())
