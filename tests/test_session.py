@@ -515,16 +515,28 @@ def test_resume_wire_order(v):
 
 
 @pytest.mark.parametrize("v", VERSIONS)
-def test_session_not_present_discards(v):
+def test_session_not_present_keeps_application_messages(v):
+    # The server lost the session: its state goes, but a client's unacknowledged
+    # messages are published again as new ones (at most a duplicate, no loss),
+    # and a QoS 2 message the server already took (PUBREC) completes.
     p = Pair(v)
     p.connect(clean=False, props={"session_expiry_interval": 100} if v == 5 else None)
+    p.c.publish("t", b"taken", 2)
+    p.c2s()
+    p.s2c()  # PUBREC: the server has it; our PUBREL is lost below
+    p.c.data_to_send()
     p.c.publish("t", b"a", 1)
     p.c.data_to_send()  # sent, lost
     p.drop()
-    p.c.publish("t", b"queued", 1)  # never sent: not session state yet
+    p.c.publish("t", b"queued", 1)  # never sent
     p.s = Session(SERVER)  # the server lost the session
+    p.sev.clear()
+    p.cev.clear()
     assert p.connect(clean=False) is False
-    assert [m.payload for m in delivered(p.sev)] == [b"queued"]
+    assert [m.payload for m in delivered(p.sev)] == [b"a", b"queued"]
+    assert not any(m.dup for m in delivered(p.sev))
+    assert [type(e).__name__ for e in p.cev if not isinstance(e, ConnAck)][:1] == ["PubComp"]
+    p.s2c()
     assert p.c.inflight == 0
 
 

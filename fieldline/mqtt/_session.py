@@ -704,15 +704,22 @@ class Session:
         self._pump()
 
     def _discard(self):
-        # Drop the session state. A client keeps messages it never sent: they
-        # are not session state yet and go out in the new session.
+        # Drop the session state. A client does not drop its application
+        # messages, though: those not yet acknowledged go out again as new
+        # messages (DUP 0) in the new session, so a broker that lost the
+        # session costs at most a duplicate, never a loss. A QoS 2 message the
+        # broker already took (PUBREC came) is complete: reported as PubComp.
         keep = []
+        client = self.role == _CLIENT
         for pid in self._order:
             m = self._msgs[pid]
-            if self.role == _CLIENT and m.type == _PUBLISH and not m.dup:
+            if client and m.type == _PUBLISH:
+                m.dup = False
                 keep.append(pid)
             else:
                 del self._msgs[pid]
+                if client:
+                    self._events.append(PubComp(pid))
         self._order = keep
         self._rx2 = set()
 
