@@ -35,8 +35,9 @@ NOT_IN_311_CORE = frozenset(
     {"_props.py", "_names.py", "_session5.py", "_session_server.py", "_codec_server.py"}
 )
 # Client adapters built on the core (files named _client*.py, _async_client*.py)
-# are not part of it and are left out of every figure here.
-ADAPTER_PREFIXES = ("_client", "_async_client")
+# and the CPython-only WebSocket transport are not part of it and are left out
+# of every figure here.
+ADAPTER_PREFIXES = ("_client", "_async_client", "_websocket")
 
 SIZE_GOAL = 20 * 1024  # .mpy bytes of the 3.1.1 core
 HEAP_GOAL_FULL = 24 * 1024  # 5.0 round trip with properties, full core, .mpy

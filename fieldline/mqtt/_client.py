@@ -15,9 +15,6 @@ callback never delays PINGREQ, and a callback may itself call publish() and
 wait for the ack without deadlocking.
 """
 
-import select
-import socket
-
 from ._client_base import (
     BLOCK,
     RAISE,
@@ -159,6 +156,8 @@ class Client(BaseClient):
             self._call(self.on_connect, ack)
 
     def _dial(self, deadline):
+        import socket  # here, not at the top: a port without sockets can still import us
+
         ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
         sock = socket.socket(ai[0], socket.SOCK_STREAM)
         try:
@@ -168,12 +167,18 @@ class Client(BaseClient):
                 sock = _tls_context(self).wrap_socket(
                     sock, server_hostname=self.server_hostname or self.host
                 )
+            if self.transport == "websockets":  # CPython only: loads wsproto
+                from ._websocket import WebSocket
+
+                sock = WebSocket(sock, self.host, self.port, self.ws_path, self.ws_headers)
         except BaseException:
             sock.close()
             raise
         return sock
 
     def _attach(self, sock):
+        import select
+
         self._sock = sock
         p = self._poller = select.poll()
         p.register(sock, select.POLLIN)
@@ -468,6 +473,8 @@ class Client(BaseClient):
         """Run the connection on a background thread (and callbacks on a
         second one) until loop_stop() or disconnect()."""
         import queue
+        import select
+        import socket
         import threading
 
         if self._io_thread is not None:
