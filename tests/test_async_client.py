@@ -203,3 +203,54 @@ def test_reconnect_off_fails_waiters(mosquitto: Mosquitto, version: int) -> None
             await c.publish("x", b"1", qos=0)
 
     run(main())
+
+
+def test_v5_request_and_respond(mosquitto: Mosquitto) -> None:
+    async def main() -> None:
+        async with aclient(mosquitto, 5) as server, aclient(mosquitto, 5) as caller:
+
+            async def answer(m: Publish) -> None:
+                await server.respond(m, b"pong:" + m.payload)
+
+            await server.subscribe("rpc/ping", qos=1, callback=answer)
+            replies = await asyncio.gather(
+                *(caller.request("rpc/ping", b"%d" % i) for i in range(5))
+            )
+            assert [r.payload for r in replies] == [b"pong:%d" % i for i in range(5)]
+
+    run(main())
+
+
+def test_drop_oldest_fails_the_dropped_publish(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int
+) -> None:
+    proxy = tcp_proxy(mosquitto)
+
+    async def main() -> None:
+        c = AsyncClient(
+            proxy.host,
+            proxy.port,
+            version=version,
+            max_queued=2,
+            queue_policy="drop_oldest",
+            backoff_min=0.05,
+            backoff_max=0.1,
+            timeout=WAIT,
+        )
+        gone = asyncio.Event()
+        c.on_disconnect = lambda e: gone.set()
+        await c.connect()
+        await asyncio.to_thread(proxy.refuse)
+        await asyncio.to_thread(proxy.drop)
+        await asyncio.wait_for(gone.wait(), WAIT)
+        first = asyncio.create_task(c.publish("d", b"0", qos=1))
+        await asyncio.sleep(0)
+        rest = [asyncio.create_task(c.publish("d", b"%d" % i, qos=1)) for i in (1, 2)]
+        with pytest.raises(QueueFull):
+            await first  # pushed out by message 2
+        await asyncio.to_thread(proxy.accept)
+        for r in rest:
+            assert (await r).reason_code < 0x80
+        await c.disconnect()
+
+    run(main())

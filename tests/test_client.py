@@ -5,6 +5,7 @@ Every test runs in MQTT 3.1.1 and 5.0 unless the feature is 5.0-only.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -444,3 +445,128 @@ def test_v5_broker_disconnect_reason_code_and_string(fake_broker: FakeBrokerFact
     assert e.value.reason_code == 0x8B
     assert lost == [e.value]
     assert c.disconnect_reason.properties["reason_string"] == "going away"
+
+
+def test_v5_request_and_respond(mosquitto: Mosquitto) -> None:
+    with client(mosquitto, 5) as server, client(mosquitto, 5) as caller:
+
+        def answer(m: Publish) -> None:
+            server.respond(m, b"pong:" + m.payload, timeout=0)
+
+        server.subscribe("rpc/ping", qos=1, callback=answer)
+        server.loop_start()
+        try:
+            for i in range(3):
+                reply = caller.request("rpc/ping", b"%d" % i)
+                assert reply.payload == b"pong:%d" % i
+                assert reply.properties["correlation_data"] == b"%d" % (i + 1)
+        finally:
+            server.loop_stop()
+
+
+def test_queue_policy_drop_oldest(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int, peer: PahoPeer
+) -> None:
+    # Offline, the queue fills and each new message pushes out the oldest
+    # unsent one; back online, the newest three reach the subscriber.
+    peer.subscribe("drop", 1)
+    proxy = tcp_proxy(mosquitto)
+    lost: list[BaseException] = []
+    c = Client(
+        proxy.host,
+        proxy.port,
+        version=version,
+        max_queued=3,
+        queue_policy="drop_oldest",
+        backoff_min=0.05,
+        backoff_max=0.1,
+        timeout=WAIT,
+    )
+    c.on_disconnect = lost.append
+    c.connect()
+    proxy.refuse()
+    proxy.drop()
+    while not lost:
+        c.loop(WAIT)
+    for i in range(6):
+        c.publish("drop", b"%d" % i, qos=1, timeout=0)
+    assert c.session.inflight == 3
+    proxy.accept()
+    while c.session.inflight:
+        c.loop(WAIT)
+    assert [m.payload for m in peer.expect(3)] == [b"3", b"4", b"5"]
+    c.disconnect()
+
+
+@pytest.mark.parametrize("version", [5], ids=["5.0"])
+def test_v5_will_properties_and_delay(mosquitto: Mosquitto, peer: PahoPeer) -> None:
+    peer.subscribe("wd/#", 1)
+    will = Will(
+        "wd/will",
+        b"gone",
+        qos=1,
+        properties={"will_delay_interval": 1, "content_type": "text/plain"},
+    )
+    c = client(mosquitto, 5, will=will, session_expiry=10)
+    c.connect()
+    c.disconnect(0x04)  # "disconnect with will message": the broker sends it
+    m = peer.expect(1)[0]
+    assert m.payload == b"gone"
+    assert vars(m.properties)["ContentType"] == "text/plain"
+
+
+class FileStore:
+    """The ``persistence`` contract on a real file: one JSON line per event."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.next_key = max((k for k, _ in self.pending()), default=0)
+
+    def _append(self, record: dict[str, object]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool, properties: object) -> int:
+        self.next_key += 1
+        self._append({"put": self.next_key, "m": [topic, payload.hex(), qos, retain]})
+        return self.next_key
+
+    def done(self, key: int) -> None:
+        self._append({"done": key})
+
+    def pending(self) -> list[tuple[int, tuple[str, bytes, int, bool, None]]]:
+        if not self.path.exists():
+            return []
+        live: dict[int, tuple[str, bytes, int, bool, None]] = {}
+        for line in self.path.read_text().splitlines():
+            r = json.loads(line)
+            if "put" in r:
+                t, p, q, retain = r["m"]
+                live[r["put"]] = (t, bytes.fromhex(p), q, retain, None)
+            else:
+                live.pop(r["done"], None)
+        return sorted(live.items())
+
+
+def test_persistence_hook_carries_messages_across_a_crash(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int, peer: PahoPeer, tmp_path: Path
+) -> None:
+    peer.subscribe("kept/#", 1)
+    store = FileStore(tmp_path / "queue.jsonl")
+    proxy = tcp_proxy(mosquitto)
+    first = Client(proxy.host, proxy.port, version=version, persistence=store, timeout=WAIT)
+    first.connect()
+    first.publish("kept/a", b"acked", qos=1)
+    proxy.refuse()
+    proxy.drop()
+    for i in range(3):
+        first.publish("kept/b", b"%d" % i, qos=1 + i % 2, timeout=0)
+    del first  # the program dies here: nothing more runs, no DISCONNECT
+    assert [m[1] for _, m in store.pending()][-3:] == [b"0", b"1", b"2"]
+    assert peer.expect(1)[0].payload == b"acked"
+    with Client(mosquitto.host, mosquitto.port, version=version, persistence=store) as second:
+        while store.pending():
+            second.loop(WAIT)
+    assert sorted(m.payload for m in peer.expect(3)) == [b"0", b"1", b"2"]

@@ -222,3 +222,39 @@ def test_tls_with_the_wrong_ca_fails_verification(mosquitto_tls: Mosquitto, kind
     assert tls is not None
     with pytest.raises(ssl.SSLCertVerificationError):
         _tls_roundtrip(kind, mosquitto_tls, "tls", ca_file=str(tls.other_ca_cert))
+
+
+def test_v5_enhanced_authentication(fake_broker: FakeBrokerFactory, kind: str) -> None:
+    # The broker challenges the CONNECT with an AUTH; on_auth answers it.
+    def prop(pid: int, value: bytes) -> bytes:
+        return bytes([pid]) + len(value).to_bytes(2, "big") + value
+
+    method = prop(0x15, b"TOKEN-X")
+    challenge = method + prop(0x16, b"nonce-1")
+    auth = b"\xf0" + bytes([2 + len(challenge), 0x18, len(challenge)]) + challenge
+    broker = fake_broker([recv(CONNECT), send(auth), recv(15), send(connack(0, properties=method))])
+    seen: list[Any] = []
+
+    def on_auth(packet: Any) -> bytes:
+        seen.append(packet)
+        return b"answer-to-nonce-1"
+
+    opts: dict[str, Any] = {"version": 5, "auth_method": "TOKEN-X", "auth_data": b"hello"}
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, timeout=WAIT, **opts)
+        c.on_auth = on_auth
+        assert c.connect().reason_code == 0
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            c = AsyncClient(broker.host, broker.port, timeout=WAIT, **opts)
+            c.on_auth = on_auth
+            assert (await c.connect()).reason_code == 0
+            await c.disconnect()
+
+        arun(main())
+    assert seen[0].properties["authentication_data"] == b"nonce-1"
+    conn = broker.connection(0)
+    assert b"TOKEN-X" in conn.packets[0] and b"hello" in conn.packets[0]
+    assert b"answer-to-nonce-1" in conn.packets[1]

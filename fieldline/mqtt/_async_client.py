@@ -13,7 +13,7 @@ import asyncio
 
 from ._client import _tls_context, clock
 from ._client_base import (
-    BLOCK,
+    DROP_OLDEST,
     RAISE,
     BaseClient,
     ConnectionLost,
@@ -138,6 +138,7 @@ class AsyncClient(BaseClient):
         (and reconnects if ``reconnect``). Raises ConnectionRefused (or
         NotAuthorized), MQTTTimeout, OSError."""
         self._closing = False
+        self._load_stored()
         await self._open(self.connack is None, self._t(timeout))
         self._task = asyncio.create_task(self._run())
         return self.connack
@@ -187,6 +188,7 @@ class AsyncClient(BaseClient):
                     raise ConnectionLost(0x80, "closed before CONNACK")
                 s.receive_data(data, clock())
                 self._events()
+                await self._flush()  # e.g. our AUTH answer
         except BaseException:
             await self._close(None)
             raise
@@ -204,6 +206,17 @@ class AsyncClient(BaseClient):
             self._call(self.on_connect, ack)
 
     async def _dial(self):
+        if self.transport == "websockets":  # CPython only: loads wsproto
+            from ._websocket import open_websocket
+
+            return await open_websocket(
+                self.host,
+                self.port,
+                ssl=_tls_context(self) if self.tls else None,
+                server_hostname=self.server_hostname or self.host,
+                path=self.ws_path,
+                headers=self.ws_headers,
+            )
         if self.tls:
             return await asyncio.open_connection(
                 self.host,
@@ -329,7 +342,7 @@ class AsyncClient(BaseClient):
         elif s.inflight >= self.max_queued:
             await self._make_room(t)
         try:
-            pid = s.publish(topic, payload, qos, retain, properties)
+            pid = self._publish(topic, payload, qos, retain, properties)
         except LocalProtocolError as e:
             if e.reason_code == _PACKET_TOO_LARGE:
                 raise PacketTooLarge(e.reason_code, e.message) from None
@@ -338,6 +351,8 @@ class AsyncClient(BaseClient):
             await self._flush(pid is not None)  # a QoS 1/2 message is sent again anyway
             return None
         ack = await self._ack(pid, t)
+        if isinstance(ack, Exception):
+            raise ack
         e = ack_error(ack, "publish refused")
         if e is not None:
             raise e
@@ -383,15 +398,20 @@ class AsyncClient(BaseClient):
         s = self.session
         if self.queue_policy == RAISE:
             raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
-        if self.queue_policy != BLOCK:
-            raise ValueError("unknown queue_policy %r" % self.queue_policy)
+        if self.queue_policy == DROP_OLDEST:
+            pid = s.drop_oldest()
+            if pid is not None:
+                self._unstore(pid)
+                w = self._waiters.get(pid)
+                if w is not None:
+                    w.set(QueueFull(0x97, "dropped for a newer message"))
+                return
         deadline = clock() + t
         while s.inflight >= self.max_queued:
-            # Wait for any ack: the oldest message's waiter is a fine proxy.
             left = deadline - clock()
             if left <= 0:
                 raise MQTTTimeout(0x80, "timed out waiting for room in the queue")
-            self._room = ev = asyncio.Event()
+            self._room = ev = asyncio.Event()  # set by the next ack
             try:
                 await _within(left, ev.wait())
             except asyncio.TimeoutError:
@@ -410,6 +430,34 @@ class AsyncClient(BaseClient):
         """Unsubscribe and wait for the UNSUBACK; returns its reason codes."""
         filters = self._forget(topic_filters)
         return await self._request(self.session.unsubscribe, filters, properties, timeout)
+
+    async def request(self, topic, payload=b"", qos=1, properties=None, timeout=None):
+        """MQTT 5.0 request/response, as ``Client.request``: publish with our
+        Response Topic and fresh Correlation Data; return the response."""
+        t = self._t(timeout)
+        deadline = clock() + t
+        props, corr = self._request_properties(properties)
+        if self._reply_topic not in self._subs:
+            await self.subscribe(self._reply_topic, 1, None, self._take_response, t)
+        w = self._responses[corr] = _Waiter()
+        try:
+            await self.publish(topic, payload, qos, False, props, max(0.001, deadline - clock()))
+            try:
+                await _within(max(0.0, deadline - clock()), w.event.wait())
+            except asyncio.TimeoutError:
+                raise MQTTTimeout(0x80, "timed out waiting for the response") from None
+        finally:
+            del self._responses[corr]
+        return w.value
+
+    async def respond(self, request, payload=b"", qos=1, properties=None, timeout=None):
+        """Answer the message ``request``: publish ``payload`` to its Response
+        Topic with its Correlation Data."""
+        topic, props = self._reply(request, properties)
+        return await self.publish(topic, payload, qos, False, props, timeout)
+
+    def _got_response(self, corr, msg):
+        self._responses[corr].set(msg)
 
     def messages(self, topic_filter=None):
         """An async iterator over incoming messages: those matching

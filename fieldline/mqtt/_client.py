@@ -16,7 +16,7 @@ wait for the ack without deadlocking.
 """
 
 from ._client_base import (
-    BLOCK,
+    DROP_OLDEST,
     RAISE,
     BaseClient,
     ConnectionLost,
@@ -26,7 +26,7 @@ from ._client_base import (
     ack_error,
     refusal,
 )
-from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
+from ._errors import LocalProtocolError, MQTTError
 
 try:
     from time import monotonic as clock
@@ -109,6 +109,7 @@ class Client(BaseClient):
         or OSError when the broker cannot be reached."""
         self._closing = False
         with self._lock:
+            self._load_stored()
             self._open(self.connack is None, self._deadline(timeout))
         return self.connack
 
@@ -240,7 +241,7 @@ class Client(BaseClient):
                 self._events()
             s.tick(clock())
             self._flush()
-        except (OSError, RemoteProtocolError, ConnectionLost) as e:
+        except (OSError, MQTTError) as e:
             try:
                 self._flush()  # a DISCONNECT carrying the reason code
             except OSError:
@@ -331,7 +332,7 @@ class Client(BaseClient):
             elif s.inflight >= self.max_queued:
                 self._make_room(deadline)
             try:
-                pid = s.publish(topic, payload, qos, retain, properties)
+                pid = self._publish(topic, payload, qos, retain, properties)
             except LocalProtocolError as e:
                 if e.reason_code == _PACKET_TOO_LARGE:
                     raise PacketTooLarge(e.reason_code, e.message) from None
@@ -347,6 +348,8 @@ class Client(BaseClient):
                 self._done.pop(pid, None)
                 raise
             ack = self._done.pop(pid)
+        if isinstance(ack, Exception):
+            raise ack
         e = ack_error(ack, "publish refused")
         if e is not None:
             raise e
@@ -360,8 +363,13 @@ class Client(BaseClient):
         policy = self.queue_policy
         if policy == RAISE:
             raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
-        if policy != BLOCK:
-            raise ValueError("unknown queue_policy %r" % policy)
+        if policy == DROP_OLDEST:
+            pid = s.drop_oldest()
+            if pid is not None:
+                self._unstore(pid)
+                if pid in self._done:
+                    self._done[pid] = QueueFull(0x97, "dropped for a newer message")
+                return
         self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
 
     def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
@@ -424,6 +432,36 @@ class Client(BaseClient):
                 yield self.recv(1e9 if timeout is None else timeout)
             except MQTTTimeout:
                 return
+
+    def request(self, topic, payload=b"", qos=1, properties=None, timeout=None):
+        """MQTT 5.0 request/response: publish to ``topic`` with a Response
+        Topic of this client's own and fresh Correlation Data, and return the
+        response (the message that comes back with that Correlation Data).
+        The responder answers with ``respond()``. Raises MQTTTimeout."""
+        deadline = self._deadline(timeout)
+        props, corr = self._request_properties(properties)
+        if self._reply_topic not in self._subs:
+            self.subscribe(self._reply_topic, 1, None, self._take_response, timeout)
+        with self._lock:
+            self._responses[corr] = None
+            try:
+                self.publish(topic, payload, qos, False, props, max(0.001, deadline - clock()))
+                self._wait(lambda: self._responses[corr] is not None, deadline, "the response")
+                return self._responses[corr]
+            finally:
+                del self._responses[corr]
+
+    def respond(self, request, payload=b"", qos=1, properties=None, timeout=None):
+        """Answer the message ``request``: publish ``payload`` to its Response
+        Topic with its Correlation Data."""
+        topic, props = self._reply(request, properties)
+        return self.publish(topic, payload, qos, False, props, timeout)
+
+    def _got_response(self, corr, msg):
+        with self._lock:  # on the callback thread under loop_start()
+            self._responses[corr] = msg
+            if self._cond is not None:
+                self._cond.notify_all()
 
     # -- driving the connection ------------------------------------------------------
 

@@ -31,6 +31,7 @@ _AUTH = const(15)
 
 # Queue policies: what publish() does when ``max_queued`` messages wait.
 BLOCK = "block"  # wait until the broker acknowledges one (or the timeout)
+DROP_OLDEST = "drop_oldest"  # drop the oldest message not sent yet (its waiter gets QueueFull)
 RAISE = "raise"  # raise QueueFull
 
 # 3.1.1 CONNACK return codes 1-5 as the 5.0 reason codes (3.2.2.3).
@@ -120,6 +121,17 @@ class BaseClient:
     that may wait for their acknowledgement; ``queue_policy`` says what
     publish() does beyond it. ``receive_maximum``: our receive window for
     QoS 1/2 messages (5.0). ``timeout``: default for every blocking call.
+    ``persistence``: keeps QoS 1/2 messages until acknowledged, across
+    restarts of the program: an object with ``put(topic, payload, qos,
+    retain, properties) -> key``, ``done(key)`` and ``pending()`` (an
+    iterable of ``(key, (topic, payload, qos, retain, properties))``, the
+    messages stored but never done, oldest first; they are sent again on
+    the first connect()). ``auth_method``/``auth_data``: MQTT 5.0 enhanced
+    authentication; the broker's challenges go to ``on_auth``.
+    ``transport``: ``"tcp"``, or ``"websockets"`` for MQTT over WebSocket
+    (CPython, needs ``wsproto``; with TLS it is wss; port default 80, or 443
+    with TLS) to ``ws_path`` with the extra HTTP headers ``ws_headers`` (a
+    dict); a refused upgrade raises ``UpgradeRefused``, a ConnectionRefusedError.
     """
 
     def __init__(
@@ -148,11 +160,25 @@ class BaseClient:
         receive_maximum=65535,
         topic_alias_maximum=0,
         timeout=30.0,
+        transport="tcp",
+        ws_path="/mqtt",
+        ws_headers=None,
+        auth_method=None,
+        auth_data=None,
+        persistence=None,
     ):
         if tls is None and (ca_file or cert_file):
             tls = True
+        if transport not in ("tcp", "websockets"):
+            raise ValueError("transport must be 'tcp' or 'websockets'")
+        self.transport = transport
+        self.ws_path = ws_path
+        self.ws_headers = ws_headers
         self.host = host
-        self.port = port or (8883 if tls else 1883)
+        if transport == "websockets":
+            self.port = port or (443 if tls else 80)
+        else:
+            self.port = port or (8883 if tls else 1883)
         self.client_id = client_id
         self.version = version
         self.keepalive = keepalive
@@ -173,6 +199,14 @@ class BaseClient:
         self.max_queued = max_queued
         self.queue_policy = queue_policy
         self.timeout = timeout
+        if queue_policy not in (BLOCK, DROP_OLDEST, RAISE):
+            raise ValueError("unknown queue_policy %r" % queue_policy)
+        self.auth_method = auth_method
+        self.auth_data = auth_data
+        self.on_auth = None  # callable(Auth) -> bytes: the next step of enhanced authentication
+        self.persistence = persistence
+        self._stored = {}  # packet id -> persistence key of a QoS 1/2 message
+        self._restored = persistence is None
         self.on_message = None  # callable(message) for messages no route takes
         self.on_connect = None  # callable(connack) after each successful CONNACK
         self.on_disconnect = None  # callable(exception or None) when a connection ends
@@ -190,6 +224,9 @@ class BaseClient:
         self._inbox = []  # messages no route took, for recv()/messages()
         self._attempt = 0  # reconnect attempts since the last success
         self._was_up = False  # a CONNACK accepted this connection
+        self._responses = {}  # correlation data -> response (or its waiter), for request()
+        self._reply_topic = None
+        self._requests_sent = 0
 
     # -- what goes out --------------------------------------------------------
 
@@ -203,6 +240,10 @@ class BaseClient:
             props["session_expiry_interval"] = self.session_expiry
             if not first:
                 clean = False  # the broker may still hold it
+        if self.auth_method is not None:
+            props["authentication_method"] = self.auth_method
+            if self.auth_data is not None:
+                props["authentication_data"] = self.auth_data
         return Connect(
             self.session.client_id if not first and self.session.client_id else self.client_id,
             clean,
@@ -271,8 +312,31 @@ class BaseClient:
         elif t == _AUTH:
             self._auth(ev)
         else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
+            if t < _SUBACK:
+                self._unstore(ev.packet_id)
             self._complete(ev.packet_id, ev)
         return None
+
+    # -- persistence of QoS 1/2 messages -----------------------------------------
+
+    def _publish(self, topic, payload, qos, retain, properties):
+        """Session.publish(), with the message recorded by ``persistence``."""
+        pid = self.session.publish(topic, payload, qos, retain, properties)
+        if pid is not None and self.persistence is not None:
+            self._stored[pid] = self.persistence.put(topic, payload, qos, retain, properties)
+        return pid
+
+    def _unstore(self, pid):
+        key = self._stored.pop(pid, None)
+        if key is not None:
+            self.persistence.done(key)
+
+    def _load_stored(self):
+        # Messages an earlier run stored and never completed go out first.
+        if not self._restored:
+            self._restored = True
+            for key, m in self.persistence.pending():
+                self._stored[self.session.publish(m[0], m[1], m[2], m[3], m[4])] = key
 
     def _events(self):
         # Handle the packets received so far; True if there were any. Stops
@@ -310,7 +374,48 @@ class BaseClient:
         queue.append(msg)
 
     def _auth(self, ev):
-        raise MQTTError(0x8C, "AUTH from the broker, and no authentication handler")
+        # Enhanced authentication (5.0): the broker's AUTH goes to on_auth,
+        # whose answer is the next AUTH we send.
+        if self.on_auth is None:
+            raise MQTTError(0x8C, "AUTH from the broker, and no on_auth handler")
+        self.session.auth(self.on_auth(ev))
+
+    # -- request/response (5.0) ------------------------------------------------
+
+    def _request_properties(self, properties):
+        """Properties for a new request: our Response Topic and fresh
+        Correlation Data. Returns (properties, correlation data)."""
+        if self._reply_topic is None:
+            self._reply_topic = "fieldline/responses/%s/%d" % (
+                self.session.client_id,
+                int(_random() * 1000000000),
+            )
+        self._requests_sent += 1
+        corr = b"%d" % self._requests_sent
+        props = dict(properties) if properties else {}
+        props["response_topic"] = self._reply_topic
+        props["correlation_data"] = corr
+        return props, corr
+
+    def _take_response(self, msg):
+        d = msg.properties
+        corr = d.get("correlation_data") if d else None
+        if corr in self._responses:
+            self._got_response(corr, msg)
+
+    def _got_response(self, corr, msg):
+        self._responses[corr] = msg
+
+    def _reply(self, request, properties):
+        """Topic and properties of the response to ``request``."""
+        d = request.properties or {}
+        topic = d.get("response_topic")
+        if not topic:
+            raise ValueError("the message has no Response Topic")
+        props = dict(properties) if properties else {}
+        if "correlation_data" in d:
+            props["correlation_data"] = d["correlation_data"]
+        return topic, props
 
     def _call(self, fn, arg):
         fn(arg)

@@ -512,6 +512,20 @@ class Session:
         """Number of our QoS 1/2 messages not yet complete (sent or queued)."""
         return len(self._order)
 
+    def drop_oldest(self):
+        """Forget the oldest QoS 1/2 message that has not gone out on the wire
+        (for a bounded queue that drops the oldest). Returns its packet id, or
+        None when every waiting message was already sent: those must complete."""
+        i = self._nsent
+        while i < len(self._order):
+            pid = self._order[i]
+            if self._msgs[pid].type == _PUBLISH and not self._msgs[pid].dup:
+                del self._order[i]
+                del self._msgs[pid]
+                return pid
+            i += 1
+        return None
+
     # -- receive handlers (named in _RX) --------------------------------------
 
     def _rx_connect(self, p):
