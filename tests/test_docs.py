@@ -25,4 +25,7 @@ def test_doc_example_runs(where: str, code: str, request: pytest.FixtureRequest)
         # Client examples talk to a broker on localhost:1883: give them a real one.
         broker = request.getfixturevalue("mosquitto")
         code = code.replace('"localhost", 1883', f'"{broker.host}", {broker.port}')
+    if '"localhost", 8080' in code:  # ...and WebSocket ones to localhost:8080
+        ws = request.getfixturevalue("mosquitto_ws")
+        code = code.replace('"localhost", 8080', f'"{ws.host}", {ws.ports["ws"]}')
     exec(compile(code, where, "exec"), {"__name__": "__doc_example__"})
