@@ -62,6 +62,11 @@ def connack(code: int = 0, session_present: bool = False, properties: bytes | No
     return bytes([CONNACK << 4]) + encode_varint(len(body)) + body
 
 
+def prop(pid: int, value: bytes) -> bytes:
+    """A 5.0 property with a string or binary value: id, two-byte length, bytes."""
+    return bytes([pid]) + len(value).to_bytes(2, "big") + value
+
+
 def encode_varint(value: int) -> bytes:
     out = bytearray()
     while True:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, MosquittoFactory, ProxyFactory
-from fakebroker import CONNECT, connack, recv, send
+from fakebroker import CONNECT, connack, prop, recv, send
 from paho_peer import PahoPeer
 
 from fieldline.mqtt import (
@@ -432,9 +432,8 @@ def test_v5_topic_aliases_are_automatic(mosquitto: Mosquitto) -> None:
 
 
 def test_v5_broker_disconnect_reason_code_and_string(fake_broker: FakeBrokerFactory) -> None:
-    reason = b"going away"
-    props = b"\x1f" + len(reason).to_bytes(2, "big") + reason
-    disconnect = b"\xe0" + bytes([2 + len(props), 0x8B, len(props)]) + props
+    props = prop(0x1F, b"going away") + prop(0x1C, b"other:1883")
+    disconnect = b"\xe0" + bytes([2 + len(props), 0x9C, len(props)]) + props
     broker = fake_broker([recv(CONNECT), send(connack(0, properties=b"")), send(disconnect)])
     lost: list[BaseException] = []
     c = Client(broker.host, broker.port, version=5, reconnect=False, timeout=WAIT)
@@ -442,7 +441,9 @@ def test_v5_broker_disconnect_reason_code_and_string(fake_broker: FakeBrokerFact
     c.connect()
     with pytest.raises(ConnectionLost) as e:
         c.recv()
-    assert e.value.reason_code == 0x8B
+    assert e.value.reason_code == 0x9C  # use another server
+    assert e.value.message == "going away"
+    assert e.value.server_reference == "other:1883"
     assert lost == [e.value]
     assert c.disconnect_reason.properties["reason_string"] == "going away"
 

@@ -18,6 +18,7 @@ from fakebroker import (
     MALFORMED_REMAINING_LENGTH,
     connack,
     expect_close,
+    prop,
     recv,
     send,
 )
@@ -226,9 +227,6 @@ def test_tls_with_the_wrong_ca_fails_verification(mosquitto_tls: Mosquitto, kind
 
 def test_v5_enhanced_authentication(fake_broker: FakeBrokerFactory, kind: str) -> None:
     # The broker challenges the CONNECT with an AUTH; on_auth answers it.
-    def prop(pid: int, value: bytes) -> bytes:
-        return bytes([pid]) + len(value).to_bytes(2, "big") + value
-
     method = prop(0x15, b"TOKEN-X")
     challenge = method + prop(0x16, b"nonce-1")
     auth = b"\xf0" + bytes([2 + len(challenge), 0x18, len(challenge)]) + challenge

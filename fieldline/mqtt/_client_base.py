@@ -61,7 +61,11 @@ class PacketTooLarge(MQTTError):
 
 
 class ConnectionLost(MQTTError):
-    """The connection ended and reconnecting is off (or the client closed)."""
+    """The connection ended and reconnecting is off (or the client closed).
+    After a DISCONNECT from the broker: its reason code and Reason String,
+    and ``server_reference`` when it names another broker (0x9C, 0x9D)."""
+
+    server_reference = None
 
 
 class QueueFull(MQTTError):
@@ -352,7 +356,12 @@ class BaseClient:
             ack = self._dispatch(ev)
             if ack is not None:
                 if ack.type == _DISCONNECT:  # DISCONNECT from the broker
-                    raise ConnectionLost(ack.reason_code, "the broker sent DISCONNECT")
+                    d = ack.properties or {}
+                    e = ConnectionLost(
+                        ack.reason_code, d.get("reason_string", "the broker sent DISCONNECT")
+                    )
+                    e.server_reference = d.get("server_reference")
+                    raise e
                 return True  # CONNACK
 
     def _route(self, msg):
