@@ -58,7 +58,7 @@ _SUBACK = const(9)
 _PACKET_TOO_LARGE = const(0x95)
 
 
-class _NoLock:
+class NoLock:
     # Stands in for the lock until loop_start() makes a real one.
     def __enter__(self):
         return self
@@ -84,7 +84,7 @@ class Client(BaseClient):
         self._error = None  # why the last connection ended
         self._retry_at = None  # when to reconnect; None: not after a success yet
         self._closing = False
-        self._lock = _NoLock()
+        self._lock = NoLock()
         self._cond = None  # threading.Condition once loop_start() runs
         self._io_thread = None
         self._wake = None  # socketpair: user threads wake the I/O thread
@@ -505,80 +505,21 @@ class Client(BaseClient):
         else:
             BaseClient._route(self, msg)
 
-    # -- loop_start(): the background threads (CPython) ------------------------------
+    # -- loop_start(): the background threads (CPython, in _client_thread) ------------
 
     def loop_start(self):
         """Run the connection on a background thread (and callbacks on a
         second one) until loop_stop() or disconnect()."""
-        import queue
-        import select
-        import socket
-        import threading
+        from ._client_thread import start
 
-        if self._io_thread is not None:
-            return
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._wake = socket.socketpair()
-        self._wake[0].setblocking(False)
-        if self._poller is not None:
-            self._poller.register(self._wake[0], select.POLLIN)
-        self._calls = queue.SimpleQueue()
-        self._closing = False
-        self._io_thread = threading.Thread(target=self._run_io, daemon=True)
-        self._call_thread = threading.Thread(target=self._run_calls, daemon=True)
-        self._io_thread.start()
-        self._call_thread.start()
+        start(self)
 
     def loop_stop(self):
         """Stop the loop_start() threads (the connection stays open)."""
-        t = self._io_thread
-        if t is None:
-            return
-        stopping = self._closing
-        self._closing = True
-        self._wake[1].send(b"\x00")
-        if not self._on_io_thread():
-            t.join()
-        self._calls.put(None)
-        if not self._on_call_thread():
-            self._call_thread.join()
-        with self._lock:
-            self._io_thread = None
-            self._calls = None
-            for s in self._wake:
-                s.close()
-            self._wake = None
-            self._cond = None
-        self._lock = _NoLock()
-        self._closing = stopping
+        if self._io_thread is not None:
+            from ._client_thread import stop
 
-    def _run_io(self):
-        with self._lock:
-            while not self._closing:
-                try:
-                    self._io(1.0)
-                except MQTTError as e:  # down for good
-                    self._error = e
-                    self._cond.notify_all()
-                    return
-                self._cond.notify_all()
-
-    def _run_calls(self):
-        while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            fn, arg = item
-            try:
-                if isinstance(arg, tuple):
-                    fn(*arg)
-                else:
-                    fn(arg)
-            except Exception as e:  # a callback's bug must not stop the others
-                import sys
-
-                print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
+            stop(self)
 
     def _on_io_thread(self):
         import threading

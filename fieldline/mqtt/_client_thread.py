@@ -1,0 +1,83 @@
+"""``Client.loop_start()``: the blocking client on background threads (CPython).
+
+Two threads, so that user code never starves the connection: one does all
+the I/O (reading, keepalive, reconnecting) and never runs user code; the
+other runs the callbacks in order. Other threads queue their bytes in the
+session under the client's lock and wake the I/O thread through a socket
+pair instead of writing themselves, so one thread alone touches the socket
+(safe for TLS too). Kept apart from ``_client`` because a board never needs
+it: MicroPython loads only what it imports.
+"""
+
+import queue
+import select
+import socket
+import sys
+import threading
+
+from ._client import NoLock
+from ._errors import MQTTError
+
+
+def start(c):
+    if c._io_thread is not None:
+        return
+    c._lock = threading.RLock()
+    c._cond = threading.Condition(c._lock)
+    c._wake = socket.socketpair()
+    c._wake[0].setblocking(False)
+    if c._poller is not None:
+        c._poller.register(c._wake[0], select.POLLIN)
+    c._calls = queue.SimpleQueue()
+    c._closing = False
+    c._io_thread = threading.Thread(target=_run_io, args=(c,), daemon=True)
+    c._call_thread = threading.Thread(target=_run_calls, args=(c,), daemon=True)
+    c._io_thread.start()
+    c._call_thread.start()
+
+
+def stop(c):
+    stopping = c._closing
+    c._closing = True
+    c._wake[1].send(b"\x00")
+    if not c._on_io_thread():
+        c._io_thread.join()
+    c._calls.put(None)
+    if not c._on_call_thread():
+        c._call_thread.join()
+    with c._lock:
+        c._io_thread = None
+        c._calls = None
+        for s in c._wake:
+            s.close()
+        c._wake = None
+        c._cond = None
+    c._lock = NoLock()
+    c._closing = stopping
+
+
+def _run_io(c):
+    with c._lock:
+        while not c._closing:
+            try:
+                c._io(1.0)
+            except MQTTError as e:  # down for good
+                c._error = e
+                c._cond.notify_all()
+                return
+            c._cond.notify_all()
+
+
+def _run_calls(c):
+    while True:
+        item = c._calls.get()
+        if item is None:
+            return
+        fn, arg = item
+        try:
+            if isinstance(arg, tuple):
+                fn(*arg)
+            else:
+                fn(arg)
+        except Exception as e:  # a callback's bug must not stop the others
+            print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
