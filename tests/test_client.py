@@ -571,3 +571,25 @@ def test_persistence_hook_carries_messages_across_a_crash(
         while store.pending():
             second.loop(WAIT)
     assert sorted(m.payload for m in peer.expect(3)) == [b"0", b"1", b"2"]
+
+
+def test_oversized_incoming_packet(mosquitto: Mosquitto, version: int, peer: PahoPeer) -> None:
+    # 5.0: the broker learns our Maximum Packet Size and drops larger messages
+    # for us (MQTT-3.1.2-25); 3.1.1 has no way to say it, so the oversized packet
+    # ends the connection with 0x95 and the client reconnects.
+    lost: list[BaseException] = []
+    with client(mosquitto, version, max_packet_size=200, backoff_min=0.05) as c:
+        c.on_disconnect = lost.append
+        c.subscribe("big/#", qos=1)
+        peer.publish("big/1", b"x" * 1000, qos=1)
+        peer.publish("big/2", b"small", qos=1)
+        if version == 4:
+            while not lost:
+                c.loop(WAIT)
+            assert isinstance(lost[0], MQTTError) and lost[0].reason_code == 0x95
+            c.subscribe("big/#", qos=1)  # returns once reconnected and subscribed
+            peer.publish("big/3", b"small", qos=1)
+            assert c.recv().payload == b"small"
+        else:
+            assert c.recv().payload == b"small"  # big/1 was dropped by the broker
+            assert lost == []

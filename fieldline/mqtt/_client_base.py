@@ -124,7 +124,10 @@ class BaseClient:
     ``backoff_max`` seconds, with jitter. ``max_queued``: QoS 1/2 messages
     that may wait for their acknowledgement; ``queue_policy`` says what
     publish() does beyond it. ``receive_maximum``: our receive window for
-    QoS 1/2 messages (5.0). ``timeout``: default for every blocking call.
+    QoS 1/2 messages (5.0). ``max_packet_size``: the largest packet we
+    accept (5.0 tells the broker, which then drops larger messages for us; a
+    larger packet ends the connection with 0x95). ``timeout``: default for
+    every blocking call.
     ``persistence``: keeps QoS 1/2 messages until acknowledged, across
     restarts of the program: an object with ``put(topic, payload, qos,
     retain, properties) -> key``, ``done(key)`` and ``pending()`` (an
@@ -162,6 +165,7 @@ class BaseClient:
         max_queued=1000,
         queue_policy=BLOCK,
         receive_maximum=65535,
+        max_packet_size=268435460,
         topic_alias_maximum=0,
         timeout=30.0,
         transport="tcp",
@@ -220,6 +224,7 @@ class BaseClient:
             CLIENT,
             version,
             receive_maximum=receive_maximum,
+            max_packet_size=max_packet_size,
             topic_alias_maximum=topic_alias_maximum,
             auto_alias=True,
         )
