@@ -118,7 +118,9 @@ class AsyncClient(BaseClient):
         self._wlock = asyncio.Lock()
         self._error = None
         self._retry_at = 0
-        self._room = None  # Event set by any ack while publish() waits for room
+        self._room = []  # Events of publish() calls waiting for room, first come first served
+        self._unsent = 0  # publishes whose bytes wait for _write_now()
+        self._loop = None  # CPython's running loop, for call_soon()
 
     async def __aenter__(self):
         await self.connect()
@@ -138,6 +140,8 @@ class AsyncClient(BaseClient):
         (and reconnects if ``reconnect``). Raises ConnectionRefused (or
         NotAuthorized), MQTTTimeout, OSError."""
         self._closing = False
+        loop = asyncio.get_event_loop()
+        self._loop = loop if hasattr(loop, "call_soon") else None
         self._load_stored()
         await self._open(self.connack is None, self._t(timeout))
         self._task = asyncio.create_task(self._run())
@@ -253,9 +257,9 @@ class AsyncClient(BaseClient):
         for w in self._waiters.values():
             if final or w.request:
                 w.event.set()
-        room = self._room
-        if final and room is not None:
-            room.set()
+        if final:
+            for ev in self._room:
+                ev.set()
 
     async def _flush(self, quiet=False):
         """Write what the session queued. A broken connection is left to the
@@ -271,6 +275,34 @@ class AsyncClient(BaseClient):
                 except OSError as e:
                     if not quiet:
                         raise ConnectionLost(0x80, "connection lost while writing") from e
+
+    async def _send_soon(self, quiet):
+        """Get the queued bytes written, coalescing: on CPython, publishes
+        made in one turn of the event loop go out in one write (at the end of
+        the turn, or every 64 of them), so a burst costs few system calls.
+        MicroPython's asyncio has no call_soon: it writes at once."""
+        loop = self._loop
+        if loop is None:
+            return await self._flush(quiet)
+        self._unsent += 1
+        if self._unsent >= 64:
+            self._write_now()
+            w = self._w
+            if w is not None:
+                try:
+                    await w.drain()  # waits only while the socket's buffer is full
+                except OSError as e:
+                    if not quiet:
+                        raise ConnectionLost(0x80, "connection lost while writing") from e
+        elif self._unsent == 1:
+            loop.call_soon(self._write_now)
+
+    def _write_now(self):
+        self._unsent = 0
+        data = self.session.data_to_send()
+        w = self._w
+        if data and w is not None:
+            w.write(data)  # errors surface on the reading side: it reconnects
 
     # -- the connection task ----------------------------------------------------------
 
@@ -348,7 +380,7 @@ class AsyncClient(BaseClient):
                 raise PacketTooLarge(e.reason_code, e.message) from None
             raise
         if pid is None or timeout == 0:
-            await self._flush(pid is not None)  # a QoS 1/2 message is sent again anyway
+            await self._send_soon(pid is not None)  # a QoS 1/2 message is sent again anyway
             return None
         ack = await self._ack(pid, t)
         if isinstance(ack, Exception):
@@ -365,7 +397,7 @@ class AsyncClient(BaseClient):
         w = self._waiters[pid] = _Waiter()
         w.request = request
         try:
-            await self._flush(True)
+            await self._send_soon(True)
             try:
                 await _within(t, w.event.wait())
             except asyncio.TimeoutError:
@@ -407,15 +439,22 @@ class AsyncClient(BaseClient):
                     w.set(QueueFull(0x97, "dropped for a newer message"))
                 return
         deadline = clock() + t
+        ev = asyncio.Event()
         while s.inflight >= self.max_queued:
             left = deadline - clock()
             if left <= 0:
                 raise MQTTTimeout(0x80, "timed out waiting for room in the queue")
-            self._room = ev = asyncio.Event()  # set by the next ack
+            ev.clear()
+            self._room.append(ev)  # an ack wakes the first in line (and removes it)
             try:
                 await _within(left, ev.wait())
             except asyncio.TimeoutError:
-                pass
+                pass  # the loop raises MQTTTimeout
+            finally:
+                if not ev.is_set():  # timed out or cancelled: leave the line
+                    self._room.remove(ev)
+            if self._closing or not self.reconnect and not self.is_connected:
+                raise self._error or ConnectionLost(0x80, "not connected")
 
     async def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
         """Subscribe and wait for the SUBACK; returns its reason codes (the
@@ -469,9 +508,8 @@ class AsyncClient(BaseClient):
         w = self._waiters.get(pid)
         if w is not None:
             w.set(packet)
-        room = self._room
-        if room is not None:
-            room.set()
+        if self._room:
+            self._room.pop(0).set()
 
     def _put(self, queue, msg):
         queue.append(msg)
