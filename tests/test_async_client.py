@@ -254,3 +254,18 @@ def test_drop_oldest_fails_the_dropped_publish(
         await c.disconnect()
 
     run(main())
+
+
+def test_many_concurrent_publishers_share_a_small_queue(mosquitto: Mosquitto, version: int) -> None:
+    # 300 publish() calls at once through a queue of 5: each waits its turn for
+    # room (an ack frees one slot and wakes one waiter) and none times out.
+    async def main() -> None:
+        async with aclient(mosquitto, version, max_queued=5, timeout=WAIT) as c:
+            await c.subscribe("many", qos=1)
+            stream = c.messages()
+            acks = await asyncio.gather(*(c.publish("many", b"%d" % i, qos=1) for i in range(300)))
+            assert all(a.reason_code < 0x80 for a in acks)
+            got = {(await stream.__anext__()).payload for _ in range(300)}
+            assert got == {b"%d" % i for i in range(300)}
+
+    run(main())
