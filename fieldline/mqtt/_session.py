@@ -38,7 +38,6 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import (
     Disconnect,
     PingReq,
-    PingResp,
     PubAck,
     PubComp,
     Publish,
@@ -103,7 +102,6 @@ _E_SERVER_MAX_QOS = const(64)
 _E_NO_RETAIN = const(65)
 _E_QOS0_NEEDS_CONNECTION = const(66)
 _E_OVER_PEER_MAX = const(67)
-_E_EXPIRY_NOT_ALLOWED = const(68)
 _E_PRESENT_WITH_CLEAN = const(69)
 _E_OVER_MAX_QOS = const(71)
 _E_OVER_RECEIVE_MAX = const(72)
@@ -112,7 +110,6 @@ _E_ACK_QOS_MISMATCH = const(74)
 _E_ACK_NOT_SENT = const(75)
 _E_SUBACK_UNKNOWN_ID = const(76)
 _E_REASON_CODE_COUNT = const(77)
-_E_EXPIRY_WAS_0 = const(78)
 _E_IDS_EXHAUSTED = const(79)
 _E_UNEXPECTED_TYPE = const(102)
 _E_NOT_IN_STATE = const(103)
@@ -120,35 +117,33 @@ _E_NOT_IN_STATE = const(103)
 # Session Expiry Interval meaning "never" (3.1.2.11.2).
 NEVER = 0xFFFFFFFF
 
-# The transition table, indexed by packet type: (states in which a CLIENT may
-# receive it, states in which a SERVER may, handler). A packet outside its
-# states is a Protocol Error: a first packet other than CONNECT
-# (MQTT-3.1.0-1), a second CONNECT (MQTT-3.1.0-2), anything but CONNACK or
-# AUTH before CONNACK (MQTT-3.2.0-1 and 4.12), a packet meant for the other
-# role.
-_RX = (
-    (0, 0, None),  # type 0 is reserved (the codec refuses it)
-    (0, _I, "_rx_connect"),  # CONNECT
-    (_C, 0, "_rx_connack"),  # CONNACK
-    (_K, _K, "_rx_publish"),  # PUBLISH
-    (_K, _K, "_rx_ack"),  # PUBACK
-    (_K, _K, "_rx_ack"),  # PUBREC
-    (_K, _K, "_rx_pubrel"),  # PUBREL
-    (_K, _K, "_rx_ack"),  # PUBCOMP
-    (0, _K, "_rx_sub"),  # SUBSCRIBE
-    (_K, 0, "_rx_suback"),  # SUBACK
-    (0, _K, "_rx_sub"),  # UNSUBSCRIBE
-    (_K, 0, "_rx_suback"),  # UNSUBACK
-    (0, _K, "_rx_pingreq"),  # PINGREQ
-    (_K, 0, None),  # PINGRESP: receive_data() already noted the peer is alive
-    (_K, _C | _K, "_rx_disconnect"),  # DISCONNECT
-    (_C | _K, _C | _K, "_rx_auth"),  # AUTH
+# The transition table: three entries per packet type, at 3 * type: the
+# states in which a CLIENT may receive it, the states in which a SERVER may,
+# and the handler (flat: a tuple per row would cost 0.4 KiB of RAM on a
+# board). A packet outside its states is a Protocol Error: a first packet
+# other than CONNECT (MQTT-3.1.0-1), a second CONNECT (MQTT-3.1.0-2),
+# anything but CONNACK or AUTH before CONNACK (MQTT-3.2.0-1 and 4.12), a
+# packet meant for the other role.
+# fmt: off
+_RX = (  # type: tuple
+    0, 0, None,  # type 0 is reserved (the codec refuses it)
+    0, _I, "_rx_server",  # CONNECT
+    _C, 0, "_rx_connack",  # CONNACK
+    _K, _K, "_rx_publish",  # PUBLISH
+    _K, _K, "_rx_ack",  # PUBACK
+    _K, _K, "_rx_ack",  # PUBREC
+    _K, _K, "_rx_pubrel",  # PUBREL
+    _K, _K, "_rx_ack",  # PUBCOMP
+    0, _K, "_rx_server",  # SUBSCRIBE
+    _K, 0, "_rx_suback",  # SUBACK
+    0, _K, "_rx_server",  # UNSUBSCRIBE
+    _K, 0, "_rx_suback",  # UNSUBACK
+    0, _K, "_rx_server",  # PINGREQ
+    _K, 0, None,  # PINGRESP: receive_data() already noted the peer is alive
+    _K, _C | _K, "_rx_disconnect",  # DISCONNECT
+    _C | _K, _C | _K, "_rx_auth",  # AUTH
 )
-
-
-def _get(p, name, default=None):
-    d = p.properties
-    return d.get(name, default) if d else default
+# fmt: on
 
 
 def _local(code, why):
@@ -270,13 +265,11 @@ class Session:
                     if self._eof:
                         self.connection_lost()
                     return None
-                row = _RX[p.type]
-                if not row[self.role] & (1 << st):
+                t = 3 * p.type
+                if not _RX[t + self.role] & (1 << st):
                     raise _remote((_E_UNEXPECTED_TYPE, p.type))
-                if row[2]:
-                    p = getattr(self, row[2])(p)
-                else:
-                    p = None
+                h = _RX[t + 2]
+                p = getattr(self, h)(p) if h else None
             except RemoteProtocolError as e:
                 self._fail(e.reason_code)
                 raise
@@ -488,14 +481,13 @@ class Session:
         may change the Session Expiry Interval here, but not from 0
         (MQTT-3.14.2-2). Returns None. Raises LocalProtocolError."""
         self._need(None, _C | _K)
-        e = properties.get("session_expiry_interval") if properties else None
-        if e is not None and (self.role == _SERVER or e and not self._connect_expiry):
-            raise _local(_PROTOCOL_ERROR, _E_EXPIRY_NOT_ALLOWED)
-        if self.role == _CLIENT or self.version == _MQTT5:
-            self._send(Disconnect(reason_code, properties))
-        if e is not None:
-            self.session_expiry_interval = e
+        if properties or self.role == _SERVER:
+            from ._session5 import disconnect
+
+            return disconnect(self, reason_code, properties)
+        self._send(Disconnect(reason_code))
         self.state = _CLOSED
+        return None
 
     def auth(self, data=None, reason_code=None, properties=None):
         """5.0 enhanced authentication: send AUTH with ``authentication_data``
@@ -528,10 +520,11 @@ class Session:
 
     # -- receive handlers (named in _RX) --------------------------------------
 
-    def _rx_connect(self, p):
-        from ._session_server import rx_connect
+    def _rx_server(self, p):
+        # CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ: only a server receives them.
+        from ._session_server import rx
 
-        return rx_connect(self, p)
+        return rx(self, p)
 
     def _rx_connack(self, p):
         if p.reason_code:
@@ -615,11 +608,6 @@ class Session:
         self._send(PubComp(pid, rc))  # MQTT-4.3.3-11
         return None
 
-    def _rx_sub(self, p):
-        n = len(p.subscriptions) if p.type == _SUBSCRIBE else len(p.topic_filters)
-        self._pending[p.packet_id] = (p.type, n)
-        return p
-
     def _rx_suback(self, p):
         e = self._pending.pop(p.packet_id, None)
         if e is None or e[0] + 1 != p.type:
@@ -628,18 +616,11 @@ class Session:
             raise _remote(_E_REASON_CODE_COUNT)  # MQTT-3.9.3-1, MQTT-3.11.3-1
         return p
 
-    def _rx_pingreq(self, p):
-        self._send(PingResp())  # MQTT-3.12.4-1
-        return None
-
     def _rx_disconnect(self, p):
         if self.role == _SERVER:
-            e = _get(p, "session_expiry_interval")
-            if e is not None:
-                if e and not self._connect_expiry:
-                    raise _remote(_E_EXPIRY_WAS_0)  # MQTT-3.14.2-2
-                self.session_expiry_interval = e
-        self._hold = False
+            from ._session_server import rx_disconnect
+
+            rx_disconnect(self, p)
         self.state = _CLOSED
         return p
 

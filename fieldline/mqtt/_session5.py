@@ -1,12 +1,13 @@
 """MQTT 5.0-only parts of the session: the limits both ends announce in
-CONNECT and CONNACK, topic aliases and the AUTH exchange.
+CONNECT and CONNACK, topic aliases, the AUTH exchange, and a DISCONNECT with
+properties (or from a server, which loads this module anyway).
 
 Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
 Each function takes the Session ``s`` and reads or updates its state.
 """
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._packets import Auth
+from ._packets import Auth, Disconnect
 
 try:
     from micropython import const
@@ -15,8 +16,10 @@ except ImportError:  # CPython
 
 # Same values as in _session and _const (imported names would cost RAM).
 _CLIENT = const(0)
+_SERVER = const(1)
 _CONNECTING = const(1)
 _CONNECTED = const(2)
+_CLOSED = const(3)
 _MQTT5 = const(5)
 _SUCCESS = const(0)
 _CONTINUE_AUTHENTICATION = const(0x18)
@@ -27,6 +30,7 @@ _MAX_PACKET_SIZE = const(268435460)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
+_E_EXPIRY_NOT_ALLOWED = const(68)
 _E_CONNACK_AUTH_METHOD = const(70)
 _E_AUTH_METHOD = const(80)
 _E_AUTH_NOT_NOW = const(81)
@@ -189,3 +193,15 @@ def tx_auth(s, data, rc, properties):
     s._send(Auth(rc, d))
     s._reauth = rc == _RE_AUTHENTICATE or rc == _CONTINUE_AUTHENTICATION and s._reauth
     s._hold = False
+
+
+def disconnect(s, reason_code, properties):
+    """Session.disconnect() with properties, or on a server; see there."""
+    e = properties.get("session_expiry_interval") if properties else None
+    if e is not None and (s.role == _SERVER or e and not s._connect_expiry):
+        raise LocalProtocolError(_PROTOCOL_ERROR, _E_EXPIRY_NOT_ALLOWED)  # MQTT-3.14.2-2
+    if s.role == _CLIENT or s.version == _MQTT5:
+        s._send(Disconnect(reason_code, properties))
+    if e is not None:
+        s.session_expiry_interval = e
+    s.state = _CLOSED

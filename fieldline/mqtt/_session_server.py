@@ -6,8 +6,8 @@ Each function takes the Session ``s``; the public docstrings are on the
 """
 
 from ._codec import encode
-from ._packets import ConnAck, SubAck, UnsubAck
-from ._session import NEVER, _get, _local, _remote
+from ._packets import ConnAck, PingResp, SubAck, UnsubAck
+from ._session import NEVER, _local, _remote
 from ._session5 import our_limits, peer_limits
 from ._session_fail import V3_CODES
 
@@ -23,8 +23,10 @@ _CONNECTING = const(1)
 _CLOSED = const(3)
 _C = const(2)  # state masks (1 << state)
 _K = const(4)
+_CONNECT = const(1)
 _SUBSCRIBE = const(8)
 _UNSUBSCRIBE = const(10)
+_PINGREQ = const(12)
 _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
@@ -32,8 +34,14 @@ _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_EMPTY_ID_NEEDS_CLEAN = const(63)
+_E_EXPIRY_WAS_0 = const(78)
 _E_EMPTY_ID_PASS_ASSIGNED = const(82)
 _E_NO_SUCH_REQUEST = const(83)
+
+
+def _get(p, name, default=None):
+    d = p.properties
+    return d.get(name, default) if d else default
 
 
 def accept(s, properties=None, assigned_client_id=None, resume=None):
@@ -94,6 +102,31 @@ def unsuback(s, packet_id, reason_codes=None, properties=None):
     if reason_codes is None and s.version == _MQTT5:
         reason_codes = [0] * s._pending.get(packet_id, (0, 0))[1]
     answer(s, UnsubAck(packet_id, reason_codes, properties), _UNSUBSCRIBE)
+
+
+def rx(s, p):
+    """Handle a CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ ``p`` (a server
+    receives them, _RX says when); returns the event or None."""
+    t = p.type
+    if t == _CONNECT:
+        return rx_connect(s, p)
+    if t == _PINGREQ:
+        s._send(PingResp())  # MQTT-3.12.4-1
+        return None
+    n = len(p.subscriptions) if t == _SUBSCRIBE else len(p.topic_filters)
+    s._pending[p.packet_id] = (t, n)
+    return p
+
+
+def rx_disconnect(s, p):
+    """A client's DISCONNECT ``p``: it may change the Session Expiry Interval,
+    but not from 0 (MQTT-3.14.2-2)."""
+    e = _get(p, "session_expiry_interval")
+    if e is not None:
+        if e and not s._connect_expiry:
+            raise _remote(_E_EXPIRY_WAS_0)
+        s.session_expiry_interval = e
+    s._hold = False
 
 
 def rx_connect(s, p):
