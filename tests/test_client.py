@@ -593,3 +593,25 @@ def test_oversized_incoming_packet(mosquitto: Mosquitto, version: int, peer: Pah
         else:
             assert c.recv().payload == b"small"  # big/1 was dropped by the broker
             assert lost == []
+
+
+def test_loop_start_survives_a_burst_of_publishes(mosquitto: Mosquitto, version: int) -> None:
+    # Thousands of publishes from the user thread while the I/O thread runs: the
+    # wake-up socket once filled up and blocked the publisher holding the lock.
+    c = client(mosquitto, version, max_queued=500)
+    c.connect()
+    c.loop_start()
+    done = threading.Event()
+
+    def burst() -> None:
+        for i in range(20000):
+            c.publish("burst", b"%d" % i, qos=i % 2, timeout=0)
+        done.set()
+
+    t = threading.Thread(target=burst, daemon=True)
+    t.start()
+    try:
+        assert done.wait(WAIT * 3), "publisher stuck"
+        c.publish("burst", b"last", qos=1)  # waits for its PUBACK, so the rest went out
+    finally:
+        c.disconnect()

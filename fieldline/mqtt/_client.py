@@ -88,6 +88,7 @@ class Client(BaseClient):
         self._cond = None  # threading.Condition once loop_start() runs
         self._io_thread = None
         self._wake = None  # socketpair: user threads wake the I/O thread
+        self._wake_sent = False
         self._calls = None  # callbacks waiting for the callback thread
 
     # -- connection -------------------------------------------------------------
@@ -251,6 +252,15 @@ class Client(BaseClient):
         if s.state < _CONNECTING:  # EOF
             self._lost(ConnectionLost(0x80, "the broker closed the connection"))
 
+    def _woken(self):
+        # The I/O thread drains its wake-up socket; the next kick sends again.
+        self._wake_sent = False
+        try:
+            while self._wake[0].recv(4096):
+                pass
+        except OSError:  # drained (non-blocking)
+            pass
+
     def _readable(self, sock, timeout):
         pending = getattr(sock, "pending", None)  # CPython TLS: bytes already decrypted
         if pending is not None and pending():
@@ -267,7 +277,7 @@ class Client(BaseClient):
         ok = False
         for entry in ready:
             if self._wake is not None and entry[0] in (self._wake[0], self._wake[0].fileno()):
-                self._wake[0].recv(512)
+                self._woken()
             else:
                 ok = True
         return ok and self._sock is sock
@@ -480,7 +490,12 @@ class Client(BaseClient):
     def _kick(self):
         # Get queued bytes written: by the I/O thread, or now.
         if self._io_thread is not None and not self._on_io_thread():
-            self._wake[1].send(b"\x00")
+            if not self._wake_sent:  # one wake-up per round of the I/O thread
+                self._wake_sent = True
+                try:
+                    self._wake[1].send(b"\x00")
+                except OSError:  # full: the I/O thread is waking up anyway
+                    pass
         else:
             try:
                 self._flush()

@@ -26,6 +26,8 @@ def start(c):
     c._cond = threading.Condition(c._lock)
     c._wake = socket.socketpair()
     c._wake[0].setblocking(False)
+    c._wake[1].setblocking(False)  # never block a publisher holding the lock
+    c._wake_sent = False
     if c._poller is not None:
         c._poller.register(c._wake[0], select.POLLIN)
     c._calls = queue.SimpleQueue()
@@ -39,7 +41,10 @@ def start(c):
 def stop(c):
     stopping = c._closing
     c._closing = True
-    c._wake[1].send(b"\x00")
+    try:
+        c._wake[1].send(b"\x00")
+    except OSError:  # full: the I/O thread is waking up anyway
+        pass
     if not c._on_io_thread():
         c._io_thread.join()
     c._calls.put(None)
