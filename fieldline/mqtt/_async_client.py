@@ -11,7 +11,7 @@ and ``messages()`` returns a plain async iterator.
 
 import asyncio
 
-from ._client import _tls_context, clock
+from ._client import clock
 from ._client_base import (
     DROP_OLDEST,
     RAISE,
@@ -210,13 +210,15 @@ class AsyncClient(BaseClient):
             self._call(self.on_connect, ack)
 
     async def _dial(self):
+        if self.tls:
+            from ._tls import tls_context
         if self.transport == "websockets":  # CPython only: loads wsproto
             from ._websocket import open_websocket
 
             return await open_websocket(
                 self.host,
                 self.port,
-                ssl=_tls_context(self) if self.tls else None,
+                ssl=tls_context(self) if self.tls else None,
                 server_hostname=self.server_hostname or self.host,
                 path=self.ws_path,
                 headers=self.ws_headers,
@@ -225,7 +227,7 @@ class AsyncClient(BaseClient):
             return await asyncio.open_connection(
                 self.host,
                 self.port,
-                ssl=_tls_context(self),
+                ssl=tls_context(self),
                 server_hostname=self.server_hostname or self.host,
             )
         return await asyncio.open_connection(self.host, self.port)
