@@ -170,6 +170,10 @@ class Session:
     ``session_expiry_interval``.
     """
 
+    # Set by _session5 when a 5.0 connection is up, and read only then (an
+    # annotation alone costs no RAM on the board).
+    _rx_alias: "dict | None"
+
     def __init__(
         self,
         role=_CLIENT,
@@ -191,17 +195,13 @@ class Session:
         self.client_id = ""
         self.keep_alive = 0
         self.session_expiry_interval = 0
-        self._connect_expiry = 0
         self._msgs = {}
         self._order = []
         self._rx2 = set()
         self._next_id = 0
         self._now = 0
         self._lost_at = None
-        self._known = False  # a connection was accepted on this session
-        self._had = False  # server: session state existed when CONNECT came
         self._clean = True
-        self._auth_method = None
         self._reset()
 
     def _reset(self):
@@ -213,14 +213,12 @@ class Session:
         self._hold = False  # server: an event awaits accept()/reject()/auth()
         self._reauth = False
         self._pending = {}  # SUBSCRIBE/UNSUBSCRIBE id -> (type, count)
-        self._rx_alias = None
         self._tx_alias = None
         self._nsent = 0
         self._ping_at = None
         self._last_rx = self._last_tx = self._now
         self._peer_rmax = 65535
         self._peer_max = _MAX_PACKET_SIZE
-        self._peer_alias_max = 0
         self._peer_qos = 2
         self._peer_retain = 1
 
@@ -352,13 +350,10 @@ class Session:
         invalid."""
         self._need(_CLIENT, _I)
         v = packet.protocol_level
-        props = dict(packet.properties) if packet.properties else {}
         if v == _MQTT5:
-            from ._session5 import our_limits
+            from ._session5 import connect
 
-            our_limits(self, props)
-            packet.properties = props
-            e = props.get("session_expiry_interval", 0)
+            e = connect(self, packet)
         else:
             e = 0 if packet.clean_start else NEVER
             if not packet.client_id and not packet.clean_start:
@@ -369,8 +364,7 @@ class Session:
         self._reset()
         self.client_id = packet.client_id
         self.keep_alive = packet.keep_alive
-        self._auth_method = props.get("authentication_method")
-        self._connect_expiry = self.session_expiry_interval = e
+        self.session_expiry_interval = e
         self._clean = packet.clean_start
         if self._clean:
             self._discard()
@@ -508,15 +502,9 @@ class Session:
         """Forget the oldest QoS 1/2 message that has not gone out on the wire
         (for a bounded queue that drops the oldest). Returns its packet id, or
         None when every waiting message was already sent: those must complete."""
-        i = self._nsent
-        while i < len(self._order):
-            pid = self._order[i]
-            if self._msgs[pid].type == _PUBLISH and not self._msgs[pid].dup:
-                del self._order[i]
-                del self._msgs[pid]
-                return pid
-            i += 1
-        return None
+        from ._session_resume import drop_oldest
+
+        return drop_oldest(self)
 
     # -- receive handlers (named in _RX) --------------------------------------
 
@@ -686,37 +674,23 @@ class Session:
     def _connected(self, present):
         # CONNACK sent or received with success.
         self.state = _CONNECTED
-        self._hold = False
-        self._known = True
         if not present:
             self._discard()  # MQTT-3.2.2-5 (client), MQTT-3.1.2-4 (server)
-        if self.version == _MQTT5 and self.topic_alias_maximum:
-            self._rx_alias = {}
-        if self.auto_alias and self._peer_alias_max and self.version == _MQTT5:
-            self._tx_alias = {}
+        if self.version == _MQTT5:
+            from ._session5 import aliases
+
+            aliases(self)
         self._nsent = 0
         # MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP set) and PUBREL, in order.
         self._pump()
 
     def _discard(self):
-        # Drop the session state. A client does not drop its application
-        # messages, though: those not yet acknowledged go out again as new
-        # messages (DUP 0) in the new session, so a broker that lost the
-        # session costs at most a duplicate, never a loss. A QoS 2 message the
-        # broker already took (PUBREC came) is complete: reported as PubComp.
-        keep = []
-        client = self.role == _CLIENT
-        for pid in self._order:
-            m = self._msgs[pid]
-            if client and m.type == _PUBLISH:
-                m.dup = False
-                keep.append(pid)
-            else:
-                del self._msgs[pid]
-                if client:
-                    self._events.append(PubComp(pid))
-        self._order = keep
-        self._rx2 = set()
+        # Drop the session state (MQTT-3.1.2-4): nothing to do, the usual
+        # case, unless messages are stored.
+        if self._order or self._rx2:
+            from ._session_resume import discard
+
+            discard(self)
 
     def _new_id(self):
         # MQTT-2.2.1-3: a non-zero id not in use by another message or request.

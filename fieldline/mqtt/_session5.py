@@ -3,7 +3,10 @@ CONNECT and CONNACK, topic aliases, the AUTH exchange, and a DISCONNECT with
 properties (or from a server, which loads this module anyway).
 
 Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
-Each function takes the Session ``s`` and reads or updates its state.
+Each function takes the Session ``s`` and reads or updates its state. The
+attributes only 5.0 uses are set here, at the start of each 5.0 connection
+(``_auth_method``, ``_connect_expiry``, ``_peer_alias_max``, ``_rx_alias``),
+so a 3.1.1 session does not carry them.
 """
 
 from ._errors import LocalProtocolError, RemoteProtocolError
@@ -53,6 +56,26 @@ def our_limits(s, props):
         props["maximum_packet_size"] = s.max_packet_size
     if s.topic_alias_maximum:
         props["topic_alias_maximum"] = s.topic_alias_maximum
+
+
+def connect(s, packet):
+    """The 5.0 part of Session.connect(): add our limits to the Connect
+    ``packet``'s properties; returns its Session Expiry Interval. The
+    attributes set here are read only once connected (if encoding the
+    packet fails next, the session stays IDLE and they are set again)."""
+    props = dict(packet.properties) if packet.properties else {}
+    our_limits(s, props)
+    packet.properties = props
+    s._auth_method = props.get("authentication_method")
+    e = s._connect_expiry = props.get("session_expiry_interval", 0)
+    return e
+
+
+def aliases(s):
+    """Start the topic alias maps of a new connection (they never carry over)."""
+    s._rx_alias = {} if s.topic_alias_maximum else None
+    if s.auto_alias and s._peer_alias_max:
+        s._tx_alias = {}
 
 
 def peer_limits(s, p):
@@ -180,7 +203,7 @@ def rx_auth(s, p):
 
 def tx_auth(s, data, rc, properties):
     """Send AUTH for Session.auth(); see there."""
-    m = s._auth_method
+    m = getattr(s, "_auth_method", None)  # unset: no 5.0 CONNECT yet
     if rc is None:
         ok = s.role == _CLIENT and s.state == _CONNECTED and not s._reauth
         rc = _RE_AUTHENTICATE if ok else _CONTINUE_AUTHENTICATION
@@ -198,7 +221,10 @@ def tx_auth(s, data, rc, properties):
 def disconnect(s, reason_code, properties):
     """Session.disconnect() with properties, or on a server; see there."""
     e = properties.get("session_expiry_interval") if properties else None
-    if e is not None and (s.role == _SERVER or e and not s._connect_expiry):
+    # A 3.1.1 CONNECT (properties are refused there anyway) has expiry 0
+    # with clean session 1, "never" with 0.
+    ce = s._connect_expiry if s.version == _MQTT5 or s.role == _SERVER else not s._clean
+    if e is not None and (s.role == _SERVER or e and not ce):
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_EXPIRY_NOT_ALLOWED)  # MQTT-3.14.2-2
     if s.role == _CLIENT or s.version == _MQTT5:
         s._send(Disconnect(reason_code, properties))

@@ -59,7 +59,7 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
             props["assigned_client_identifier"] = cid  # MQTT-3.2.2-16
     had = s._had
     if resume is not None and resume is not s:
-        had = not resume.expired(s._now) and resume._known
+        had = not resume.expired(s._now) and getattr(resume, "_known", False)
     present = had and not s._clean
     if v5:
         our_limits(s, props)
@@ -80,6 +80,8 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
     if ka is not None:
         s.keep_alive = ka  # MQTT-3.2.2-21
     s._put(data)
+    s._hold = False
+    s._known = True  # a connection was accepted on this session
     s._connected(present)
     return present
 
@@ -131,7 +133,9 @@ def rx_disconnect(s, p):
 
 def rx_connect(s, p):
     v = s.version = p.protocol_level
-    s._had = s._known and not s.expired(s._now)
+    # Session state existed when the CONNECT came (_known: unset until a
+    # connection is accepted).
+    s._had = getattr(s, "_known", False) and not s.expired(s._now)
     s.state = _CONNECTING
     s._hold = True
     s.client_id = p.client_id
