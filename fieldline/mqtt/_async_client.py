@@ -147,15 +147,16 @@ class AsyncClient(BaseClient):
         self._task = asyncio.create_task(self._run())
         return self.connack
 
-    async def disconnect(self, reason_code=0, properties=None):
+    async def disconnect(self, reason_code=0, properties=None, timeout=None):
         """Send DISCONNECT and close; unacknowledged QoS 1/2 messages stay in
-        the session for the next connect(). Open ``messages()`` iterators end."""
+        the session for the next connect(). Open ``messages()`` iterators end.
+        A stalled network cannot hold it beyond ``timeout``."""
         self._closing = True
         if self._w is not None:
             try:
                 self.session.disconnect(reason_code, properties)
-                await self._flush()
-            except (OSError, MQTTError):
+                await _within(self._t(timeout), self._flush())
+            except (OSError, MQTTError, asyncio.TimeoutError):
                 pass
         await self._close(None)
         t = self._task
@@ -239,8 +240,8 @@ class AsyncClient(BaseClient):
         if w is not None:
             try:
                 w.close()
-                await w.wait_closed()
-            except (OSError, AttributeError):
+                await _within(self.timeout, w.wait_closed())  # TLS waits for the peer
+            except (OSError, AttributeError, asyncio.TimeoutError):
                 pass
         was_up = self._was_up
         self._was_up = False
