@@ -79,7 +79,6 @@ _SUBSCRIBE = const(8)
 _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
-_KEEP_ALIVE_TIMEOUT = const(0x8D)
 _PACKET_IDENTIFIER_NOT_FOUND = const(0x92)
 _RECEIVE_MAXIMUM_EXCEEDED = const(0x93)
 _PACKET_TOO_LARGE = const(0x95)
@@ -96,7 +95,6 @@ _K = const(4)
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_RECEIVE_BEFORE_CONNECT = const(61)
-_E_KEEP_ALIVE_EXPIRED = const(62)
 _E_EMPTY_ID_NEEDS_CLEAN = const(63)
 _E_SERVER_MAX_QOS = const(64)
 _E_NO_RETAIN = const(65)
@@ -105,8 +103,6 @@ _E_OVER_PEER_MAX = const(67)
 _E_PRESENT_WITH_CLEAN = const(69)
 _E_OVER_MAX_QOS = const(71)
 _E_OVER_RECEIVE_MAX = const(72)
-_E_PUBACK_FOR_QOS2 = const(73)
-_E_ACK_QOS_MISMATCH = const(74)
 _E_ACK_NOT_SENT = const(75)
 _E_SUBACK_UNKNOWN_ID = const(76)
 _E_REASON_CODE_COUNT = const(77)
@@ -201,7 +197,6 @@ class Session:
         self._next_id = 0
         self._now = 0
         self._lost_at = None
-        self._clean = True
         self._reset()
 
     def _reset(self):
@@ -269,7 +264,10 @@ class Session:
                 h = _RX[t + 2]
                 p = getattr(self, h)(p) if h else None
             except RemoteProtocolError as e:
-                self._fail(e.reason_code)
+                # The peer broke the protocol (rare: loads on demand).
+                from ._session_fail import fail
+
+                fail(self, e.reason_code)
                 raise
             if p is not None:
                 return p
@@ -316,7 +314,7 @@ class Session:
         ):
             return None
         if self.role == _SERVER:
-            return self._last_rx + k * 1.5
+            return self._last_rx + k * 3 / 2
         if self._ping_at is not None:
             return self._ping_at + k / 2
         return min(self._last_tx, self._last_rx) + k
@@ -333,11 +331,11 @@ class Session:
         if d is None or now < d:
             return
         if self.role == _CLIENT and self._ping_at is None:
-            self._send(PingReq())
-            self._ping_at = now
+            self.ping()
             return
-        self._fail(_KEEP_ALIVE_TIMEOUT)
-        raise _remote(_E_KEEP_ALIVE_EXPIRED, _KEEP_ALIVE_TIMEOUT)
+        from ._session_fail import timeout
+
+        timeout(self)
 
     # -- client calls ---------------------------------------------------------
 
@@ -375,8 +373,9 @@ class Session:
         """Client: send SUBSCRIBE for a Subscription, a topic filter string
         (QoS 0) or a list of those. Returns the packet id; the SubAck event
         answers it. Raises LocalProtocolError if not connected or invalid."""
-        subs = subscriptions if isinstance(subscriptions, list) else [subscriptions]
-        subs = [Subscription(s) if isinstance(s, str) else s for s in subs]
+        subs = []  # a loop, not a comprehension: that would be one more function
+        for s in subscriptions if isinstance(subscriptions, list) else [subscriptions]:
+            subs.append(Subscription(s) if isinstance(s, str) else s)
         return self._request(Subscribe, subs, properties)
 
     def unsubscribe(self, topic_filters, properties=None):
@@ -558,22 +557,13 @@ class Session:
         t = p.type
         pid = p.packet_id
         m = self._msgs.get(pid)
-        if m is None:
-            if t == _PUBREC:
-                # Unknown id: release it anyway so the peer can free its state.
-                self._send(
-                    PubRel(pid, _PACKET_IDENTIFIER_NOT_FOUND if self.version == _MQTT5 else 0)
-                )
-            return None  # a late PUBACK/PUBCOMP: nothing to complete
-        if m.type == _PUBREL:
-            if t == _PUBREC:
-                self._send(m)  # our PUBREL was lost: send it again
-                return None
-            if t != _PUBCOMP:
-                raise _remote(_E_PUBACK_FOR_QOS2)
-        elif t == _PUBCOMP or m.qos != t - 3:  # PUBACK (4) for QoS 1, PUBREC (5) for QoS 2
-            raise _remote(_E_ACK_QOS_MISMATCH)
-        elif t == _PUBREC and p.reason_code < 0x80:
+        # Expected: PUBACK (4) for QoS 1, PUBREC (5) for QoS 2, PUBCOMP for
+        # our PUBREL. Anything else (late, repeated, wrong) is rare.
+        if m is None or t != (_PUBCOMP if m.type == _PUBREL else m.qos + 3):
+            from ._session_resume import odd_ack
+
+            return odd_ack(self, p, m)
+        if t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
             self._send(rel)
             return None
@@ -629,14 +619,12 @@ class Session:
 
     def _send(self, p):
         data = encode(p, self.version)
-        if len(data) > self._peer_max:
-            if p.properties and p.type != _PUBLISH:
-                from ._session5 import shrink
+        if len(data) > self._peer_max:  # only a 5.0 peer sets a maximum
+            from ._session5 import too_large
 
-                if shrink(p):
-                    return self._send(p)
-            raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
+            return too_large(self, p)
         self._put(data)
+        return None
 
     def _tx_publish(self, p):
         if self._tx_alias is not None and not p.dup:
@@ -708,9 +696,3 @@ class Session:
         self._send(cls(pid, items, properties))
         self._pending[pid] = (cls.type, len(items))
         return pid
-
-    def _fail(self, code):
-        # The peer broke the protocol (a rare path, so it loads on demand).
-        from ._session_fail import fail
-
-        fail(self, code)

@@ -29,10 +29,13 @@ _CONTINUE_AUTHENTICATION = const(0x18)
 _RE_AUTHENTICATE = const(0x19)
 _PROTOCOL_ERROR = const(0x82)
 _TOPIC_ALIAS_INVALID = const(0x94)
+_PUBLISH = const(3)
+_PACKET_TOO_LARGE = const(0x95)
 _MAX_PACKET_SIZE = const(268435460)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
+_E_OVER_PEER_MAX = const(67)
 _E_EXPIRY_NOT_ALLOWED = const(68)
 _E_CONNACK_AUTH_METHOD = const(70)
 _E_AUTH_METHOD = const(80)
@@ -104,17 +107,19 @@ def rx_connack(s, p):
         s.session_expiry_interval = e
 
 
-def shrink(p):
-    """Drop Reason String and User Property from a packet too large for the
-    peer, as the spec allows (3.2.2.3.6, 3.4.2.2.2...); False if it has none."""
+def too_large(s, p):
+    """Send packet ``p``, too large for the peer's Maximum Packet Size, without
+    its Reason String and User Property, as the spec allows (3.2.2.3.6,
+    3.4.2.2.2...). Raises LocalProtocolError(PACKET_TOO_LARGE) if it has
+    none of those or is a PUBLISH."""
     d = p.properties
-    if "reason_string" not in d and "user_property" not in d:
-        return False
+    if not d or p.type == _PUBLISH or "reason_string" not in d and "user_property" not in d:
+        raise LocalProtocolError(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
     d = dict(d)
     d.pop("reason_string", None)
     d.pop("user_property", None)
     p.properties = d
-    return True
+    s._send(p)
 
 
 def rx_alias(s, p):

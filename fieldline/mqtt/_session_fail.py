@@ -5,7 +5,7 @@ it out of RAM until a peer misbehaves.
 """
 
 from ._codec import encode
-from ._errors import MQTTError
+from ._errors import MQTTError, RemoteProtocolError
 from ._packets import ConnAck, Disconnect
 
 try:
@@ -21,6 +21,11 @@ _ERROR = const(4)
 _MQTT311 = const(4)
 _MQTT5 = const(5)
 _UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
+_KEEP_ALIVE_TIMEOUT = const(0x8D)
+
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_KEEP_ALIVE_EXPIRED = const(62)
 
 # 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
 V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
@@ -45,3 +50,10 @@ def fail(s, code):
             s._send(Disconnect(code))
     except MQTTError:
         pass
+
+
+def timeout(s):
+    """Keep Alive ran out (Session.tick()): fail with KEEP_ALIVE_TIMEOUT and
+    raise RemoteProtocolError."""
+    fail(s, _KEEP_ALIVE_TIMEOUT)
+    raise RemoteProtocolError(_KEEP_ALIVE_TIMEOUT, _E_KEEP_ALIVE_EXPIRED)

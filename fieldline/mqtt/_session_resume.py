@@ -1,12 +1,14 @@
-"""Session state that outlives a connection: dropping it, and a queue that
-drops its oldest message.
+"""Stored messages off the usual path: dropping the session state, a queue
+that drops its oldest message, and acks that do not match the message
+stored (late, repeated after a reconnection, or wrong).
 
 Imported by ``_session`` on first use: a client that connects with clean
-start and keeps no message waiting never loads it. Each function takes the
+start and gets the acks it expects never loads it. Each function takes the
 Session ``s``.
 """
 
-from ._packets import PubComp
+from ._errors import RemoteProtocolError
+from ._packets import PubComp, PubRel
 
 try:
     from micropython import const
@@ -16,6 +18,16 @@ except ImportError:  # CPython
 # Same values as in _session and _const (imported names would cost RAM).
 _CLIENT = const(0)
 _PUBLISH = const(3)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_MQTT5 = const(5)
+_PROTOCOL_ERROR = const(0x82)
+_PACKET_IDENTIFIER_NOT_FOUND = const(0x92)
+
+# Error details: numbers of the texts in _names.DETAILS, which loads only
+# when an error is printed (tests check each number against its name).
+_E_PUBACK_FOR_QOS2 = const(73)
+_E_ACK_QOS_MISMATCH = const(74)
 
 
 def discard(s):
@@ -54,3 +66,22 @@ def drop_oldest(s):
             return pid
         i += 1
     return None
+
+
+def odd_ack(s, p, m):
+    """Handle a PUBACK, PUBREC or PUBCOMP ``p`` that is not the answer
+    expected for the stored message ``m`` (None: no message has its id);
+    returns None or raises RemoteProtocolError."""
+    t = p.type
+    pid = p.packet_id
+    if m is None:
+        if t == _PUBREC:
+            # Unknown id: release it anyway so the peer can free its state.
+            s._send(PubRel(pid, _PACKET_IDENTIFIER_NOT_FOUND if s.version == _MQTT5 else 0))
+        return None  # a late PUBACK/PUBCOMP: nothing to complete
+    if m.type == _PUBREL:
+        if t == _PUBREC:
+            s._send(m)  # our PUBREL was lost: send it again
+            return None
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PUBACK_FOR_QOS2)
+    raise RemoteProtocolError(_PROTOCOL_ERROR, _E_ACK_QOS_MISMATCH)
