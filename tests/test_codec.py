@@ -629,6 +629,42 @@ def test_parser_returns_none_until_complete() -> None:
     assert parser.buffered() == 0
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+def test_parser_topic_shortcut_never_mixes_topics(v: int) -> None:
+    # The parser remembers the last PUBLISH topic as on the wire; a topic that
+    # starts the same, shares its length or follows a cut-short packet must
+    # still decode as itself.
+    topics = ["a/bc", "a/b", "a/bc", "a/bd", "/", "a/bc", "a/bc/d", "a/bc"]
+    sent = [Publish(t, t.encode(), 1, packet_id=i + 1) for i, t in enumerate(topics)]
+    parser = Parser(v)
+    for chunks in ([encode(p, v) for p in sent], [b"".join(encode(p, v) for p in sent)]):
+        assert _parse_all(parser, chunks) == sent
+    # A PUBLISH cut short inside its topic (6 bytes announced, "a/bc" present),
+    # then a whole one for "a/bcde": the first is malformed, the second intact.
+    parser.feed(b"\x32\x06\x00\x06a/bc")
+    with pytest.raises(RemoteProtocolError) as e:
+        parser.next_packet()
+    assert e.value.reason_code == 0x81  # Malformed Packet
+    good = Publish("a/bcde", b"x", 1, packet_id=7)
+    parser.feed(encode(good, v))
+    assert parser.next_packet() == good
+
+
+def test_packet_equality_and_repr_come_from_the_constructor_fields() -> None:
+    p = Publish("a/b", b"x", 1, packet_id=3)
+    assert p == Publish("a/b", b"x", 1, False, False, 3, {})  # {} and None: no properties
+    assert p != Publish("a/b", b"x", 1, packet_id=4)
+    assert p != PubAck(3)
+    assert repr(p) == (
+        "Publish(dup=False, packet_id=3, payload=b'x', qos=1, retain=False, topic='a/b')"
+    )
+    assert repr(PingReq()) == "PingReq()" and PingReq() == PingReq()
+    assert repr(UnsubAck(5)) == "UnsubAck(packet_id=5, reason_codes=[])"
+    # The decoded packet is the same kind of object as one built by hand.
+    d = decode(encode(p, MQTT311), MQTT311)
+    assert type(d) is Publish and d == p and repr(d) == repr(p)
+
+
 # -- byte vectors ----------------------------------------------------------------
 
 CONNECT_311 = "10 10 00 04 4d 51 54 54 04 02 00 3c 00 04 74 65 73 74"

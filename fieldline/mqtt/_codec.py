@@ -129,6 +129,7 @@ _DISCONNECT_CODES = (
 _AUTH_CODES = b"\x00\x18\x19"
 
 _props = None
+_new = object.__new__
 
 
 def _p():
@@ -263,6 +264,10 @@ def _packet_id(pid):
 
 
 def _frame_header(first, n):
+    if n < 16384:  # a 1- or 2-byte length: no loop
+        if n < 128:
+            return ((first << 8) | n).to_bytes(2, "big")
+        return ((first << 16) | ((n & 127) << 8) | 0x8000 | (n >> 7)).to_bytes(3, "big")
     if n > _MAX_REMAINING_LENGTH:
         raise LocalProtocolError(_PACKET_TOO_LARGE, _E_OVER_256MB)
     return bytes((first,)) + encode_varint(n)
@@ -320,51 +325,6 @@ def _e_connect(p, v):
 # and over. Cleared when full, so it never holds more than _TOPIC_CACHE_SIZE.
 _topics = {}  # type: dict[str, bytes]
 _TOPIC_CACHE_SIZE = 16
-
-
-def _e_publish(p, v):
-    qos = p.qos
-    props = p.properties
-    topic = p.topic
-    tb = _topics.get(topic)
-    if tb is None:
-        tb = _encode_topic(topic, v == _MQTT5 and props and "topic_alias" in props)
-        if topic:
-            if len(_topics) >= _TOPIC_CACHE_SIZE:
-                _topics.clear()
-            _topics[topic] = tb
-    payload = p.payload
-    if type(payload) is not bytes:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        elif not isinstance(payload, (bytearray, memoryview)):
-            raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_PAYLOAD)
-    if v == _MQTT5:
-        pb = _p().encode_properties(props, _PUBLISH) if props else b"\x00"
-    elif props:
-        raise LocalProtocolError(_PROTOCOL_ERROR, _E_PROPS_NEED_V5)
-    else:
-        pb = b""
-    first = 0x30 | (1 if p.retain else 0)
-    if qos:
-        if qos != 1 and qos != 2:
-            _check_qos(qos)
-        pid = p.packet_id
-        if type(pid) is not int or not 0 < pid < 65536:
-            _packet_id(pid)
-        n = len(tb) + len(pb) + len(payload) + 2
-        first |= (qos << 1) | (8 if p.dup else 0)
-        if n < 128:
-            return b"".join((bytes((first, n)), tb, bytes((pid >> 8, pid & 255)), pb, payload))
-        return b"".join((_frame_header(first, n), tb, bytes((pid >> 8, pid & 255)), pb, payload))
-    if type(qos) is not int:
-        _check_qos(qos)
-    if p.dup:
-        raise LocalProtocolError(_PROTOCOL_ERROR, _E_DUP_ON_QOS0)  # MQTT-3.3.1-2
-    n = len(tb) + len(pb) + len(payload)
-    if n < 128:
-        return b"".join((bytes((first, n)), tb, pb, payload))
-    return b"".join((_frame_header(first, n), tb, pb, payload))
 
 
 def _e_ack(p, v):
@@ -453,7 +413,7 @@ _ENCODERS = (
     None,
     _e_connect,
     _e_server,
-    _e_publish,
+    None,  # PUBLISH: encoded in encode(), the hot path
     _e_ack,
     _e_ack,
     _e_ack,
@@ -473,7 +433,58 @@ def encode(packet, version=_MQTT5):
     """Return the bytes of ``packet`` for protocol ``version`` (4 = 3.1.1, 5 = 5.0).
     Raises LocalProtocolError if the packet breaks the spec."""
     try:
-        return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
+        if type(packet) is not Publish and packet.type != _PUBLISH:
+            return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
+        # PUBLISH, the hot path: encoded here rather than through _ENCODERS to
+        # save a call. Checks come in the order the spec's sections give them.
+        topic = packet.topic
+        props = packet.properties
+        tb = _topics.get(topic)
+        if tb is None:
+            tb = _encode_topic(topic, version == _MQTT5 and props and "topic_alias" in props)
+            if topic:
+                if len(_topics) >= _TOPIC_CACHE_SIZE:
+                    _topics.clear()
+                _topics[topic] = tb
+        payload = packet.payload
+        if type(payload) is not bytes:
+            if isinstance(payload, str):
+                payload = payload.encode()
+            elif not isinstance(payload, (bytearray, memoryview)):
+                raise LocalProtocolError(_PROTOCOL_ERROR, _E_BAD_PAYLOAD)
+        n = len(tb) + len(payload)
+        if props:
+            if version != _MQTT5:
+                raise LocalProtocolError(_PROTOCOL_ERROR, _E_PROPS_NEED_V5)
+            pb = _p().encode_properties(props, _PUBLISH)
+            n += len(pb)
+        elif version == _MQTT5:
+            pb = b"\x00"
+            n += 1
+        else:
+            pb = b""
+        qos = packet.qos
+        first = 0x31 if packet.retain else 0x30
+        if qos:
+            if qos != 1 and qos != 2:
+                _check_qos(qos)
+            pid = packet.packet_id
+            if type(pid) is not int or not 0 < pid < 65536:
+                _packet_id(pid)
+            n += 2
+            first |= (qos << 1) | (8 if packet.dup else 0)
+            # int.to_bytes makes the fixed header and the packet id without a
+            # tuple each (cheaper than bytes((a, b)) on both ports).
+            if n < 128:
+                h = ((first << 8) | n).to_bytes(2, "big")
+            else:
+                h = _frame_header(first, n)
+            return b"".join((h, tb, pid.to_bytes(2, "big"), pb, payload))
+        if type(qos) is not int:
+            _check_qos(qos)
+        if packet.dup:
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_DUP_ON_QOS0)  # MQTT-3.3.1-2
+        return b"".join((_frame_header(first, n), tb, pb, payload))
     except (TypeError, ValueError, OverflowError) as e:
         raise LocalProtocolError(_PROTOCOL_ERROR, (_E_CANNOT_ENCODE, packet, e)) from None
 
@@ -509,42 +520,21 @@ def _d_connack(t, flags, data, pos, v):
     return ConnAck(f == 1, rc, props)
 
 
-def _d_publish(t, flags, data, pos, v):
-    # The hot path: read_string and _pid are inlined here.
-    qos = (flags >> 1) & 3
-    if qos == 3:
-        raise _malformed(_E_PUBLISH_QOS_3)  # MQTT-3.3.1-4
-    e = pos + 2 + ((data[pos] << 8) | data[pos + 1])
-    raw = data[pos + 2 : e]
+def _d_topic(raw):
+    # A PUBLISH topic other than the last one: ``raw`` is its 2-byte length
+    # and its bytes (fewer if the packet is cut short; the caller finds that).
+    b = raw[2:]
     try:
-        if _CHECK_SURROGATES and _surrogate_at(raw):
+        if _CHECK_SURROGATES and _surrogate_at(b):
             raise UnicodeError
-        topic = raw.decode()
+        topic = b.decode()
     except UnicodeError:
         raise _malformed(_E_BAD_UTF8) from None
     if "+" in topic or "#" in topic or "\x00" in topic:
         if "\x00" in topic:
             raise _malformed(_E_NUL_IN_STRING)  # MQTT-1.5.4-2
         raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_WILDCARD_IN_PUBLISH)  # MQTT-3.3.2-2
-    pid = None
-    if qos:
-        pid = (data[e] << 8) | data[e + 1]
-        e += 2
-        if not pid:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PACKET_ID_0)  # MQTT-2.2.1-3
-    elif flags & 8:
-        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_DUP_SET_ON_QOS0)  # MQTT-3.3.1-2
-    props = None
-    if v == _MQTT5:
-        if data[e]:
-            props, e = _p().decode_properties(data, e, _PUBLISH)
-        else:
-            e += 1
-    if e > len(data):
-        raise _malformed(_E_PUBLISH_TOO_SHORT)
-    if not topic and (not props or "topic_alias" not in props):
-        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_EMPTY_TOPIC_NO_ALIAS)
-    return Publish(topic, data[e:], qos, flags & 1 != 0, flags & 8 != 0, pid, props)
+    return topic
 
 
 _ACKS = (PubAck, PubRec, PubRel, PubComp)
@@ -634,7 +624,7 @@ _DECODERS = (
     None,
     _d_server,
     _d_connack,
-    _d_publish,
+    None,  # PUBLISH: decoded in Parser.next_packet, the hot path
     _d_ack,
     _d_ack,
     _d_ack,
@@ -670,14 +660,22 @@ class Parser:
         # in a bytearray.
         self._buf = b""  # type: bytes | bytearray
         self._pos = 0
+        # The last PUBLISH topic, as on the wire (2-byte length first) and
+        # decoded: most connections hear the same few topics again and again.
+        # Starts as a valid pair, so a match needs no other check.
+        self._topic_raw = b"\x00\x01/"
+        self._topic = "/"
 
     def feed(self, data):
         """Add received bytes."""
         buf = self._buf
-        pos = self._pos
-        if pos >= len(buf):
+        if not buf:
+            # The common case: everything before was consumed (an empty
+            # buffer always has _pos 0). Keep bytes as they are, no copy.
             self._buf = data if type(data) is bytes else bytes(data)
-        elif type(buf) is bytearray:
+            return
+        pos = self._pos
+        if type(buf) is bytearray:
             if pos:
                 buf[:pos] = b""
             buf += data
@@ -725,27 +723,88 @@ class Parser:
             raise RemoteProtocolError(_PACKET_TOO_LARGE, (_E_OVER_MAX_SIZE, end - start))
         if end > n:
             return None
-        self._pos = end
-        if start or end != n or type(buf) is not bytes:
+        # Decoders read a bytes object that ends where the packet ends: the
+        # buffer itself when it holds just this packet, else a copy of it.
+        if end != n:
+            if end > n:
+                return None
+            self._pos = end
             buf = bytes(buf[start:end])
+            i -= start
+        else:
+            self._buf = b""
+            if start or type(buf) is not bytes:
+                self._pos = 0
+                buf = bytes(buf[start:end])
+                i -= start
         first = buf[0]
         t = first >> 4
-        flags = first & 15
-        f = _FLAGS[t]
-        if f != flags and f != -1:
+        v = self.version
+        if t == _PUBLISH:
+            # The hot path, decoded here rather than through _DECODERS to save
+            # a call. Its flags are its own (2.1.3), checked below.
+            if v is None:
+                raise RemoteProtocolError(_PROTOCOL_ERROR, _E_FIRST_NOT_CONNECT)
+            try:
+                qos = (first >> 1) & 3
+                if qos == 3:
+                    raise _malformed(_E_PUBLISH_QOS_3)  # MQTT-3.3.1-4
+                raw = self._topic_raw
+                if buf.startswith(raw, i):
+                    # The same topic as the last PUBLISH: no slice, no decoding.
+                    topic = self._topic
+                    e = i + len(raw)
+                else:
+                    e = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                    raw = buf[i:e]
+                    topic = _d_topic(raw)
+                    if topic and e <= len(buf):  # not from a packet cut short
+                        self._topic_raw = raw
+                        self._topic = topic
+                if qos:
+                    pid = (buf[e] << 8) | buf[e + 1]
+                    e += 2
+                    if not pid:
+                        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_PACKET_ID_0)  # MQTT-2.2.1-3
+                elif first & 8:
+                    raise RemoteProtocolError(_PROTOCOL_ERROR, _E_DUP_SET_ON_QOS0)  # MQTT-3.3.1-2
+                else:
+                    pid = None
+                props = None
+                if v == _MQTT5:
+                    # Reading past the end raises IndexError, and so does the
+                    # packet id above: only 3.1.1 QoS 0 needs the check below.
+                    if buf[e]:
+                        props, e = _p().decode_properties(buf, e, _PUBLISH)
+                    else:
+                        e += 1
+                elif e > len(buf):
+                    raise _malformed(_E_PUBLISH_TOO_SHORT)
+                if not topic and (not props or "topic_alias" not in props):
+                    raise RemoteProtocolError(_PROTOCOL_ERROR, _E_EMPTY_TOPIC_NO_ALIAS)
+            except (IndexError, ValueError):
+                raise _malformed(_E_PACKET_TOO_SHORT) from None
+            # Built field by field: cheaper than calling the class, same object.
+            p = _new(Publish)
+            p.topic = topic
+            p.payload = buf[e:]
+            p.qos = qos
+            p.retain = first & 1 != 0
+            p.dup = first & 8 != 0
+            p.packet_id = pid
+            p.properties = props
+            return p
+        if _FLAGS[t] != first & 15:
             if not t:
                 raise _malformed(_E_PACKET_TYPE_0)
             raise _malformed(_E_BAD_FLAGS)  # MQTT-2.2.2-1, -2
-        v = self.version
-        if v is None:
-            if t != _CONNECT:
-                raise RemoteProtocolError(_PROTOCOL_ERROR, _E_FIRST_NOT_CONNECT)
-            v = _MQTT5
+        if v is None and t != _CONNECT:
+            raise RemoteProtocolError(_PROTOCOL_ERROR, _E_FIRST_NOT_CONNECT)
         try:
-            p = _DECODERS[t](t, flags, buf, i - start, v)  # type: ignore[misc]
+            p = _DECODERS[t](t, first & 15, buf, i, v or _MQTT5)  # type: ignore[misc]
         except (IndexError, ValueError):
             raise _malformed(_E_PACKET_TOO_SHORT) from None
-        if t == _CONNECT and self.version is None:
+        if v is None:
             self.version = p.protocol_level
         return p
 
