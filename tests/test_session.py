@@ -1119,3 +1119,47 @@ TestQos.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_a_3_1_1_client_loads_no_lazy_session_module():
+    # The 5.0, server, failure and resume paths load on first use: a 3.1.1
+    # client that connects, subscribes, publishes at each QoS, receives and
+    # pings runs without them (they cost RAM on a board).
+    import subprocess
+    import sys
+
+    code = """if 1:
+    import sys
+    from fieldline.mqtt._codec import encode
+    from fieldline.mqtt._packets import (
+        ConnAck, Connect, PingResp, PubAck, PubComp, Publish, PubRec, PubRel, SubAck,
+    )
+    from fieldline.mqtt._session import CLIENT, Session
+
+    server = [
+        ConnAck(False, 0), SubAck(1, [1]), PubAck(2), PubRec(3), PubComp(3),
+        Publish("a", b"1", 1, packet_id=7), Publish("a", b"2", 2, packet_id=8),
+        PubRel(8), PingResp(),
+    ]
+    s = Session(CLIENT, 4)
+    s.connect(Connect("dev", keep_alive=10, protocol_level=4), 0)
+    s.receive_data(encode(server[0], 4), 0)
+    events = [s.next_event()]
+    s.subscribe("a/#")
+    s.publish("t", b"0", 0)
+    s.publish("t", b"1", 1)
+    s.publish("t", b"2", 2)
+    for p in server[1:]:
+        s.receive_data(encode(p, 4), 1)
+        events += iter(s.next_event, None)
+    s.tick(s.next_deadline())
+    s.disconnect()
+    assert [type(e).__name__ for e in events] == [
+        "ConnAck", "SubAck", "PubAck", "PubComp", "Publish", "Publish"
+    ], events
+    print(sorted(m for m in sys.modules if m.startswith("fieldline.mqtt._session")))
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "['fieldline.mqtt._session']", out
