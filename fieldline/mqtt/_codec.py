@@ -472,14 +472,16 @@ def encode(packet, version=_MQTT5):
             if type(pid) is not int or not 0 < pid < 65536:
                 _packet_id(pid)
             n += 2
-            first |= (qos << 1) | (8 if packet.dup else 0)
+            first |= qos << 1
+            if packet.dup:
+                first |= 8
             # int.to_bytes makes the fixed header and the packet id without a
             # tuple each (cheaper than bytes((a, b)) on both ports).
             if n < 128:
-                h = ((first << 8) | n).to_bytes(2, "big")
-            else:
-                h = _frame_header(first, n)
-            return b"".join((h, tb, pid.to_bytes(2, "big"), pb, payload))
+                return b"".join(
+                    ((first << 8 | n).to_bytes(2, "big"), tb, pid.to_bytes(2, "big"), pb, payload)
+                )
+            return b"".join((_frame_header(first, n), tb, pid.to_bytes(2, "big"), pb, payload))
         if type(qos) is not int:
             _check_qos(qos)
         if packet.dup:
@@ -770,16 +772,17 @@ class Parser:
                     raise RemoteProtocolError(_PROTOCOL_ERROR, _E_DUP_SET_ON_QOS0)  # MQTT-3.3.1-2
                 else:
                     pid = None
+                    # Reading past the end raises IndexError (the packet id
+                    # above, the property length below): only 3.1.1 QoS 0
+                    # can end early unnoticed.
+                    if e > len(buf) and v != _MQTT5:
+                        raise _malformed(_E_PUBLISH_TOO_SHORT)
                 props = None
                 if v == _MQTT5:
-                    # Reading past the end raises IndexError, and so does the
-                    # packet id above: only 3.1.1 QoS 0 needs the check below.
                     if buf[e]:
                         props, e = _p().decode_properties(buf, e, _PUBLISH)
                     else:
                         e += 1
-                elif e > len(buf):
-                    raise _malformed(_E_PUBLISH_TOO_SHORT)
                 if not topic and (not props or "topic_alias" not in props):
                     raise RemoteProtocolError(_PROTOCOL_ERROR, _E_EMPTY_TOPIC_NO_ALIAS)
             except (IndexError, ValueError):
