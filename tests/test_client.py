@@ -219,26 +219,22 @@ def test_queue_policy_block_waits_for_acks(mosquitto: Mosquitto, version: int) -
 
 @pytest.mark.parametrize(
     "version,fault",
-    [(4, "broker-kill"), (4, "connection-drop"), (5, "connection-drop")],
-    ids=["3.1.1-broker-kill", "3.1.1-connection-drop", "5.0-connection-drop"],
+    [(4, "broker-restart"), (4, "connection-drop"), (5, "connection-drop")],
+    ids=["3.1.1-broker-restart", "3.1.1-connection-drop", "5.0-connection-drop"],
 )
 def test_faults_mid_stream_lose_nothing(
     mosquitto_factory: MosquittoFactory, tcp_proxy: ProxyFactory, version: int, fault: str
 ) -> None:
     # Persistent sessions on both ends, both through a TCP proxy. QoS 1 and 2
-    # messages are published while the broker is killed (SIGKILL) and started
+    # messages are published while the broker is killed (SIGTERM) and started
     # again, or while every connection is reset. Each message arrives, QoS 2
-    # ones exactly once. (Mosquitto 2.0 loses MQTT 5.0 sessions when it
+    # ones exactly once. (Not SIGKILL: Mosquitto acknowledges messages before
+    # its autosave writes them, so a SIGKILL may lose some on the broker's
+    # side, which no client can help. Mosquitto 2.0 loses MQTT 5.0 sessions when it
     # restarts -- eclipse-mosquitto/mosquitto#2610 -- so 5.0 faces the
     # connection drop only; and before 2.0.13 its inflight quota leaks on a
     # resume, stranding queued messages, hence no inflight limit here.)
-    broker = mosquitto_factory(
-        extra_config=[
-            "autosave_interval 1",
-            "autosave_on_changes true",
-            "max_inflight_messages 0",
-        ]
-    )
+    broker = mosquitto_factory(extra_config=["max_inflight_messages 0"])
     proxy = tcp_proxy(broker)
     opts = {
         "clean_start": version == 5,
@@ -257,8 +253,8 @@ def test_faults_mid_stream_lose_nothing(
     try:
         for i in range(60):
             if i == 20:
-                if fault == "broker-kill":
-                    broker.kill()
+                if fault == "broker-restart":
+                    broker.stop()
                     broker.start()
                 else:
                     proxy.drop()
