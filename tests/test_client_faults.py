@@ -256,3 +256,59 @@ def test_v5_enhanced_authentication(fake_broker: FakeBrokerFactory, kind: str) -
     conn = broker.connection(0)
     assert b"TOKEN-X" in conn.packets[0] and b"hello" in conn.packets[0]
     assert b"answer-to-nonce-1" in conn.packets[1]
+
+
+def test_v5_reauthentication(fake_broker: FakeBrokerFactory, kind: str) -> None:
+    # Connected; the client re-authenticates (AUTH 0x19), the broker challenges
+    # (0x18), on_auth answers, the broker accepts (0x00) and the link stays up.
+    method = prop(0x15, b"TOKEN-X")
+    challenge = method + prop(0x16, b"nonce-2")
+    auth = b"\xf0" + bytes([2 + len(challenge), 0x18, len(challenge)]) + challenge
+    ok = b"\xf0" + bytes([2 + len(method), 0x00, len(method)]) + method
+    broker = fake_broker(
+        [
+            recv(CONNECT),
+            send(connack(0, properties=method)),
+            recv(15),
+            send(auth),
+            recv(15),
+            send(ok),
+            recv(3),  # a PUBLISH: the client is still connected and talking
+        ]
+    )
+    answers: list[bytes] = []
+
+    def on_auth(packet: Any) -> bytes:
+        answers.append(packet.properties["authentication_data"])
+        return b"answer-2"
+
+    opts: dict[str, Any] = {"version": 5, "auth_method": "TOKEN-X", "timeout": WAIT}
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.on_auth = on_auth
+        c.connect()
+        c.reauthenticate(b"again")
+        while not answers:
+            c.loop(WAIT)
+        c.publish("alive", b"1")
+        assert c.is_connected
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            c = AsyncClient(broker.host, broker.port, **opts)
+            c.on_auth = on_auth
+            await c.connect()
+            await c.reauthenticate(b"again")
+            while not answers:
+                await asyncio.sleep(0.01)
+            await c.publish("alive", b"1")
+            assert c.is_connected
+            await c.disconnect()
+
+        arun(main())
+    conn = broker.connection(0)
+    conn.packets_received.wait(4, timeout=WAIT)
+    assert answers == [b"nonce-2"]
+    assert b"again" in conn.packets[1] and conn.packets[1][2] == 0x19
+    assert b"answer-2" in conn.packets[2] and conn.packets[2][2] == 0x18

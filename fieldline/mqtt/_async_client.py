@@ -473,6 +473,11 @@ class AsyncClient(BaseClient):
         filters = self._forget(topic_filters)
         return await self._request(self.session.unsubscribe, filters, properties, timeout)
 
+    async def reauthenticate(self, data=None):
+        """MQTT 5.0: re-authenticate, as ``Client.reauthenticate``."""
+        self.session.auth(self.auth_data if data is None else data)
+        await self._flush()
+
     async def request(self, topic, payload=b"", qos=1, properties=None, timeout=None):
         """MQTT 5.0 request/response, as ``Client.request``: publish with our
         Response Topic and fresh Correlation Data; return the response."""

@@ -445,6 +445,14 @@ class Client(BaseClient):
             except MQTTTimeout:
                 return
 
+    def reauthenticate(self, data=None):
+        """MQTT 5.0: re-authenticate on this connection with ``auth_method``
+        (AUTH 0x19 carrying ``data``, default ``auth_data``); the broker's
+        challenges go to ``on_auth``, and a refusal ends the connection."""
+        with self._lock:
+            self.session.auth(self.auth_data if data is None else data)
+            self._kick()
+
     def request(self, topic, payload=b"", qos=1, properties=None, timeout=None):
         """MQTT 5.0 request/response: publish to ``topic`` with a Response
         Topic of this client's own and fresh Correlation Data, and return the

@@ -390,6 +390,8 @@ class BaseClient:
     def _auth(self, ev):
         # Enhanced authentication (5.0): the broker's AUTH goes to on_auth,
         # whose answer is the next AUTH we send.
+        if not ev.reason_code:  # 0x00: a re-authentication succeeded
+            return
         if self.on_auth is None:
             raise MQTTError(0x8C, "AUTH from the broker, and no on_auth handler")
         self.session.auth(self.on_auth(ev))
