@@ -522,23 +522,6 @@ def _d_connack(t, flags, data, pos, v):
     return ConnAck(f == 1, rc, props)
 
 
-def _d_topic(raw):
-    # A PUBLISH topic other than the last one: ``raw`` is its 2-byte length
-    # and its bytes (fewer if the packet is cut short; the caller finds that).
-    b = raw[2:]
-    try:
-        if _CHECK_SURROGATES and _surrogate_at(b):
-            raise UnicodeError
-        topic = b.decode()
-    except UnicodeError:
-        raise _malformed(_E_BAD_UTF8) from None
-    if "+" in topic or "#" in topic or "\x00" in topic:
-        if "\x00" in topic:
-            raise _malformed(_E_NUL_IN_STRING)  # MQTT-1.5.4-2
-        raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_WILDCARD_IN_PUBLISH)  # MQTT-3.3.2-2
-    return topic
-
-
 _ACKS = (PubAck, PubRec, PubRel, PubComp)
 
 
@@ -757,9 +740,20 @@ class Parser:
                     topic = self._topic
                     e = i + len(raw)
                 else:
+                    # read_string, inlined; raw keeps the length for the match above.
                     e = i + 2 + ((buf[i] << 8) | buf[i + 1])
                     raw = buf[i:e]
-                    topic = _d_topic(raw)
+                    try:
+                        if _CHECK_SURROGATES and _surrogate_at(raw[2:]):
+                            raise UnicodeError
+                        topic = raw[2:].decode()
+                    except UnicodeError:
+                        raise _malformed(_E_BAD_UTF8) from None
+                    if "+" in topic or "#" in topic or "\x00" in topic:
+                        if "\x00" in topic:
+                            raise _malformed(_E_NUL_IN_STRING)  # MQTT-1.5.4-2
+                        # MQTT-3.3.2-2
+                        raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_WILDCARD_IN_PUBLISH)
                     if topic and e <= len(buf):  # not from a packet cut short
                         self._topic_raw = raw
                         self._topic = topic

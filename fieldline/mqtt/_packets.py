@@ -32,29 +32,24 @@ _AUTH = const(15)
 _MQTT5 = const(5)
 
 
-def _fields(record):
-    """Names of the record's fields: its instance dict (free on MicroPython)."""
-    return record.__dict__
+if sys.implementation.name == "micropython":
 
+    def _fields(record):
+        """Names of the record's fields: its instance dict, free to read here."""
+        return record.__dict__
 
-if sys.implementation.name != "micropython":
-    _FIELDS = {}  # type: dict[type, tuple[str, ...]]
+else:
 
-    def _fields(record):  # noqa: F811
+    def _fields(record):
         """Names of the record's fields: its constructor's parameters.
 
         CPython-only, chosen at import: once an instance's ``__dict__`` has
         been read, CPython 3.11 no longer specializes reads of its attributes,
         and every later ``encode()`` of a packet that was compared or printed
-        took ~25% longer. MicroPython has no ``__code__`` and no such cost.
+        took ~30% longer. MicroPython has no ``__code__`` and no such cost.
         """
-        cls = type(record)
-        names = _FIELDS.get(cls)
-        if names is None:
-            code = getattr(cls.__init__, "__code__", None)  # None: object.__init__
-            names = code.co_varnames[1 : code.co_argcount] if code else ()
-            _FIELDS[cls] = names
-        return names
+        code = getattr(type(record).__init__, "__code__", None)  # None: object.__init__
+        return code.co_varnames[1 : code.co_argcount] if code else ()
 
 
 class _Record:
