@@ -686,9 +686,10 @@ class Parser:
             i = start + 2
             end = i + b
         else:
-            i = start + 1
-            length = 0
-            shift = 0
+            # A longer Remaining Length: its first byte is b (2.1.4).
+            i = start + 2
+            length = b & 127
+            shift = 7
             while True:
                 if i >= n:
                     return None
