@@ -436,7 +436,7 @@ def encode(packet, version=_MQTT5):
         if type(packet) is not Publish and packet.type != _PUBLISH:
             return _ENCODERS[packet.type](packet, version)  # type: ignore[misc]
         # PUBLISH, the hot path: encoded here rather than through _ENCODERS to
-        # save a call. Checks come in the order the spec's sections give them.
+        # save a call. The checks keep their order, so the first error wins.
         topic = packet.topic
         props = packet.properties
         tb = _topics.get(topic)
