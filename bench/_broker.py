@@ -1,0 +1,135 @@
+"""A Mosquitto broker for the client benchmarks: a free loopback port, a config
+in a temporary folder, no persistence, and limits raised so that the broker
+never throttles or drops what a benchmark sends (``LIMITS``).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+HOST = "127.0.0.1"
+FALLBACKS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+START_TIMEOUT = 10.0
+
+# Per client: QoS 1/2 messages in flight from the broker (its outgoing window;
+# for 5.0 clients the Receive Maximum, 65535 being the protocol's largest),
+# no limit on queued messages (0 = none), and QoS 0 messages queued for an
+# offline persistent session too (the receive-only table relies on it).
+LIMITS = (
+    "max_inflight_messages 65535",
+    "max_queued_messages 0",
+    "queue_qos0_messages true",
+)
+
+
+def find_tool(name: str, *fallbacks: str) -> str:
+    """Path of executable ``name`` (PATH first, then ``fallbacks``); raises
+    RuntimeError when missing."""
+    found = shutil.which(name) or next((f for f in fallbacks if os.access(f, os.X_OK)), None)
+    if found is None:
+        raise RuntimeError(
+            f"{name} not found; install the Debian packages mosquitto and mosquitto-clients"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Broker:
+    """``with Broker() as b:`` runs mosquitto on ``b.port`` until the block ends."""
+
+    def __init__(self) -> None:
+        self.executable = find_tool("mosquitto", *FALLBACKS)
+        self.port = 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def version(self) -> str:
+        """``"mosquitto 2.0.11"`` or the like."""
+        out = subprocess.run(
+            [self.executable, "-h"], capture_output=True, text=True, timeout=10
+        ).stdout
+        words = out.split()
+        return f"mosquitto {words[2]}" if len(words) > 2 else "mosquitto"
+
+    def log(self) -> str:
+        """What the broker logged (errors, warnings, connections)."""
+        if self._tmp is None:
+            return ""
+        path = Path(self._tmp.name) / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self) -> Broker:
+        self._tmp = tempfile.TemporaryDirectory(prefix="fieldline-bench-broker-")
+        folder = Path(self._tmp.name)
+        # A free port can be taken between probing and binding; try a few.
+        for _ in range(3):
+            self.port = free_port()
+            config = folder / "mosquitto.conf"
+            config.write_text(
+                "\n".join(
+                    [
+                        f"listener {self.port} {HOST}",
+                        "allow_anonymous true",
+                        "persistence false",
+                        *LIMITS,
+                        f"log_dest file {folder / 'mosquitto.log'}",
+                        "log_type error",
+                        "log_type warning",
+                        "log_type notice",
+                        # As root, mosquitto would drop to user "mosquitto".
+                        f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+                    ]
+                )
+                + "\n"
+            )
+            self._proc = subprocess.Popen(
+                [self.executable, "-c", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=folder,
+            )
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and self._proc.poll() is None:
+                try:
+                    socket.create_connection((HOST, self.port), timeout=0.5).close()
+                    return self
+                except OSError:
+                    time.sleep(0.02)
+            self._stop()
+        raise RuntimeError(f"mosquitto did not start:\n{self.log()}")
+
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
