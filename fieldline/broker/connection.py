@@ -1,0 +1,245 @@
+"""One client connection: a thin asyncio adapter over ``Session(SERVER)``.
+
+Bytes read go to ``Session.receive_data``; its events go to the broker; whatever the
+session queued goes to the transport. An ``asyncio.Protocol`` rather than a task over
+streams: the transport tells us when the peer stops taking bytes (``pause_writing``), so
+deliveries wait in the session's bounded queue instead of in an unbounded write buffer.
+Time comes from the loop clock; keepalive runs on one timer, re-armed at the session's
+``next_deadline()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from fieldline.mqtt import SERVER, LocalProtocolError, RemoteProtocolError, Session, Will
+
+if TYPE_CHECKING:
+    from .server import Broker
+    from .sessions import ClientSession
+
+log = logging.getLogger("fieldline.broker")
+
+# Packet types (fieldline.mqtt._const names them; plain ints are quicker to compare).
+_CONNECT = 1
+_PUBLISH = 3
+_PUBACK = 4
+_PUBREC = 5
+_PUBCOMP = 7
+_SUBSCRIBE = 8
+_UNSUBSCRIBE = 10
+_DISCONNECT = 14
+_AUTH = 15
+_CONNECTED = 2
+_CLOSED = 3
+_DISCONNECT_WITH_WILL = 0x04
+_BAD_AUTHENTICATION_METHOD = 0x8C
+
+# Seconds a closed connection may take to flush before it is cut (a peer that stopped
+# reading would otherwise hold it open).
+_LINGER = 5.0
+
+
+class Connection(asyncio.Protocol):
+    """The broker's side of one network connection. ``client``: the ClientSession once
+    the CONNECT is accepted. ``will``: the Will to publish if the connection ends
+    without a normal DISCONNECT. ``window``: QoS 1/2 messages we may have in flight
+    towards the client (its Receive Maximum, capped by ours)."""
+
+    def __init__(self, broker: Broker) -> None:
+        cfg = broker.config
+        self.broker = broker
+        self.config = cfg
+        self.loop = broker.loop
+        self.session = Session(
+            SERVER,
+            receive_maximum=cfg.receive_maximum,
+            max_packet_size=cfg.max_packet_size,
+            topic_alias_maximum=cfg.topic_alias_maximum,
+            auto_alias=True,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.client: ClientSession | None = None
+        self.will: Will | None = None
+        self.window = cfg.max_inflight
+        self.peer = ""
+        self._paused = False
+        self._eof = False
+        self._ended = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        t = self.transport = cast(asyncio.Transport, transport)
+        t.set_write_buffer_limits(high=self.config.max_write_buffer)
+        peer = t.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.broker.connections.add(self)
+        self._timer = self.loop.call_later(self.config.connect_timeout, self._no_connect)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self.loop.time())
+        self._run()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self.session.receive_data(b"", self.loop.time())
+        self._run()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self.pump()
+
+    # -- driving the session ------------------------------------------------------
+
+    def _run(self) -> None:
+        s = self.session
+        try:
+            while not self._ended:
+                ev = s.next_event()
+                if ev is None:
+                    break
+                self._dispatch(ev)
+        except RemoteProtocolError as e:
+            # The session queued the answer carrying e.reason_code (CONNACK or
+            # DISCONNECT); send it, then close.
+            log.info("%s %s: %s", self.peer, self._name(), e)
+            self.close()
+            return
+        if self._ended:
+            return
+        if s.state >= _CLOSED or self._eof:
+            self.close()
+        else:
+            self.flush()
+
+    def _dispatch(self, ev: Any) -> None:
+        t = ev.type
+        if t == _PUBLISH:
+            self.broker.on_publish(self, ev)
+        elif t == _PUBACK or t == _PUBREC or t == _PUBCOMP:
+            self.pump()  # one of ours completed: room in the window
+        elif t == _SUBSCRIBE:
+            self.broker.on_subscribe(self, ev)
+        elif t == _UNSUBSCRIBE:
+            self.broker.on_unsubscribe(self, ev)
+        elif t == _CONNECT:
+            self.broker.on_connect(self, ev)
+        elif t == _DISCONNECT:
+            if ev.reason_code != _DISCONNECT_WITH_WILL:
+                self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
+        elif t == _AUTH:  # no authentication method is offered yet
+            self.close(_BAD_AUTHENTICATION_METHOD)
+
+    def flush(self) -> None:
+        """Write what the session queued."""
+        data = self.session.data_to_send()
+        if data and self.transport is not None and not self._ended:
+            self.transport.write(data)
+
+    def pump(self) -> None:
+        """Hand queued deliveries to the session while the client's window has room
+        (QoS 1/2) and its connection takes bytes, then write them."""
+        cs = self.client
+        s = self.session
+        if cs is None or s.state != _CONNECTED or self._ended:
+            return
+        q = cs.queue
+        now = self.loop.time()
+        t = self.transport
+        if t is None:
+            return
+        room = self.config.max_write_buffer - t.get_write_buffer_size()
+        v5 = s.version == 5
+        chunks = []
+        while q and not self._paused and room > 0:
+            d = q[0]
+            if d.qos and s.inflight >= self.window:
+                break
+            q.popleft()
+            m = d.message
+            if m.expires_at is not None and m.expired(now):
+                cs.expired += 1
+                continue
+            props = m.outgoing_properties(now, d.subscription_ids) if v5 else None
+            try:
+                s.publish(m.topic, m.payload, d.qos, d.retain, props)
+            except LocalProtocolError:
+                cs.dropped += 1  # larger than the client's Maximum Packet Size (MQTT-3.1.2-25)
+                continue
+            data = s.data_to_send()
+            room -= len(data)
+            chunks.append(data)
+        data = s.data_to_send()  # anything else queued (acks, SUBACK)
+        if data:
+            chunks.append(data)
+        if chunks:
+            t.writelines(chunks)
+
+    def close(self, reason_code: int | None = None) -> None:
+        """Send DISCONNECT with ``reason_code`` if given (5.0 only: a 3.1.1 server has
+        none), write what is queued and close. The broker forgets the connection now."""
+        if self._ended:
+            return
+        if reason_code is not None:
+            try:
+                self.session.disconnect(reason_code)
+            except LocalProtocolError:
+                pass  # no connection accepted yet, or already closing
+        self.flush()
+        t = self.transport
+        self._end()
+        if t is not None:
+            t.close()
+            if t.get_write_buffer_size():
+                self.loop.call_later(_LINGER, t.abort)
+
+    # -- timers ---------------------------------------------------------------------
+
+    def start_keepalive(self) -> None:
+        """Stop the CONNECT timer and run the keepalive one (MQTT-3.1.2-24: 1.5 x)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm()
+
+    def _arm(self) -> None:
+        d = self.session.next_deadline()
+        self._timer = None if d is None else self.loop.call_at(d, self._tick)
+
+    def _tick(self) -> None:
+        try:
+            self.session.tick(self.loop.time())
+        except RemoteProtocolError as e:
+            log.info("%s %s: %s", self.peer, self._name(), e)
+            self.close()
+            return
+        self._arm()
+
+    def _no_connect(self) -> None:
+        log.info("%s: no CONNECT within %gs", self.peer, self.config.connect_timeout)
+        self.close()
+
+    # -- ending ---------------------------------------------------------------------
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.broker.connections.discard(self)
+        self.broker.on_connection_end(self)
+
+    def _name(self) -> str:
+        return repr(self.session.client_id) if self.session.client_id else "(no CONNECT)"

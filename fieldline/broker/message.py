@@ -1,0 +1,77 @@
+"""An application message inside the broker, and one delivery of it to a session."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Properties that belong to one hop and are never forwarded: a Topic Alias names a topic
+# on one connection only; Subscription Identifiers are set per subscriber (MQTT-3.3.4-6).
+_HOP_ONLY = ("topic_alias", "subscription_identifier")
+
+
+class Message:
+    """A PUBLISH (or a Will) as the broker routes it: ``properties`` without the per-hop
+    ones, ``expires_at`` the loop time its Message Expiry Interval runs out (None: never),
+    ``sender`` the publishing client id ("" for the broker itself)."""
+
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        properties: dict[str, Any] | None,
+        now: float,
+        sender: str = "",
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.sender = sender
+        self.expires_at: float | None = None
+        if properties:
+            properties = {k: v for k, v in properties.items() if k not in _HOP_ONLY}
+            interval = properties.pop("message_expiry_interval", None)
+            if interval is not None:
+                self.expires_at = now + interval
+        self.properties = properties or None
+
+    def expired(self, now: float) -> bool:
+        """True once the Message Expiry Interval has run out."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def outgoing_properties(
+        self, now: float, subscription_ids: list[int] | None
+    ) -> dict[str, Any] | None:
+        """The 5.0 properties to forward with at ``now``: the Message Expiry Interval
+        lowered by the time spent in the broker (MQTT-3.3.2-6), the subscriber's
+        Subscription Identifiers (MQTT-3.3.4-3). Call only when not ``expired(now)``."""
+        props = self.properties
+        if self.expires_at is None and not subscription_ids:
+            return props
+        out = dict(props) if props else {}
+        if self.expires_at is not None:
+            out["message_expiry_interval"] = max(1, math.ceil(self.expires_at - now))
+        if subscription_ids:
+            out["subscription_identifier"] = subscription_ids
+        return out
+
+
+class Delivery:
+    """One message on its way to one session: at ``qos`` (the lower of the message's and
+    the subscription's), with the RETAIN flag ``retain`` and the matching subscriptions'
+    identifiers."""
+
+    __slots__ = ("message", "qos", "retain", "subscription_ids")
+
+    def __init__(
+        self, message: Message, qos: int, retain: bool, subscription_ids: list[int]
+    ) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.subscription_ids = subscription_ids

@@ -1,0 +1,108 @@
+"""Who gets a message: subscriptions in a SubscriptionTree, the retained store, and the
+fan-out rules (overlapping subscriptions, no-local, shared subscriptions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fieldline.mqtt import Subscription, SubscriptionTree, parse_shared, topic_matches
+
+from .message import Delivery, Message
+
+
+class Entry:
+    """One subscription of one client: its options and its Subscription Identifier
+    (0: none)."""
+
+    __slots__ = ("options", "subscription_id")
+
+    def __init__(self, options: Subscription, subscription_id: int) -> None:
+        self.options = options
+        self.subscription_id = subscription_id
+
+
+class Router:
+    """Subscriptions of every session, keyed by client id, and the retained messages."""
+
+    def __init__(self) -> None:
+        self.tree = SubscriptionTree()
+        self.retained: dict[str, Message] = {}
+        self._turn: dict[str, int] = {}  # shared filter -> round-robin counter
+        self._members: dict[str, int] = {}  # shared filter -> number of subscribers
+
+    def subscribe(self, client_id: str, entry: Entry) -> bool:
+        """Add or replace ``client_id``'s subscription; True if it replaced one."""
+        topic_filter = entry.options.topic_filter
+        replaced = bool(self.tree.add(topic_filter, client_id, entry))
+        if not replaced and parse_shared(topic_filter)[0] is not None:
+            self._members[topic_filter] = self._members.get(topic_filter, 0) + 1
+        return replaced
+
+    def unsubscribe(self, client_id: str, topic_filter: str) -> bool:
+        """Remove a subscription; False if there was none."""
+        removed = bool(self.tree.remove(topic_filter, client_id))
+        n = self._members.get(topic_filter)
+        if removed and n is not None:
+            if n > 1:
+                self._members[topic_filter] = n - 1
+            else:  # the group is gone: so is its turn
+                del self._members[topic_filter]
+                self._turn.pop(topic_filter, None)
+        return removed
+
+    def retain(self, message: Message) -> None:
+        """Store a message published with RETAIN 1; an empty payload removes the retained
+        message of its topic (MQTT-3.3.1-5, -6, -7)."""
+        if message.payload:
+            self.retained[message.topic] = message
+        else:
+            self.retained.pop(message.topic, None)
+
+    def retained_for(self, topic_filter: str, now: float) -> list[Message]:
+        """Retained messages matching a (non-shared) filter, dropping expired ones.
+        Scans the store: fine for thousands of retained topics, a tree is for later."""
+        found = []
+        for topic, message in list(self.retained.items()):
+            if message.expired(now):
+                del self.retained[topic]
+            elif topic_matches(topic_filter, topic):
+                found.append(message)
+        return found
+
+    def route(self, message: Message, online: Callable[[str], bool]) -> list[tuple[str, Delivery]]:
+        """Deliveries of ``message``: one per client over all its overlapping non-shared
+        subscriptions, at the highest of their QoS, with all their Subscription
+        Identifiers (MQTT-3.3.4-2, -3); plus one per shared subscription group, to its
+        members in turn (online ones first)."""
+        per_client: dict[str, Delivery] = {}
+        groups: dict[str, list[tuple[str, Entry]]] = {}
+        mqos = message.qos
+        for topic_filter, client_id, entry in self.tree.match(message.topic):
+            if topic_filter.startswith("$share/"):
+                groups.setdefault(topic_filter, []).append((client_id, entry))
+                continue
+            o = entry.options
+            if o.no_local and client_id == message.sender:
+                continue  # MQTT-3.8.3-3
+            qos = min(mqos, o.qos)
+            retain = message.retain and o.retain_as_published  # MQTT-3.3.1-12, -13
+            d = per_client.get(client_id)
+            if d is None:
+                ids = [entry.subscription_id] if entry.subscription_id else []
+                per_client[client_id] = Delivery(message, qos, retain, ids)
+            else:
+                d.qos = max(d.qos, qos)
+                d.retain = d.retain or retain
+                if entry.subscription_id:
+                    d.subscription_ids.append(entry.subscription_id)
+        out = list(per_client.items())
+        for topic_filter, members in groups.items():
+            up = [m for m in members if online(m[0])] or members
+            turn = self._turn.get(topic_filter, 0)
+            self._turn[topic_filter] = turn + 1
+            client_id, entry = up[turn % len(up)]
+            o = entry.options
+            ids = [entry.subscription_id] if entry.subscription_id else []
+            retain = message.retain and o.retain_as_published
+            out.append((client_id, Delivery(message, min(mqos, o.qos), retain, ids)))
+        return out

@@ -1,0 +1,303 @@
+"""The broker: its TCP listener, and what happens on CONNECT, PUBLISH, SUBSCRIBE,
+UNSUBSCRIBE and the end of a connection. Connections (``connection.py``) turn bytes
+into those events; the router decides who gets a message; the session store keeps what
+outlives a connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from fieldline.mqtt import (
+    Connect,
+    Publish,
+    RemoteProtocolError,
+    Subscribe,
+    Unsubscribe,
+    Will,
+    validate_topic_filter,
+    validate_topic_name,
+)
+
+from .config import BrokerConfig
+from .connection import Connection
+from .message import Delivery, Message
+from .router import Entry, Router
+from .sessions import ClientSession, SessionStore
+
+log = logging.getLogger("fieldline.broker")
+
+NEVER = 0xFFFFFFFF  # Session Expiry Interval: the session never expires
+_MQTT5 = 5
+_NO_SUBSCRIPTION_EXISTED = 0x11
+_UNSPECIFIED_ERROR = 0x80
+_BAD_AUTHENTICATION_METHOD = 0x8C
+_SERVER_SHUTTING_DOWN = 0x8B
+_SESSION_TAKEN_OVER = 0x8E
+_TOPIC_FILTER_INVALID = 0x8F
+
+
+class Broker:
+    """An MQTT 3.1.1 and 5.0 broker on one TCP listener, in memory.
+
+    ``Broker(host, port, **options)``: ``options`` are ``BrokerConfig`` fields, or pass
+    a whole ``config=BrokerConfig(...)``. Port 0 picks a free port; ``.port`` says
+    which once started. Use ``await start()`` and ``await stop()``, or
+    ``async with Broker(...) as broker``. ``BrokerThread`` runs one in a thread.
+    """
+
+    def __init__(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        config: BrokerConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if host is not None:
+            options["host"] = host
+        if port is not None:
+            options["port"] = port
+        self.config = replace(config or BrokerConfig(), **options)
+        self.router = Router()
+        self.sessions = SessionStore()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.Server | None = None
+        self._stopping = False
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        """The listener's port (the one picked, once started with port 0)."""
+        if self._server is not None and self._server.sockets:
+            port: int = self._server.sockets[0].getsockname()[1]
+            return port
+        return self.config.port
+
+    async def start(self) -> None:
+        """Listen. Raises OSError if the address cannot be bound."""
+        self.loop = asyncio.get_running_loop()
+        self._stopping = False
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), self.config.host, self.config.port
+        )
+        log.info("listening on %s:%d", self.config.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
+        Wills of closed connections are not published: the broker is going away."""
+        self._stopping = True
+        server = self._server
+        if server is not None:
+            server.close()
+        for conn in list(self.connections):
+            conn.close(_SERVER_SHUTTING_DOWN)
+        if server is not None:
+            await server.wait_closed()
+        for cs in self.sessions.sessions.values():
+            cs.cancel_timers()
+        self._server = None
+
+    async def __aenter__(self) -> Broker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish from inside the broker (call on its event loop). Raises
+        LocalProtocolError for an invalid topic name."""
+        validate_topic_name(topic)
+        now = self.loop.time()
+        self._route(Message(topic, payload, qos, retain, properties, now))
+
+    def stats(self) -> dict[str, Any]:
+        """Counts: sessions, connected, queued, dropped, expired, connections,
+        subscriptions, retained."""
+        out = self.sessions.stats()
+        out["connections"] = len(self.connections)
+        out["subscriptions"] = len(self.router.tree)
+        out["retained"] = len(self.router.retained)
+        return out
+
+    # -- events from connections --------------------------------------------------
+
+    def on_connect(self, conn: Connection, p: Connect) -> None:
+        s = conn.session
+        props = p.properties or {}
+        v5 = p.protocol_level == _MQTT5
+        if "authentication_method" in props:
+            s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
+            return
+        cfg = self.config
+        answer: dict[str, Any] = {}
+        if v5:
+            e = props.get("session_expiry_interval", 0)
+            cap = cfg.max_session_expiry
+            if cap is not None and e > cap:
+                answer["session_expiry_interval"] = cap
+            conn.window = min(cfg.max_inflight, props.get("receive_maximum", 65535))
+        ka = cfg.max_keep_alive
+        if v5 and ka is not None and (p.keep_alive == 0 or p.keep_alive > ka):
+            answer["server_keep_alive"] = ka
+        client_id = p.client_id
+        assigned = None
+        if not client_id:
+            client_id = assigned = "auto-" + uuid.uuid4().hex  # MQTT-3.1.3-6
+        old = self.sessions.get(client_id)
+        if old is not None and old.conn is not None:
+            log.info("%s takes over client id %r", conn.peer, client_id)
+            old.conn.close(_SESSION_TAKEN_OVER)  # MQTT-3.1.4-3
+            old = self.sessions.get(client_id)  # gone if its expiry was 0
+        if old is not None:
+            if old.expiry_timer is not None:
+                old.expiry_timer.cancel()
+                old.expiry_timer = None
+            if old.will_timer is not None and not p.clean_start:
+                # Back before the Will Delay Interval passed: no Will (MQTT-3.1.3-9).
+                old.will_timer.cancel()
+                old.will_timer = None
+                old.pending_will = None
+        present = s.accept(answer or None, assigned, old.session if old is not None else None)
+        if old is not None and present:
+            cs = old
+            cs.session = s
+        else:
+            if old is not None:
+                self._end_session(old)
+            cs = ClientSession(client_id, s)
+            self.sessions.add(cs)
+        cs.conn = conn
+        conn.client = cs
+        conn.will = p.will
+        conn.start_keepalive()
+        conn.pump()
+
+    def on_publish(self, conn: Connection, p: Publish) -> None:
+        cs = conn.client
+        assert cs is not None  # the session delivers PUBLISH only once connected
+        now = self.loop.time()
+        self._route(Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id))
+
+    def on_subscribe(self, conn: Connection, p: Subscribe) -> None:
+        cs = conn.client
+        assert cs is not None
+        v5 = conn.session.version == _MQTT5
+        now = self.loop.time()
+        sid = (p.properties or {}).get("subscription_identifier", 0)
+        codes = []
+        retained: list[Delivery] = []
+        for sub in p.subscriptions:
+            f = sub.topic_filter
+            try:
+                validate_topic_filter(f, True)
+            except RemoteProtocolError:
+                codes.append(_TOPIC_FILTER_INVALID if v5 else _UNSPECIFIED_ERROR)
+                continue
+            entry = Entry(sub, sid)
+            existed = self.router.subscribe(cs.client_id, entry)
+            cs.subscriptions[f] = entry
+            codes.append(sub.qos)
+            rh = sub.retain_handling
+            # Retained messages on subscribe (MQTT-3.3.1-9 and -10, retain handling),
+            # never to a shared subscription (4.8.2).
+            if (rh == 0 or rh == 1 and not existed) and not f.startswith("$share/"):
+                ids = [sid] if sid else []
+                for m in self.router.retained_for(f, now):
+                    retained.append(Delivery(m, min(m.qos, sub.qos), True, list(ids)))
+        conn.session.suback(p.packet_id, codes)
+        for d in retained:
+            cs.enqueue(d, self.config)
+        conn.pump()
+
+    def on_unsubscribe(self, conn: Connection, p: Unsubscribe) -> None:
+        cs = conn.client
+        assert cs is not None
+        codes = []
+        for f in p.topic_filters:
+            removed = self.router.unsubscribe(cs.client_id, f)
+            cs.subscriptions.pop(f, None)
+            codes.append(0 if removed else _NO_SUBSCRIPTION_EXISTED)
+        conn.session.unsuback(p.packet_id, codes if conn.session.version == _MQTT5 else None)
+
+    def on_connection_end(self, conn: Connection) -> None:
+        """The connection closed (either side, any reason): the session goes offline,
+        its Will is published now or after its delay, and it ends now (expiry 0) or
+        when its Session Expiry Interval runs out."""
+        cs = conn.client
+        if cs is None or cs.conn is not conn:
+            return  # never accepted, or taken over already
+        cs.conn = None
+        s = cs.session
+        s.connection_lost(self.loop.time())
+        e = s.session_expiry_interval
+        will = conn.will
+        conn.will = None
+        if will is not None and not self._stopping:
+            delay = (will.properties or {}).get("will_delay_interval", 0)
+            if e != NEVER:
+                delay = min(delay, e)  # or when the session ends, if sooner (3.1.3.2.2)
+            if delay <= 0:
+                self._publish_will(cs.client_id, will)
+            else:
+                cs.pending_will = will
+                cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
+        if e == 0:
+            self._end_session(cs)
+        elif e != NEVER and not self._stopping:
+            cs.expiry_timer = self.loop.call_later(e, self._end_session, cs)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _route(self, m: Message) -> None:
+        if m.retain:
+            self.router.retain(m)
+        cfg = self.config
+        get = self.sessions.get
+        for client_id, d in self.router.route(m, self.sessions.online):
+            cs = get(client_id)
+            if cs is not None and cs.enqueue(d, cfg) and cs.conn is not None:
+                cs.conn.pump()
+
+    def _publish_will(self, client_id: str, will: Will) -> None:
+        props = will.properties
+        if props and "will_delay_interval" in props:
+            props = {k: v for k, v in props.items() if k != "will_delay_interval"}
+        now = self.loop.time()
+        self._route(Message(will.topic, will.payload, will.qos, will.retain, props, now, client_id))
+
+    def _will_due(self, cs: ClientSession) -> None:
+        cs.will_timer = None
+        will, cs.pending_will = cs.pending_will, None
+        if will is not None:
+            self._publish_will(cs.client_id, will)
+
+    def _end_session(self, cs: ClientSession) -> None:
+        """The session ends: a Will still waiting for its delay goes now (3.1.3.2.2),
+        its subscriptions and queue are dropped."""
+        if cs.conn is not None:
+            return  # reconnected in the meantime
+        will, cs.pending_will = cs.pending_will, None
+        cs.cancel_timers()
+        if will is not None and not self._stopping:
+            self._publish_will(cs.client_id, will)
+        for f in cs.subscriptions:
+            self.router.unsubscribe(cs.client_id, f)
+        cs.subscriptions.clear()
+        cs.queue.clear()
+        self.sessions.remove(cs)

@@ -1,0 +1,100 @@
+"""The session store: what the broker keeps per client id, connected or not.
+
+A ``ClientSession`` holds the sans-IO ``Session`` (packet ids and the QoS 1/2 messages
+in flight, resent when the session resumes), the client's subscriptions, and a bounded
+queue of deliveries not yet handed to the ``Session``: they wait there while the client
+is offline, while its Receive Maximum is reached, or while its connection does not take
+bytes. The queue is where a slow or absent subscriber costs memory, so it has a limit and
+a drop policy with counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from fieldline.mqtt import Session, Will
+
+from .config import DROP_OLDEST, BrokerConfig
+from .message import Delivery
+from .router import Entry
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class ClientSession:
+    """The broker's state for one client id. ``conn``: its live connection, or None.
+    ``dropped``: deliveries lost to the queue limit or too large for the client;
+    ``expired``: queued deliveries whose Message Expiry Interval ran out."""
+
+    def __init__(self, client_id: str, session: Session) -> None:
+        self.client_id = client_id
+        self.session = session
+        self.subscriptions: dict[str, Entry] = {}
+        self.queue: deque[Delivery] = deque()
+        self.conn: Connection | None = None
+        self.dropped = 0
+        self.expired = 0
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.will_timer: asyncio.TimerHandle | None = None
+        self.pending_will: Will | None = None  # waiting for its Will Delay Interval
+
+    def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
+        """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
+        kept for an offline client (MQTT 5.0 3.1.2.4 lets the broker choose); at the
+        limit ``config.queue_policy`` drops the oldest or the new one, and counts it."""
+        if self.conn is None and not delivery.qos:
+            return False
+        q = self.queue
+        if len(q) >= config.max_queued_messages:
+            self.dropped += 1
+            if config.queue_policy != DROP_OLDEST:
+                return False
+            q.popleft()
+        q.append(delivery)
+        return True
+
+    def cancel_timers(self) -> None:
+        for timer in (self.expiry_timer, self.will_timer):
+            if timer is not None:
+                timer.cancel()
+        self.expiry_timer = self.will_timer = None
+
+
+class SessionStore:
+    """Sessions by client id."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, ClientSession] = {}
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self, client_id: str) -> ClientSession | None:
+        return self.sessions.get(client_id)
+
+    def add(self, session: ClientSession) -> None:
+        self.sessions[session.client_id] = session
+
+    def remove(self, session: ClientSession) -> None:
+        """Forget ``session`` if it is still the one stored under its client id."""
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+
+    def online(self, client_id: str) -> bool:
+        """True if ``client_id`` has a live connection."""
+        s = self.sessions.get(client_id)
+        return s is not None and s.conn is not None
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for logs and tests: sessions, connected, queued, dropped, expired."""
+        ss = self.sessions.values()
+        return {
+            "sessions": len(self.sessions),
+            "connected": sum(1 for s in ss if s.conn is not None),
+            "queued": sum(len(s.queue) for s in ss),
+            "dropped": sum(s.dropped for s in ss),
+            "expired": sum(s.expired for s in ss),
+        }
