@@ -103,7 +103,7 @@ def test_random_bytes_do_not_disturb_other_clients(broker: BrokerThread) -> None
 
 
 def test_stalled_subscriber_stays_bounded_and_does_not_slow_others() -> None:
-    limits = {"max_queued_messages": 20, "max_write_buffer": 64 * 1024}
+    limits: dict[str, Any] = {"max_queued_messages": 20, "max_write_buffer": 64 * 1024}
     with BrokerThread(**limits) as broker:
         stalled = socket.create_connection(("127.0.0.1", broker.port), timeout=WAIT)
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
