@@ -317,8 +317,9 @@ def test_refuse_and_accept(proxy: TcpProxy) -> None:
 def test_target_down_resets_the_client(tcp_proxy: ProxyFactory, mosquitto: Mosquitto) -> None:
     proxy = tcp_proxy(mosquitto)
     mosquitto.stop()
-    with socket.create_connection((proxy.host, proxy.port), timeout=TIMEOUT) as s:
-        with pytest.raises(ConnectionResetError):
+    # The reset may come while connect() is still returning, or at the first read.
+    with pytest.raises(ConnectionResetError):
+        with socket.create_connection((proxy.host, proxy.port), timeout=TIMEOUT) as s:
             s.recv(1)
     assert (proxy.accepted.value, proxy.established.value) == (1, 0)
     mosquitto.start()
