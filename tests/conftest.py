@@ -7,6 +7,7 @@ them when ``CI=true``: CI must never go green by skipping the integration tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -17,7 +18,7 @@ import sysconfig
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import pytest
 from fakebroker import FakeBroker, Script
@@ -378,3 +379,25 @@ def fake_broker() -> Iterator[FakeBrokerFactory]:
     yield make
     for broker in brokers:
         broker.close()
+
+
+# -- client tests: both protocol versions, both clients ------------------------------
+
+
+@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
+def version(request: pytest.FixtureRequest) -> int:
+    """The MQTT protocol level under test: 4 (3.1.1) or 5 (5.0)."""
+    v: int = request.param
+    return v
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which client runs the scenario: ``Client`` or ``AsyncClient``."""
+    k: str = request.param
+    return k
+
+
+def arun(coro: Any) -> Any:
+    """Run a coroutine on a new event loop, failing after 60 s rather than hanging."""
+    return asyncio.run(asyncio.wait_for(coro, 60))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from conftest import Mosquitto, MosquittoFactory, ProxyFactory
+from conftest import Mosquitto, MosquittoFactory, ProxyFactory, arun
 from paho_peer import PahoPeer
 
 from fieldline.mqtt import (
@@ -20,16 +19,6 @@ from fieldline.mqtt import (
 )
 
 WAIT = 10.0
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 60))
-
-
-@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
-def version(request: pytest.FixtureRequest) -> int:
-    v: int = request.param
-    return v
 
 
 def aclient(broker: Mosquitto, version: int, **kwargs: Any) -> AsyncClient:
@@ -53,7 +42,7 @@ def test_qos_0_1_2_both_ways_with_paho(mosquitto: Mosquitto, version: int) -> No
                 assert (m.topic, m.payload, m.qos) == (f"to-us/{qos}", b"paho %d" % qos, qos)
 
     try:
-        run(main())
+        arun(main())
         seen = sorted((m.topic, m.payload, m.qos) for m in peer.expect(3))
         assert seen == [(f"to-paho/{q}", b"ours %d" % q, q) for q in (0, 1, 2)]
     finally:
@@ -86,7 +75,7 @@ def test_filtered_streams_and_callbacks(mosquitto: Mosquitto, version: int) -> N
             assert [m.payload for m in async_got] == [b"a"]
             stream.close()
 
-    run(main())
+    arun(main())
 
 
 def test_async_for_ends_on_disconnect(mosquitto: Mosquitto, version: int) -> None:
@@ -101,7 +90,7 @@ def test_async_for_ends_on_disconnect(mosquitto: Mosquitto, version: int) -> Non
             await c.disconnect()
         assert got == [b"1"]
 
-    run(main())
+    arun(main())
 
 
 def test_wrong_credentials(mosquitto_factory: MosquittoFactory, version: int) -> None:
@@ -112,7 +101,7 @@ def test_wrong_credentials(mosquitto_factory: MosquittoFactory, version: int) ->
             await aclient(broker, version, username="x", password=b"y").connect()
         assert e.value.reason_code in (0x86, 0x87)
 
-    run(main())
+    arun(main())
 
 
 def test_queue_full_and_packet_too_large(mosquitto_factory: MosquittoFactory) -> None:
@@ -127,7 +116,7 @@ def test_queue_full_and_packet_too_large(mosquitto_factory: MosquittoFactory) ->
             with pytest.raises(QueueFull):
                 await c.publish("q", b"3", qos=1, timeout=0)
 
-    run(main())
+    arun(main())
 
 
 def test_queue_policy_block(mosquitto: Mosquitto, version: int) -> None:
@@ -137,7 +126,7 @@ def test_queue_policy_block(mosquitto: Mosquitto, version: int) -> None:
                 await c.publish("q", b"%d" % i, qos=1, timeout=0)
                 assert c.session.inflight <= 2
 
-    run(main())
+    arun(main())
 
 
 def test_connection_drop_mid_stream_loses_nothing(
@@ -187,7 +176,7 @@ def test_connection_drop_mid_stream_loses_nothing(
         qos2 = [p for p in payloads if int(p) % 2]
         assert len(qos2) == len(set(qos2)) == 30, "QoS 2 duplicates"
 
-    run(main())
+    arun(main())
     assert proxy.established.value >= 4
 
 
@@ -202,7 +191,7 @@ def test_reconnect_off_fails_waiters(mosquitto: Mosquitto, version: int) -> None
         with pytest.raises(ConnectionLost):
             await c.publish("x", b"1", qos=0)
 
-    run(main())
+    arun(main())
 
 
 def test_v5_request_and_respond(mosquitto: Mosquitto) -> None:
@@ -218,7 +207,7 @@ def test_v5_request_and_respond(mosquitto: Mosquitto) -> None:
             )
             assert [r.payload for r in replies] == [b"pong:%d" % i for i in range(5)]
 
-    run(main())
+    arun(main())
 
 
 def test_drop_oldest_fails_the_dropped_publish(
@@ -253,7 +242,7 @@ def test_drop_oldest_fails_the_dropped_publish(
             assert (await r).reason_code < 0x80
         await c.disconnect()
 
-    run(main())
+    arun(main())
 
 
 def test_many_concurrent_publishers_share_a_small_queue(mosquitto: Mosquitto, version: int) -> None:
@@ -268,4 +257,4 @@ def test_many_concurrent_publishers_share_a_small_queue(mosquitto: Mosquitto, ve
             got = {(await stream.__anext__()).payload for _ in range(300)}
             assert got == {b"%d" % i for i in range(300)}
 
-    run(main())
+    arun(main())

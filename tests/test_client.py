@@ -37,12 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0
 
 
-@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
-def version(request: pytest.FixtureRequest) -> int:
-    v: int = request.param
-    return v
-
-
 @pytest.fixture
 def peer(mosquitto: Mosquitto, version: int) -> Iterator[PahoPeer]:
     p = PahoPeer(mosquitto.host, mosquitto.port, version)

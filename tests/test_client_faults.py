@@ -10,7 +10,7 @@ import ssl
 from typing import Any
 
 import pytest
-from conftest import FakeBrokerFactory, Mosquitto, ProxyFactory
+from conftest import FakeBrokerFactory, Mosquitto, ProxyFactory, arun
 from fakebroker import (
     CONNACK_OK,
     CONNECT,
@@ -34,22 +34,6 @@ from fieldline.mqtt import (
 )
 
 WAIT = 10.0
-
-
-@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
-def version(request: pytest.FixtureRequest) -> int:
-    v: int = request.param
-    return v
-
-
-@pytest.fixture(params=["blocking", "asyncio"])
-def kind(request: pytest.FixtureRequest) -> str:
-    k: str = request.param
-    return k
-
-
-def arun(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def test_stalled_network_is_detected_by_keepalive(

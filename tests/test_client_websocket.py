@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import Mosquitto
+from conftest import Mosquitto, arun
 from paho_peer import PahoPeer
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -35,22 +35,6 @@ from fieldline.mqtt import AsyncClient, Client, ConnectionLost, Publish
 from fieldline.mqtt._websocket import UpgradeRefused, WebSocket, WebSocketError
 
 WAIT = 10.0
-
-
-@pytest.fixture(params=[4, 5], ids=["3.1.1", "5.0"])
-def version(request: pytest.FixtureRequest) -> int:
-    v: int = request.param
-    return v
-
-
-@pytest.fixture(params=["blocking", "asyncio"])
-def kind(request: pytest.FixtureRequest) -> str:
-    k: str = request.param
-    return k
-
-
-def arun(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 # -- through Mosquitto ---------------------------------------------------------------------
