@@ -1,12 +1,21 @@
 """An embedded asyncio MQTT 3.1.1 and 5.0 broker (CPython), in memory for now.
 
 ``Broker`` (asyncio) and ``BrokerThread`` (a broker in a background thread) take the
-``BrokerConfig`` fields as keyword arguments; ``fieldline broker`` runs one from the
-command line. See docs/broker.md.
+``BrokerConfig`` fields as keyword arguments (``listeners``: a list of ``Listener``);
+``fieldline broker`` runs one from the command line and a TOML file
+(``configfile.load_config``). See docs/broker.md.
 """
 
-from .config import DROP_NEW, DROP_OLDEST, BrokerConfig
+from .config import DROP_NEW, DROP_OLDEST, BrokerConfig, ConfigError, Listener
 from .server import Broker
 from .thread import BrokerThread
 
-__all__ = ["DROP_NEW", "DROP_OLDEST", "Broker", "BrokerConfig", "BrokerThread"]
+__all__ = [
+    "DROP_NEW",
+    "DROP_OLDEST",
+    "Broker",
+    "BrokerConfig",
+    "BrokerThread",
+    "ConfigError",
+    "Listener",
+]

@@ -1,36 +1,131 @@
-"""The broker's settings, in one place (a TOML file and more flags come later)."""
+"""The broker's settings, in one place: ``BrokerConfig`` (limits and listeners) and
+``Listener`` (one port). ``configfile.py`` reads them from a TOML file."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Drop policies for a session's queue of messages waiting for its client.
 DROP_OLDEST = "drop_oldest"
 DROP_NEW = "drop_new"
 
+# Listener kinds: MQTT over TCP, over TLS, over WebSocket, over WebSocket on TLS.
+MQTT = "mqtt"
+MQTTS = "mqtts"
+WS = "ws"
+WSS = "wss"
+KINDS = (MQTT, MQTTS, WS, WSS)
+TLS_KINDS = (MQTTS, WSS)
+WS_KINDS = (WS, WSS)
+DEFAULT_PORTS = {MQTT: 1883, MQTTS: 8883, WS: 8080, WSS: 8443}
+ANY_PATH = "*"  # a WebSocket listener whose path is this accepts any request target
+_KIND_DEFAULT = -1  # Listener.port not given: the kind's default port
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names it
+    (and the file it came from)."""
+
+
+@dataclass
+class Listener:
+    """One port the broker listens on.
+
+    ``kind``: ``"mqtt"`` (TCP), ``"mqtts"`` (TLS), ``"ws"`` (WebSocket) or ``"wss"``
+    (WebSocket over TLS). ``host``, ``port``: the address (port 0: a free one; the
+    default depends on the kind: 1883, 8883, 8080, 8443). ``cert``, ``key``: the
+    server's certificate chain and private key (PEM), required for mqtts and wss.
+    ``ca``: CA certificates (PEM) that client certificates are checked against; a
+    client that presents one signed by another CA is refused. ``require_certificate``:
+    refuse clients without a certificate (needs ``ca``). ``path``: the request target
+    a WebSocket client must ask for (``"*"``: any). Raises ConfigError for a bad value.
+    """
+
+    kind: str = MQTT
+    host: str = "127.0.0.1"
+    port: int = _KIND_DEFAULT
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    require_certificate: bool = False
+    path: str = "/mqtt"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown listener kind {self.kind!r} (one of {', '.join(KINDS)})")
+        if self.port == _KIND_DEFAULT:
+            self.port = DEFAULT_PORTS[self.kind]
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range (0 to 65535)")
+        if self.tls:
+            if not self.cert or not self.key:
+                raise ConfigError(f"an {self.kind} listener needs cert and key")
+            if self.require_certificate and not self.ca:
+                raise ConfigError("require_certificate needs ca (to check client certificates)")
+        elif self.cert or self.key or self.ca or self.require_certificate:
+            raise ConfigError(
+                f"cert, key, ca and require_certificate apply to mqtts and wss listeners, "
+                f"not {self.kind}"
+            )
+        if self.websocket and self.path != ANY_PATH and not self.path.startswith("/"):
+            raise ConfigError(f"path {self.path!r} must start with '/' (or be '*': any)")
+
+    @property
+    def tls(self) -> bool:
+        return self.kind in TLS_KINDS
+
+    @property
+    def websocket(self) -> bool:
+        return self.kind in WS_KINDS
+
+    @property
+    def url(self) -> str:
+        """``kind://host:port`` (and the path for WebSocket), e.g. for log lines."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        path = self.path if self.websocket and self.path != ANY_PATH else ""
+        return f"{self.kind}://{host}:{self.port}{path}"
+
+    def describe(self) -> str:
+        """A short summary: the URL and what the listener asks of clients."""
+        notes = []
+        if self.websocket:
+            notes.append("WebSocket" + (", any path" if self.path == ANY_PATH else ""))
+        if self.tls:
+            notes.append(
+                "TLS, client certificate required"
+                if self.require_certificate
+                else "TLS, client certificate checked if sent"
+                if self.ca
+                else "TLS"
+            )
+        return self.url + (f" ({'; '.join(notes)})" if notes else "")
+
 
 @dataclass
 class BrokerConfig:
-    """Limits and defaults of one broker.
+    """Limits, defaults and listeners of one broker.
 
-    ``max_packet_size``: the largest packet a client may send (5.0 clients are told in
-    CONNACK; a larger one ends the connection with 0x95). ``receive_maximum``: QoS 2
-    messages a client may have unreleased at once (announced in 5.0). ``max_inflight``:
-    QoS 1/2 messages the broker sends a client before waiting for acks (also capped by
-    the client's own Receive Maximum). ``max_queued_messages``: messages a session holds
-    for its client beyond those in flight, connected or not; beyond it ``queue_policy``
-    (``DROP_OLDEST`` or ``DROP_NEW``) drops one and counts it. ``max_write_buffer``:
-    bytes written to a connection but not yet taken by the network, above which
-    messages wait in the queue instead (a stalled reader cannot grow memory).
-    ``max_session_expiry``: cap on the Session Expiry Interval a client asks for
-    (seconds; None: no cap). ``max_keep_alive``: cap on the client's Keep Alive (5.0
-    clients get Server Keep Alive; None: no cap). ``topic_alias_maximum``: aliases a
-    5.0 client may use towards the broker. ``connect_timeout``: seconds a new
-    connection has to send its CONNECT.
+    ``listeners``: the ports to listen on (``Listener``); when empty, one plain MQTT
+    listener on ``host``:``port``. ``max_packet_size``: the largest packet a client may
+    send (5.0 clients are told in CONNACK; a larger one ends the connection with
+    0x95). ``receive_maximum``: QoS 2 messages a client may have unreleased at once
+    (announced in 5.0). ``max_inflight``: QoS 1/2 messages the broker sends a client
+    before waiting for acks (also capped by the client's own Receive Maximum).
+    ``max_queued_messages``: messages a session holds for its client beyond those in
+    flight, connected or not; beyond it ``queue_policy`` (``DROP_OLDEST`` or
+    ``DROP_NEW``) drops one and counts it. ``max_write_buffer``: bytes written to a
+    connection but not yet taken by the network, above which messages wait in the
+    queue instead (a stalled reader cannot grow memory). ``max_session_expiry``: cap
+    on the Session Expiry Interval a client asks for (seconds; None: no cap).
+    ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get Server Keep
+    Alive; None: no cap). ``topic_alias_maximum``: aliases a 5.0 client may use
+    towards the broker. ``connect_timeout``: seconds a new connection has to finish
+    its TLS and WebSocket handshakes and send its CONNECT.
     """
 
     host: str = "127.0.0.1"
     port: int = 1883
+    listeners: list[Listener] = field(default_factory=list)
     max_packet_size: int = 1024 * 1024
     receive_maximum: int = 1024
     max_inflight: int = 100
@@ -44,6 +139,18 @@ class BrokerConfig:
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
-            raise ValueError(f"unknown queue_policy {self.queue_policy!r}")
+            raise ConfigError(
+                f"unknown queue_policy {self.queue_policy!r} ({DROP_OLDEST} or {DROP_NEW})"
+            )
         if self.max_queued_messages < 1 or self.max_inflight < 1:
-            raise ValueError("max_queued_messages and max_inflight must be at least 1")
+            raise ConfigError("max_queued_messages and max_inflight must be at least 1")
+        seen: set[tuple[str, int]] = set()
+        for listener in self.all_listeners():
+            address = (listener.host, listener.port)
+            if listener.port and address in seen:
+                raise ConfigError(f"two listeners on {listener.host}:{listener.port}")
+            seen.add(address)
+
+    def all_listeners(self) -> list[Listener]:
+        """``listeners``, or the one plain listener on ``host``:``port`` if it is empty."""
+        return list(self.listeners) or [Listener(MQTT, self.host, self.port)]

@@ -1,4 +1,4 @@
-"""The broker: its TCP listener, and what happens on CONNECT, PUBLISH, SUBSCRIBE,
+"""The broker: its listeners, and what happens on CONNECT, PUBLISH, SUBSCRIBE,
 UNSUBSCRIBE and the end of a connection. Connections (``connection.py``) turn bytes
 into those events; the router decides who gets a message; the session store keeps what
 outlives a connection."""
@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fieldline.mqtt import (
     Connect,
@@ -22,11 +24,15 @@ from fieldline.mqtt import (
     validate_topic_name,
 )
 
-from .config import BrokerConfig
+from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .message import Delivery, Message
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
+from .tls import server_context
+
+if TYPE_CHECKING:
+    from .websocket import WebSocketProtocol
 
 log = logging.getLogger("fieldline.broker")
 
@@ -41,12 +47,14 @@ _TOPIC_FILTER_INVALID = 0x8F
 
 
 class Broker:
-    """An MQTT 3.1.1 and 5.0 broker on one TCP listener, in memory.
+    """An MQTT 3.1.1 and 5.0 broker, in memory.
 
     ``Broker(host, port, **options)``: ``options`` are ``BrokerConfig`` fields, or pass
-    a whole ``config=BrokerConfig(...)``. Port 0 picks a free port; ``.port`` says
-    which once started. Use ``await start()`` and ``await stop()``, or
-    ``async with Broker(...) as broker``. ``BrokerThread`` runs one in a thread.
+    a whole ``config=BrokerConfig(...)``. Without ``listeners=[Listener(...), ...]``
+    it listens for plain MQTT on ``host``:``port``. Port 0 picks a free port;
+    ``.port`` (the first listener's) and ``.listening`` say which once started. Use
+    ``await start()`` and ``await stop()``, or ``async with Broker(...) as broker``.
+    ``BrokerThread`` runs one in a thread.
     """
 
     def __init__(
@@ -65,45 +73,82 @@ class Broker:
         self.router = Router()
         self.sessions = SessionStore()
         self.connections: set[Connection] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._stopping = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
     @property
     def host(self) -> str:
-        return self.config.host
+        """The first listener's host."""
+        return self.listening[0].host
 
     @property
     def port(self) -> int:
-        """The listener's port (the one picked, once started with port 0)."""
-        if self._server is not None and self._server.sockets:
-            port: int = self._server.sockets[0].getsockname()[1]
-            return port
-        return self.config.port
+        """The first listener's port (the one picked, once started with port 0)."""
+        return self.listening[0].port
+
+    @property
+    def listening(self) -> list[Listener]:
+        """The listeners, with the ports picked for port 0 once started."""
+        listeners = self.config.all_listeners()
+        if len(self._servers) != len(listeners):
+            return listeners
+        out = []
+        for listener, server in zip(listeners, self._servers, strict=True):
+            port = server.sockets[0].getsockname()[1] if server.sockets else listener.port
+            out.append(replace(listener, port=port))
+        return out
 
     async def start(self) -> None:
-        """Listen. Raises OSError if the address cannot be bound."""
+        """Listen on every listener. Raises ConfigError if a TLS file cannot be used
+        (before listening on any), OSError if an address cannot be bound (the listeners
+        already open are closed again)."""
         self.loop = asyncio.get_running_loop()
         self._stopping = False
-        self._server = await self.loop.create_server(
-            lambda: Connection(self), self.config.host, self.config.port
+        listeners = self.config.all_listeners()
+        contexts = [server_context(li) if li.tls else None for li in listeners]
+        try:
+            for listener, ctx in zip(listeners, contexts, strict=True):
+                self._servers.append(await self._listen(listener, ctx))
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers = []
+            raise
+        for listener in self.listening:
+            log.info("listening on %s", listener.url)
+
+    async def _listen(self, listener: Listener, ctx: ssl.SSLContext | None) -> asyncio.Server:
+        factory: Callable[[], asyncio.Protocol]
+        if listener.websocket:
+            ws_protocol = _websocket_protocol()
+            path = listener.path
+
+            def factory() -> asyncio.Protocol:
+                return ws_protocol(Connection(self), path)
+        else:
+
+            def factory() -> asyncio.Protocol:
+                return Connection(self)
+
+        timeout = self.config.connect_timeout if ctx is not None else None
+        return await self.loop.create_server(
+            factory, listener.host, listener.port, ssl=ctx, ssl_handshake_timeout=timeout
         )
-        log.info("listening on %s:%d", self.config.host, self.port)
 
     async def stop(self) -> None:
         """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
         Wills of closed connections are not published: the broker is going away."""
         self._stopping = True
-        server = self._server
-        if server is not None:
+        servers, self._servers = self._servers, []
+        for server in servers:
             server.close()
         for conn in list(self.connections):
             conn.close(_SERVER_SHUTTING_DOWN)
-        if server is not None:
+        for server in servers:
             await server.wait_closed()
         for cs in self.sessions.sessions.values():
             cs.cancel_timers()
-        self._server = None
 
     async def __aenter__(self) -> Broker:
         await self.start()
@@ -301,3 +346,14 @@ class Broker:
         cs.subscriptions.clear()
         cs.queue.clear()
         self.sessions.remove(cs)
+
+
+def _websocket_protocol() -> type[WebSocketProtocol]:
+    # wsproto is an optional dependency (the "ws" extra): loaded only for ws/wss listeners.
+    try:
+        from .websocket import WebSocketProtocol
+    except ImportError as e:
+        raise ConfigError(
+            f"ws and wss listeners need wsproto ({e}): pip install 'fieldline[ws]'"
+        ) from None
+    return WebSocketProtocol

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .config import Listener
 from .server import Broker
 
 T = TypeVar("T")
@@ -35,6 +36,11 @@ class BrokerThread:
     @property
     def port(self) -> int:
         return self.broker.port
+
+    @property
+    def listening(self) -> list[Listener]:
+        """The listeners, with the ports picked for port 0 (see ``Broker.listening``)."""
+        return self.broker.listening
 
     def start(self, timeout: float = 10.0) -> BrokerThread:
         """Start the thread and wait until the broker listens. Returns self."""
