@@ -8,29 +8,77 @@ import sys
 
 import fieldline
 
+_BROKER_EPILOG = """\
+Flags override the configuration file. --host sets every listener's address; --port,
+--tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
+adding one if there is none; --cert, --key, --ca and --require-certificate apply to every
+TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
+See docs/broker.md for the file's keys."""
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fieldline", description=__doc__)
     parser.add_argument("--version", action="version", version="fieldline " + fieldline.__version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     broker = commands.add_parser(
-        "broker", help="run the MQTT 3.1.1/5.0 broker", description="Run the MQTT broker."
+        "broker",
+        help="run the MQTT 3.1.1/5.0 broker",
+        description="Run the MQTT broker.",
+        epilog=_BROKER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    broker.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    broker.add_argument("--port", type=int, default=1883, help="TCP port (0: a free one)")
+    add = broker.add_argument
+    add("--config", metavar="FILE", help="TOML configuration file")
+    add("--host", help="address every listener binds (default 127.0.0.1)")
+    add("--port", type=int, help="plain MQTT port (default 1883; 0: a free one)")
+    add("--tls-port", type=int, metavar="PORT", help="MQTT over TLS port (8883 usually)")
+    add("--ws-port", type=int, metavar="PORT", help="MQTT over WebSocket port")
+    add("--wss-port", type=int, metavar="PORT", help="MQTT over secure WebSocket port")
+    add("--ws-path", metavar="PATH", help="WebSocket request path (default /mqtt; *: any)")
+    add("--cert", metavar="FILE", help="server certificate chain (PEM) for TLS listeners")
+    add("--key", metavar="FILE", help="its private key (PEM)")
+    add("--ca", metavar="FILE", help="CA certificates (PEM) client certificates must chain to")
+    add(
+        "--require-certificate",
+        action="store_true",
+        help="refuse TLS clients without a certificate signed by --ca",
+    )
     args = parser.parse_args(argv)
     if args.command == "broker":
-        from fieldline.broker.run import serve
-
-        try:
-            asyncio.run(serve(args.host, args.port))
-        except OSError as e:
-            print(f"fieldline broker: {e}", file=sys.stderr)
-            return 1
-        return 0
+        return _broker(args)
     print("fieldline", fieldline.__version__)
     print("The MQTT protocol core is ready: see docs/mqtt.md for how to use it.")
     print("Run an MQTT broker with `fieldline broker` (docs/broker.md).")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    from fieldline.broker.config import BrokerConfig, ConfigError
+    from fieldline.broker.configfile import apply_flags, load_config
+    from fieldline.broker.run import serve
+
+    try:
+        config = load_config(args.config) if args.config else BrokerConfig()
+        config = apply_flags(
+            config,
+            host=args.host,
+            port=args.port,
+            tls_port=args.tls_port,
+            ws_port=args.ws_port,
+            wss_port=args.wss_port,
+            ws_path=args.ws_path,
+            cert=args.cert,
+            key=args.key,
+            ca=args.ca,
+            require_certificate=args.require_certificate,
+        )
+        asyncio.run(serve(config=config))
+    except ConfigError as e:
+        print(f"fieldline broker: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"fieldline broker: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

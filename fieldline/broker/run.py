@@ -6,24 +6,29 @@ import asyncio
 import signal
 from typing import Any
 
+from .config import BrokerConfig
 from .server import Broker
 
 
-async def serve(host: str = "127.0.0.1", port: int = 1883, **options: Any) -> None:
-    """Start a broker, print a one-line summary of its listener, and run until SIGINT or
-    SIGTERM, then close every connection and return. Raises OSError if the address
-    cannot be bound."""
-    broker = Broker(host, port, **options)
+async def serve(
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    config: BrokerConfig | None = None,
+    **options: Any,
+) -> None:
+    """Start a broker (arguments as for ``Broker``), print one line per listener, and
+    run until SIGINT or SIGTERM, then close every connection and return. Raises
+    OSError if an address cannot be bound, ConfigError if a TLS file cannot be used."""
+    broker = Broker(host, port, config=config, **options)
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(
-        f"fieldline broker: MQTT 3.1.1 and 5.0 on mqtt://{broker.host}:{broker.port} "
-        "(in memory, anonymous); Ctrl-C stops it",
-        flush=True,
-    )
+    for listener in broker.listening:
+        print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
+    print("fieldline broker: in memory, anonymous access; Ctrl-C stops it", flush=True)
     try:
         await stop.wait()
     finally:
