@@ -150,6 +150,36 @@ def test_connect_and_events(v):
     assert p.c.state == CONNECTED and p.s.state == CONNECTED
 
 
+def test_peer_limits_are_readable():
+    # The limits each end announced (CONNECT for the server, CONNACK for the
+    # client), for the current connection only.
+    p = Pair(5, client={"receive_maximum": 7, "max_packet_size": 3000, "topic_alias_maximum": 4})
+    assert (p.s.peer_receive_maximum, p.s.peer_max_packet_size) == (65535, 268435460)
+    p.connect(accept={"properties": {"receive_maximum": 9, "topic_alias_maximum": 2}})
+    s, c = p.s, p.c
+    assert (s.peer_receive_maximum, s.peer_max_packet_size, s.peer_topic_alias_maximum) == (
+        7,
+        3000,
+        4,
+    )
+    assert (c.peer_receive_maximum, c.peer_max_packet_size, c.peer_topic_alias_maximum) == (
+        9,
+        268435460,
+        2,
+    )
+    p.drop()
+    assert (s.peer_receive_maximum, s.peer_topic_alias_maximum) == (65535, 0)
+
+
+def test_peer_limits_default_in_311():
+    p = Pair(4)
+    p.connect()
+    for e in (p.c, p.s):
+        assert e.peer_receive_maximum == 65535
+        assert e.peer_max_packet_size == 268435460
+        assert e.peer_topic_alias_maximum == 0
+
+
 def test_connect_twice_is_local_error():
     p = Pair()
     p.connect()
@@ -799,6 +829,35 @@ def test_expired_session_not_resumed():
     assert delivered(p.cev) == []
 
 
+def test_resumable():
+    # A stored server session may be resumed once a connection was accepted
+    # on it, while connected (a takeover) and until it expires.
+    p = Pair(5)
+    assert not p.s.resumable(0)
+    p.c.connect(Connect("dev1", False, properties={"session_expiry_interval": 10}), 0)
+    p.c2s()
+    assert not p.s.resumable(0)  # CONNECT received, not accepted yet
+    p.s.accept()
+    p.run()
+    assert p.s.resumable(0) and p.s.resumable(10**6)
+    p.now = 5
+    p.drop()
+    assert p.s.resumable(14.9)
+    assert not p.s.resumable(15)  # MQTT-3.1.2-23: expired
+    assert not p.c.resumable(0)  # a client session never answers True
+
+
+def test_resumable_311_clean_session():
+    p = Pair(4)
+    p.connect(clean=True)
+    p.drop()
+    assert not p.s.resumable(0)  # 3.1.1 clean session: expiry 0
+    p = Pair(4)
+    p.connect(clean=False)
+    p.drop()
+    assert p.s.resumable(10**9)  # clean session 0: never expires
+
+
 @pytest.mark.parametrize("clean,expiry", [(True, 0), (False, NEVER)])
 def test_311_clean_session_expiry(clean, expiry):
     p = Pair(4)
@@ -824,7 +883,7 @@ def test_publish_too_large_for_server():
 def test_our_max_packet_size_enforced():
     p = Pair(5, client={"max_packet_size": 100})
     p.connect()
-    p.s._peer_max = 10**6  # a server that ignores our limit
+    p.s.peer_max_packet_size = 10**6  # a server that ignores our limit
     p.s.publish("t", b"x" * 200, 0)
     with pytest.raises(RemoteProtocolError) as ei:
         p.s2c()

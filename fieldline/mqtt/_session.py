@@ -163,7 +163,11 @@ class Session:
 
     Attributes to read: ``state``, ``role``, ``version``, ``client_id``,
     ``keep_alive`` (in force: Server Keep Alive overrides), and
-    ``session_expiry_interval``.
+    ``session_expiry_interval``. The peer's limits for the current
+    connection, from its CONNECT (server) or CONNACK (client), 5.0 only (the
+    defaults otherwise and between connections): ``peer_receive_maximum``
+    (65535: none announced), ``peer_max_packet_size`` (268435460: none),
+    ``peer_topic_alias_maximum`` (0: it takes no aliases from us).
     """
 
     # Set by _session5 when a 5.0 connection is up, and read only then (an
@@ -212,8 +216,9 @@ class Session:
         self._nsent = 0
         self._ping_at = None
         self._last_rx = self._last_tx = self._now
-        self._peer_rmax = 65535
-        self._peer_max = _MAX_PACKET_SIZE
+        self.peer_receive_maximum = 65535
+        self.peer_max_packet_size = _MAX_PACKET_SIZE
+        self.peer_topic_alias_maximum = 0
         self._peer_qos = 2
         self._peer_retain = 1
 
@@ -300,6 +305,13 @@ class Session:
         if self.state != _IDLE or self._lost_at is None or e == NEVER:
             return False
         return now >= self._lost_at + e
+
+    def resumable(self, now):
+        """Server: True if a new connection for this client id may resume this
+        session's state at time ``now`` (pass it to accept(resume=...)): a
+        connection was accepted on it and it has not expired(). False for a
+        client session."""
+        return getattr(self, "_known", False) and not self.expired(now)
 
     # -- time -----------------------------------------------------------------
 
@@ -459,10 +471,10 @@ class Session:
         p.packet_id = pid = self._new_id()
         order = self._order
         n = self._nsent
-        if connected and n == len(order) and n < self._peer_rmax:
+        if connected and n == len(order) and n < self.peer_receive_maximum:
             self._tx_publish(p)
             self._nsent = n + 1
-        elif len(encode(p, self.version)) > self._peer_max:  # checked now, sent later
+        elif len(encode(p, self.version)) > self.peer_max_packet_size:  # checked now, sent later
             raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)
         self._msgs[pid] = p
         order.append(pid)
@@ -619,7 +631,7 @@ class Session:
 
     def _send(self, p):
         data = encode(p, self.version)
-        if len(data) > self._peer_max:  # only a 5.0 peer sets a maximum
+        if len(data) > self.peer_max_packet_size:  # only a 5.0 peer sets a maximum
             from ._session5 import too_large
 
             return too_large(self, p)
@@ -640,9 +652,8 @@ class Session:
         # Send waiting messages while the peer's Receive Maximum allows
         # (MQTT-4.9.0-2); after a resumption this resends in original order.
         order = self._order
-        while (
-            self.state == _CONNECTED and self._nsent < len(order) and self._nsent < self._peer_rmax
-        ):
+        rmax = self.peer_receive_maximum
+        while self.state == _CONNECTED and self._nsent < len(order) and self._nsent < rmax:
             pid = order[self._nsent]
             m = self._msgs[pid]
             try:

@@ -5,8 +5,8 @@ properties (or from a server, which loads this module anyway).
 Imported by ``_session`` on first use, so a 3.1.1 device never loads them.
 Each function takes the Session ``s`` and reads or updates its state. The
 attributes only 5.0 uses are set here, at the start of each 5.0 connection
-(``_auth_method``, ``_connect_expiry``, ``_peer_alias_max``, ``_rx_alias``),
-so a 3.1.1 session does not carry them.
+(``_auth_method``, ``_connect_expiry``, ``_rx_alias``), so a 3.1.1 session
+does not carry them.
 """
 
 from ._errors import LocalProtocolError, RemoteProtocolError
@@ -77,15 +77,15 @@ def connect(s, packet):
 def aliases(s):
     """Start the topic alias maps of a new connection (they never carry over)."""
     s._rx_alias = {} if s.topic_alias_maximum else None
-    if s.auto_alias and s._peer_alias_max:
+    if s.auto_alias and s.peer_topic_alias_maximum:
         s._tx_alias = {}
 
 
 def peer_limits(s, p):
     """Take the peer's limits from its CONNECT or CONNACK ``p``."""
-    s._peer_rmax = _get(p, "receive_maximum", 65535)
-    s._peer_max = _get(p, "maximum_packet_size", _MAX_PACKET_SIZE)
-    s._peer_alias_max = _get(p, "topic_alias_maximum", 0)
+    s.peer_receive_maximum = _get(p, "receive_maximum", 65535)
+    s.peer_max_packet_size = _get(p, "maximum_packet_size", _MAX_PACKET_SIZE)
+    s.peer_topic_alias_maximum = _get(p, "topic_alias_maximum", 0)
 
 
 def rx_connack(s, p):
@@ -151,7 +151,7 @@ def tx_aliased(s, p):
     a = m.get(topic)
     props = p.properties
     if a is None:
-        if len(m) >= s._peer_alias_max:
+        if len(m) >= s.peer_topic_alias_maximum:
             s._send(p)
             return
         a = len(m) + 1

@@ -59,7 +59,7 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
             props["assigned_client_identifier"] = cid  # MQTT-3.2.2-16
     had = s._had
     if resume is not None and resume is not s:
-        had = not resume.expired(s._now) and getattr(resume, "_known", False)
+        had = resume.resumable(s._now)
     present = had and not s._clean
     if v5:
         our_limits(s, props)
@@ -133,9 +133,8 @@ def rx_disconnect(s, p):
 
 def rx_connect(s, p):
     v = s.version = p.protocol_level
-    # Session state existed when the CONNECT came (_known: unset until a
-    # connection is accepted).
-    s._had = getattr(s, "_known", False) and not s.expired(s._now)
+    # Session state existed when the CONNECT came.
+    s._had = s.resumable(s._now)
     s.state = _CONNECTING
     s._hold = True
     s.client_id = p.client_id
