@@ -652,6 +652,22 @@ def test_outgoing_aliases():
     assert [m.topic for m in delivered(p.sev)] == ["a", "a", "b", "c", "b"]
 
 
+def test_incoming_alias_left_out_of_event_properties():
+    # The alias is resolved and dropped: the event carries the topic and the
+    # other properties only, so forwarding them cannot leak the alias.
+    p = Pair(5, server={"topic_alias_maximum": 2})
+    p.connect()
+    ct = {"content_type": "text/plain"}
+    p.s.receive_data(
+        encode(Publish("a/b", b"1", properties={"topic_alias": 1, **ct}), 5)
+        + encode(Publish("", b"2", properties={"topic_alias": 1}), 5),
+        0,
+    )
+    m1, m2 = p.s.next_event(), p.s.next_event()
+    assert (m1.topic, m1.properties) == ("a/b", ct)
+    assert (m2.topic, m2.properties) == ("a/b", None)
+
+
 def test_no_aliases_without_peer_maximum():
     p = Pair(5, client={"auto_alias": True})
     p.connect()

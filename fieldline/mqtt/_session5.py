@@ -123,11 +123,16 @@ def too_large(s, p):
 
 
 def rx_alias(s, p):
-    """Resolve the Topic Alias of a received PUBLISH ``p`` in place (3.3.2.3.4)."""
+    """Resolve the Topic Alias of a received PUBLISH ``p`` in place (3.3.2.3.4)
+    and take it out of the properties: it means something on this connection
+    only, so the event does not carry it (a broker forwarding the properties
+    would send the alias on)."""
     d = p.properties
-    a = d.get("topic_alias") if d else None
+    a = d.pop("topic_alias", None) if d else None
     if a is None:
         return
+    if not d:
+        p.properties = None
     if a > s.topic_alias_maximum:  # 0 is refused by the codec
         # MQTT-3.3.2-10 (client) / MQTT-3.3.2-12 (server): only 1..our maximum.
         raise RemoteProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
