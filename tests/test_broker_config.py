@@ -126,6 +126,16 @@ def test_file_errors_name_the_key_and_the_file(tmp_path: Path, text: str, messag
     assert message in str(e.value)
 
 
+def test_the_docs_example_file_is_valid(tmp_path: Path) -> None:
+    page = (ROOT / "docs" / "broker.md").read_text()
+    text = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    cfg = load_config(write(tmp_path, text))
+    assert [(li.kind, li.host, li.port) for li in cfg.listeners] == [
+        ("mqtt", "0.0.0.0", 1883), ("mqtts", "0.0.0.0", 8883),
+        ("ws", "0.0.0.0", 8080), ("wss", "0.0.0.0", 8443),
+    ]  # fmt: skip
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml: cannot read the configuration file"):
         load_config(tmp_path / "nope.toml")
