@@ -409,3 +409,21 @@ def test_stop_closes_websocket_clients_with_disconnect_0x8b() -> None:
     finally:
         ws.close()
         b.stop()
+
+
+@pytest.mark.parametrize("kind", ["ws", "mqtts"])
+def test_stalled_handshake_is_cut_after_connect_timeout(tls_files: TlsFiles, kind: str) -> None:
+    # A peer that opens the socket and sends nothing (no upgrade request, no TLS
+    # ClientHello) is closed after connect_timeout, like one that sends no CONNECT.
+    files: dict[str, Any] = {}
+    if kind == "mqtts":
+        files = {"cert": str(tls_files.server_cert), "key": str(tls_files.server_key)}
+    listener = Listener(kind, port=0, **files)
+    with BrokerThread(listeners=[listener], connect_timeout=0.3) as b:
+        with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
+            start = time.monotonic()
+            try:
+                assert sock.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+            assert 0.2 < time.monotonic() - start < 5
