@@ -12,11 +12,13 @@ from fieldline.mqtt._codec import Parser, encode
 from fieldline.mqtt._const import (
     CLIENT_IDENTIFIER_NOT_VALID,
     KEEP_ALIVE_TIMEOUT,
+    NO_MATCHING_SUBSCRIBERS,
     NOT_AUTHORIZED,
     PACKET_IDENTIFIER_NOT_FOUND,
     PACKET_TOO_LARGE,
     PROTOCOL_ERROR,
     QOS_NOT_SUPPORTED,
+    QUOTA_EXCEEDED,
     RECEIVE_MAXIMUM_EXCEEDED,
     RETAIN_NOT_SUPPORTED,
     TOPIC_ALIAS_INVALID,
@@ -718,6 +720,245 @@ def test_resent_message_carries_full_topic():
     p.s2c()
     wire = decode_all(p.c.data_to_send(), 5)
     assert [(w.topic, w.dup, w.properties) for w in wire] == [("t/1", True, None)] * 2
+
+
+# -- manual acknowledgement ---------------------------------------------------
+
+MANUAL = {"manual_ack": True}
+KEEP = {"session_expiry_interval": 100}
+
+
+def rx(sess, packets, version):
+    """Feed ``packets`` to ``sess``; returns (events, packets it answered)."""
+    sess.receive_data(b"".join(encode(x, version) for x in packets), 0)
+    return list(iter(sess.next_event, None)), decode_all(sess.data_to_send(), version)
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+def test_manual_ack_qos1(v):
+    p = Pair(v, server=MANUAL)
+    p.connect()
+    pid = p.c.publish("t", b"x", 1)
+    (m,) = p.c2s()
+    assert m.payload == b"x" and p.s.data_to_send() == b""  # delivered, not acknowledged
+    assert p.s2c() == [] and p.c.inflight == 1
+    p.s.ack(pid)
+    assert p.s2c() == [PubAck(pid)] and p.c.inflight == 0
+
+
+def test_manual_ack_qos1_reason_codes():
+    p = Pair(5, server=MANUAL)
+    p.connect()
+    a, b, c = (p.c.publish("t", b"%d" % i, 1) for i in range(3))
+    p.c2s()
+    p.s.ack(b, NOT_AUTHORIZED, {"reason_string": "no"})
+    p.s.ack(a, NO_MATCHING_SUBSCRIBERS)
+    p.s.ack(c)
+    assert p.s2c() == [
+        PubAck(b, NOT_AUTHORIZED, {"reason_string": "no"}),
+        PubAck(a, NO_MATCHING_SUBSCRIBERS),
+        PubAck(c),
+    ]
+    assert p.c.inflight == 0
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+def test_manual_ack_qos2_duplicates_delivered_once(v):
+    # MQTT-4.3.3-9 under manual ack: a resend of an id not yet answered is
+    # neither delivered nor answered (the pending ack() covers it); once
+    # answered, a resend gets PUBREC again until PUBREL.
+    p = Pair(v, server=MANUAL)
+    p.connect()
+    first = Publish("t", b"once", 2, packet_id=4)
+    dup = Publish("t", b"once", 2, dup=True, packet_id=4)
+    evs, out = rx(p.s, [first, dup, dup], v)
+    assert evs == [first] and out == []
+    p.s.ack(4)
+    assert decode_all(p.s.data_to_send(), v) == [PubRec(4)]
+    assert rx(p.s, [dup], v) == ([], [PubRec(4)])
+    assert rx(p.s, [PubRel(4)], v) == ([], [PubComp(4)])
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(4)  # answered already
+    # After PUBCOMP the id carries a new message (MQTT-4.3.3-12).
+    again = Publish("t", b"again", 2, packet_id=4)
+    assert rx(p.s, [again], v) == ([again], [])
+
+
+def test_manual_ack_qos2_refused_ends_exchange():
+    p = Pair(5, server=MANUAL)
+    p.connect()
+    pid = p.c.publish("t", b"x", 2)
+    p.c2s()
+    p.s.ack(pid, QUOTA_EXCEEDED)
+    assert p.s2c() == [PubRec(pid, QUOTA_EXCEEDED)]  # the client's message is complete
+    assert p.c.inflight == 0 and p.c.data_to_send() == b""  # no PUBREL
+    assert not p.s._rx2
+    # The exchange is over: the same id carries a new message.
+    m = Publish("t", b"new", 2, packet_id=pid)
+    assert rx(p.s, [m], 5) == ([m], [])
+
+
+def test_manual_ack_311_refusal_closes():
+    # 3.1.1 acks have no reason code: a success code is a plain ack, a
+    # failure closes the connection (MQTT-3.3.5-2).
+    p = Pair(4, server=MANUAL)
+    p.connect()
+    a = p.c.publish("t", b"a", 1)
+    b = p.c.publish("t", b"b", 2)
+    p.c2s()
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(a, 0x92)  # not a PUBACK reason code
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(a, 0, {"reason_string": "x"})  # no properties in 3.1.1
+    p.s.ack(a, NO_MATCHING_SUBSCRIBERS)
+    assert decode_all(p.s.data_to_send(), 4) == [PubAck(a)]
+    p.s.ack(b, NOT_AUTHORIZED)
+    assert p.s.state == CLOSED and p.s.data_to_send() == b""
+    assert not p.s._acks and not p.s._rx2
+
+
+def test_manual_ack_local_errors():
+    p = Pair(5, server=MANUAL)
+    p.connect()
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(1)  # nothing received
+    (m,) = rx(p.s, [Publish("t", b"", 0)], 5)[0]
+    assert m.packet_id is None  # QoS 0: nothing to answer
+    rx(p.s, [Publish("t", b"", 1, packet_id=1)], 5)
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(1, 0x92)  # a PUBREL code, not a PUBACK one
+    p.s.ack(1)  # still pending after the refused call
+    with pytest.raises(LocalProtocolError):
+        p.s.ack(1)
+    d = Pair(5)  # acknowledges on its own: nothing for ack()
+    d.connect()
+    rx(d.s, [Publish("t", b"", 1, packet_id=1)], 5)
+    with pytest.raises(LocalProtocolError):
+        d.s.ack(1)
+
+
+def test_manual_ack_receive_maximum():
+    # MQTT-3.3.4-9: QoS 1 and 2 messages not yet answered count, as do QoS 2
+    # ones answered but not yet released.
+    p = Pair(5, server={"manual_ack": True, "receive_maximum": 3})
+    p.connect()
+    pubs = [Publish("t", b"", 1 + i % 2, packet_id=i) for i in (1, 2, 3)]
+    assert len(rx(p.s, pubs, 5)[0]) == 3
+    p.s.ack(1)  # QoS 1: done, one place free
+    p.s.ack(2)  # QoS 2: still counts until PUBREL
+    assert rx(p.s, [Publish("t", b"", 1, packet_id=4)], 5)[0][0].packet_id == 4
+    p.s.receive_data(encode(Publish("t", b"", 1, packet_id=5), 5), 0)
+    with pytest.raises(RemoteProtocolError) as ei:
+        p.s.next_event()
+    assert ei.value.reason_code == RECEIVE_MAXIMUM_EXCEEDED
+    assert decode_all(p.s.data_to_send(), 5)[-1] == Disconnect(RECEIVE_MAXIMUM_EXCEEDED)
+
+
+def test_manual_ack_receive_maximum_frees_on_pubrel():
+    p = Pair(5, server={"manual_ack": True, "receive_maximum": 1})
+    p.connect()
+    rx(p.s, [Publish("t", b"", 2, packet_id=1)], 5)
+    p.s.ack(1)
+    rx(p.s, [PubRel(1)], 5)
+    assert len(rx(p.s, [Publish("t", b"", 1, packet_id=2)], 5)[0]) == 1
+
+
+def test_manual_ack_window_with_a_real_client():
+    # The client's window (the server's Receive Maximum) fills with
+    # unanswered messages and moves as the server answers them.
+    p = Pair(5, server={"manual_ack": True, "receive_maximum": 2})
+    p.connect()
+    ids = [p.c.publish("t", b"%d" % i, 1 + i % 2) for i in range(5)]
+    p.run()
+    assert [m.packet_id for m in delivered(p.sev)] == ids[:2]
+    for pid in ids:
+        p.s.ack(pid)
+        p.run()
+    assert [m.packet_id for m in delivered(p.sev)] == ids and p.c.inflight == 0
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_manual_ack_pending_across_reconnect(qos):
+    # The pending answer is session state: the resend after a reconnection is
+    # not delivered again, and ack() answers it on the new connection.
+    p = Pair(5, server=MANUAL)
+    p.connect(clean=False, props=KEEP)
+    pid = p.c.publish("t", b"x", qos)
+    p.c2s()
+    p.drop()
+    p.connect(clean=False, props=KEEP)  # the client resends with DUP
+    assert len(delivered(p.sev)) == 1 and p.c.inflight == 1
+    p.s.ack(pid)
+    p.run()
+    assert p.c.inflight == 0 and len(delivered(p.sev)) == 1
+
+
+@pytest.mark.parametrize("qos,rc", [(1, 0), (1, NOT_AUTHORIZED), (2, 0), (2, NOT_AUTHORIZED)])
+def test_manual_ack_while_disconnected(qos, rc):
+    # An answer given while no connection is up goes out when the peer sends
+    # the message again; the message is not delivered twice.
+    p = Pair(5, server=MANUAL)
+    p.connect(clean=False, props=KEEP)
+    pid = p.c.publish("t", b"x", qos)
+    p.c2s()
+    p.drop()
+    p.s.ack(pid, rc)
+    assert p.s.data_to_send() == b""
+    p.connect(clean=False, props=KEEP)
+    assert len(delivered(p.sev)) == 1 and p.c.inflight == 0
+    done = [e for e in p.cev if isinstance(e, (PubAck, PubComp, PubRec))]
+    assert [(type(e), e.reason_code) for e in done] == [
+        ({1: PubAck, 2: PubComp if not rc else PubRec}[qos], rc)
+    ]
+    assert not p.s._acks and not p.s._rx2
+
+
+def test_manual_ack_moves_with_resume():
+    p = Pair(5, server=MANUAL)
+    p.connect(clean=False, props=KEEP)
+    pid = p.c.publish("t", b"x", 2)
+    p.c2s()
+    p.drop()
+    stored = p.s
+    assert stored.resumable(0)
+    p.s = Session(SERVER, manual_ack=True)
+    p.c.connect(Connect("dev1", False, properties=KEEP), 0)
+    p.c2s()
+    assert p.s.accept(resume=stored) is True
+    p.run()
+    with pytest.raises(LocalProtocolError):
+        stored.ack(pid)  # moved to the new session
+    p.s.ack(pid)
+    p.run()
+    assert p.c.inflight == 0 and len(delivered(p.sev)) == 1
+
+
+def test_manual_ack_clean_start_discards():
+    p = Pair(5, server=MANUAL)
+    p.connect(clean=False, props=KEEP)
+    p.c2s()
+    rx(p.s, [Publish("t", b"", 1, packet_id=1), Publish("t", b"", 2, packet_id=2)], 5)
+    p.drop()
+    p.connect(clean=True)
+    for pid in (1, 2):
+        with pytest.raises(LocalProtocolError):
+            p.s.ack(pid)
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+def test_manual_ack_client(v):
+    # A client may acknowledge by hand too (e.g. after a disk write).
+    p = Pair(v, client=MANUAL)
+    p.connect()
+    a = p.s.publish("t", b"1", 1)
+    b = p.s.publish("t", b"2", 2)
+    assert [m.payload for m in delivered(p.s2c())] == [b"1", b"2"]
+    assert p.c.data_to_send() == b""
+    p.c.ack(b)
+    p.c.ack(a)
+    p.run()
+    assert p.s.inflight == 0
+    assert [type(e) for e in p.sev[-2:]] == [PubAck, PubComp]  # PUBREL, PUBCOMP came later
 
 
 # -- keepalive ----------------------------------------------------------------

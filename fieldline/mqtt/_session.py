@@ -27,10 +27,15 @@ State kept across connections: our QoS 1/2 messages not yet completed, in
 publish order (``_order`` of packet ids, ``_msgs`` id -> Publish, or PubRel
 once PUBREC came); the first ``_nsent`` of them went out on this connection,
 the rest wait for the peer's Receive Maximum (MQTT-4.9.0-2); the ids of QoS 2
-messages received but not yet released (``_rx2``); the session expiry
-interval. Topic aliases, SUBSCRIBE ids awaiting their ack and keepalive
-timers belong to one connection. The 5.0-only parts (topic aliases, AUTH)
-live in ``_session5`` and load when first needed.
+messages received but not yet released (``_rx2``); with manual_ack, the
+received messages the application has not answered yet (``_acks``); the
+session expiry interval. Topic aliases, SUBSCRIBE ids awaiting their ack and
+keepalive timers belong to one connection. The 5.0-only parts (topic
+aliases, AUTH) live in ``_session5``, manual acknowledgement in
+``_session_ack``; they load when first needed. A function there called by
+one method here bears that method's name (``_session5._rx_auth`` for
+``Session._rx_auth``): on MicroPython each distinct name is a qstr that
+loading this module interns, so a shared name costs the board no RAM.
 """
 
 from ._codec import Parser, encode
@@ -159,7 +164,9 @@ class Session:
     ``receive_maximum`` (QoS 2 messages we hold unreleased), ``max_packet_size``,
     ``topic_alias_maximum`` (0: we accept no aliases), ``maximum_qos``
     (server only). ``auto_alias``: give outgoing topics aliases within the
-    peer's Topic Alias Maximum (5.0).
+    peer's Topic Alias Maximum (5.0). ``manual_ack``: a received QoS 1/2
+    message is delivered unanswered, and the application answers it with
+    ack() (default: the session answers it before delivering it).
 
     Attributes to read: ``state``, ``role``, ``version``, ``client_id``,
     ``keep_alive`` (in force: Server Keep Alive overrides), and
@@ -183,6 +190,7 @@ class Session:
         topic_alias_maximum=0,
         auto_alias=False,
         maximum_qos=2,
+        manual_ack=False,
     ):
         self.role = role
         self.version = version
@@ -198,6 +206,7 @@ class Session:
         self._msgs = {}
         self._order = []
         self._rx2 = set()
+        self._acks = {} if manual_ack else None  # type: dict | None  # _session_ack
         self._next_id = 0
         self._now = 0
         self._lost_at = None
@@ -241,7 +250,8 @@ class Session:
         """Return the next event (a packet object) or None when more bytes are
         needed. Events: Connect, Auth, Subscribe, Unsubscribe (server);
         ConnAck, SubAck, UnsubAck (client); Publish (a new message, delivered
-        once: already acknowledged as far as the session goes); PubAck,
+        once: already acknowledged as far as the session goes, or with
+        manual_ack, to be answered with ack()); PubAck,
         PubComp, or PubRec with reason >= 0x80 (one of our QoS 1/2 messages
         is complete; a PubAck with 0x95 also reports a queued message found
         too large for the peer); Disconnect. A server session returns None
@@ -500,9 +510,29 @@ class Session:
         (re-authenticate) for a connected client not yet re-authenticating,
         else 0x18 (continue); a server ends a re-authentication with 0x00.
         Returns None. Raises LocalProtocolError when no AUTH may be sent."""
-        from ._session5 import tx_auth
+        from ._session5 import auth
 
-        tx_auth(self, data, reason_code, properties)
+        auth(self, data, reason_code, properties)
+
+    def ack(self, packet_id, reason_code=0, properties=None):
+        """With manual_ack: answer the received QoS 1/2 Publish ``packet_id``
+        with PUBACK (QoS 1) or PUBREC (QoS 2) carrying ``reason_code`` and
+        ``properties`` (5.0). Success codes (< 0x80, e.g. 0x10 No matching
+        subscribers) accept the message: a QoS 2 one then awaits PUBREL and a
+        resend is not delivered again. A code >= 0x80 (e.g. 0x87 Not
+        authorized, 0x97 Quota exceeded) refuses it and ends the exchange
+        (4.3.3). 3.1.1 acks carry no reason code: a success code sends a plain
+        ack, a code >= 0x80 sends nothing and moves a connected session to
+        CLOSED (MQTT-3.3.5-2: close the connection), and the peer may send the
+        message again on a later connection. Works in any state: while no
+        connection is up the answer is kept and sent when the peer resends
+        the message. Returns None. Raises LocalProtocolError: no message
+        awaits an answer under that id (never delivered, already answered, or
+        the session state was discarded or moved), a reason code PUBACK/PUBREC
+        does not allow, properties on 3.1.1."""
+        from ._session_ack import ack
+
+        ack(self, packet_id, reason_code, properties)
 
     @property
     def inflight(self):
@@ -521,9 +551,9 @@ class Session:
 
     def _rx_server(self, p):
         # CONNECT, SUBSCRIBE, UNSUBSCRIBE, PINGREQ: only a server receives them.
-        from ._session_server import rx
+        from ._session_server import _rx_server
 
-        return rx(self, p)
+        return _rx_server(self, p)
 
     def _rx_connack(self, p):
         if p.reason_code:
@@ -532,9 +562,9 @@ class Session:
         if p.session_present and self._clean:
             raise _remote(_E_PRESENT_WITH_CLEAN)  # MQTT-3.2.2-2
         if self.version == _MQTT5:
-            from ._session5 import rx_connack
+            from ._session5 import _rx_connack
 
-            rx_connack(self, p)
+            _rx_connack(self, p)
         self._connected(p.session_present)
         return p
 
@@ -548,6 +578,10 @@ class Session:
             raise _remote(_E_OVER_MAX_QOS, _QOS_NOT_SUPPORTED)  # MQTT-3.2.2-12
         if not q:
             return p
+        if self._acks is not None:
+            from ._session_ack import _rx_publish
+
+            return _rx_publish(self, p)
         pid = p.packet_id
         if q == 1:
             self._send(PubAck(pid))  # MQTT-4.3.2-4
@@ -572,9 +606,9 @@ class Session:
         # Expected: PUBACK (4) for QoS 1, PUBREC (5) for QoS 2, PUBCOMP for
         # our PUBREL. Anything else (late, repeated, wrong) is rare.
         if m is None or t != (_PUBCOMP if m.type == _PUBREL else m.qos + 3):
-            from ._session_resume import odd_ack
+            from ._session_resume import _rx_ack
 
-            return odd_ack(self, p, m)
+            return _rx_ack(self, p, m)
         if t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
             self._send(rel)
@@ -608,16 +642,16 @@ class Session:
 
     def _rx_disconnect(self, p):
         if self.role == _SERVER:
-            from ._session_server import rx_disconnect
+            from ._session_server import _rx_disconnect
 
-            rx_disconnect(self, p)
+            _rx_disconnect(self, p)
         self.state = _CLOSED
         return p
 
     def _rx_auth(self, p):
-        from ._session5 import rx_auth
+        from ._session5 import _rx_auth
 
-        return rx_auth(self, p)
+        return _rx_auth(self, p)
 
     # -- internals -------------------------------------------------------------
 
@@ -686,10 +720,10 @@ class Session:
     def _discard(self):
         # Drop the session state (MQTT-3.1.2-4): nothing to do, the usual
         # case, unless messages are stored.
-        if self._order or self._rx2:
-            from ._session_resume import discard
+        if self._order or self._rx2 or self._acks:
+            from ._session_resume import _discard
 
-            discard(self)
+            _discard(self)
 
     def _new_id(self):
         # MQTT-2.2.1-3: a non-zero id not in use by another message or request.

@@ -88,7 +88,7 @@ def peer_limits(s, p):
     s.peer_topic_alias_maximum = _get(p, "topic_alias_maximum", 0)
 
 
-def rx_connack(s, p):
+def _rx_connack(s, p):
     """Apply the properties of an accepting 5.0 CONNACK ``p``."""
     m = s._auth_method
     if m is not None and _get(p, "authentication_method") != m:
@@ -195,7 +195,7 @@ def _auth_ok(s, rc, sender):
     return rc == _SUCCESS and s._reauth
 
 
-def rx_auth(s, p):
+def _rx_auth(s, p):
     """Check a received AUTH against the exchange in progress; returns it as
     the event. MQTT-4.12.0-5: same method as in CONNECT; AUTH without a
     method in CONNECT, or out of turn, is a Protocol Error (4.12)."""
@@ -211,7 +211,7 @@ def rx_auth(s, p):
     return p
 
 
-def tx_auth(s, data, rc, properties):
+def auth(s, data, rc, properties):
     """Send AUTH for Session.auth(); see there."""
     m = getattr(s, "_auth_method", None)  # unset: no 5.0 CONNECT yet
     if rc is None:

@@ -30,8 +30,9 @@ _E_PUBACK_FOR_QOS2 = const(73)
 _E_ACK_QOS_MISMATCH = const(74)
 
 
-def discard(s):
-    """Drop the session state. A client does not drop its application
+def _discard(s):
+    """Drop the session state (with any answer manual_ack still owes or
+    kept, see _session_ack). A client does not drop its application
     messages, though: those not yet acknowledged go out again as new
     messages (DUP 0) in the new session, so a broker that lost the session
     costs at most a duplicate, never a loss. A QoS 2 message the broker
@@ -50,6 +51,8 @@ def discard(s):
                 s._events.append(PubComp(pid))
     s._order = keep
     s._rx2 = set()
+    if s._acks:
+        s._acks = {}
 
 
 def drop_oldest(s):
@@ -68,7 +71,7 @@ def drop_oldest(s):
     return None
 
 
-def odd_ack(s, p, m):
+def _rx_ack(s, p, m):
     """Handle a PUBACK, PUBREC or PUBCOMP ``p`` that is not the answer
     expected for the stored message ``m`` (None: no message has its id);
     returns None or raises RemoteProtocolError."""

@@ -72,6 +72,9 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
         s._msgs, s._order, s._rx2 = resume._msgs, resume._order, resume._rx2
         s._next_id = resume._next_id
         resume._msgs, resume._order, resume._rx2 = {}, [], set()
+        if s._acks is not None and resume._acks:
+            # With manual_ack, answers the application still owes (or kept).
+            s._acks, resume._acks = resume._acks, {}
     s.client_id = cid
     e = props.get("session_expiry_interval")
     if e is not None:
@@ -106,7 +109,7 @@ def unsuback(s, packet_id, reason_codes=None, properties=None):
     answer(s, UnsubAck(packet_id, reason_codes, properties), _UNSUBSCRIBE)
 
 
-def rx(s, p):
+def _rx_server(s, p):
     """Handle a CONNECT, SUBSCRIBE, UNSUBSCRIBE or PINGREQ ``p`` (a server
     receives them, _RX says when); returns the event or None."""
     t = p.type
@@ -120,7 +123,7 @@ def rx(s, p):
     return p
 
 
-def rx_disconnect(s, p):
+def _rx_disconnect(s, p):
     """A client's DISCONNECT ``p``: it may change the Session Expiry Interval,
     but not from 0 (MQTT-3.14.2-2)."""
     e = _get(p, "session_expiry_interval")

@@ -125,3 +125,56 @@ def test_topic_alias_roundtrip():
         c.publish("long/topic/name", b"x", 0)
     _run(c, s, cev, sev)
     assert [e.topic for e in sev if isinstance(e, Publish)] == ["long/topic/name"] * 3
+
+
+def _acks_sent(s, v):
+    p = Parser(v)
+    p.feed(s.data_to_send())
+    out = []  # type: list
+    while True:
+        x = p.next_packet()
+        if x is None:
+            return out
+        out.append(x)
+
+
+def test_manual_ack():
+    # manual_ack: delivered unanswered; ack() answers; a QoS 2 resend is not
+    # delivered twice, before or after the answer.
+    for v in (4, 5):
+        c, s, cev, sev = _pair(v, skw={"manual_ack": True})
+        a = c.publish("t", b"1", 1)
+        b = c.publish("t", b"2", 2)
+        s.receive_data(c.data_to_send(), 0)
+        _drain(s, sev)
+        assert _pubs(sev) == [b"1", b"2"] and s.data_to_send() == b""
+        dup = encode(Publish("t", b"2", 2, dup=True, packet_id=b), v)
+        s.receive_data(dup, 0)
+        assert s.next_event() is None and s.data_to_send() == b""
+        s.ack(b)
+        s.ack(a)
+        assert _acks_sent(s, v) == [PubRec(b), PubAck(a)]
+        s.receive_data(dup, 0)
+        assert s.next_event() is None
+        assert _acks_sent(s, v) == [PubRec(b)]
+        c.receive_data(encode(PubRec(b), v) + encode(PubAck(a), v), 0)
+        _drain(c, cev)
+        _run(c, s, cev, sev)
+        assert c.inflight == 0 and len(_pubs(sev)) == 2
+
+
+def test_manual_ack_refused_and_receive_maximum():
+    c, s, cev, sev = _pair(5, skw={"manual_ack": True, "receive_maximum": 2})
+    s.receive_data(encode(Publish("t", b"", 2, packet_id=1), 5), 0)
+    s.receive_data(encode(Publish("t", b"", 1, packet_id=2), 5), 0)
+    _drain(s, sev)
+    s.ack(1, 0x87)  # refused: the QoS 2 exchange ends (4.3.3)
+    assert _acks_sent(s, 5) == [PubRec(1, 0x87)]
+    s.receive_data(encode(Publish("t", b"", 1, packet_id=3), 5), 0)
+    _drain(s, sev)
+    s.receive_data(encode(Publish("t", b"", 1, packet_id=4), 5), 0)
+    try:
+        s.next_event()
+        raise AssertionError("no error")
+    except RemoteProtocolError as e:
+        assert e.reason_code == 0x93  # ids 2 and 3 still unanswered
