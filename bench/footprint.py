@@ -28,11 +28,20 @@ TIMEOUT = 120.0
 
 # Modules a 3.1.1 client device never loads (each says so in its docstring):
 # the 5.0 property code, the reason-code names and error texts (loaded only to
-# print an error), the 5.0-only session parts (topic aliases, AUTH) and the
-# server sides of the codec and the session. Everything else in fieldline/mqtt
-# is the 3.1.1 device core.
+# print an error), the 5.0-only session parts (topic aliases, AUTH), the
+# server sides of the codec and the session, and what loads only when asked
+# for (manual acks, TLS). Everything else in fieldline/mqtt is the 3.1.1
+# device core.
 NOT_IN_311_CORE = frozenset(
-    {"_props.py", "_names.py", "_session5.py", "_session_server.py", "_codec_server.py"}
+    {
+        "_props.py",
+        "_names.py",
+        "_session5.py",
+        "_session_server.py",
+        "_codec_server.py",
+        "_session_ack.py",  # only with Session(manual_ack=True)
+        "_tls.py",  # only for a TLS connection
+    }
 )
 # Client adapters built on the core (files named _client*.py, _async_client*.py)
 # and the CPython-only WebSocket transport are not part of it and are left out
