@@ -190,13 +190,13 @@ class Broker:
             s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
             return
         cfg = self.config
+        conn.window = min(cfg.max_inflight, s.peer_receive_maximum)
         answer: dict[str, Any] = {}
         if v5:
             e = props.get("session_expiry_interval", 0)
             cap = cfg.max_session_expiry
             if cap is not None and e > cap:
                 answer["session_expiry_interval"] = cap
-            conn.window = min(cfg.max_inflight, props.get("receive_maximum", 65535))
         ka = cfg.max_keep_alive
         if v5 and ka is not None and (p.keep_alive == 0 or p.keep_alive > ka):
             answer["server_keep_alive"] = ka
@@ -218,7 +218,9 @@ class Broker:
                 old.will_timer.cancel()
                 old.will_timer = None
                 old.pending_will = None
-        present = s.accept(answer or None, assigned, old.session if old is not None else None)
+        now = self.loop.time()
+        resume = old.session if old is not None and old.session.resumable(now) else None
+        present = s.accept(answer or None, assigned, resume)
         if old is not None and present:
             cs = old
             cs.session = s
