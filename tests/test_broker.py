@@ -75,6 +75,7 @@ class Raw:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         self.session = Session(CLIENT, **session)
         self.auto_flush = auto_flush
+        self.early: list[Publish] = []  # deliveries read while waiting for an ack
         connect = Connect(
             client_id, clean_start, keep_alive, will=will, protocol_level=version,
             properties=properties,
@@ -112,7 +113,7 @@ class Raw:
             self.session.receive_data(data, time.monotonic())
 
     def messages(self, n: int) -> list[Publish]:
-        out: list[Publish] = []
+        out, self.early = self.early[:n], self.early[n:]
         while len(out) < n:
             ev = self.next()
             if isinstance(ev, Publish):
@@ -121,6 +122,8 @@ class Raw:
 
     def quiet(self, seconds: float = 0.3) -> bool:
         """True if no event comes within ``seconds`` (for "nothing more is sent")."""
+        if self.early:
+            return False
         try:
             self.next(seconds)
         except TimeoutError:
@@ -133,9 +136,15 @@ class Raw:
         return self.next()
 
     def publish(self, topic: str, payload: bytes, qos: int = 0, **kw: Any) -> Any:
+        """Publish; returns the PubAck, PubComp or failed PubRec for QoS 1/2. A delivery
+        of the message to ourselves may come before the ack: messages() returns it."""
         self.session.publish(topic, payload, qos, **kw)
         self.flush()
-        return self.next() if qos else None
+        if not qos:
+            return None
+        while isinstance(ev := self.next(), Publish):
+            self.early.append(ev)
+        return ev
 
     def close(self) -> None:
         self.sock.close()

@@ -59,6 +59,7 @@ class Connection(asyncio.Protocol):
             max_packet_size=cfg.max_packet_size,
             topic_alias_maximum=cfg.topic_alias_maximum,
             auto_alias=True,
+            manual_ack=True,  # the broker answers a QoS 1/2 PUBLISH once it is routed
         )
         self.transport: asyncio.Transport | None = None
         self.client: ClientSession | None = None

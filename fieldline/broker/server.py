@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fieldline.mqtt import (
     Connect,
+    LocalProtocolError,
     Publish,
     RemoteProtocolError,
     Subscribe,
@@ -38,6 +39,7 @@ log = logging.getLogger("fieldline.broker")
 
 NEVER = 0xFFFFFFFF  # Session Expiry Interval: the session never expires
 _MQTT5 = 5
+_NO_MATCHING_SUBSCRIBERS = 0x10
 _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
 _BAD_AUTHENTICATION_METHOD = 0x8C
@@ -239,7 +241,31 @@ class Broker:
         cs = conn.client
         assert cs is not None  # the session delivers PUBLISH only once connected
         now = self.loop.time()
-        self._route(Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id))
+        m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
+        matched = self._route(m)
+        if p.qos:
+            # 5.0: 0x10 when no subscription matched (3.4.2.1); 3.1.1 sends a plain ack.
+            self.ack(cs, p.packet_id, 0 if matched else _NO_MATCHING_SUBSCRIBERS)
+
+    def ack(
+        self,
+        cs: ClientSession,
+        packet_id: int,
+        reason_code: int = 0,
+        properties: dict[str, Any] | None = None,
+    ) -> bool:
+        """Answer the QoS 1/2 PUBLISH ``packet_id`` from ``cs``'s client with PUBACK or
+        PUBREC ``reason_code`` (server sessions acknowledge by hand): below 0x80 accepts
+        it, 0x80 or more refuses it (3.1.1: the connection is closed). Call it while
+        handling the connection's events; the connection writes the answer. The answer
+        goes to ``cs.session``, which after a takeover is the new connection's (the answer
+        owed moved with the session). Returns False when no answer is owed any more:
+        answered already, or the state was dropped (the new connection had Clean Start)."""
+        try:
+            cs.session.ack(packet_id, reason_code, properties)
+        except LocalProtocolError:
+            return False
+        return True
 
     def on_subscribe(self, conn: Connection, p: Subscribe) -> None:
         cs = conn.client
@@ -311,15 +337,19 @@ class Broker:
 
     # -- internals ----------------------------------------------------------------
 
-    def _route(self, m: Message) -> None:
+    def _route(self, m: Message) -> int:
+        """Retain ``m`` if flagged, queue it for every matching session; returns how
+        many sessions it matched (0: no matching subscribers)."""
         if m.retain:
             self.router.retain(m)
         cfg = self.config
         get = self.sessions.get
-        for client_id, d in self.router.route(m, self.sessions.online):
+        deliveries = self.router.route(m, self.sessions.online)
+        for client_id, d in deliveries:
             cs = get(client_id)
             if cs is not None and cs.enqueue(d, cfg) and cs.conn is not None:
                 cs.conn.pump()
+        return len(deliveries)
 
     def _publish_will(self, client_id: str, will: Will) -> None:
         props = will.properties
