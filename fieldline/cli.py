@@ -13,7 +13,12 @@ Flags override the configuration file. --host sets every listener's address; --p
 --tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
 adding one if there is none; --cert, --key, --ca and --require-certificate apply to every
 TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
+With --password-file, clients must log in unless --allow-anonymous.
 See docs/broker.md for the file's keys."""
+
+_PASSWD_EPILOG = """\
+Each line of FILE is username:hash, the hash a salted scrypt one. The file is created if
+missing and rewritten atomically with mode 0600. See docs/broker.md, Security."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,9 +48,33 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="refuse TLS clients without a certificate signed by --ca",
     )
+    add("--password-file", metavar="FILE", help="check user names and passwords against FILE")
+    add(
+        "--allow-anonymous",
+        action="store_true",
+        help="accept clients without a user name even with a password file",
+    )
+    passwd = commands.add_parser(
+        "passwd",
+        help="add, change or delete a user of a broker password file",
+        description="Add a user to the broker's password file or change their password "
+        "(asked for twice), or delete them.",
+        epilog=_PASSWD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    passwd.add_argument("file", metavar="FILE", help="the password file")
+    passwd.add_argument("user", metavar="USER", help="the user name")
+    passwd.add_argument("--delete", action="store_true", help="delete USER")
+    passwd.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     args = parser.parse_args(argv)
     if args.command == "broker":
         return _broker(args)
+    if args.command == "passwd":
+        return _passwd(args)
     print("fieldline", fieldline.__version__)
     print("The MQTT protocol core is ready: see docs/mqtt.md for how to use it.")
     print("Run an MQTT broker with `fieldline broker` (docs/broker.md).")
@@ -71,6 +100,8 @@ def _broker(args: argparse.Namespace) -> int:
             key=args.key,
             ca=args.ca,
             require_certificate=args.require_certificate,
+            password_file=args.password_file,
+            allow_anonymous=args.allow_anonymous,
         )
         asyncio.run(serve(config=config))
     except ConfigError as e:
@@ -79,6 +110,41 @@ def _broker(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"fieldline broker: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    import getpass
+
+    from fieldline.broker.config import ConfigError
+    from fieldline.broker.passwords import Passwords, check_username
+
+    def fail(message: str, status: int = 2) -> int:
+        print(f"fieldline passwd: {message}", file=sys.stderr)
+        return status
+
+    try:
+        check_username(args.user)
+        passwords = Passwords.load(args.file, missing_ok=not args.delete)
+    except (ValueError, ConfigError) as e:
+        return fail(str(e))
+    if args.delete:
+        if passwords.users.pop(args.user, None) is None:
+            return fail(f"no user {args.user!r} in {args.file}", 1)
+    else:
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"Password for {args.user}: ")
+            if getpass.getpass("Again: ") != password:
+                return fail("the passwords differ")
+        if not password:
+            return fail("the password is empty")
+        passwords.set(args.user, password.encode())
+    try:
+        passwords.save()
+    except OSError as e:
+        return fail(f"cannot write {args.file}: {e.strerror}", 1)
     return 0
 
 

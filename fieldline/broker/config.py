@@ -136,6 +136,8 @@ class BrokerConfig:
     max_keep_alive: int | None = None
     topic_alias_maximum: int = 16
     connect_timeout: float = 10.0
+    password_file: str | None = None
+    allow_anonymous: bool | None = None
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
@@ -144,12 +146,23 @@ class BrokerConfig:
             )
         if self.max_queued_messages < 1 or self.max_inflight < 1:
             raise ConfigError("max_queued_messages and max_inflight must be at least 1")
+        if self.allow_anonymous is False and not self.password_file:
+            raise ConfigError(
+                "allow_anonymous = false needs a password_file (no one could connect)"
+            )
         seen: set[tuple[str, int]] = set()
         for listener in self.all_listeners():
             address = (listener.host, listener.port)
             if listener.port and address in seen:
                 raise ConfigError(f"two listeners on {listener.host}:{listener.port}")
             seen.add(address)
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether clients without a user name are accepted."""
+        if self.allow_anonymous is None:
+            return not self.password_file
+        return self.allow_anonymous
 
     def all_listeners(self) -> list[Listener]:
         """``listeners``, or the one plain listener on ``host``:``port`` if it is empty."""

@@ -19,7 +19,7 @@ from typing import Any
 from .config import MQTT, MQTTS, TLS_KINDS, WS, WS_KINDS, WSS, BrokerConfig, ConfigError, Listener
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_PATH_KEYS = ("cert", "key", "ca")  # relative paths are relative to the file
+_PATH_KEYS = ("cert", "key", "ca", "password_file")  # relative to the file
 
 
 def load_config(path: str | Path) -> BrokerConfig:
@@ -50,7 +50,10 @@ def config_from_dict(
             continue
         if key not in hints:
             raise ConfigError(f"{source}: {_unknown(key, [*hints])}")
-        options[key] = _value(source, "", key, value, hints[key])
+        value = _value(source, "", key, value, hints[key])
+        if key in _PATH_KEYS and base is not None:
+            value = str(base / value)  # an absolute value stays as it is
+        options[key] = value
     if entries is not None:
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             raise ConfigError(f"{source}: 'listeners' must be tables: write [[listeners]]")
@@ -82,12 +85,16 @@ def apply_flags(
     key: str | None = None,
     ca: str | None = None,
     require_certificate: bool = False,
+    password_file: str | None = None,
+    allow_anonymous: bool = False,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
     mqtts, ws or wss listener, which is added if there is none. ``ws_path``: the path
     of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``:
-    the TLS settings of every mqtts and wss listener. Raises ConfigError."""
+    the TLS settings of every mqtts and wss listener. ``password_file``,
+    ``allow_anonymous`` (True: allow; False: as configured): the authentication
+    settings. Raises ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -133,7 +140,12 @@ def apply_flags(
             listeners.append(Listener(**item))
         except ConfigError as e:
             raise ConfigError(f"{item['kind']} listener on port {item['port']}: {e}") from None
-    return replace(config, host=default_host, listeners=listeners)
+    auth: dict[str, Any] = {}
+    if password_file is not None:
+        auth["password_file"] = password_file
+    if allow_anonymous:
+        auth["allow_anonymous"] = True
+    return replace(config, host=default_host, listeners=listeners, **auth)
 
 
 # -- checking ---------------------------------------------------------------------------

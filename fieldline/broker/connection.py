@@ -69,6 +69,7 @@ class Connection(asyncio.Protocol):
         self._paused = False
         self._eof = False
         self._ended = False
+        self._held = False
         self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
@@ -106,7 +107,7 @@ class Connection(asyncio.Protocol):
     def _run(self) -> None:
         s = self.session
         try:
-            while not self._ended:
+            while not self._ended and not self._held:
                 ev = s.next_event()
                 if ev is None:
                     break
@@ -117,7 +118,7 @@ class Connection(asyncio.Protocol):
             log.info("%s %s: %s", self.peer, self._name(), e)
             self.close()
             return
-        if self._ended:
+        if self._ended or self._held:
             return
         if s.state >= _CLOSED or self._eof:
             self.close()
@@ -141,6 +142,28 @@ class Connection(asyncio.Protocol):
                 self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
         elif t == _AUTH:  # no authentication method is offered yet
             self.close(_BAD_AUTHENTICATION_METHOD)
+
+    def hold(self) -> None:
+        """Handle no more events, and stop reading, until release(): the broker is
+        deciding about the CONNECT (the session keeps what was already read)."""
+        self._held = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        """Handle the events that waited (or close, if the CONNECT was refused) and
+        read again."""
+        self._held = False
+        if self._ended:
+            return
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self._run()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the connection is closed and forgotten by the broker."""
+        return self._ended
 
     def flush(self) -> None:
         """Write what the session queued."""

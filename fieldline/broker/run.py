@@ -28,7 +28,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     for listener in broker.listening:
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
-    print("fieldline broker: in memory, anonymous access; Ctrl-C stops it", flush=True)
+    print(f"fieldline broker: in memory, {broker.auth_summary()}; Ctrl-C stops it", flush=True)
     try:
         await stop.wait()
     finally:

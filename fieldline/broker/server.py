@@ -28,6 +28,7 @@ from fieldline.mqtt import (
 from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .message import Delivery, Message
+from .passwords import NOT_AUTHORIZED, OK, Passwords
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .tls import server_context
@@ -75,6 +76,8 @@ class Broker:
         self.router = Router()
         self.sessions = SessionStore()
         self.connections: set[Connection] = set()
+        self.passwords: Passwords | None = None  # read from password_file by start()
+        self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
@@ -102,12 +105,15 @@ class Broker:
         return out
 
     async def start(self) -> None:
-        """Listen on every listener. Raises ConfigError if a TLS file cannot be used
-        (before listening on any), OSError if an address cannot be bound (the listeners
-        already open are closed again)."""
+        """Read the password file and listen on every listener. Raises ConfigError if
+        the password file or a TLS file cannot be used (before listening on any),
+        OSError if an address cannot be bound (the listeners already open are closed
+        again)."""
         self.loop = asyncio.get_running_loop()
         self._stopping = False
-        listeners = self.config.all_listeners()
+        cfg = self.config
+        self.passwords = Passwords.load(cfg.password_file) if cfg.password_file else None
+        listeners = cfg.all_listeners()
         contexts = [server_context(li) if li.tls else None for li in listeners]
         try:
             for listener, ctx in zip(listeners, contexts, strict=True):
@@ -147,6 +153,8 @@ class Broker:
             server.close()
         for conn in list(self.connections):
             conn.close(_SERVER_SHUTTING_DOWN)
+        for task in list(self._checks):
+            task.cancel()
         for server in servers:
             await server.wait_closed()
         for cs in self.sessions.sessions.values():
@@ -184,13 +192,53 @@ class Broker:
 
     # -- events from connections --------------------------------------------------
 
+    def auth_summary(self) -> str:
+        """How clients are authenticated, for the start-up line."""
+        pw = self.passwords
+        anonymous = "anonymous access" if self.config.anonymous else "anonymous access refused"
+        if pw is None:
+            return "anonymous access (no password file)"
+        n = len(pw.users)
+        return f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
+
     def on_connect(self, conn: Connection, p: Connect) -> None:
+        s = conn.session
+        if "authentication_method" in (p.properties or {}):
+            s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
+            return
+        if self.passwords is None or p.username is None and self.config.anonymous:
+            self._accept(conn, p)  # credentials sent without a password file are ignored
+        elif p.username is None:
+            self._refuse(conn, p, NOT_AUTHORIZED)
+        else:
+            # The hash takes tens of milliseconds: in a thread, the connection held
+            # (its later packets wait) until the answer is known.
+            conn.hold()
+            task = self.loop.create_task(self._authenticate(conn, p, self.passwords))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    async def _authenticate(self, conn: Connection, p: Connect, passwords: Passwords) -> None:
+        rc = await passwords.check(p.username, p.password)
+        if conn.ended:
+            return
+        if rc == OK:
+            self._accept(conn, p)
+        else:
+            self._refuse(conn, p, rc)
+        conn.release()
+
+    def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:
+        # Never log the password.
+        who = "no user name" if p.username is None else f"user {p.username!r}"
+        why = "not authorized" if reason_code == NOT_AUTHORIZED else "bad user name or password"
+        log.warning("%s client id %r, %s: refused, %s", conn.peer, p.client_id, who, why)
+        conn.session.reject(reason_code)  # MQTT-3.2.2-5 (3.1.1: 5 or 4, MQTT-3.2.2-4)
+
+    def _accept(self, conn: Connection, p: Connect) -> None:
         s = conn.session
         props = p.properties or {}
         v5 = p.protocol_level == _MQTT5
-        if "authentication_method" in props:
-            s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
-            return
         cfg = self.config
         conn.window = min(cfg.max_inflight, s.peer_receive_maximum)
         answer: dict[str, Any] = {}

@@ -242,3 +242,12 @@ class FrameTransport(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._raw().get_write_buffer_limits()
+
+    def pause_reading(self) -> None:
+        self._raw().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._raw().resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw().is_reading()
