@@ -17,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from test_broker import WAIT, running
 
-from fieldline.broker import BrokerConfig, BrokerThread, ConfigError
+from fieldline.broker import BrokerConfig, BrokerThread, ConfigError, Listener
 from fieldline.broker.configfile import apply_flags, config_from_dict
 from fieldline.broker.passwords import Passwords, hash_password, parse_hash, verify_password
 from fieldline.mqtt import Client, NotAuthorized
@@ -195,6 +195,23 @@ def test_no_password_file_accepts_anyone() -> None:
     for b in running():
         assert connect(b.port, 5, None, None) == OK
         assert connect(b.port, 5, "anyone", "anything") == OK
+
+
+def test_over_websocket(pwfile: Path) -> None:
+    """The connection is held during the check on every kind of listener."""
+    pytest.importorskip("wsproto")
+    for b in running(password_file=str(pwfile), listeners=[Listener("ws", port=0)]):
+        for password, expected in (("s3cret", OK), ("wrong", BAD_CREDENTIALS)):
+            c = Client("127.0.0.1", b.port, transport="websockets", username="alice",
+                       password=password.encode())  # fmt: skip
+            try:
+                c.connect(timeout=WAIT)
+                c.subscribe("a/b", qos=1)  # the connection reads again after the check
+                c.disconnect()
+                rc = OK
+            except NotAuthorized as e:
+                rc = e.reason_code
+            assert rc == expected
 
 
 def test_packets_after_connect_wait_for_the_check(broker: BrokerThread) -> None:
