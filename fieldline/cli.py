@@ -13,7 +13,8 @@ Flags override the configuration file. --host sets every listener's address; --p
 --tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
 adding one if there is none; --cert, --key, --ca and --require-certificate apply to every
 TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
-With --password-file, clients must log in unless --allow-anonymous.
+With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
+each client reads and writes only the topics its rules allow.
 See docs/broker.md for the file's keys."""
 
 _PASSWD_EPILOG = """\
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="accept clients without a user name even with a password file",
     )
+    add("--acl-file", metavar="FILE", help="topics each client may read and write (see docs)")
     passwd = commands.add_parser(
         "passwd",
         help="add, change or delete a user of a broker password file",
@@ -102,6 +104,7 @@ def _broker(args: argparse.Namespace) -> int:
             require_certificate=args.require_certificate,
             password_file=args.password_file,
             allow_anonymous=args.allow_anonymous,
+            acl_file=args.acl_file,
         )
         asyncio.run(serve(config=config))
     except ConfigError as e:

@@ -120,7 +120,9 @@ class BrokerConfig:
     ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get Server Keep
     Alive; None: no cap). ``topic_alias_maximum``: aliases a 5.0 client may use
     towards the broker. ``connect_timeout``: seconds a new connection has to finish
-    its TLS and WebSocket handshakes and send its CONNECT.
+    its TLS and WebSocket handshakes and send its CONNECT. ``password_file``,
+    ``allow_anonymous``: who may connect; ``acl_file``: which topics each client may
+    publish to and receive (none when set and no rule allows it; see acl.py).
     """
 
     host: str = "127.0.0.1"
@@ -138,6 +140,7 @@ class BrokerConfig:
     connect_timeout: float = 10.0
     password_file: str | None = None
     allow_anonymous: bool | None = None
+    acl_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):

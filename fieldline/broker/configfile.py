@@ -19,7 +19,7 @@ from typing import Any
 from .config import MQTT, MQTTS, TLS_KINDS, WS, WS_KINDS, WSS, BrokerConfig, ConfigError, Listener
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_PATH_KEYS = ("cert", "key", "ca", "password_file")  # relative to the file
+_PATH_KEYS = ("cert", "key", "ca", "password_file", "acl_file")  # relative to the file
 
 
 def load_config(path: str | Path) -> BrokerConfig:
@@ -87,6 +87,7 @@ def apply_flags(
     require_certificate: bool = False,
     password_file: str | None = None,
     allow_anonymous: bool = False,
+    acl_file: str | None = None,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
@@ -94,7 +95,7 @@ def apply_flags(
     of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``:
     the TLS settings of every mqtts and wss listener. ``password_file``,
     ``allow_anonymous`` (True: allow; False: as configured): the authentication
-    settings. Raises ConfigError."""
+    settings; ``acl_file``: the ACL file. Raises ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -145,6 +146,8 @@ def apply_flags(
         auth["password_file"] = password_file
     if allow_anonymous:
         auth["allow_anonymous"] = True
+    if acl_file is not None:
+        auth["acl_file"] = acl_file
     return replace(config, host=default_host, listeners=listeners, **auth)
 
 

@@ -69,11 +69,17 @@ class Router:
                 found.append(message)
         return found
 
-    def route(self, message: Message, online: Callable[[str], bool]) -> list[tuple[str, Delivery]]:
+    def route(
+        self,
+        message: Message,
+        online: Callable[[str], bool],
+        may_read: Callable[[str], bool] | None = None,
+    ) -> list[tuple[str, Delivery]]:
         """Deliveries of ``message``: one per client over all its overlapping non-shared
         subscriptions, at the highest of their QoS, with all their Subscription
         Identifiers (MQTT-3.3.4-2, -3); plus one per shared subscription group, to its
-        members in turn (online ones first)."""
+        members in turn (online ones first). ``may_read(client_id)``: False leaves that
+        client out (the ACL denies it the topic); a group picks among the others."""
         per_client: dict[str, Delivery] = {}
         groups: dict[str, list[tuple[str, Entry]]] = {}
         mqos = message.qos
@@ -84,6 +90,8 @@ class Router:
             o = entry.options
             if o.no_local and client_id == message.sender:
                 continue  # MQTT-3.8.3-3
+            if may_read is not None and client_id not in per_client and not may_read(client_id):
+                continue
             qos = min(mqos, o.qos)
             retain = message.retain and o.retain_as_published  # MQTT-3.3.1-12, -13
             d = per_client.get(client_id)
@@ -97,6 +105,10 @@ class Router:
                     d.subscription_ids.append(entry.subscription_id)
         out = list(per_client.items())
         for topic_filter, members in groups.items():
+            if may_read is not None:
+                members = [m for m in members if may_read(m[0])]
+                if not members:
+                    continue
             up = [m for m in members if online(m[0])] or members
             turn = self._turn.get(topic_filter, 0)
             self._turn[topic_filter] = turn + 1

@@ -25,6 +25,7 @@ from fieldline.mqtt import (
     validate_topic_name,
 )
 
+from .acl import Acl
 from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .message import Delivery, Message
@@ -43,6 +44,7 @@ _MQTT5 = 5
 _NO_MATCHING_SUBSCRIBERS = 0x10
 _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
+_NOT_AUTHORIZED = 0x87
 _BAD_AUTHENTICATION_METHOD = 0x8C
 _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
@@ -77,6 +79,7 @@ class Broker:
         self.sessions = SessionStore()
         self.connections: set[Connection] = set()
         self.passwords: Passwords | None = None  # read from password_file by start()
+        self.acl: Acl | None = None  # read from acl_file by start()
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
@@ -105,14 +108,15 @@ class Broker:
         return out
 
     async def start(self) -> None:
-        """Read the password file and listen on every listener. Raises ConfigError if
-        the password file or a TLS file cannot be used (before listening on any),
+        """Read the password and ACL files and listen on every listener. Raises
+        ConfigError if one of them or a TLS file cannot be used (before listening on any),
         OSError if an address cannot be bound (the listeners already open are closed
         again)."""
         self.loop = asyncio.get_running_loop()
         self._stopping = False
         cfg = self.config
         self.passwords = Passwords.load(cfg.password_file) if cfg.password_file else None
+        self.acl = Acl.load(cfg.acl_file) if cfg.acl_file else None
         listeners = cfg.all_listeners()
         contexts = [server_context(li) if li.tls else None for li in listeners]
         try:
@@ -197,9 +201,15 @@ class Broker:
         pw = self.passwords
         anonymous = "anonymous access" if self.config.anonymous else "anonymous access refused"
         if pw is None:
-            return "anonymous access (no password file)"
-        n = len(pw.users)
-        return f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
+            out = "anonymous access (no password file)"
+        else:
+            n = len(pw.users)
+            out = f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
+        acl = self.acl
+        if acl is not None:
+            n = len(acl)
+            out += f", ACL from {acl.path} ({n} rule{'' if n == 1 else 's'})"
+        return out
 
     def on_connect(self, conn: Connection, p: Connect) -> None:
         s = conn.session
@@ -280,6 +290,7 @@ class Broker:
             cs = ClientSession(client_id, s)
             self.sessions.add(cs)
         cs.conn = conn
+        cs.permissions = None if self.acl is None else self.acl.permissions(p.username, client_id)
         conn.client = cs
         conn.will = p.will
         conn.start_keepalive()
@@ -288,6 +299,15 @@ class Broker:
     def on_publish(self, conn: Connection, p: Publish) -> None:
         cs = conn.client
         assert cs is not None  # the session delivers PUBLISH only once connected
+        perms = cs.permissions
+        if perms is not None and not perms.can_write(p.topic):
+            log.info("%s client id %r: PUBLISH to %r denied by the ACL", conn.peer,
+                     cs.client_id, p.topic)  # fmt: skip
+            if p.qos:
+                # 5.0: 0x87 (3.3.4). 3.1.1 has no code: a positive ack, message dropped
+                # (MQTT-3.3.5-2 allows it; closing would make the client resend forever).
+                self.ack(cs, p.packet_id, _NOT_AUTHORIZED if conn.session.version == _MQTT5 else 0)
+            return
         now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
         matched = self._route(m)
@@ -321,6 +341,7 @@ class Broker:
         v5 = conn.session.version == _MQTT5
         now = self.loop.time()
         sid = (p.properties or {}).get("subscription_identifier", 0)
+        perms = cs.permissions
         codes = []
         retained: list[Delivery] = []
         for sub in p.subscriptions:
@@ -329,6 +350,11 @@ class Broker:
                 validate_topic_filter(f, True)
             except RemoteProtocolError:
                 codes.append(_TOPIC_FILTER_INVALID if v5 else _UNSPECIFIED_ERROR)
+                continue
+            if perms is not None and not perms.can_subscribe(f):
+                log.info("%s client id %r: SUBSCRIBE to %r denied by the ACL", conn.peer,
+                         cs.client_id, f)  # fmt: skip
+                codes.append(_NOT_AUTHORIZED if v5 else _UNSPECIFIED_ERROR)
                 continue
             entry = Entry(sub, sid)
             existed = self.router.subscribe(cs.client_id, entry)
@@ -340,6 +366,8 @@ class Broker:
             if (rh == 0 or rh == 1 and not existed) and not f.startswith("$share/"):
                 ids = [sid] if sid else []
                 for m in self.router.retained_for(f, now):
+                    if perms is not None and not perms.can_read(m.topic):
+                        continue
                     retained.append(Delivery(m, min(m.qos, sub.qos), True, list(ids)))
         conn.session.suback(p.packet_id, codes)
         for d in retained:
@@ -374,7 +402,7 @@ class Broker:
             if e != NEVER:
                 delay = min(delay, e)  # or when the session ends, if sooner (3.1.3.2.2)
             if delay <= 0:
-                self._publish_will(cs.client_id, will)
+                self._publish_will(cs, will)
             else:
                 cs.pending_will = will
                 cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
@@ -392,25 +420,40 @@ class Broker:
             self.router.retain(m)
         cfg = self.config
         get = self.sessions.get
-        deliveries = self.router.route(m, self.sessions.online)
+        may_read = None
+        if self.acl is not None:
+            topic = m.topic
+
+            def may_read(client_id: str) -> bool:
+                cs = get(client_id)
+                perms = None if cs is None else cs.permissions
+                return perms is not None and perms.can_read(topic)
+
+        deliveries = self.router.route(m, self.sessions.online, may_read)
         for client_id, d in deliveries:
             cs = get(client_id)
             if cs is not None and cs.enqueue(d, cfg) and cs.conn is not None:
                 cs.conn.pump()
         return len(deliveries)
 
-    def _publish_will(self, client_id: str, will: Will) -> None:
+    def _publish_will(self, cs: ClientSession, will: Will) -> None:
+        perms = cs.permissions
+        if perms is not None and not perms.can_write(will.topic):
+            log.info("client id %r: Will on %r denied by the ACL", cs.client_id, will.topic)
+            return
         props = will.properties
         if props and "will_delay_interval" in props:
             props = {k: v for k, v in props.items() if k != "will_delay_interval"}
         now = self.loop.time()
-        self._route(Message(will.topic, will.payload, will.qos, will.retain, props, now, client_id))
+        self._route(
+            Message(will.topic, will.payload, will.qos, will.retain, props, now, cs.client_id)
+        )
 
     def _will_due(self, cs: ClientSession) -> None:
         cs.will_timer = None
         will, cs.pending_will = cs.pending_will, None
         if will is not None:
-            self._publish_will(cs.client_id, will)
+            self._publish_will(cs, will)
 
     def _end_session(self, cs: ClientSession) -> None:
         """The session ends: a Will still waiting for its delay goes now (3.1.3.2.2),
@@ -420,7 +463,7 @@ class Broker:
         will, cs.pending_will = cs.pending_will, None
         cs.cancel_timers()
         if will is not None and not self._stopping:
-            self._publish_will(cs.client_id, will)
+            self._publish_will(cs, will)
         for f in cs.subscriptions:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()

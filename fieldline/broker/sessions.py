@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fieldline.mqtt import Session, Will
 
+from .acl import Permissions
 from .config import DROP_OLDEST, BrokerConfig
 from .message import Delivery
 from .router import Entry
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 class ClientSession:
     """The broker's state for one client id. ``conn``: its live connection, or None.
+    ``permissions``: what the ACL file lets it read and write (None: no ACL file), for
+    the user name of its latest connection.
     ``dropped``: deliveries lost to the queue limit or too large for the client;
     ``expired``: queued deliveries whose Message Expiry Interval ran out."""
 
@@ -40,6 +43,7 @@ class ClientSession:
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.will_timer: asyncio.TimerHandle | None = None
         self.pending_will: Will | None = None  # waiting for its Will Delay Interval
+        self.permissions: Permissions | None = None
 
     def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
         """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
