@@ -47,6 +47,9 @@ topic deny secret/#
 user root
 topic write #
 
+user auditor
+topic read #
+
 client will-*
 topic write wills/ok/#
 """
@@ -242,6 +245,22 @@ def test_wildcard_subscriber_gets_no_denied_topic(
         root.publish("secret/retained", b"", qos=1, retain=True)
         root.disconnect()
         admin.disconnect()
+
+
+def test_shared_group_picks_a_member_that_may_read(broker: BrokerThread) -> None:
+    admin = client(broker, "admin", "admin-shared")
+    auditor = client(broker, "auditor", "auditor-shared")
+    root = client(broker, "root", "root-shared")
+    try:
+        assert admin.subscribe("$share/audit/#", qos=1) == [1]
+        assert auditor.subscribe("$share/audit/#", qos=1) == [1]
+        for i in range(4):  # in turn, but admin may not read secret/...
+            root.publish("secret/log", str(i).encode(), qos=1)
+        got = [auditor.recv(timeout=WAIT).payload for _ in range(4)]
+        assert got == [b"0", b"1", b"2", b"3"]
+    finally:
+        for c in (admin, auditor, root):
+            c.disconnect()
 
 
 def test_will_obeys_the_write_rules(broker: BrokerThread) -> None:
