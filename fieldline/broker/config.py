@@ -112,8 +112,9 @@ class BrokerConfig:
     (announced in 5.0). ``max_inflight``: QoS 1/2 messages the broker sends a client
     before waiting for acks (also capped by the client's own Receive Maximum).
     ``max_queued_messages``: messages a session holds for its client beyond those in
-    flight, connected or not; beyond it ``queue_policy`` (``DROP_OLDEST`` or
-    ``DROP_NEW``) drops one and counts it. ``max_write_buffer``: bytes written to a
+    flight, connected or not; ``max_queued_bytes``: the payload bytes they may hold;
+    beyond either ``queue_policy`` (``DROP_OLDEST`` or ``DROP_NEW``) drops messages
+    and counts them. ``max_write_buffer``: bytes written to a
     connection but not yet taken by the network, above which messages wait in the
     queue instead (a stalled reader cannot grow memory). ``max_session_expiry``: cap
     on the Session Expiry Interval a client asks for (seconds; None: no cap).
@@ -132,6 +133,7 @@ class BrokerConfig:
     receive_maximum: int = 1024
     max_inflight: int = 100
     max_queued_messages: int = 1000
+    max_queued_bytes: int = 1024 * 1024
     queue_policy: str = DROP_OLDEST
     max_write_buffer: int = 256 * 1024
     max_session_expiry: int | None = None
@@ -149,6 +151,8 @@ class BrokerConfig:
             )
         if self.max_queued_messages < 1 or self.max_inflight < 1:
             raise ConfigError("max_queued_messages and max_inflight must be at least 1")
+        if self.max_queued_bytes < 1:
+            raise ConfigError("max_queued_bytes must be at least 1")
         if self.allow_anonymous is False and not self.password_file:
             raise ConfigError(
                 "allow_anonymous = false needs a password_file (no one could connect)"

@@ -190,7 +190,7 @@ class Connection(asyncio.Protocol):
             d = q[0]
             if d.qos and s.inflight >= self.window:
                 break
-            q.popleft()
+            cs.dequeue()
             m = d.message
             if m.expires_at is not None and m.expired(now):
                 cs.expired += 1

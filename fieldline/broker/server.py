@@ -186,8 +186,8 @@ class Broker:
         self._route(Message(topic, payload, qos, retain, properties, now))
 
     def stats(self) -> dict[str, Any]:
-        """Counts: sessions, connected, queued, dropped, expired, connections,
-        subscriptions, retained."""
+        """Counts: sessions, connected, queued, queued_bytes, dropped, expired,
+        connections, subscriptions, retained."""
         out = self.sessions.stats()
         out["connections"] = len(self.connections)
         out["subscriptions"] = len(self.router.tree)
@@ -467,7 +467,7 @@ class Broker:
         for f in cs.subscriptions:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()
-        cs.queue.clear()
+        cs.clear_queue()
         self.sessions.remove(cs)
 
 

@@ -4,8 +4,8 @@ A ``ClientSession`` holds the sans-IO ``Session`` (packet ids and the QoS 1/2 me
 in flight, resent when the session resumes), the client's subscriptions, and a bounded
 queue of deliveries not yet handed to the ``Session``: they wait there while the client
 is offline, while its Receive Maximum is reached, or while its connection does not take
-bytes. The queue is where a slow or absent subscriber costs memory, so it has a limit and
-a drop policy with counters.
+bytes. The queue is where a slow or absent subscriber costs memory, so it has limits (a
+count of messages and of payload bytes) and a drop policy with counters.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class ClientSession:
     """The broker's state for one client id. ``conn``: its live connection, or None.
     ``permissions``: what the ACL file lets it read and write (None: no ACL file), for
     the user name of its latest connection.
-    ``dropped``: deliveries lost to the queue limit or too large for the client;
+    ``queued_bytes``: the payload bytes in ``queue``.
+    ``dropped``: deliveries lost to the queue limits or too large for the client;
     ``expired``: queued deliveries whose Message Expiry Interval ran out."""
 
     def __init__(self, client_id: str, session: Session) -> None:
@@ -37,6 +38,7 @@ class ClientSession:
         self.session = session
         self.subscriptions: dict[str, Entry] = {}
         self.queue: deque[Delivery] = deque()
+        self.queued_bytes = 0
         self.conn: Connection | None = None
         self.dropped = 0
         self.expired = 0
@@ -47,18 +49,36 @@ class ClientSession:
 
     def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
         """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
-        kept for an offline client (MQTT 5.0 3.1.2.4 lets the broker choose); at the
-        limit ``config.queue_policy`` drops the oldest or the new one, and counts it."""
+        kept for an offline client (MQTT 5.0 3.1.2.4 lets the broker choose). Beyond
+        ``config.max_queued_messages`` messages or ``config.max_queued_bytes`` payload
+        bytes, ``config.queue_policy`` drops the oldest ones or the new one, and counts
+        each; a message larger than the byte limit on its own is always the one dropped."""
         if self.conn is None and not delivery.qos:
             return False
         q = self.queue
-        if len(q) >= config.max_queued_messages:
-            self.dropped += 1
-            if config.queue_policy != DROP_OLDEST:
+        size = len(delivery.message.payload)
+        max_count = config.max_queued_messages
+        max_bytes = config.max_queued_bytes
+        if len(q) >= max_count or self.queued_bytes + size > max_bytes:
+            if config.queue_policy != DROP_OLDEST or size > max_bytes:
+                self.dropped += 1
                 return False
-            q.popleft()
+            while q and (len(q) >= max_count or self.queued_bytes + size > max_bytes):
+                self.dequeue()
+                self.dropped += 1
         q.append(delivery)
+        self.queued_bytes += size
         return True
+
+    def dequeue(self) -> Delivery:
+        """Take the oldest delivery off the queue. Raises IndexError if it is empty."""
+        d = self.queue.popleft()
+        self.queued_bytes -= len(d.message.payload)
+        return d
+
+    def clear_queue(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
 
     def cancel_timers(self) -> None:
         for timer in (self.expiry_timer, self.will_timer):
@@ -93,12 +113,14 @@ class SessionStore:
         return s is not None and s.conn is not None
 
     def stats(self) -> dict[str, Any]:
-        """Counts for logs and tests: sessions, connected, queued, dropped, expired."""
+        """Counts for logs and tests: sessions, connected, queued (messages),
+        queued_bytes (their payloads), dropped, expired."""
         ss = self.sessions.values()
         return {
             "sessions": len(self.sessions),
             "connected": sum(1 for s in ss if s.conn is not None),
             "queued": sum(len(s.queue) for s in ss),
+            "queued_bytes": sum(s.queued_bytes for s in ss),
             "dropped": sum(s.dropped for s in ss),
             "expired": sum(s.expired for s in ss),
         }

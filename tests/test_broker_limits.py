@@ -1,0 +1,88 @@
+"""The limits that protect the broker process: payload bytes queued per session (beside
+the message count, same drop policy and counter), connections, and each client's
+publish rate. Real sockets; the broker's own ``stats()`` says when an event happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_broker import Raw, running
+from test_broker_sessions import wait_for
+
+from fieldline.broker import BrokerThread, ConfigError
+from fieldline.broker.configfile import load_config
+from fieldline.mqtt import Subscription
+
+PROPS = {"session_expiry_interval": 60}
+
+
+def offline_subscriber(broker: BrokerThread, client_id: str) -> None:
+    """A persistent session subscribed to ``q/#`` at QoS 1, then disconnected."""
+    sub = Raw(broker.port, client_id, clean_start=False, properties=PROPS)
+    sub.subscribe(Subscription("q/#", 1))
+    sub.session.disconnect()
+    sub.flush()
+    sub.close()
+    wait_for(broker, "connected", 0)
+
+
+def reconnect(broker: BrokerThread, client_id: str) -> Raw:
+    sub = Raw(broker.port, client_id, clean_start=False, properties=PROPS)
+    assert sub.connack.session_present
+    return sub
+
+
+# -- max_queued_bytes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"), [("drop_oldest", [b"7", b"8", b"9"]), ("drop_new", [b"0", b"1", b"2"])]
+)
+def test_queued_bytes_limit_drops_by_policy_and_counts(policy: str, kept: list[bytes]) -> None:
+    for broker in running(max_queued_bytes=1000, queue_policy=policy):
+        offline_subscriber(broker, "slow")
+        for i in range(10):  # 300 bytes each: three fit in 1000
+            broker.call(broker.broker.publish, "q/x", b"%d" % i + b"." * 299, 1)
+        stats = broker.call(broker.broker.stats)
+        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (3, 900, 7)
+        sub = reconnect(broker, "slow")
+        assert [m.payload[:1] for m in sub.messages(3)] == kept
+        assert sub.quiet()
+        wait_for(broker, "queued_bytes", 0)
+        sub.close()
+
+
+def test_message_larger_than_the_byte_limit_is_dropped_alone() -> None:
+    for broker in running(max_queued_bytes=1000):  # drop_oldest
+        offline_subscriber(broker, "slow")
+        broker.call(broker.broker.publish, "q/small", b"s" * 100, 1)
+        broker.call(broker.broker.publish, "q/huge", b"h" * 1001, 1)
+        stats = broker.call(broker.broker.stats)
+        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (1, 100, 1)
+        sub = reconnect(broker, "slow")
+        assert [m.topic for m in sub.messages(1)] == ["q/small"]
+        assert sub.quiet()
+        sub.close()
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_limits_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text("max_queued_bytes = 65536\n")
+    cfg = load_config(path)
+    assert cfg.max_queued_bytes == 65536
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_queued_bytes": 0}, "max_queued_bytes must be at least 1"),
+    ],
+)
+def test_bad_limits_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BrokerThread(**options)
