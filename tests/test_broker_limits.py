@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_broker import Raw, running
+from test_broker import Closed, Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread, ConfigError
@@ -67,20 +67,54 @@ def test_message_larger_than_the_byte_limit_is_dropped_alone() -> None:
         sub.close()
 
 
+# -- max_connections ---------------------------------------------------------------------
+
+
+def test_connection_beyond_max_connections_is_refused_and_closed() -> None:
+    for broker in running(max_connections=2):
+        first, second = Raw(broker.port, "a"), Raw(broker.port, "b")
+        assert (first.connack.reason_code, second.connack.reason_code) == (0, 0)
+        for version, code in ((5, 0x97), (4, 3)):  # Quota exceeded; Server unavailable
+            extra = Raw(broker.port, f"extra{version}", version)
+            assert extra.connack.reason_code == code
+            with pytest.raises(Closed):
+                extra.next()
+            extra.close()
+        stats = broker.call(broker.broker.stats)
+        assert (stats["connections_refused"], stats["sessions"]) == (2, 2)
+        wait_for(broker, "connections", 2)
+        first.close()
+        wait_for(broker, "connections", 1)
+        third = Raw(broker.port, "c")  # room again
+        assert third.connack.reason_code == 0
+        assert second.subscribe(Subscription("still/here", 1)).reason_codes == [1]
+        for c in (second, third):
+            c.close()
+
+
+def test_max_connections_zero_means_no_limit() -> None:
+    for broker in running(max_connections=0):
+        clients = [Raw(broker.port, f"c{i}") for i in range(5)]
+        assert [c.connack.reason_code for c in clients] == [0] * 5
+        for c in clients:
+            c.close()
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
 def test_limits_from_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broker.toml"
-    path.write_text("max_queued_bytes = 65536\n")
+    path.write_text("max_queued_bytes = 65536\nmax_connections = 0\n")
     cfg = load_config(path)
-    assert cfg.max_queued_bytes == 65536
+    assert (cfg.max_queued_bytes, cfg.max_connections) == (65536, 0)
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"max_queued_bytes": 0}, "max_queued_bytes must be at least 1"),
+        ({"max_connections": -1}, "max_connections must be 0"),
     ],
 )
 def test_bad_limits_are_refused(options: dict[str, Any], message: str) -> None:

@@ -106,7 +106,9 @@ class BrokerConfig:
     """Limits, defaults and listeners of one broker.
 
     ``listeners``: the ports to listen on (``Listener``); when empty, one plain MQTT
-    listener on ``host``:``port``. ``max_packet_size``: the largest packet a client may
+    listener on ``host``:``port``. ``max_connections``: open connections, over all
+    listeners, beyond which a CONNECT is refused (5.0: 0x97; 3.1.1: 3; 0: no limit).
+    ``max_packet_size``: the largest packet a client may
     send (5.0 clients are told in CONNACK; a larger one ends the connection with
     0x95). ``receive_maximum``: QoS 2 messages a client may have unreleased at once
     (announced in 5.0). ``max_inflight``: QoS 1/2 messages the broker sends a client
@@ -129,6 +131,7 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     listeners: list[Listener] = field(default_factory=list)
+    max_connections: int = 10000
     max_packet_size: int = 1024 * 1024
     receive_maximum: int = 1024
     max_inflight: int = 100
@@ -153,6 +156,8 @@ class BrokerConfig:
             raise ConfigError("max_queued_messages and max_inflight must be at least 1")
         if self.max_queued_bytes < 1:
             raise ConfigError("max_queued_bytes must be at least 1")
+        if self.max_connections < 0:
+            raise ConfigError("max_connections must be 0 (no limit) or more")
         if self.allow_anonymous is False and not self.password_file:
             raise ConfigError(
                 "allow_anonymous = false needs a password_file (no one could connect)"

@@ -45,10 +45,12 @@ _NO_MATCHING_SUBSCRIBERS = 0x10
 _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
 _NOT_AUTHORIZED = 0x87
+_SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
 _BAD_AUTHENTICATION_METHOD = 0x8C
 _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
 _TOPIC_FILTER_INVALID = 0x8F
+_QUOTA_EXCEEDED = 0x97
 
 
 class Broker:
@@ -80,6 +82,7 @@ class Broker:
         self.connections: set[Connection] = set()
         self.passwords: Passwords | None = None  # read from password_file by start()
         self.acl: Acl | None = None  # read from acl_file by start()
+        self.refused_connections = 0  # CONNECTs refused for max_connections
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
@@ -187,9 +190,10 @@ class Broker:
 
     def stats(self) -> dict[str, Any]:
         """Counts: sessions, connected, queued, queued_bytes, dropped, expired,
-        connections, subscriptions, retained."""
+        connections, connections_refused (max_connections), subscriptions, retained."""
         out = self.sessions.stats()
         out["connections"] = len(self.connections)
+        out["connections_refused"] = self.refused_connections
         out["subscriptions"] = len(self.router.tree)
         out["retained"] = len(self.router.retained)
         return out
@@ -215,6 +219,14 @@ class Broker:
         s = conn.session
         if "authentication_method" in (p.properties or {}):
             s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
+            return
+        limit = self.config.max_connections
+        if limit and len(self.connections) > limit:  # this connection is one of them
+            self.refused_connections += 1
+            log.warning("%s client id %r: refused, max_connections (%d) reached", conn.peer,
+                        p.client_id, limit)  # fmt: skip
+            # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
+            s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
             return
         if self.passwords is None or p.username is None and self.config.anonymous:
             self._accept(conn, p)  # credentials sent without a password file are ignored
