@@ -4,6 +4,8 @@ publish rate. Real sockets; the broker's own ``stats()`` says when an event happ
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread, ConfigError
 from fieldline.broker.configfile import load_config
+from fieldline.broker.limits import TokenBucket
 from fieldline.mqtt import Subscription
 
 PROPS = {"session_expiry_interval": 60}
@@ -100,14 +103,103 @@ def test_max_connections_zero_means_no_limit() -> None:
             c.close()
 
 
+# -- max_publish_rate --------------------------------------------------------------------
+
+RATE = 5  # a second, and the bucket holds one second's worth
+
+
+def subscriber(broker: BrokerThread) -> Raw:
+    sub = Raw(broker.port, "sub")
+    sub.subscribe(Subscription("r/#", 1))
+    return sub
+
+
+def answer(pub: Raw, topic: str, payload: bytes, qos: int) -> Any:
+    """Publish at QoS 1/2 and return the PubAck, PubComp or failed PubRec. Unlike
+    ``Raw.publish`` it sends the PUBREL a successful PUBREC calls for (no event comes
+    with that PUBREC, so Raw would not flush it)."""
+    pub.session.publish(topic, payload, qos)
+    pub.flush()
+    while True:
+        ev = pub.session.next_event()  # handling a PUBREC queues the PUBREL
+        pub.flush()
+        if ev is not None:
+            return ev
+        data = pub.sock.recv(65536)
+        if not data:
+            raise Closed()
+        pub.session.receive_data(data, time.monotonic())
+
+
+def within_rate(accepted: int, seconds: float) -> bool:
+    return RATE <= accepted <= RATE + RATE * seconds + 1
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_publishes_over_the_rate_are_answered_0x97_and_dropped(qos: int) -> None:
+    for broker in running(max_publish_rate=RATE):
+        sub = subscriber(broker)
+        pub = Raw(broker.port, "fast")
+        start = time.monotonic()
+        codes = [answer(pub, "r/x", b"%d" % i, qos).reason_code for i in range(20)]
+        seconds = time.monotonic() - start
+        # 0x97 Quota exceeded: PUBACK/PUBREC may not carry 0x96 (MQTT 5.0 3.4.2.1, 3.5.2.1)
+        refused = codes.count(0x97)
+        accepted = 20 - refused
+        assert set(codes) == {0, 0x97} and within_rate(accepted, seconds), (codes, seconds)
+        assert codes[:RATE] == [0] * RATE  # the burst goes through
+        assert broker.call(broker.broker.stats)["rate_limited"] == refused
+        payloads = [m.payload for m in sub.messages(accepted)]
+        assert payloads == [b"%d" % i for i, c in enumerate(codes) if c == 0]
+        assert sub.quiet()
+        for c in (sub, pub):
+            c.close()
+
+
+@pytest.mark.parametrize(("version", "qos"), [(5, 0), (4, 0), (4, 1)])
+def test_publishes_over_the_rate_are_dropped_quietly_without_a_reason_code(
+    version: int, qos: int
+) -> None:
+    # QoS 0 has no answer; 3.1.1 has no reason code for it: a normal ack, message dropped.
+    for broker in running(max_publish_rate=RATE):
+        sub = subscriber(broker)
+        pub = Raw(broker.port, "fast", version)
+        start = time.monotonic()
+        acks = [pub.publish("r/x", b"%d" % i, qos) for i in range(20)]
+        seconds = time.monotonic() - start
+        if qos:
+            assert all(ack.reason_code in (0, None) for ack in acks)  # 3.1.1 acks carry none
+        else:
+            # The SUBACK comes once every PUBLISH before it was handled.
+            assert pub.subscribe(Subscription("barrier", 0)).reason_codes == [0]
+        refused = broker.call(broker.broker.stats)["rate_limited"]
+        accepted = 20 - refused
+        assert within_rate(accepted, seconds), (refused, seconds)
+        assert len(sub.messages(accepted)) == accepted
+        assert sub.quiet()
+        for c in (sub, pub):
+            c.close()
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    bucket = TokenBucket(2, now=0.0)  # holds 2
+    assert [bucket.take(0.0) for _ in range(3)] == [True, True, False]
+    assert bucket.take(0.25) is False  # half a token
+    assert bucket.take(0.5) is True
+    assert [bucket.take(100.0) for _ in range(3)] == [True, True, False]  # never above 2
+    slow = TokenBucket(0.5, now=0.0)  # holds at least one
+    assert (slow.take(0.0), slow.take(1.0), slow.take(2.0)) == (True, False, True)
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
 def test_limits_from_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broker.toml"
-    path.write_text("max_queued_bytes = 65536\nmax_connections = 0\n")
+    path.write_text("max_queued_bytes = 65536\nmax_connections = 0\nmax_publish_rate = 100\n")
     cfg = load_config(path)
     assert (cfg.max_queued_bytes, cfg.max_connections) == (65536, 0)
+    assert cfg.max_publish_rate == 100.0 and isinstance(cfg.max_publish_rate, float)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +207,8 @@ def test_limits_from_the_file(tmp_path: Path) -> None:
     [
         ({"max_queued_bytes": 0}, "max_queued_bytes must be at least 1"),
         ({"max_connections": -1}, "max_connections must be 0"),
+        ({"max_publish_rate": -1.0}, "max_publish_rate must be 0"),
+        ({"max_publish_rate": math.nan}, "max_publish_rate must be 0"),
     ],
 )
 def test_bad_limits_are_refused(options: dict[str, Any], message: str) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Drop policies for a session's queue of messages waiting for its client.
@@ -123,7 +124,10 @@ class BrokerConfig:
     ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get Server Keep
     Alive; None: no cap). ``topic_alias_maximum``: aliases a 5.0 client may use
     towards the broker. ``connect_timeout``: seconds a new connection has to finish
-    its TLS and WebSocket handshakes and send its CONNECT. ``password_file``,
+    its TLS and WebSocket handshakes and send its CONNECT. ``max_publish_rate``:
+    PUBLISHes a second each client may send (a token bucket holding one second's
+    worth; 0: no limit); beyond it they are dropped, QoS 1/2 ones answered 0x97
+    (3.1.1: acknowledged as usual). ``password_file``,
     ``allow_anonymous``: who may connect; ``acl_file``: which topics each client may
     publish to and receive (none when set and no rule allows it; see acl.py).
     """
@@ -143,6 +147,7 @@ class BrokerConfig:
     max_keep_alive: int | None = None
     topic_alias_maximum: int = 16
     connect_timeout: float = 10.0
+    max_publish_rate: float = 0.0
     password_file: str | None = None
     allow_anonymous: bool | None = None
     acl_file: str | None = None
@@ -158,6 +163,8 @@ class BrokerConfig:
             raise ConfigError("max_queued_bytes must be at least 1")
         if self.max_connections < 0:
             raise ConfigError("max_connections must be 0 (no limit) or more")
+        if not 0 <= self.max_publish_rate < math.inf:  # TOML has nan and inf
+            raise ConfigError("max_publish_rate must be 0 (no limit) or more")
         if self.allow_anonymous is False and not self.password_file:
             raise ConfigError(
                 "allow_anonymous = false needs a password_file (no one could connect)"

@@ -28,6 +28,7 @@ from fieldline.mqtt import (
 from .acl import Acl
 from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
+from .limits import TokenBucket
 from .message import Delivery, Message
 from .passwords import NOT_AUTHORIZED, OK, Passwords
 from .router import Entry, Router
@@ -190,7 +191,8 @@ class Broker:
 
     def stats(self) -> dict[str, Any]:
         """Counts: sessions, connected, queued, queued_bytes, dropped, expired,
-        connections, connections_refused (max_connections), subscriptions, retained."""
+        rate_limited (PUBLISHes over max_publish_rate), connections,
+        connections_refused (max_connections), subscriptions, retained."""
         out = self.sessions.stats()
         out["connections"] = len(self.connections)
         out["connections_refused"] = self.refused_connections
@@ -311,6 +313,21 @@ class Broker:
     def on_publish(self, conn: Connection, p: Publish) -> None:
         cs = conn.client
         assert cs is not None  # the session delivers PUBLISH only once connected
+        now = self.loop.time()
+        rate = self.config.max_publish_rate
+        if rate:
+            bucket = cs.bucket
+            if bucket is None:
+                bucket = cs.bucket = TokenBucket(rate, now)
+            if not bucket.take(now):
+                cs.rate_limited += 1
+                if p.qos:
+                    # 5.0: 0x97 Quota exceeded; 0x96 Message rate too high is a DISCONNECT
+                    # code, not one PUBACK/PUBREC may carry (3.4.2.1, 3.5.2.1). 3.1.1
+                    # has no code: acked and dropped, as for an ACL denial below.
+                    v5 = conn.session.version == _MQTT5
+                    self.ack(cs, p.packet_id, _QUOTA_EXCEEDED if v5 else 0)
+                return
         perms = cs.permissions
         if perms is not None and not perms.can_write(p.topic):
             log.info("%s client id %r: PUBLISH to %r denied by the ACL", conn.peer,
@@ -320,7 +337,6 @@ class Broker:
                 # (MQTT-3.3.5-2 allows it; closing would make the client resend forever).
                 self.ack(cs, p.packet_id, _NOT_AUTHORIZED if conn.session.version == _MQTT5 else 0)
             return
-        now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
         matched = self._route(m)
         if p.qos:

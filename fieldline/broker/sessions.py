@@ -18,6 +18,7 @@ from fieldline.mqtt import Session, Will
 
 from .acl import Permissions
 from .config import DROP_OLDEST, BrokerConfig
+from .limits import TokenBucket
 from .message import Delivery
 from .router import Entry
 
@@ -31,7 +32,9 @@ class ClientSession:
     the user name of its latest connection.
     ``queued_bytes``: the payload bytes in ``queue``.
     ``dropped``: deliveries lost to the queue limits or too large for the client;
-    ``expired``: queued deliveries whose Message Expiry Interval ran out."""
+    ``expired``: queued deliveries whose Message Expiry Interval ran out.
+    ``bucket``: its publish-rate token bucket (None: no limit, or nothing published
+    yet); ``rate_limited``: its PUBLISHes dropped for ``max_publish_rate``."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -42,6 +45,8 @@ class ClientSession:
         self.conn: Connection | None = None
         self.dropped = 0
         self.expired = 0
+        self.bucket: TokenBucket | None = None
+        self.rate_limited = 0
         self.expiry_timer: asyncio.TimerHandle | None = None
         self.will_timer: asyncio.TimerHandle | None = None
         self.pending_will: Will | None = None  # waiting for its Will Delay Interval
@@ -114,7 +119,7 @@ class SessionStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts for logs and tests: sessions, connected, queued (messages),
-        queued_bytes (their payloads), dropped, expired."""
+        queued_bytes (their payloads), dropped, expired, rate_limited."""
         ss = self.sessions.values()
         return {
             "sessions": len(self.sessions),
@@ -123,4 +128,5 @@ class SessionStore:
             "queued_bytes": sum(s.queued_bytes for s in ss),
             "dropped": sum(s.dropped for s in ss),
             "expired": sum(s.expired for s in ss),
+            "rate_limited": sum(s.rate_limited for s in ss),
         }
