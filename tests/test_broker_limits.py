@@ -13,8 +13,8 @@ import pytest
 from test_broker import Closed, Raw, running
 from test_broker_sessions import wait_for
 
-from fieldline.broker import BrokerThread, ConfigError
-from fieldline.broker.configfile import load_config
+from fieldline.broker import BrokerConfig, BrokerThread, ConfigError
+from fieldline.broker.configfile import apply_flags, load_config
 from fieldline.broker.limits import TokenBucket
 from fieldline.mqtt import Subscription
 
@@ -200,6 +200,15 @@ def test_limits_from_the_file(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert (cfg.max_queued_bytes, cfg.max_connections) == (65536, 0)
     assert cfg.max_publish_rate == 100.0 and isinstance(cfg.max_publish_rate, float)
+
+
+def test_limits_from_flags_override_the_file() -> None:
+    cfg = BrokerConfig(max_connections=5, max_publish_rate=1.0)
+    cfg = apply_flags(cfg, max_connections=0, max_publish_rate=20)
+    assert (cfg.max_connections, cfg.max_publish_rate) == (0, 20.0)
+    assert apply_flags(cfg).max_connections == 0  # not given: as configured
+    with pytest.raises(ConfigError, match="max_publish_rate must be 0"):
+        apply_flags(cfg, max_publish_rate=-1)
 
 
 @pytest.mark.parametrize(

@@ -88,6 +88,8 @@ def apply_flags(
     password_file: str | None = None,
     allow_anonymous: bool = False,
     acl_file: str | None = None,
+    max_connections: int | None = None,
+    max_publish_rate: float | None = None,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
@@ -95,7 +97,8 @@ def apply_flags(
     of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``:
     the TLS settings of every mqtts and wss listener. ``password_file``,
     ``allow_anonymous`` (True: allow; False: as configured): the authentication
-    settings; ``acl_file``: the ACL file. Raises ConfigError."""
+    settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
+    those limits (None: as configured). Raises ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -148,7 +151,12 @@ def apply_flags(
         auth["allow_anonymous"] = True
     if acl_file is not None:
         auth["acl_file"] = acl_file
-    return replace(config, host=default_host, listeners=listeners, **auth)
+    limits: dict[str, Any] = {}
+    if max_connections is not None:
+        limits["max_connections"] = max_connections
+    if max_publish_rate is not None:
+        limits["max_publish_rate"] = float(max_publish_rate)
+    return replace(config, host=default_host, listeners=listeners, **auth, **limits)
 
 
 # -- checking ---------------------------------------------------------------------------
