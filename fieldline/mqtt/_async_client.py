@@ -13,17 +13,12 @@ import asyncio
 
 from ._client import clock
 from ._client_base import (
-    DROP_OLDEST,
-    RAISE,
     BaseClient,
     ConnectionLost,
     MQTTTimeout,
-    PacketTooLarge,
-    QueueFull,
     ack_error,
-    refusal,
 )
-from ._errors import LocalProtocolError, MQTTError
+from ._errors import MQTTError
 
 try:
     from micropython import const
@@ -35,7 +30,6 @@ except ImportError:  # CPython
 
 _CONNECTING = const(1)
 _CONNECTED = const(2)
-_PACKET_TOO_LARGE = const(0x95)
 
 if hasattr(asyncio, "timeout"):  # CPython 3.11: cheaper than wait_for, no extra task
 
@@ -197,18 +191,14 @@ class AsyncClient(BaseClient):
         except BaseException:
             await self._close(None)
             raise
-        ack = self.connack
-        if ack.reason_code:
+        e = self._accepted()
+        if e is not None:
             await self._close(None)
-            raise refusal(ack)
-        self._attempt = 0
-        self._was_up = True
-        if not ack.session_present:
-            self._restore()
+            raise e
         await self._flush()
         self._up.set()
         if self.on_connect is not None:
-            self._call(self.on_connect, ack)
+            self._call(self.on_connect, self.connack)
 
     async def _dial(self):
         if self.tls:
@@ -376,18 +366,11 @@ class AsyncClient(BaseClient):
                 await self._until_up(t)
         elif s.inflight >= self.max_queued:
             await self._make_room(t)
-        try:
-            pid = self._publish(topic, payload, qos, retain, properties)
-        except LocalProtocolError as e:
-            if e.reason_code == _PACKET_TOO_LARGE:
-                raise PacketTooLarge(e.reason_code, e.message) from None
-            raise
+        pid = self._publish(topic, payload, qos, retain, properties)
         if pid is None or timeout == 0:
             await self._send_soon(pid is not None)  # a QoS 1/2 message is sent again anyway
             return None
         ack = await self._ack(pid, t)
-        if isinstance(ack, Exception):
-            raise ack
         e = ack_error(ack, "publish refused")
         if e is not None:
             raise e
@@ -431,16 +414,8 @@ class AsyncClient(BaseClient):
 
     async def _make_room(self, t):
         s = self.session
-        if self.queue_policy == RAISE:
-            raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
-        if self.queue_policy == DROP_OLDEST:
-            pid = s.drop_oldest()
-            if pid is not None:
-                self._unstore(pid)
-                w = self._waiters.get(pid)
-                if w is not None:
-                    w.set(QueueFull(0x97, "dropped for a newer message"))
-                return
+        if self._full_queue():
+            return
         deadline = clock() + t
         ev = asyncio.Event()
         while s.inflight >= self.max_queued:

@@ -15,18 +15,8 @@ callback never delays PINGREQ, and a callback may itself call publish() and
 wait for the ack without deadlocking.
 """
 
-from ._client_base import (
-    DROP_OLDEST,
-    RAISE,
-    BaseClient,
-    ConnectionLost,
-    MQTTTimeout,
-    PacketTooLarge,
-    QueueFull,
-    ack_error,
-    refusal,
-)
-from ._errors import LocalProtocolError, MQTTError
+from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, ack_error
+from ._errors import MQTTError
 
 try:
     from time import monotonic as clock
@@ -53,9 +43,6 @@ except ImportError:  # CPython
 
 _CONNECTING = const(1)
 _CONNECTED = const(2)
-_PUBCOMP = const(7)
-_SUBACK = const(9)
-_PACKET_TOO_LARGE = const(0x95)
 
 
 class NoLock:
@@ -87,6 +74,7 @@ class Client(BaseClient):
         self._lock = NoLock()
         self._cond = None  # threading.Condition once loop_start() runs
         self._io_thread = None
+        self._call_thread = None
         self._wake = None  # socketpair: user threads wake the I/O thread
         self._wake_sent = False
         self._calls = None  # callbacks waiting for the callback thread
@@ -117,13 +105,17 @@ class Client(BaseClient):
     def disconnect(self, reason_code=0, properties=None, timeout=None):
         """Send DISCONNECT (a will is then not published, unless 5.0 reason
         0x04) and close. QoS 1/2 messages still unacknowledged stay in the
-        session for the next connect(). Stops a loop_start() thread."""
+        session for the next connect(). Stops a loop_start() thread. Writing
+        the DISCONNECT waits at most ``timeout``."""
         self._closing = True
         self.loop_stop()
         with self._lock:
             if self._sock is not None:
                 try:
                     self.session.disconnect(reason_code, properties)
+                    settimeout = getattr(self._sock, "settimeout", None)
+                    if settimeout is not None:  # a stalled network cannot hold us longer
+                        settimeout(self.timeout if timeout is None else timeout)
                     self._flush()
                 except (OSError, MQTTError):
                     pass
@@ -144,18 +136,14 @@ class Client(BaseClient):
         except BaseException:
             self._close(None)
             raise
-        ack = self.connack
-        if ack.reason_code:
+        e = self._accepted()
+        if e is not None:
             self._close(None)
-            raise refusal(ack)
-        self._attempt = 0
-        self._was_up = True
+            raise e
         self._retry_at = 0
-        if not ack.session_present:
-            self._restore()
-            self._flush()
+        self._flush()
         if self.on_connect is not None:
-            self._call(self.on_connect, ack)
+            self._call(self.on_connect, self.connack)
 
     def _dial(self, deadline):
         import socket  # here, not at the top: a port without sockets can still import us
@@ -319,7 +307,7 @@ class Client(BaseClient):
         while not ready():
             left = self._left(deadline, what)
             if self._io_thread is not None and not self._on_io_thread():
-                if self._io_thread is None or not self._io_thread.is_alive():
+                if not self._io_thread.is_alive():
                     raise self._error or ConnectionLost(0x80, "the loop thread ended")
                 self._cond.wait(left)
             else:
@@ -343,12 +331,7 @@ class Client(BaseClient):
                     self._wait(lambda: self.is_connected, deadline, "a connection")
             elif s.inflight >= self.max_queued:
                 self._make_room(deadline)
-            try:
-                pid = self._publish(topic, payload, qos, retain, properties)
-            except LocalProtocolError as e:
-                if e.reason_code == _PACKET_TOO_LARGE:
-                    raise PacketTooLarge(e.reason_code, e.message) from None
-                raise
+            pid = self._publish(topic, payload, qos, retain, properties)
             if pid is not None and timeout != 0:
                 self._done[pid] = None
             self._kick()
@@ -360,8 +343,6 @@ class Client(BaseClient):
                 self._done.pop(pid, None)
                 raise
             ack = self._done.pop(pid)
-        if isinstance(ack, Exception):
-            raise ack
         e = ack_error(ack, "publish refused")
         if e is not None:
             raise e
@@ -371,18 +352,9 @@ class Client(BaseClient):
         self._wait(lambda: self._done[pid] is not None, deadline, "the acknowledgement")
 
     def _make_room(self, deadline):
-        s = self.session
-        policy = self.queue_policy
-        if policy == RAISE:
-            raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
-        if policy == DROP_OLDEST:
-            pid = s.drop_oldest()
-            if pid is not None:
-                self._unstore(pid)
-                if pid in self._done:
-                    self._done[pid] = QueueFull(0x97, "dropped for a newer message")
-                return
-        self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
+        if not self._full_queue():
+            s = self.session
+            self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
 
     def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
         """Subscribe and wait for the SUBACK; returns its reason codes (the
@@ -554,4 +526,4 @@ class Client(BaseClient):
     def _on_call_thread(self):
         import threading
 
-        return threading.current_thread() is getattr(self, "_call_thread", None)
+        return threading.current_thread() is self._call_thread

@@ -8,7 +8,7 @@ socket, the clock and the waiting; each is a thin adapter over this and the
 sans-IO ``Session``. Runs on MicroPython: no typing, no dataclasses.
 """
 
-from ._errors import MQTTError
+from ._errors import LocalProtocolError, MQTTError
 from ._packets import Connect, Subscription
 from ._session import CLIENT, Session
 from ._topic import topic_matches
@@ -25,7 +25,6 @@ _MQTT5 = const(5)
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _SUBACK = const(9)
-_UNSUBACK = const(11)
 _DISCONNECT = const(14)
 _AUTH = const(15)
 
@@ -98,7 +97,10 @@ def refusal(connack):
 
 
 def ack_error(ack, what):
-    """The exception for a failed ack (reason code >= 0x80), else None."""
+    """The exception for a failed ack (reason code >= 0x80), or the exception
+    a waiter was handed instead of an ack (QueueFull), else None."""
+    if isinstance(ack, Exception):
+        return ack
     rc = ack.reason_code
     if rc < 0x80:
         return None
@@ -329,11 +331,46 @@ class BaseClient:
     # -- persistence of QoS 1/2 messages -----------------------------------------
 
     def _publish(self, topic, payload, qos, retain, properties):
-        """Session.publish(), with the message recorded by ``persistence``."""
-        pid = self.session.publish(topic, payload, qos, retain, properties)
+        """Session.publish(), with the message recorded by ``persistence``;
+        too large for the broker raises PacketTooLarge."""
+        try:
+            pid = self.session.publish(topic, payload, qos, retain, properties)
+        except LocalProtocolError as e:
+            if e.reason_code == 0x95:
+                raise PacketTooLarge(e.reason_code, e.message) from None
+            raise
         if pid is not None and self.persistence is not None:
             self._stored[pid] = self.persistence.put(topic, payload, qos, retain, properties)
         return pid
+
+    def _full_queue(self):
+        """``max_queued`` messages wait: apply the policy. RAISE raises
+        QueueFull; DROP_OLDEST drops the oldest unsent message (its waiter
+        gets QueueFull) and returns True; otherwise (BLOCK, or nothing left
+        to drop) returns False and the caller waits for room."""
+        s = self.session
+        if self.queue_policy == RAISE:
+            raise QueueFull(0x97, "%d messages wait for acknowledgement" % s.inflight)
+        if self.queue_policy == DROP_OLDEST:
+            pid = s.drop_oldest()
+            if pid is not None:
+                self._unstore(pid)
+                self._complete(pid, QueueFull(0x97, "dropped for a newer message"))
+                return True
+        return False
+
+    def _accepted(self):
+        """After the CONNACK: the exception for a refusal (the caller closes
+        and raises it), else None once the backoff is reset and the
+        subscriptions the broker lost are queued again."""
+        ack = self.connack
+        if ack.reason_code:
+            return refusal(ack)
+        self._attempt = 0
+        self._was_up = True
+        if not ack.session_present:
+            self._restore()
+        return None
 
     def _unstore(self, pid):
         key = self._stored.pop(pid, None)
