@@ -14,7 +14,8 @@ Flags override the configuration file. --host sets every listener's address; --p
 adding one if there is none; --cert, --key, --ca and --require-certificate apply to every
 TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
 With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
-each client reads and writes only the topics its rules allow.
+each client reads and writes only the topics its rules allow. --max-connections and
+--max-publish-rate override the limits of the same names.
 See docs/broker.md for the file's keys."""
 
 _PASSWD_EPILOG = """\
@@ -56,6 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         help="accept clients without a user name even with a password file",
     )
     add("--acl-file", metavar="FILE", help="topics each client may read and write (see docs)")
+    add(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="refuse a CONNECT beyond N open connections (default 10000; 0: no limit)",
+    )
+    add(
+        "--max-publish-rate",
+        type=float,
+        metavar="R",
+        help="PUBLISHes a second each client may send (default 0: no limit)",
+    )
     passwd = commands.add_parser(
         "passwd",
         help="add, change or delete a user of a broker password file",
@@ -105,6 +118,8 @@ def _broker(args: argparse.Namespace) -> int:
             password_file=args.password_file,
             allow_anonymous=args.allow_anonymous,
             acl_file=args.acl_file,
+            max_connections=args.max_connections,
+            max_publish_rate=args.max_publish_rate,
         )
         asyncio.run(serve(config=config))
     except ConfigError as e:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_broker import WAIT
+from test_broker import WAIT, Raw
 from tlsfiles import TlsFiles
 
 from fieldline.broker import Broker, BrokerConfig, ConfigError, Listener
@@ -250,6 +250,41 @@ def test_cli_with_a_toml_file_runs_every_listener(tmp_path: Path, tls_files: Tls
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_limit_flags_are_enforced(tmp_path: Path) -> None:
+    # The file says no limits; the flags override it, and the running broker enforces them.
+    path = write(tmp_path, "max_connections = 0\nmax_publish_rate = 0\n")
+    proc = run_cli("--config", str(path), "--port", "0", "--max-connections", "1",
+                   "--max-publish-rate", "2")  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        first = Raw(port, "first")
+        assert first.connack.reason_code == 0
+        second = Raw(port, "second")
+        assert second.connack.reason_code == 0x97  # Quota exceeded: one connection at most
+        second.close()
+        # Two PUBLISHes a second, the bucket holding one second's worth: the third is refused.
+        codes = [first.publish("lim/x", b"%d" % i, 1).reason_code for i in range(3)]
+        assert codes[:2] == [0x10, 0x10] and codes[2] == 0x97, codes
+        first.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_limit_flags_must_be_numbers() -> None:
+    proc = run_cli("--port", "0", "--max-connections", "many")
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2 and "--max-connections: invalid int value" in err
+    proc = run_cli("--port", "0", "--max-publish-rate", "-1")
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 2 and "max_publish_rate must be 0 (no limit) or more" in err
 
 
 @pytest.mark.parametrize(
