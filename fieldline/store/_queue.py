@@ -1,0 +1,305 @@
+"""The offline queue: entries leave only when acknowledged, and survive a
+crash, on the same record log as the store.
+
+RAM holds two arrays (sequence number, position) in FIFO order, 8 bytes an
+entry; payloads stay on flash. ``put``/``done``/``pending`` make a Queue the
+``persistence=`` of ``fieldline.mqtt.Client``: QoS 1/2 messages published
+while offline are sent after a restart, even if the process was killed.
+"""
+
+import json
+import struct
+import time
+from array import array
+from binascii import hexlify, unhexlify
+
+from ._errors import QueueFull, StoreError
+from ._log import DEAD, DELETE, PUT, RAW, Log
+
+DROP_OLDEST = "drop_oldest"
+REFUSE = "refuse"
+
+
+def _seq(key):
+    return struct.unpack(">I", key)[0]
+
+
+def _props_out(v):
+    # Property values JSON lacks: bytes become {"$b": hex}.
+    if type(v) is bytes:
+        return {"$b": hexlify(v).decode()}
+    if type(v) is dict:
+        return {k: _props_out(x) for k, x in v.items()}
+    if type(v) is list or type(v) is tuple:
+        return [_props_out(x) for x in v]
+    return v
+
+
+def _props_in(v):
+    if type(v) is dict:
+        if "$b" in v:
+            return unhexlify(v["$b"])
+        return {k: (_pairs(x) if k == "user_property" else _props_in(x)) for k, x in v.items()}
+    return v
+
+
+def _pairs(v):
+    return [tuple(p) for p in v]
+
+
+class Queue:
+    """A persistent FIFO in the folder ``path`` (RAM when None).
+
+    ``max_entries`` / ``max_bytes`` bound it; when full, ``policy``
+    DROP_OLDEST drops the oldest entry to make room (counted in
+    ``dropped``) and REFUSE raises QueueFull (counted in ``refused``).
+    ``ttl``: seconds an entry lives unless ``append`` says otherwise
+    (None: forever). The other options are the Store's."""
+
+    def __init__(
+        self,
+        path=None,
+        max_entries=1000,
+        max_bytes=None,
+        policy=DROP_OLDEST,
+        ttl=None,
+        segment_size=65536,
+        compact_ratio=0.5,
+        fsync=True,
+        clock=time.time,
+    ):
+        if policy not in (DROP_OLDEST, REFUSE):
+            raise ValueError("policy must be DROP_OLDEST or REFUSE")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.policy = policy
+        self.ttl = ttl
+        self.compact_ratio = compact_ratio
+        self._clock = clock
+        self._log = Log(path, segment_size, fsync)
+        self._seqs = array("I")
+        self._pos = array("I")
+        self._head = 0  # entries before it are all gone
+        self._lens = {}  # seq -> record length, for the byte bounds
+        self.count = 0
+        self.bytes = 0
+        self.dropped = 0
+        self.refused = 0
+        self.expired = 0
+        self.compactions = 0
+        self._next = 1
+        self._now = clock()
+        self._log.scan(self._replay)
+        self._trim()
+        self._maybe_compact()
+
+    # -- internals --------------------------------------------------------
+
+    def _find(self, seq):
+        seqs = self._seqs
+        lo = self._head
+        hi = len(seqs)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if seqs[mid] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(seqs) and seqs[lo] == seq and self._pos[lo] != DEAD:
+            return lo
+        return -1
+
+    def _add(self, seq, pos, length):
+        i = self._find(seq)
+        if i >= 0:  # the same entry again: a compaction was cut short
+            self._pos[i] = pos
+            return
+        self._seqs.append(seq)
+        self._pos.append(pos)
+        self._lens[seq] = length
+        self.count += 1
+        self.bytes += length
+        if seq >= self._next:
+            self._next = seq + 1
+
+    def _forget(self, i):
+        seq = self._seqs[i]
+        self._pos[i] = DEAD
+        self.count -= 1
+        self.bytes -= self._lens.pop(seq)
+
+    def _trim(self):
+        # Move the head past the entries that are gone; drop them once they
+        # are half the arrays.
+        seqs = self._seqs
+        while self._head < len(seqs) and self._pos[self._head] == DEAD:
+            self._head += 1
+        if self._head > 32 and self._head * 2 > len(seqs):
+            h = self._head
+            self._seqs = array("I", seqs[h:])
+            self._pos = array("I", self._pos[h:])
+            self._head = 0
+
+    def _replay(self, kind, flags, key, pos, length, expires):
+        seq = _seq(key)
+        if kind == PUT and not (expires and expires <= self._now):
+            self._add(seq, pos, length)
+        else:
+            i = self._find(seq)
+            if i >= 0:
+                self._forget(i)
+            if seq >= self._next:
+                self._next = seq + 1
+
+    def _maybe_compact(self):
+        log = self._log
+        if len(log.nums) > 32 or (
+            log.size > log.segment_size and log.size - self.bytes >= self.compact_ratio * log.size
+        ):
+            try:
+                self.compact()
+            except StoreError:
+                pass
+
+    def _live(self):
+        pos = self._pos
+        return [pos[i] for i in range(self._head, len(pos)) if pos[i] != DEAD]
+
+    # -- the API ----------------------------------------------------------
+
+    def append(self, value, ttl=None):
+        """Add ``value`` (bytes) at the end; return its sequence number once
+        it is on the medium. Raises QueueFull (policy REFUSE) when full."""
+        if type(value) is not bytes:
+            value = bytes(value)
+        ttl = self.ttl if ttl is None else ttl
+        expires = 0
+        if ttl is not None:
+            t = self._clock() + ttl
+            expires = int(t) + (1 if int(t) < t else 0)
+        length = 20 + len(value)
+        records = []
+        drop = []
+        n = self.count
+        b = self.bytes
+        i = self._head
+        while (n >= self.max_entries or (self.max_bytes and b + length > self.max_bytes)) and n:
+            if self.policy == REFUSE:
+                self.refused += 1
+                raise QueueFull("queue full: %d entries, %d bytes" % (self.count, self.bytes))
+            while self._pos[i] == DEAD:
+                i += 1
+            seq = self._seqs[i]
+            drop.append(seq)
+            records.append((DELETE, 0, struct.pack(">I", seq), b"", 0))
+            n -= 1
+            b -= self._lens[seq]
+            i += 1
+        seq = self._next
+        records.append((PUT, RAW, struct.pack(">I", seq), value, expires))
+        positions = self._log.append(records, "queue entry %d" % seq)
+        self._next = seq + 1
+        for s in drop:
+            self._forget(self._find(s))
+            self.dropped += 1
+        self._add(seq, positions[-1], length)
+        self._trim()
+        self._maybe_compact()
+        return seq
+
+    def peek(self, n=1):
+        """Up to ``n`` entries, oldest first, as (seq, value); they stay
+        until ``ack``ed. Expired entries are skipped and forgotten."""
+        out = []  # type: list
+        now = self._clock()
+        i = self._head
+        while len(out) < n and i < len(self._pos):
+            pos = self._pos[i]
+            if pos != DEAD:
+                _, _, key, value, expires = self._log.read(pos)
+                if expires and expires <= now:
+                    self._forget(i)
+                    self.expired += 1
+                else:
+                    out.append((_seq(key), value))
+            i += 1
+        self._trim()
+        return out
+
+    def ack(self, seqs):
+        """Remove the entries ``seqs`` (one or a list), in one write; return
+        how many were there."""
+        if type(seqs) is int:
+            seqs = (seqs,)
+        found = []
+        for s in seqs:
+            i = self._find(s)
+            if i >= 0:
+                found.append(s)
+        if found:
+            self._log.append(
+                [(DELETE, 0, struct.pack(">I", s), b"", 0) for s in found],
+                "acknowledgement of %d entries" % len(found),
+            )
+            for s in found:
+                i = self._find(s)
+                if i >= 0:
+                    self._forget(i)
+            self._trim()
+            self._maybe_compact()
+        return len(found)
+
+    def compact(self):
+        """Rewrite the entries still queued into a fresh segment."""
+        old = self._live()
+        new = self._log.compact(old)
+        pos = self._pos
+        j = 0
+        for i in range(self._head, len(pos)):
+            if pos[i] != DEAD:
+                pos[i] = new[j]
+                j += 1
+        self.compactions += 1
+
+    def __len__(self):
+        return self.count
+
+    def stats(self):
+        log = self._log
+        return {
+            "entries": self.count,
+            "bytes": self.bytes,
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "expired": self.expired,
+            "file_bytes": log.size,
+            "segments": len(log.nums),
+            "compactions": self.compactions,
+            "damaged": list(log.damage),
+        }
+
+    def close(self):
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the clients' persistence= contract -----------------------------
+
+    def put(self, topic, payload, qos, retain, properties):
+        head = json.dumps([topic, qos, retain, _props_out(properties)]).encode()
+        return self.append(head + b"\n" + bytes(payload))
+
+    def done(self, key):
+        self.ack(key)
+
+    def pending(self):
+        out = []  # type: list
+        for seq, value in self.peek(self.count):
+            i = value.find(b"\n")
+            topic, qos, retain, props = json.loads(value[:i])
+            out.append((seq, (topic, value[i + 1 :], qos, retain, _props_in(props))))
+        return out

@@ -1,0 +1,312 @@
+"""The key-value store: JSON documents under string keys, with a TTL and
+Mongo-style queries, on the crash-safe record log (``_log``).
+
+Values stay on flash; RAM holds only the compact index (``_index``), so the
+store's footprint grows by about 8 bytes a record, not by the data.
+"""
+
+import json
+import time
+
+from ._errors import CorruptError, EncodeError, StoreError
+from ._index import Index
+from ._log import DELETE, PUT, Log
+
+_MISSING = object()
+_INF = float("inf")
+
+
+def _plain(v):
+    # What JSON can carry and give back unchanged. MicroPython's json.dumps
+    # writes bytes and NaN without complaint, so the check is ours.
+    t = type(v)
+    if t is str or t is int or t is bool or v is None:
+        return True
+    if t is float:
+        return v == v and v != _INF and v != -_INF
+    if t is list or t is tuple:
+        for x in v:
+            if not _plain(x):
+                return False
+        return True
+    if t is dict:
+        for k in v:
+            if type(k) is not str or not _plain(v[k]):
+                return False
+        return True
+    return False
+
+
+def _key(key):
+    if type(key) is not str or not key:
+        raise StoreError("a key must be a non-empty str, not %r" % (key,))
+    return key.encode()
+
+
+class Store:
+    """A key-value store in the folder ``path`` (created if missing), or in RAM
+    when ``path`` is None.
+
+    ``segment_size``: bytes a segment file grows to before the next one
+    starts. ``compact_ratio``: the share of garbage (replaced, deleted and
+    expired records) at which the store rewrites its live records into a
+    fresh segment. ``fsync``: sync each write to the medium before it
+    returns (CPython; MicroPython's flush does it). ``strict``: raise
+    CorruptError at open if a segment is damaged in the middle, instead of
+    opening with every record that could be read (see ``stats()``)."""
+
+    def __init__(
+        self,
+        path=None,
+        segment_size=65536,
+        compact_ratio=0.5,
+        fsync=True,
+        strict=False,
+        clock=time.time,
+    ):
+        if not 0 < compact_ratio < 1:
+            raise ValueError("compact_ratio must be between 0 and 1")
+        self.path = path
+        self.compact_ratio = compact_ratio
+        self._clock = clock
+        self._log = Log(path, segment_size, fsync)
+        self._index = Index(self._key_at)
+        self._live = 0  # bytes of the records the index points at
+        self._seq = 0
+        self._now = clock()
+        self.compactions = 0
+        self.expired = 0
+        self._log.scan(self._replay)
+        self._index.merge()
+        if strict and self._log.damage:
+            damage = self._log.damage
+            self.close()
+            raise CorruptError("damaged segments: %r" % (damage,), damage)
+        self._maybe_compact()
+
+    # -- internals --------------------------------------------------------
+
+    def _key_at(self, pos):
+        return self._log.head(pos)[0]
+
+    def _drop(self, pos):
+        if pos is not None:
+            self._live -= self._log.head(pos)[1]
+
+    def _replay(self, kind, flags, key, pos, length, expires):
+        if kind == PUT and not (expires and expires <= self._now):
+            self._drop(self._index.set(key, pos))
+            self._live += length
+        else:
+            self._drop(self._index.remove(key))
+
+    def _expires(self, ttl):
+        if ttl is None:
+            return 0
+        if not ttl > 0:
+            raise ValueError("ttl must be a positive number of seconds")
+        t = self._clock() + ttl
+        e = int(t)
+        return e + 1 if e < t else e
+
+    def _dump(self, key, value):
+        if not _plain(value):
+            raise EncodeError("value for key %r is not JSON-serialisable" % key)
+        return json.dumps(value).encode()
+
+    def _write(self, records, what):
+        positions = self._log.append(records, what)
+        idx = self._index
+        for i in range(len(records)):
+            kind, _, key, value, _ = records[i]
+            if kind == PUT:
+                self._drop(idx.set(key, positions[i]))
+                self._live += 16 + len(key) + len(value)
+            else:
+                self._drop(idx.remove(key))
+        self._maybe_compact()
+
+    def _maybe_compact(self):
+        log = self._log
+        garbage = log.size - self._live
+        if len(log.nums) > 32 or (
+            log.size > log.segment_size and garbage >= self.compact_ratio * log.size
+        ):
+            try:
+                self.compact()
+            except StoreError:
+                pass  # no room to compact into: the store works on, compact() says why
+
+    def _new_key(self):
+        t = int(self._clock()) & 0xFFFFFFFF
+        while True:
+            self._seq = (self._seq + 1) & 0xFFFF
+            key = "%08x%04x" % (t, self._seq)
+            if self._index.get(key.encode()) is None:
+                return key
+
+    def _expired(self, pos, expires, now):
+        # True (and the record forgotten) if it has expired.
+        if expires and expires <= now:
+            key = self._log.head(pos)[0]
+            self._drop(self._index.remove(key))
+            self.expired += 1
+            return True
+        return False
+
+    # -- the API ----------------------------------------------------------
+
+    def put(self, key, value=_MISSING, ttl=None):
+        """``put(key, value, ttl=None)`` or ``put(value, ttl=None)`` (a key is
+        made up). Returns the key once the record is on the medium."""
+        if value is _MISSING:
+            key, value = self._new_key(), key
+        k = _key(key)
+        self._write([(PUT, 0, k, self._dump(key, value), self._expires(ttl))], "key %r" % key)
+        return key
+
+    def get(self, key, default=None):
+        """The value under ``key``, or ``default`` if there is none (or it expired)."""
+        pos = self._index.get(_key(key))
+        if pos is None:
+            return default
+        _, _, _, value, expires = self._log.read(pos)
+        if self._expired(pos, expires, self._clock()):
+            return default
+        return json.loads(value)
+
+    def __contains__(self, key):
+        return self.get(key, _MISSING) is not _MISSING
+
+    def delete(self, key=None, purge=False):
+        """Delete ``key``: True if it was there. ``delete(purge=True)`` deletes
+        everything in one atomic switch and returns how many records went."""
+        if purge:
+            n = self._index.count
+            self._log.compact(())
+            self._index.clear()
+            self._live = 0
+            return n
+        k = _key(key)
+        if self._index.get(k) is None:
+            return False
+        self._write([(DELETE, 0, k, b"", 0)], "deletion of key %r" % key)
+        return True
+
+    def put_batch(self, items, ttl=None):
+        """Store many values in one write that lands whole or not at all:
+        ``items`` is a dict of key -> value, or a list of values (keys are
+        made up). Returns the keys."""
+        expires = self._expires(ttl)
+        if type(items) is dict:
+            pairs = list(items.items())
+        else:
+            pairs = [(self._new_key(), v) for v in items]
+        records = [(PUT, 0, _key(k), self._dump(k, v), expires) for k, v in pairs]
+        if records:
+            self._write(records, "batch of %d records" % len(records))
+        return [k for k, _ in pairs]
+
+    def get_batch(self, keys, default=None):
+        """The values under ``keys``, in order (``default`` where missing)."""
+        return [self.get(k, default) for k in keys]
+
+    def delete_batch(self, keys):
+        """Delete ``keys`` in one atomic write; return how many were there."""
+        records = []
+        for key in keys:
+            k = _key(key)
+            if self._index.get(k) is not None:
+                records.append((DELETE, 0, k, b"", 0))
+        if records:
+            self._write(records, "deletion of %d keys" % len(records))
+        return len(records)
+
+    def _records(self):
+        # (pos, key bytes, value bytes) of every live, unexpired record, in write order.
+        now = self._clock()
+        for pos in self._index.positions():
+            _, _, key, value, expires = self._log.read(pos)
+            if not self._expired(pos, expires, now):
+                yield pos, key, value
+
+    def list(self):
+        """Every key, oldest write first."""
+        now = self._clock()
+        out = []
+        for pos in self._index.positions():
+            key, _, expires = self._log.head(pos)
+            if not self._expired(pos, expires, now):
+                out.append(key.decode())
+        return out
+
+    def query(self, query=None, limit=None, sort=None, keys=False):
+        """The values matching a Mongo-style ``query`` (all when None), in
+        write order or by ``sort`` ("field", "-field" or [(field, 1|-1), ...]),
+        at most ``limit`` of them. ``keys=True``: (key, value) pairs."""
+        from ._query import check, matches, order
+
+        if query is None:
+            query = {}
+        check(query)
+        out = []
+        for _, key, value in self._records():
+            doc = json.loads(value)
+            if matches(doc, query):
+                out.append((key.decode(), doc))
+                if sort is None and limit is not None and len(out) >= limit:
+                    break
+        if sort is not None:
+            out = order(out, sort)
+            if limit is not None:
+                out = out[:limit]
+        return out if keys else [doc for _, doc in out]
+
+    def cleanup(self):
+        """Forget expired records now; return how many. (Reads see expiry on
+        their own; this frees the index and lets compaction reclaim space.)"""
+        n = self._forget_expired()
+        self._maybe_compact()
+        return n
+
+    def _forget_expired(self):
+        before = self.expired
+        now = self._clock()
+        for pos in self._index.positions():
+            self._expired(pos, self._log.head(pos)[2], now)
+        return self.expired - before
+
+    def compact(self):
+        """Rewrite the live records into a fresh segment and drop the old ones."""
+        self._forget_expired()
+        old = self._index.positions()
+        new = self._log.compact(old)
+        self._index.relocate(old, new)
+        self._live = self._log.size
+        self.compactions += 1
+
+    def stats(self):
+        log = self._log
+        return {
+            "records": self._index.count,
+            "live_bytes": self._live,
+            "file_bytes": log.size,
+            "garbage_ratio": (log.size - self._live) / log.size if log.size else 0.0,
+            "segments": len(log.nums),
+            "compactions": self.compactions,
+            "expired": self.expired,
+            "damaged": list(log.damage),
+            "in_memory": self.path is None,
+        }
+
+    def __len__(self):
+        return self._index.count
+
+    def close(self):
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
