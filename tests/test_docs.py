@@ -20,7 +20,14 @@ def _blocks() -> list[tuple[str, str]]:
 
 
 @pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
-def test_doc_example_runs(where: str, code: str, request: pytest.FixtureRequest) -> None:
+def test_doc_example_runs(
+    where: str,
+    code: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # files an example writes (a store's folder) land here
     if '"localhost", 1883' in code:
         # Client examples talk to a broker on localhost:1883: give them a real one.
         broker = request.getfixturevalue("mosquitto")

@@ -4,9 +4,10 @@
 * the 32-bit WebAssembly port under Node (``tools/mpy_wasm.mjs``), no sockets;
 * CPython, against mosquitto, so the same tests also guard the CPython path.
 
-Plus: every ``fieldline/mqtt/*.py`` and ``fieldline/store/*.py`` must compile with ``mpy-cross`` (catches
-syntax MicroPython lacks), and the resulting ``.mpy`` files must import on both
-MicroPython ports (catches an mpy-cross / runtime bytecode-version mismatch).
+Plus: every ``fieldline/mqtt/*.py`` and ``fieldline/store/*.py`` must compile
+with ``mpy-cross`` (catches syntax MicroPython lacks), and the resulting
+``.mpy`` files must import on both MicroPython ports (catches an mpy-cross /
+runtime bytecode-version mismatch).
 """
 
 from __future__ import annotations
