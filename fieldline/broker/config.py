@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 # Drop policies for a session's queue of messages waiting for its client.
 DROP_OLDEST = "drop_oldest"
@@ -130,6 +131,10 @@ class BrokerConfig:
     (3.1.1: acknowledged as usual). ``password_file``,
     ``allow_anonymous``: who may connect; ``acl_file``: which topics each client may
     publish to and receive (none when set and no rule allows it; see acl.py).
+    ``plugins``: plug-in objects, or ``"package.module:ClassName"`` strings the broker
+    imports and instantiates when it starts, with the keyword arguments in
+    ``plugin[ClassName]`` (see hooks.py). ``hook_timeout``: seconds an ``async`` hook
+    may take (an authenticate that takes longer refuses with 0x88).
     """
 
     host: str = "127.0.0.1"
@@ -151,6 +156,9 @@ class BrokerConfig:
     password_file: str | None = None
     allow_anonymous: bool | None = None
     acl_file: str | None = None
+    plugins: list[Any] = field(default_factory=list)
+    plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hook_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
@@ -169,12 +177,32 @@ class BrokerConfig:
             raise ConfigError(
                 "allow_anonymous = false needs a password_file (no one could connect)"
             )
+        if not 0 < self.hook_timeout < math.inf:
+            raise ConfigError("hook_timeout must be more than 0")
+        self._check_plugins()
         seen: set[tuple[str, int]] = set()
         for listener in self.all_listeners():
             address = (listener.host, listener.port)
             if listener.port and address in seen:
                 raise ConfigError(f"two listeners on {listener.host}:{listener.port}")
             seen.add(address)
+
+    def _check_plugins(self) -> None:
+        names = set()
+        for spec in self.plugins:
+            if isinstance(spec, str):
+                module_name, colon, name = spec.partition(":")
+                if not colon or not module_name.strip() or not name.strip():
+                    raise ConfigError(
+                        f"plug-in {spec!r} must be written 'package.module:ClassName'"
+                    )
+                names.add(name.strip())
+        for name in self.plugin:
+            if name not in names:
+                raise ConfigError(
+                    f"[plugin.{name}] names no plug-in in plugins "
+                    f"(its keys are the names after ':', e.g. 'package.module:{name}')"
+                )
 
     @property
     def anonymous(self) -> bool:

@@ -1,9 +1,11 @@
 """The broker's TOML configuration file, and the command-line flags laid over it.
 
 The file's top-level keys are ``BrokerConfig``'s fields; each ``[[listeners]]`` table is a
-``Listener``. Every key and type is checked here, against the dataclasses' own type
-hints, so a new setting needs no second list: an unknown key, a value of the wrong type
-or out of range is a ``ConfigError`` naming the file, the table and the key.
+``Listener``; ``plugins`` is an array of ``"package.module:ClassName"`` strings and each
+``[plugin.ClassName]`` table the keyword arguments of one. Every key and type is checked
+here, against the dataclasses' own type hints, so a new setting needs no second list: an
+unknown key, a value of the wrong type or out of range is a ``ConfigError`` naming the
+file, the table and the key.
 """
 
 from __future__ import annotations
@@ -47,6 +49,18 @@ def config_from_dict(
     entries = data.get("listeners")
     for key, value in data.items():
         if key == "listeners":
+            continue
+        if key == "plugins":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(
+                    f"{source}: 'plugins' must be an array of strings ('package.module:ClassName')"
+                )
+            options[key] = value
+            continue
+        if key == "plugin":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise ConfigError(f"{source}: 'plugin' must hold tables: write [plugin.ClassName]")
+            options[key] = value
             continue
         if key not in hints:
             raise ConfigError(f"{source}: {_unknown(key, [*hints])}")
@@ -187,7 +201,8 @@ def _listener(
 
 def _hints(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls) if f.name != "listeners"}
+    special = ("listeners", "plugins", "plugin")  # checked by config_from_dict itself
+    return {f.name: hints[f.name] for f in fields(cls) if f.name not in special}
 
 
 def _value(source: str, where: str, key: str, value: Any, hint: Any) -> Any:

@@ -46,7 +46,10 @@ class Connection(asyncio.Protocol):
     """The broker's side of one network connection. ``client``: the ClientSession once
     the CONNECT is accepted. ``will``: the Will to publish if the connection ends
     without a normal DISCONNECT. ``window``: QoS 1/2 messages we may have in flight
-    towards the client (its Receive Maximum, capped by ours)."""
+    towards the client (its Receive Maximum, capped by ours). ``username``: the user
+    name of the accepted CONNECT. ``reason``: why it ended, for plug-ins' on_disconnect:
+    the reason code of the DISCONNECT the client sent or the broker sent (or, to a
+    3.1.1 client, would have sent); None while open or if none was."""
 
     def __init__(self, broker: Broker) -> None:
         cfg = broker.config
@@ -64,6 +67,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: ClientSession | None = None
         self.will: Will | None = None
+        self.username: str | None = None
+        self.reason: int | None = None
         self.window = cfg.max_inflight
         self.peer = ""
         self._paused = False
@@ -116,6 +121,7 @@ class Connection(asyncio.Protocol):
             # The session queued the answer carrying e.reason_code (CONNACK or
             # DISCONNECT); send it, then close.
             log.info("%s %s: %s", self.peer, self._name(), e)
+            self._ending(e.reason_code)
             self.close()
             return
         if self._ended or self._held:
@@ -138,6 +144,7 @@ class Connection(asyncio.Protocol):
         elif t == _CONNECT:
             self.broker.on_connect(self, ev)
         elif t == _DISCONNECT:
+            self._ending(ev.reason_code)
             if ev.reason_code != _DISCONNECT_WITH_WILL:
                 self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
         elif t == _AUTH:  # no authentication method is offered yet
@@ -216,6 +223,7 @@ class Connection(asyncio.Protocol):
         if self._ended:
             return
         if reason_code is not None:
+            self._ending(reason_code)
             try:
                 self.session.disconnect(reason_code)
             except LocalProtocolError:
@@ -245,6 +253,7 @@ class Connection(asyncio.Protocol):
             self.session.tick(self.loop.time())
         except RemoteProtocolError as e:
             log.info("%s %s: %s", self.peer, self._name(), e)
+            self._ending(e.reason_code)
             self.close()
             return
         self._arm()
@@ -254,6 +263,10 @@ class Connection(asyncio.Protocol):
         self.close()
 
     # -- ending ---------------------------------------------------------------------
+
+    def _ending(self, reason_code: int | None) -> None:
+        if self.reason is None:
+            self.reason = reason_code  # the first reason given is the one
 
     def _end(self) -> None:
         if self._ended:

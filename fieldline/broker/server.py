@@ -6,12 +6,13 @@ outlives a connection."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from fieldline.mqtt import (
     Connect,
@@ -28,9 +29,18 @@ from fieldline.mqtt import (
 from .acl import Acl
 from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
+from .hooks import (
+    ON_CONNECT,
+    ON_DISCONNECT,
+    ON_MESSAGE,
+    SERVER_UNAVAILABLE,
+    Plugins,
+    Verdict,
+    load_plugins,
+)
 from .limits import TokenBucket
 from .message import Delivery, Message
-from .passwords import NOT_AUTHORIZED, OK, Passwords
+from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .tls import server_context
@@ -52,6 +62,11 @@ _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
 _TOPIC_FILTER_INVALID = 0x8F
 _QUOTA_EXCEEDED = 0x97
+_REFUSALS = {
+    BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
+    NOT_AUTHORIZED: "not authorized",
+    SERVER_UNAVAILABLE: "server unavailable",
+}
 
 
 class Broker:
@@ -62,7 +77,8 @@ class Broker:
     it listens for plain MQTT on ``host``:``port``. Port 0 picks a free port;
     ``.port`` (the first listener's) and ``.listening`` say which once started. Use
     ``await start()`` and ``await stop()``, or ``async with Broker(...) as broker``.
-    ``BrokerThread`` runs one in a thread.
+    ``BrokerThread`` runs one in a thread. ``plugins=[...]``: objects whose hooks
+    authenticate, authorize and observe clients (see hooks.py and docs/broker.md).
     """
 
     def __init__(
@@ -83,6 +99,7 @@ class Broker:
         self.connections: set[Connection] = set()
         self.passwords: Passwords | None = None  # read from password_file by start()
         self.acl: Acl | None = None  # read from acl_file by start()
+        self.plugins = Plugins()  # made from config.plugins by start()
         self.refused_connections = 0  # CONNECTs refused for max_connections
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
@@ -112,8 +129,9 @@ class Broker:
         return out
 
     async def start(self) -> None:
-        """Read the password and ACL files and listen on every listener. Raises
-        ConfigError if one of them or a TLS file cannot be used (before listening on any),
+        """Read the password and ACL files, load the plug-ins and listen on every
+        listener. Raises ConfigError if one of them or a TLS file cannot be used, or a
+        plug-in cannot be loaded (before listening on any),
         OSError if an address cannot be bound (the listeners already open are closed
         again)."""
         self.loop = asyncio.get_running_loop()
@@ -121,6 +139,7 @@ class Broker:
         cfg = self.config
         self.passwords = Passwords.load(cfg.password_file) if cfg.password_file else None
         self.acl = Acl.load(cfg.acl_file) if cfg.acl_file else None
+        self.plugins = Plugins(load_plugins(cfg.plugins, cfg.plugin), cfg.hook_timeout)
         listeners = cfg.all_listeners()
         contexts = [server_context(li) if li.tls else None for li in listeners]
         try:
@@ -154,7 +173,8 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
-        Wills of closed connections are not published: the broker is going away."""
+        Wills of closed connections are not published: the broker is going away. Waits
+        for the plug-ins' notifications still running (hook_timeout at most)."""
         self._stopping = True
         servers, self._servers = self._servers, []
         for server in servers:
@@ -167,6 +187,7 @@ class Broker:
             await server.wait_closed()
         for cs in self.sessions.sessions.values():
             cs.cancel_timers()
+        await self.plugins.drain()
 
     async def __aenter__(self) -> Broker:
         await self.start()
@@ -215,6 +236,9 @@ class Broker:
         if acl is not None:
             n = len(acl)
             out += f", ACL from {acl.path} ({n} rule{'' if n == 1 else 's'})"
+        plugins = self.plugins.plugins
+        if plugins:
+            out += ", plug-ins " + ", ".join(type(p).__name__ for p in plugins)
         return out
 
     def on_connect(self, conn: Connection, p: Connect) -> None:
@@ -230,32 +254,53 @@ class Broker:
             # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
             s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
             return
-        if self.passwords is None or p.username is None and self.config.anonymous:
-            self._accept(conn, p)  # credentials sent without a password file are ignored
-        elif p.username is None:
-            self._refuse(conn, p, NOT_AUTHORIZED)
-        else:
-            # The hash takes tens of milliseconds: in a thread, the connection held
-            # (its later packets wait) until the answer is known.
+        # Plug-ins first, in order; without an opinion from them, the password file and
+        # the anonymous rule. The hash takes tens of milliseconds and a plug-in may
+        # await: then in a task, the connection held (its later packets wait) until
+        # the answer is known.
+        verdict = self.plugins.authenticate(p.client_id, p.username, p.password, conn.peer)
+        if inspect.isawaitable(verdict) or verdict is None and self._password_check(p):
             conn.hold()
-            task = self.loop.create_task(self._authenticate(conn, p, self.passwords))
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._spawn(self._authenticate(conn, p, verdict))
+        else:
+            self._connect(conn, p, verdict)
 
-    async def _authenticate(self, conn: Connection, p: Connect, passwords: Passwords) -> None:
-        rc = await passwords.check(p.username, p.password)
+    def _password_check(self, p: Connect) -> bool:
+        # Credentials sent without a password file are ignored.
+        return self.passwords is not None and p.username is not None
+
+    async def _authenticate(
+        self, conn: Connection, p: Connect, verdict: Verdict | Awaitable[Verdict]
+    ) -> None:
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is None and self.passwords is not None and p.username is not None:
+            if conn.ended:
+                return
+            verdict = await self.passwords.check(p.username, p.password)
         if conn.ended:
             return
-        if rc == OK:
+        self._connect(conn, p, verdict)
+        conn.release()
+
+    def _connect(self, conn: Connection, p: Connect, verdict: Verdict) -> None:
+        if verdict is None:  # no plug-in had an opinion and there was no password to check
+            anonymous = self.passwords is None or self.config.anonymous
+            verdict = OK if anonymous else NOT_AUTHORIZED
+        if verdict == OK:
             self._accept(conn, p)
         else:
-            self._refuse(conn, p, rc)
-        conn.release()
+            self._refuse(conn, p, verdict)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
 
     def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:
         # Never log the password.
         who = "no user name" if p.username is None else f"user {p.username!r}"
-        why = "not authorized" if reason_code == NOT_AUTHORIZED else "bad user name or password"
+        why = _REFUSALS.get(reason_code) or f"reason code 0x{reason_code:02X}"
         log.warning("%s client id %r, %s: refused, %s", conn.peer, p.client_id, who, why)
         conn.session.reject(reason_code)  # MQTT-3.2.2-5 (3.1.1: 5 or 4, MQTT-3.2.2-4)
 
@@ -307,8 +352,10 @@ class Broker:
         cs.permissions = None if self.acl is None else self.acl.permissions(p.username, client_id)
         conn.client = cs
         conn.will = p.will
+        conn.username = p.username
         conn.start_keepalive()
         conn.pump()
+        self.plugins.notify(ON_CONNECT, client_id, p.username, conn.peer)
 
     def on_publish(self, conn: Connection, p: Publish) -> None:
         cs = conn.client
@@ -337,6 +384,31 @@ class Broker:
                 # (MQTT-3.3.5-2 allows it; closing would make the client resend forever).
                 self.ack(cs, p.packet_id, _NOT_AUTHORIZED if conn.session.version == _MQTT5 else 0)
             return
+        verdict = self.plugins.authorize_publish(
+            cs.client_id, conn.username, p.topic, p.qos, p.retain
+        )
+        if inspect.isawaitable(verdict):
+            conn.hold()  # its later packets wait: they stay in order
+            self._spawn(self._publish_later(conn, cs, p, verdict))
+        else:
+            self._publish(conn, cs, p, verdict)
+
+    async def _publish_later(
+        self, conn: Connection, cs: ClientSession, p: Publish, verdict: Awaitable[Verdict]
+    ) -> None:
+        # Even if the connection ended meanwhile: the session owes the answer (ack()).
+        self._publish(conn, cs, p, await verdict)
+        conn.release()
+
+    def _publish(self, conn: Connection, cs: ClientSession, p: Publish, verdict: Verdict) -> None:
+        if verdict:
+            log.info("%s client id %r: PUBLISH to %r refused by a plug-in (0x%02X)",
+                     conn.peer, cs.client_id, p.topic, verdict)  # fmt: skip
+            if p.qos:
+                # 3.1.1: acked and dropped, as for the ACL above.
+                self.ack(cs, p.packet_id, verdict if conn.session.version == _MQTT5 else 0)
+            return
+        now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
         matched = self._route(m)
         if p.qos:
@@ -366,24 +438,66 @@ class Broker:
     def on_subscribe(self, conn: Connection, p: Subscribe) -> None:
         cs = conn.client
         assert cs is not None
+        perms = cs.permissions
+        # A verdict per filter: its refusal code, or the plug-ins' (None: no opinion).
+        verdicts: list[Verdict | Awaitable[Verdict]] = []
+        for sub in p.subscriptions:
+            f = sub.topic_filter
+            try:
+                validate_topic_filter(f, True)
+            except RemoteProtocolError:
+                verdicts.append(_TOPIC_FILTER_INVALID)
+                continue
+            if perms is not None and not perms.can_subscribe(f):
+                log.info("%s client id %r: SUBSCRIBE to %r denied by the ACL", conn.peer,
+                         cs.client_id, f)  # fmt: skip
+                verdicts.append(_NOT_AUTHORIZED)
+                continue
+            verdict = self.plugins.authorize_subscribe(cs.client_id, conn.username, f, sub.qos)
+            if verdict and not inspect.isawaitable(verdict):
+                log.info("%s client id %r: SUBSCRIBE to %r refused by a plug-in (0x%02X)",
+                         conn.peer, cs.client_id, f, verdict)  # fmt: skip
+            verdicts.append(verdict)
+        if any(inspect.isawaitable(v) for v in verdicts):
+            conn.hold()  # its later packets wait: they stay in order
+            self._spawn(self._subscribe_later(conn, cs, p, verdicts))
+        else:
+            self._subscribe(conn, cs, p, cast(list[Verdict], verdicts))  # none awaitable
+
+    async def _subscribe_later(
+        self,
+        conn: Connection,
+        cs: ClientSession,
+        p: Subscribe,
+        verdicts: list[Verdict | Awaitable[Verdict]],
+    ) -> None:
+        decided: list[Verdict] = []
+        for sub, verdict in zip(p.subscriptions, verdicts, strict=True):
+            if inspect.isawaitable(verdict):
+                verdict = await verdict
+                if verdict:
+                    log.info("%s client id %r: SUBSCRIBE to %r refused by a plug-in (0x%02X)",
+                             conn.peer, cs.client_id, sub.topic_filter, verdict)  # fmt: skip
+            decided.append(verdict)
+        if conn.ended:
+            return  # no SUBACK owed any more: nothing was subscribed
+        self._subscribe(conn, cs, p, decided)
+        conn.release()
+
+    def _subscribe(
+        self, conn: Connection, cs: ClientSession, p: Subscribe, verdicts: list[Verdict]
+    ) -> None:
         v5 = conn.session.version == _MQTT5
         now = self.loop.time()
         sid = (p.properties or {}).get("subscription_identifier", 0)
         perms = cs.permissions
         codes = []
         retained: list[Delivery] = []
-        for sub in p.subscriptions:
+        for sub, verdict in zip(p.subscriptions, verdicts, strict=True):
+            if verdict:
+                codes.append(verdict if v5 else _UNSPECIFIED_ERROR)  # 3.1.1: 0x80, failure
+                continue
             f = sub.topic_filter
-            try:
-                validate_topic_filter(f, True)
-            except RemoteProtocolError:
-                codes.append(_TOPIC_FILTER_INVALID if v5 else _UNSPECIFIED_ERROR)
-                continue
-            if perms is not None and not perms.can_subscribe(f):
-                log.info("%s client id %r: SUBSCRIBE to %r denied by the ACL", conn.peer,
-                         cs.client_id, f)  # fmt: skip
-                codes.append(_NOT_AUTHORIZED if v5 else _UNSPECIFIED_ERROR)
-                continue
             entry = Entry(sub, sid)
             existed = self.router.subscribe(cs.client_id, entry)
             cs.subscriptions[f] = entry
@@ -420,6 +534,7 @@ class Broker:
         if cs is None or cs.conn is not conn:
             return  # never accepted, or taken over already
         cs.conn = None
+        self.plugins.notify(ON_DISCONNECT, cs.client_id, conn.reason)
         s = cs.session
         s.connection_lost(self.loop.time())
         e = s.session_expiry_interval
@@ -462,6 +577,9 @@ class Broker:
             cs = get(client_id)
             if cs is not None and cs.enqueue(d, cfg) and cs.conn is not None:
                 cs.conn.pump()
+        if self.plugins.has(ON_MESSAGE):
+            props = m.outgoing_properties(self.loop.time(), None)
+            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
         return len(deliveries)
 
     def _publish_will(self, cs: ClientSession, will: Will) -> None:

@@ -1,0 +1,253 @@
+"""Plug-ins: objects whose optional methods the broker calls where it decides something
+(``authenticate``, ``authorize_publish``, ``authorize_subscribe``) and after the fact
+(``on_connect``, ``on_disconnect``, ``on_message``). See docs/broker.md, Plug-ins.
+
+A plug-in needs no base class: the broker looks each method up by name when it starts,
+and calls what it finds, plain or ``async def``. ``Plugins`` holds the plug-ins and
+asks them in order. A decision is a *verdict*, an int or None:
+
+- None: no plug-in had an opinion (the password file, the anonymous rule or the ACL
+  file decide alone);
+- 0: allowed (a plug-in returned True or 0);
+- 0x80 or more: refused with that reason code (a plug-in returned False, meaning the
+  hook's refusal code, or the code itself).
+
+The first plug-in that returns something other than None decides; the rest are not
+asked. A plain hook is answered at once, so a broker whose hooks are all plain never
+waits; an ``async`` one makes the call return an awaitable, which the broker awaits in a
+task of its own while that one connection waits (reads no more) and every other client
+goes on. Each awaited hook has ``timeout`` seconds.
+
+Decisions fail closed: a hook that raises, times out or returns something that is no
+verdict is logged and refuses, with ``failure`` (0x88 Server unavailable for
+authenticate, 0x80 Unspecified error for the others). Notifications fail open: an
+exception is logged and forgotten. Nothing a hook does ends a connection or the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from .config import ConfigError
+
+log = logging.getLogger("fieldline.broker")
+
+AUTHENTICATE = "authenticate"
+AUTHORIZE_PUBLISH = "authorize_publish"
+AUTHORIZE_SUBSCRIBE = "authorize_subscribe"
+ON_CONNECT = "on_connect"
+ON_DISCONNECT = "on_disconnect"
+ON_MESSAGE = "on_message"
+HOOKS = (
+    AUTHENTICATE,
+    AUTHORIZE_PUBLISH,
+    AUTHORIZE_SUBSCRIBE,
+    ON_CONNECT,
+    ON_DISCONNECT,
+    ON_MESSAGE,
+)
+
+# Reason codes (MQTT 5.0 numbering; the broker maps them for 3.1.1 clients).
+OK = 0
+UNSPECIFIED_ERROR = 0x80
+BAD_USER_NAME_OR_PASSWORD = 0x86
+NOT_AUTHORIZED = 0x87
+SERVER_UNAVAILABLE = 0x88
+
+# The refusal codes each answer may carry (MQTT 5.0 2.4): CONNACK, PUBACK/PUBREC, SUBACK.
+CONNACK_REFUSALS = frozenset(
+    b"\x80\x81\x82\x83\x84\x85\x86\x87\x88\x89\x8a\x8c\x90\x95\x97\x99\x9a\x9b\x9c\x9d\x9f"
+)
+PUBACK_REFUSALS = frozenset(b"\x80\x83\x87\x90\x91\x97\x99")
+SUBACK_REFUSALS = frozenset(b"\x80\x83\x87\x8f\x91\x97\x9e\xa1\xa2")
+
+Verdict = int | None
+Hook = Callable[..., Any]
+
+
+class Plugins:
+    """The plug-ins of one broker, in the order they are asked. ``plugins``: the
+    objects; ``timeout``: seconds each awaited hook may take."""
+
+    def __init__(self, plugins: Sequence[object] = (), timeout: float = 5.0) -> None:
+        self.plugins = list(plugins)
+        self.timeout = timeout
+        self._hooks: dict[str, list[tuple[str, Hook]]] = {}
+        for name in HOOKS:
+            found = [(type(p).__name__, getattr(p, name, None)) for p in self.plugins]
+            self._hooks[name] = [(label, hook) for label, hook in found if callable(hook)]
+        self._notes: set[asyncio.Task[None]] = set()
+
+    def has(self, name: str) -> bool:
+        """Whether any plug-in has the hook ``name``."""
+        return bool(self._hooks[name])
+
+    # -- decisions ------------------------------------------------------------------
+
+    def authenticate(
+        self, client_id: str, username: str | None, password: bytes | None, peer: str
+    ) -> Verdict | Awaitable[Verdict]:
+        """The verdict on a CONNECT: False means 0x86 Bad user name or password."""
+        args = (client_id, username, password, peer)
+        return self.decide(
+            AUTHENTICATE, args, BAD_USER_NAME_OR_PASSWORD, SERVER_UNAVAILABLE, CONNACK_REFUSALS
+        )
+
+    def authorize_publish(
+        self, client_id: str, username: str | None, topic: str, qos: int, retain: bool
+    ) -> Verdict | Awaitable[Verdict]:
+        """The verdict on a PUBLISH: False means 0x87 Not authorized."""
+        args = (client_id, username, topic, qos, retain)
+        return self.decide(
+            AUTHORIZE_PUBLISH, args, NOT_AUTHORIZED, UNSPECIFIED_ERROR, PUBACK_REFUSALS
+        )
+
+    def authorize_subscribe(
+        self, client_id: str, username: str | None, topic_filter: str, qos: int
+    ) -> Verdict | Awaitable[Verdict]:
+        """The verdict on one filter of a SUBSCRIBE: False means 0x87 Not authorized."""
+        args = (client_id, username, topic_filter, qos)
+        return self.decide(
+            AUTHORIZE_SUBSCRIBE, args, NOT_AUTHORIZED, UNSPECIFIED_ERROR, SUBACK_REFUSALS
+        )
+
+    def decide(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        refusal: int,
+        failure: int,
+        codes: frozenset[int],
+    ) -> Verdict | Awaitable[Verdict]:
+        """Ask each plug-in's hook ``name`` with ``args`` until one has an opinion.
+        Returns the verdict, or an awaitable of it once a hook returned an awaitable.
+        False becomes ``refusal``; an error, a timeout or an int not in ``codes`` (nor
+        0) becomes ``failure``."""
+        hooks = self._hooks[name]
+        for i, (label, hook) in enumerate(hooks):
+            try:
+                result = hook(*args)
+            except Exception:
+                log.exception("plug-in %s.%s raised: refused", label, name)
+                return failure
+            if inspect.isawaitable(result):
+                return self._decide_later(name, args, refusal, failure, codes, i, result)
+            verdict = _verdict(label, name, result, refusal, failure, codes)
+            if verdict is not None:
+                return verdict
+        return None
+
+    async def _decide_later(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        refusal: int,
+        failure: int,
+        codes: frozenset[int],
+        i: int,
+        pending: Awaitable[Any],
+    ) -> Verdict:
+        first: Any = pending
+        for label, hook in self._hooks[name][i:]:
+            if first is not None:
+                result, first = first, None  # the first one was called already
+            else:
+                try:
+                    result = hook(*args)
+                except Exception:
+                    log.exception("plug-in %s.%s raised: refused", label, name)
+                    return failure
+            if inspect.isawaitable(result):
+                try:
+                    result = await asyncio.wait_for(result, self.timeout)
+                except TimeoutError:
+                    log.warning("plug-in %s.%s took over %gs: refused", label, name, self.timeout)
+                    return failure
+                except Exception:
+                    log.exception("plug-in %s.%s raised: refused", label, name)
+                    return failure
+            verdict = _verdict(label, name, result, refusal, failure, codes)
+            if verdict is not None:
+                return verdict
+        return None
+
+    # -- notifications ---------------------------------------------------------------
+
+    def notify(self, name: str, *args: Any) -> None:
+        """Call each plug-in's hook ``name`` with ``args``; an awaitable it returns runs
+        in a task (``drain()`` waits for them). Errors are logged, never raised."""
+        for label, hook in self._hooks[name]:
+            try:
+                result = hook(*args)
+            except Exception:
+                log.exception("plug-in %s.%s raised", label, name)
+                continue
+            if inspect.isawaitable(result):
+                task = asyncio.get_running_loop().create_task(self._note(label, name, result))
+                self._notes.add(task)
+                task.add_done_callback(self._notes.discard)
+
+    async def _note(self, label: str, name: str, pending: Awaitable[Any]) -> None:
+        try:
+            await asyncio.wait_for(pending, self.timeout)
+        except TimeoutError:
+            log.warning("plug-in %s.%s took over %gs: cancelled", label, name, self.timeout)
+        except Exception:
+            log.exception("plug-in %s.%s raised", label, name)
+
+    async def drain(self) -> None:
+        """Wait for the notifications still running (each has ``timeout`` at most)."""
+        while self._notes:
+            await asyncio.wait(list(self._notes))
+
+
+def load_plugins(
+    plugins: Sequence[object], options: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[object]:
+    """The plug-in objects for ``plugins``: objects as they are, and for each string
+    ``"package.module:Name"`` an instance of that class, made with the keyword
+    arguments ``options[Name]`` (none if absent). Raises ConfigError naming the
+    plug-in if the module cannot be imported, has no such name, or the class raises."""
+    options = options or {}
+    out: list[object] = []
+    for spec in plugins:
+        if not isinstance(spec, str):
+            out.append(spec)
+            continue
+        module_name, _, name = (part.strip() for part in spec.partition(":"))
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError(f"plug-in {spec!r}: cannot import {module_name}: {e}") from None
+        target: Any = module
+        try:
+            for part in name.split("."):
+                target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"plug-in {spec!r}: {module_name} has no {name!r}") from None
+        kwargs = dict(options.get(name, {}))
+        try:
+            out.append(target(**kwargs))
+        except Exception as e:
+            raise ConfigError(f"plug-in {spec!r}: {name}(...) raised {e!r}") from None
+    return out
+
+
+def _verdict(
+    label: str, name: str, result: Any, refusal: int, failure: int, codes: frozenset[int]
+) -> Verdict:
+    if result is None:
+        return None
+    if result is True:
+        return OK
+    if result is False:
+        return refusal
+    if type(result) is int and (result == OK or result in codes):
+        return result
+    log.error("plug-in %s.%s returned %r, not a verdict: refused", label, name, result)
+    return failure
