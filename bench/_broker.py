@@ -57,6 +57,11 @@ class Broker:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pid(self) -> int:
+        """The broker's process id (0 when not running): for reading its memory."""
+        return self._proc.pid if self._proc is not None else 0
+
     def version(self) -> str:
         """``"mosquitto 2.0.11"`` or the like."""
         out = subprocess.run(

@@ -81,3 +81,23 @@ def test_markdown_replaces_between_markers_and_keeps_the_rest(tmp_path: Path) ->
 
 def test_splice_appends_a_missing_section() -> None:
     assert splice("# B\n", _section("store", 7)).endswith("| x | 7 |\n<!-- /bench:store -->\n")
+
+
+def test_broker_table_runs_and_reports_positive_numbers() -> None:
+    """``python -m bench broker`` (registered in bench/__main__.py, so not in TABLES)."""
+    hint = "install the Debian package mosquitto"
+    find_tool("mosquitto", *MOSQUITTO_FALLBACKS, hint=hint)
+    for module in ("amqtt", "uvloop"):
+        if importlib.util.find_spec(module) is None:
+            skip_or_fail(f"{module} missing; pip install -e '.[bench]'")
+    from bench import broker
+
+    section = broker.run(quick=True)
+    assert section.name == "broker"
+    rates, memory, load = section.tables
+    labels = [c.title for c in rates.columns]
+    assert labels[1] == "Mosquitto msg/s" and "amqtt / Mosquitto" in labels
+    assert len(rates.rows) == 4 and len(memory.rows) == len(load.rows) == 4
+    numbers = _numbers(section)
+    assert numbers and all(v > 0 for v in numbers), numbers
+    assert "dropped by a broker (not counted in msg/s): none." in section.markdown()
