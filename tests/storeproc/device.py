@@ -1,0 +1,96 @@
+"""A device whose MQTT client keeps its QoS 1 messages in a Queue, for
+tests/test_store_queue_mqtt.py.
+
+``device.py first HOST PORT VERSION FOLDER N``: connect, publish one message
+(acknowledged: it leaves the queue), print ``up``; on the line ``offline`` on
+stdin (the test has cut the network) wait until the client saw the connection
+go, print ``offline``, publish N QoS 1 messages with ``timeout=0`` (each call
+returns once the message is in the queue), printing ``queued I ENTRIES``
+after each, then ``done``, and wait to be killed.
+
+``device.py second HOST PORT VERSION FOLDER``: open the queue, print
+``pending ENTRIES``, connect (the stored messages go out), handle the
+connection until the queue is empty, disconnect, print ``empty``, exit 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from fieldline.mqtt import Client
+from fieldline.store import Queue
+
+WAIT = 10.0
+TOPIC = "outbox/device-7"
+
+
+def payload(i: int) -> bytes:
+    """Message ``i``: binary, with a newline and a size that varies."""
+    return b"msg %d\n" % i + bytes(range(256))[: (i * 37) % 256]
+
+
+def properties(version: int, i: int) -> dict[str, Any] | None:
+    if version != 5:
+        return None
+    return {"content_type": "application/x-test", "user_property": [("n", str(i))]}
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def client(host: str, port: str, version: str, queue: Queue) -> Client:
+    return Client(
+        host,
+        int(port),
+        version=int(version),
+        client_id="device-7",
+        persistence=queue,
+        timeout=WAIT,
+        backoff_min=0.05,
+        backoff_max=0.2,
+    )
+
+
+def first(host: str, port: str, version: str, folder: str, n: str) -> None:
+    q = Queue(folder)
+    c = client(host, port, version, q)
+    c.connect()
+    c.publish("outbox/online", b"online", qos=1)  # returns on its PUBACK
+    assert len(q) == 0, len(q)
+    say("up")
+    assert sys.stdin.readline() == "offline\n"
+    deadline = time.monotonic() + WAIT
+    while c.is_connected:  # the proxy reset the connection: the next read sees it
+        assert time.monotonic() < deadline, "still connected"
+        c.loop(0.5)
+    say("offline")
+    for i in range(int(n)):
+        c.publish(TOPIC, payload(i), qos=1, properties=properties(int(version), i), timeout=0)
+        say(f"queued {i} {len(q)}")
+    say("done")
+    sys.stdin.read()  # killed here, still offline, without a DISCONNECT
+
+
+def second(host: str, port: str, version: str, folder: str) -> None:
+    q = Queue(folder)
+    say(f"pending {len(q)}")
+    c = client(host, port, version, q)
+    c.connect()
+    deadline = time.monotonic() + WAIT
+    while len(q):  # each PUBACK removes its message
+        assert time.monotonic() < deadline, f"{len(q)} messages still queued"
+        c.loop(0.5)
+    c.disconnect()
+    q.close()
+    say("empty")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "first":
+        first(*sys.argv[2:])
+    else:
+        second(*sys.argv[2:])
