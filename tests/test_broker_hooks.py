@@ -241,6 +241,41 @@ def test_plugins_are_asked_in_order_until_one_has_an_opinion() -> None:
     assert asked == ["first", "second"]
 
 
+def test_plugins_chain_without_a_broker() -> None:
+    """Plugins.decide: plain hooks answer at once; once one is async the rest are asked
+    in a coroutine, plain or async; the first opinion wins."""
+
+    class NoneSync:
+        def authenticate(self, *args: Any) -> None:
+            return None
+
+    class NoneAsync:
+        async def authenticate(self, *args: Any) -> None:
+            return None
+
+    class No:
+        def authenticate(self, *args: Any) -> bool:
+            return False
+
+    class Code:
+        async def authenticate(self, *args: Any) -> int:
+            return BANNED
+
+    args = ("c", "u", b"p", "127.0.0.1:1")
+    assert Plugins().authenticate(*args) is None
+    assert Plugins([NoneSync()]).authenticate(*args) is None
+    assert Plugins([NoneSync(), No(), Code()]).authenticate(*args) == BAD_CREDENTIALS
+
+    async def decide(*plugins: object) -> Any:
+        pending = Plugins(plugins).authenticate(*args)
+        assert asyncio.iscoroutine(pending)
+        return await pending
+
+    assert asyncio.run(decide(NoneAsync(), NoneSync())) is None
+    assert asyncio.run(decide(NoneAsync(), No(), Code())) == BAD_CREDENTIALS
+    assert asyncio.run(decide(NoneSync(), NoneAsync(), Code(), No())) == BANNED
+
+
 # -- authorize_publish and authorize_subscribe ---------------------------------------------
 
 
@@ -619,7 +654,7 @@ def test_plugin_from_the_toml_file(tmp_path: Path, plugin_module: str) -> None:
             assert connect(broker.port, version, "device", "k-3") == (
                 BANNED if version == 5 else NOT_AUTHORIZED
             )
-        assert "plug-ins KeyAuth" in broker.broker.auth_summary()
+        assert broker.broker.auth_summary() == "no password file, plug-ins KeyAuth"
 
 
 def test_plugin_without_a_table_gets_no_arguments(plugin_module: str) -> None:

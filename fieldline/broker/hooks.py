@@ -247,7 +247,7 @@ def _verdict(
         return OK
     if result is False:
         return refusal
-    if type(result) is int and (result == OK or result in codes):
-        return result
+    if isinstance(result, int) and (result == OK or result in codes):
+        return int(result)  # an IntEnum, say, as a plain int
     log.error("plug-in %s.%s returned %r, not a verdict: refused", label, name, result)
     return failure

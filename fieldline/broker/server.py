@@ -30,6 +30,7 @@ from .acl import Acl
 from .config import BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .hooks import (
+    AUTHENTICATE,
     ON_CONNECT,
     ON_DISCONNECT,
     ON_MESSAGE,
@@ -227,7 +228,9 @@ class Broker:
         """How clients are authenticated, for the start-up line."""
         pw = self.passwords
         anonymous = "anonymous access" if self.config.anonymous else "anonymous access refused"
-        if pw is None:
+        if pw is None and self.plugins.has(AUTHENTICATE):
+            out = "no password file"  # the plug-ins decide who may connect
+        elif pw is None:
             out = "anonymous access (no password file)"
         else:
             n = len(pw.users)
