@@ -28,10 +28,9 @@ class Index:
         self._dead = 0  # DEAD slots in the arrays
         self.count = 0
 
-    def _find(self, key):
-        # The array slot holding key, or -1.
+    def _first(self, h):
+        # The first array slot whose hash is >= h.
         hs = self._hs
-        h = _h(key)
         lo = 0
         hi = len(hs)
         while lo < hi:
@@ -40,14 +39,35 @@ class Index:
                 lo = mid + 1
             else:
                 hi = mid
+        return lo
+
+    def _find(self, key):
+        # The array slot holding key, or -1.
+        h = _h(key)
+        i = self._first(h)
+        hs = self._hs
         ps = self._ps
-        n = len(hs)
-        while lo < n and hs[lo] == h:
-            p = ps[lo]
+        while i < len(hs) and hs[i] == h:
+            p = ps[i]
             if p != DEAD and self._read_key(p) == key:
-                return lo
-            lo += 1
+                return i
+            i += 1
         return -1
+
+    def live(self, key, pos):
+        """True if the record at ``pos`` (holding ``key``) is the live one:
+        no read from the medium."""
+        p = self._new.get(key)
+        if p is not None:
+            return p == pos
+        h = _h(key)
+        i = self._first(h)
+        hs = self._hs
+        while i < len(hs) and hs[i] == h:
+            if self._ps[i] == pos:
+                return True
+            i += 1
+        return False
 
     def get(self, key):
         p = self._new.get(key)
@@ -111,13 +131,6 @@ class Index:
         self._ps = p2
         self._new = {}
         self._dead = 0
-
-    def positions(self):
-        """Every live position, in write order (oldest first)."""
-        out = [p for p in self._ps if p != DEAD]
-        out.extend(self._new.values())
-        out.sort()
-        return out
 
     def relocate(self, old, new):
         """After a compaction: ``old`` is ``positions()`` as it was, ``new``

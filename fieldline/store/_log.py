@@ -27,6 +27,7 @@ from ._errors import StoreError, StoreFullError
 
 PUT = 1
 DELETE = 2
+BASE = 3  # first record of a compacted segment: every older segment is superseded
 
 MORE = 1  # flag: the next record belongs to the same batch
 RAW = 2  # flag: the value is bytes, not JSON
@@ -38,6 +39,7 @@ _HEADER = "<BBBBIII"
 _H = 16
 _MAX_SEGMENT = 1 << 24
 _MAX_SLOTS = 255
+_READERS = 3  # segment files kept open for reading
 
 
 def encode(kind, flags, key, value, expires):
@@ -45,6 +47,17 @@ def encode(kind, flags, key, value, expires):
     head = struct.pack("<BBBBII", _MAGIC, kind, flags, len(key), len(value), expires)
     crc = crc32(value, crc32(key, crc32(head))) & 0xFFFFFFFF
     return head + struct.pack("<I", crc) + key + value
+
+
+def _write(f, data):
+    # All of data, or the OSError that stopped it (a short write is retried,
+    # so the error is the file system's own: ENOSPC, EFBIG, EIO).
+    n = f.write(data)
+    while n < len(data):
+        k = f.write(memoryview(data)[n:])
+        if not k:
+            raise OSError(28, "no space left")
+        n += k
 
 
 def _name(num, suffix=".seg"):
@@ -67,7 +80,8 @@ class Log:
         self.damage = []  # (segment file, offset, length) of damaged regions skipped at open
         self._end = 0  # where the next record goes in the active (last) segment
         self._active = None
-        self._reader = None  # (slot, file): the last segment read from
+        self._readers = []  # [(slot, file)], most recently used last
+        self._last = None  # (pos, record): the record read last
         if path is not None:
             try:
                 os.mkdir(path)
@@ -92,7 +106,10 @@ class Log:
 
                 self._mem[num] = BytesIO()
             return self._mem[num]
-        return open(self._file(_name(num, ".tmp" if mode == "wb" else ".seg")), mode)
+        name = self._file(_name(num, ".tmp" if mode == "wb" else ".seg"))
+        # The segment written to is unbuffered: a write that fails must not
+        # linger in a buffer and reach the file later, somewhere else.
+        return open(name, mode, 0) if mode == "r+b" else open(name, mode)
 
     def _close(self, f):
         if self._mem is None:
@@ -132,22 +149,25 @@ class Log:
             self._close(self._active)
         self._active = self._open(num)
         self._end = 0
-        self._drop_reader()
 
-    def _drop_reader(self):
-        if self._reader is not None:
-            if self._reader[1] is not self._active:
-                self._close(self._reader[1])
-            self._reader = None
+    def _drop_readers(self):
+        for _, f in self._readers:
+            self._close(f)
+        self._readers = []
+        self._last = None
 
     def _seg(self, slot):
         if slot == len(self.nums) - 1 and self._active is not None:
             return self._active
-        r = self._reader
-        if r is None or r[0] != slot:
-            self._drop_reader()
-            self._reader = r = (slot, self._open(self.nums[slot], "rb"))
-        return r[1]
+        rs = self._readers
+        for i in range(len(rs)):
+            if rs[i][0] == slot:
+                return rs[i][1]
+        if len(rs) >= _READERS:
+            self._close(rs.pop(0)[1])
+        f = self._open(self.nums[slot], "rb")
+        rs.append((slot, f))
+        return f
 
     # -- reading ----------------------------------------------------------
 
@@ -159,7 +179,7 @@ class Log:
         f.seek(off)
         head = f.read(_H)
         magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-        if magic != _MAGIC or not 0 < kind < 3 or klen == 0 or off + _H + klen + vlen > size:
+        if magic != _MAGIC or not 0 < kind < 4 or klen == 0 or off + _H + klen + vlen > size:
             return None
         key = f.read(klen)
         value = f.read(vlen)
@@ -185,66 +205,105 @@ class Log:
 
     def read(self, pos):
         """The record at ``pos``: (kind, flags, key, value, expires)."""
+        last = self._last
+        if last is not None and last[0] == pos:
+            return last[1]
         f = self._seg(pos >> 24)
         f.seek(pos & 0xFFFFFF)
-        head = f.read(_H)
-        _, kind, flags, klen, vlen, expires, _ = struct.unpack(_HEADER, head)
-        key = f.read(klen)
-        return kind, flags, key, f.read(vlen), expires
+        _, kind, flags, klen, vlen, expires, _ = struct.unpack(_HEADER, f.read(_H))
+        body = f.read(klen + vlen)
+        rec = (kind, flags, body[:klen], body[klen:], expires)
+        self._last = (pos, rec)
+        return rec
 
-    def head(self, pos):
-        """The key, total length and expiry of the record at ``pos``."""
-        f = self._seg(pos >> 24)
-        f.seek(pos & 0xFFFFFF)
-        head = f.read(_H)
-        _, _, _, klen, vlen, expires, _ = struct.unpack(_HEADER, head)
-        return f.read(klen), _H + klen + vlen, expires
-
-    def scan(self, visit):
-        """Call ``visit(kind, flags, key, pos, length, expires)`` for every
-        complete record, oldest first, then make the log ready to append.
-        A batch whose last record is missing is skipped as a whole."""
-        last = len(self.nums) - 1
-        roll = False
-        for slot in range(len(self.nums)):
-            num = self.nums[slot]
-            f = self._open(num, "rb")
+    def walk(self, slot, damage=None):
+        """Yield (kind, flags, key, value, expires, pos, length) for each
+        complete record in segment ``slot``, in file order, stepping over
+        damage (noted in ``damage`` as (offset, length)). It stops at a torn
+        tail; once it is done, ``tail`` is where the valid records end and
+        ``seg_size`` the segment's size."""
+        if slot == len(self.nums) - 1 and self._active is not None:
+            f = self._active
+            size = self._end
+        else:  # its own file: reads in between may evict the cached readers
+            f = self._open(self.nums[slot], "rb")
             f.seek(0, 2)
             size = f.tell()
-            self.size += size
+        try:
             off = 0
-            batch = []  # type: list
             while off < size:
                 r = self._parse(f, off, size)
                 if r is None:
                     nxt = self._resync(f, off, size)
                     if nxt is None:
                         break  # a torn tail: the write a crash cut short
-                    self.damage.append((_name(num), off, nxt - off))
-                    roll = roll or slot == last
-                    batch = []
+                    if damage is not None:
+                        damage.append((off, nxt - off))
                     off = nxt
                     continue
-                batch.append((r[0], r[1], r[2], slot << 24 | off, r[5], r[4]))
+                yield r[0], r[1], r[2], r[3], r[4], slot << 24 | off, r[5]
                 off += r[5]
+            self.tail = off
+            self.seg_size = size
+        finally:
+            if f is not self._active:
+                self._close(f)
+
+    def records(self):
+        """Every complete record of every segment, oldest first (as ``walk``)."""
+        for slot in range(len(self.nums)):
+            for r in self.walk(slot):
+                yield r
+
+    def _forget_superseded(self):
+        # A compaction cut short by a crash leaves old segments behind its
+        # new one: delete those older than the newest segment that starts
+        # with a BASE record, as the compaction would have.
+        for slot in range(len(self.nums) - 1, 0, -1):
+            f = self._open(self.nums[slot], "rb")
+            f.seek(0, 2)
+            r = self._parse(f, 0, f.tell())
+            self._close(f)
+            if r is not None and r[0] == BASE:
+                for n in self.nums[:slot]:
+                    self._remove(n)
+                self.nums = self.nums[slot:]
+                return
+
+    def scan(self, visit):
+        """Call ``visit(kind, flags, key, pos, length, expires)`` for every
+        complete record, oldest first, then make the log ready to append.
+        A batch whose last record is missing is skipped as a whole."""
+        self._forget_superseded()
+        last = len(self.nums) - 1
+        roll = False
+        for slot in range(len(self.nums)):
+            damage = []  # type: list
+            batch = []  # type: list
+            for r in self.walk(slot, damage):
+                if batch and r[5] != batch[-1][5] + batch[-1][6]:
+                    batch = []  # damage cut the batch short
+                batch.append(r)
                 if not r[1] & MORE:
-                    for rec in batch:
-                        visit(*rec)
+                    for kind, flags, key, _, expires, pos, length in batch:
+                        if kind != BASE:
+                            visit(kind, flags, key, pos, length, expires)
                     batch = []
-            if batch:  # an unfinished batch is part of the torn tail
-                off = batch[0][3] & 0xFFFFFF
+            num = self.nums[slot]
+            for off, n in damage:
+                self.damage.append((_name(num), off, n))
+            end = batch[0][5] & 0xFFFFFF if batch else self.tail
+            size = self.seg_size
+            self.size += size
             if slot == last:
-                self._end = off
-                if off < size:
-                    if hasattr(f, "truncate"):
-                        self._close(f)
-                        f = self._open(num)
-                        f.truncate(off)
-                        self._sync(f)
-                        self.size -= size - off
+                self._end = end
+                roll = bool(damage)
+                if end < size:
+                    if self._mem is None and hasattr(os, "truncate"):  # CPython
+                        os.truncate(self._file(_name(num)), end)
+                        self.size -= size - end
                     else:  # MicroPython files cannot shrink: append elsewhere
                         roll = True
-            self._close(f)
         if self.nums and not roll:
             self._active = self._open(self.nums[-1])
         elif len(self.nums) < _MAX_SLOTS:
@@ -256,39 +315,48 @@ class Log:
         """Write ``records`` ((kind, flags, key, value, expires), ...) as one
         batch with one sync; return their positions. ``what`` names them in
         the StoreFullError raised if the write fails."""
-        if self._end >= self.segment_size or self._active is None:
-            if len(self.nums) >= _MAX_SLOTS:
-                raise StoreError("too many segments; compact() the store")
-            self._new_segment()
+        roll = self._end >= self.segment_size or self._active is None
+        if roll and len(self.nums) >= _MAX_SLOTS:
+            raise StoreError("too many segments; compact() the store")
         parts = []
         positions = []
-        off = self._end
+        off = 0 if roll else self._end
+        slot = len(self.nums) if roll else len(self.nums) - 1
+        start = off
         n = len(records)
         for i in range(n):
             kind, flags, key, value, expires = records[i]
             if len(key) > 255:
                 raise StoreError("key longer than 255 bytes: %r" % key[:32])
             rec = encode(kind, flags | (MORE if i < n - 1 else 0), key, value, expires)
-            positions.append((len(self.nums) - 1) << 24 | off)
+            positions.append(slot << 24 | off)
             parts.append(rec)
             off += len(rec)
         if off > _MAX_SEGMENT:
-            raise StoreError("a batch of %d bytes does not fit a segment" % (off - self._end))
+            raise StoreError("a batch of %d bytes does not fit a segment" % (off - start))
         data = b"".join(parts)
-        f = self._active
-        assert f is not None
         try:
+            if roll:
+                self._new_segment()
+            f = self._active
             f.seek(self._end)
-            if f.write(data) != len(data):
-                raise OSError(28, "short write")
+            _write(f, data)
             self._sync(f)
         except OSError as e:
-            # Whatever part of it reached the file lies past _end: the next
-            # write covers it, and a reopen sees it as a torn tail.
+            self._undo()
             raise StoreFullError("not written: " + what, e) from None
         self.size += len(data)
         self._end = off
         return positions
+
+    def _undo(self):
+        # Whatever part of a failed write reached the file must never be read
+        # back: cut it off, or (where files cannot shrink) write elsewhere
+        # from now on, leaving it as an unfinished batch at a segment's end.
+        try:
+            self._active.truncate(self._end)
+        except Exception:
+            self._end = self.segment_size
 
     def compact(self, positions):
         """Copy the records at ``positions`` (in order) to a new segment, switch
@@ -296,13 +364,14 @@ class Log:
         num = self.nums[-1] + 1
         f = self._open(num, "wb")
         new = []
-        off = 0
         try:
+            base = encode(BASE, 0, b"-", b"", 0)
+            _write(f, base)
+            off = len(base)
             for pos in positions:
                 kind, flags, key, value, expires = self.read(pos)
                 rec = encode(kind, flags & RAW, key, value, expires)
-                if f.write(rec) != len(rec):
-                    raise OSError(28, "short write")
+                _write(f, rec)
                 new.append(off)
                 off += len(rec)
             self._sync(f)
@@ -312,7 +381,7 @@ class Log:
             raise StoreFullError("compaction not written; the old segments are kept", e) from None
         self._close(f)
         self._commit(num)
-        self._drop_reader()
+        self._drop_readers()
         self._close(self._active)
         old = self.nums
         self.nums = [num]
@@ -320,7 +389,7 @@ class Log:
         self._end = off
         self.size = off
         self.damage = []
-        for n in old:  # oldest first, so a crash here leaves a replayable prefix
+        for n in old:  # a crash here leaves some: the BASE record says to ignore them
             self._remove(n)
         return new
 
@@ -334,7 +403,7 @@ class Log:
                 pass
 
     def close(self):
-        self._drop_reader()
+        self._drop_readers()
         if self._active is not None:
             self._close(self._active)
             self._active = None

@@ -71,7 +71,7 @@ class Store:
         self._clock = clock
         self._log = Log(path, segment_size, fsync)
         self._index = Index(self._key_at)
-        self._live = 0  # bytes of the records the index points at
+        self._live_bytes = 0  # bytes of the records the index points at
         self._seq = 0
         self._now = clock()
         self.compactions = 0
@@ -87,16 +87,17 @@ class Store:
     # -- internals --------------------------------------------------------
 
     def _key_at(self, pos):
-        return self._log.head(pos)[0]
+        return self._log.read(pos)[2]
 
     def _drop(self, pos):
         if pos is not None:
-            self._live -= self._log.head(pos)[1]
+            _, _, key, value, _ = self._log.read(pos)
+            self._live_bytes -= 16 + len(key) + len(value)
 
     def _replay(self, kind, flags, key, pos, length, expires):
         if kind == PUT and not (expires and expires <= self._now):
             self._drop(self._index.set(key, pos))
-            self._live += length
+            self._live_bytes += length
         else:
             self._drop(self._index.remove(key))
 
@@ -121,14 +122,14 @@ class Store:
             kind, _, key, value, _ = records[i]
             if kind == PUT:
                 self._drop(idx.set(key, positions[i]))
-                self._live += 16 + len(key) + len(value)
+                self._live_bytes += 16 + len(key) + len(value)
             else:
                 self._drop(idx.remove(key))
         self._maybe_compact()
 
     def _maybe_compact(self):
         log = self._log
-        garbage = log.size - self._live
+        garbage = log.size - self._live_bytes
         if len(log.nums) > 32 or (
             log.size > log.segment_size and garbage >= self.compact_ratio * log.size
         ):
@@ -148,8 +149,7 @@ class Store:
     def _expired(self, pos, expires, now):
         # True (and the record forgotten) if it has expired.
         if expires and expires <= now:
-            key = self._log.head(pos)[0]
-            self._drop(self._index.remove(key))
+            self._drop(self._index.remove(self._log.read(pos)[2]))
             self.expired += 1
             return True
         return False
@@ -185,7 +185,7 @@ class Store:
             n = self._index.count
             self._log.compact(())
             self._index.clear()
-            self._live = 0
+            self._live_bytes = 0
             return n
         k = _key(key)
         if self._index.get(k) is None:
@@ -222,23 +222,24 @@ class Store:
             self._write(records, "deletion of %d keys" % len(records))
         return len(records)
 
+    def _live(self):
+        # (pos, key, value, expires) of every live record, in write order:
+        # the log read in file order, each record checked against the index.
+        live = self._index.live
+        for kind, _, key, value, expires, pos, _ in self._log.records():
+            if kind == PUT and live(key, pos):
+                yield pos, key, value, expires
+
     def _records(self):
-        # (pos, key bytes, value bytes) of every live, unexpired record, in write order.
+        # (key, value) of every live, unexpired record.
         now = self._clock()
-        for pos in self._index.positions():
-            _, _, key, value, expires = self._log.read(pos)
-            if not self._expired(pos, expires, now):
-                yield pos, key, value
+        for pos, key, value, expires in self._live():
+            if not (expires and expires <= now):
+                yield key, value
 
     def list(self):
         """Every key, oldest write first."""
-        now = self._clock()
-        out = []
-        for pos in self._index.positions():
-            key, _, expires = self._log.head(pos)
-            if not self._expired(pos, expires, now):
-                out.append(key.decode())
-        return out
+        return [key.decode() for key, _ in self._records()]
 
     def query(self, query=None, limit=None, sort=None, keys=False):
         """The values matching a Mongo-style ``query`` (all when None), in
@@ -250,11 +251,13 @@ class Store:
             query = {}
         check(query)
         out = []
-        for _, key, value in self._records():
+        records = self._records()
+        for key, value in records:
             doc = json.loads(value)
             if matches(doc, query):
                 out.append((key.decode(), doc))
                 if sort is None and limit is not None and len(out) >= limit:
+                    records.close()  # closes the segment file it has open
                     break
         if sort is not None:
             out = order(out, sort)
@@ -272,26 +275,28 @@ class Store:
     def _forget_expired(self):
         before = self.expired
         now = self._clock()
-        for pos in self._index.positions():
-            self._expired(pos, self._log.head(pos)[2], now)
+        gone = [key for _, key, _, e in self._live() if e and e <= now]
+        for key in gone:
+            self._drop(self._index.remove(key))
+        self.expired += len(gone)
         return self.expired - before
 
     def compact(self):
         """Rewrite the live records into a fresh segment and drop the old ones."""
         self._forget_expired()
-        old = self._index.positions()
+        old = [pos for pos, _, _, _ in self._live()]
         new = self._log.compact(old)
         self._index.relocate(old, new)
-        self._live = self._log.size
+        self._live_bytes = self._log.size
         self.compactions += 1
 
     def stats(self):
         log = self._log
         return {
             "records": self._index.count,
-            "live_bytes": self._live,
+            "live_bytes": self._live_bytes,
             "file_bytes": log.size,
-            "garbage_ratio": (log.size - self._live) / log.size if log.size else 0.0,
+            "garbage_ratio": (log.size - self._live_bytes) / log.size if log.size else 0.0,
             "segments": len(log.nums),
             "compactions": self.compactions,
             "expired": self.expired,
