@@ -233,7 +233,7 @@ class Store:
     def _records(self):
         # (key, value) of every live, unexpired record.
         now = self._clock()
-        for pos, key, value, expires in self._live():
+        for _, key, value, expires in self._live():
             if not (expires and expires <= now):
                 yield key, value
 
