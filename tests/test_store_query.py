@@ -1,5 +1,6 @@
 """Tests for fieldline.store._query: check, matches and order."""
 
+import json
 from typing import Any
 
 import pytest
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fieldline.store._errors import QueryError, StoreError
-from fieldline.store._query import check, matches, order
+from fieldline.store._query import check, matches, needles, order
 
 DOC: dict[str, Any] = {
     "n": 5,
@@ -503,3 +504,22 @@ def test_order_property(docs: list[dict[str, Any]], dx: int, dy: int) -> None:
             assert (yp < yq) == (dy == 1), (p, q)
         else:
             assert p[0] < q[0], (p, q)  # stable
+
+
+@settings(max_examples=600)
+@given(DOCS, QUERIES)
+def test_needles_never_reject_a_match(doc: Any, q: dict[str, Any]) -> None:
+    """The store skips a record whose JSON lacks a needle: sound only if every
+    matching document's JSON holds them all."""
+    check(q)
+    if matches(doc, q):
+        raw = json.dumps(doc).encode()
+        for n in needles(q):
+            assert n in raw, (n, raw)
+
+
+def test_needles_come_from_plain_string_equalities() -> None:
+    q = {"s": "temp", "n": 5, "m": {"$eq": "x"}, "$and": [{"a.b": "deep"}], "$or": [{"o": "no"}]}
+    assert sorted(needles(q)) == [b'"deep"', b'"temp"', b'"x"']
+    assert needles({"s": 'quo"te'}) == [] and needles({"s": "caf\u00e9"}) == []
+    assert needles({"s": "caf\xe9"}) == [] and needles({"s": {"$ne": "x"}}) == []

@@ -181,11 +181,10 @@ class Log:
         magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
         if magic != _MAGIC or not 0 < kind < 4 or klen == 0 or off + _H + klen + vlen > size:
             return None
-        key = f.read(klen)
-        value = f.read(vlen)
-        if crc32(value, crc32(key, crc32(head[:12]))) & 0xFFFFFFFF != crc:
+        body = f.read(klen + vlen)
+        if crc32(body, crc32(head[:12])) & 0xFFFFFFFF != crc:
             return None
-        return kind, flags, key, value, expires, _H + klen + vlen
+        return kind, flags, body[:klen], body[klen:], expires, _H + klen + vlen
 
     def _resync(self, f, off, size):
         # The offset of the next valid record after damage at off, or None.

@@ -168,6 +168,31 @@ def matches(doc, query):
     return _match(doc, query)
 
 
+def needles(query):
+    """Bytes that the JSON of every document matching ``query`` contains:
+    the plain ASCII strings it requires by equality, quoted. The store skips
+    decoding a record that lacks one; most records of a selective query."""
+    out = []
+    for k, c in query.items():
+        if k == "$and":
+            for q in c:
+                out.extend(needles(q))
+        elif k[:1] != "$":
+            if isinstance(c, dict) and _nops(c):
+                c = c.get("$eq")
+            if isinstance(c, str):
+                b = c.encode()
+                # Printable ASCII without quote or backslash: JSON writes it as is.
+                if (
+                    len(b) == len(c)
+                    and b"\\" not in b
+                    and b'"' not in b
+                    and min(b, default=32) >= 32
+                ):
+                    out.append(b'"' + b + b'"')
+    return out
+
+
 def _rank(x):
     # Type rank, so that any two JSON values order without a TypeError:
     # absent < None < numbers < str < dict < list < bool < anything else.

@@ -245,20 +245,25 @@ class Store:
         """The values matching a Mongo-style ``query`` (all when None), in
         write order or by ``sort`` ("field", "-field" or [(field, 1|-1), ...]),
         at most ``limit`` of them. ``keys=True``: (key, value) pairs."""
-        from ._query import check, matches, order
+        from ._query import check, matches, needles, order
 
         if query is None:
             query = {}
         check(query)
+        need = needles(query)
         out = []
         records = self._records()
         for key, value in records:
-            doc = json.loads(value)
-            if matches(doc, query):
-                out.append((key.decode(), doc))
-                if sort is None and limit is not None and len(out) >= limit:
-                    records.close()  # closes the segment file it has open
+            for n in need:
+                if n not in value:
                     break
+            else:
+                doc = json.loads(value)
+                if matches(doc, query):
+                    out.append((key.decode(), doc))
+                    if sort is None and limit is not None and len(out) >= limit:
+                        records.close()  # closes the segment file it has open
+                        break
         if sort is not None:
             out = order(out, sort)
             if limit is not None:
