@@ -338,6 +338,7 @@ class Log:
             if roll:
                 self._new_segment()
             f = self._active
+            assert f is not None
             f.seek(self._end)
             _write(f, data)
             self._sync(f)
@@ -353,7 +354,7 @@ class Log:
         # back: cut it off, or (where files cannot shrink) write elsewhere
         # from now on, leaving it as an unfinished batch at a segment's end.
         try:
-            self._active.truncate(self._end)
+            self._active.truncate(self._end)  # type: ignore[union-attr]
         except Exception:
             self._end = self.segment_size
 
