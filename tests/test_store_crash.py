@@ -387,13 +387,6 @@ def test_disk_full_raises_store_full_and_keeps_what_was_confirmed(
     assert got == want, diff(got, want)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fieldline.store bug: after a failed write the bytes stay in the active "
-    "segment's BufferedRandom, every later seek() retries the flush and raises the raw "
-    "OSError: get() of a confirmed key, delete() and close() raise OSError, and a put "
-    "that would fit fails too",
-)
 def test_disk_full_store_stays_usable(full: tuple[Path, int, int]) -> None:
     # docs/store.md: "Every record confirmed before it is intact, and the store
     # stays usable." In the same process, after the StoreFullError: reads work,
@@ -411,16 +404,7 @@ def test_disk_full_store_stays_usable(full: tuple[Path, int, int]) -> None:
     [
         0,
         1000,
-        pytest.param(
-            5100,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="fieldline.store bug: the failed batch stays in the active segment's "
-                "write buffer; once there is room the next write's seek() flushes it at its "
-                "old offset, the new record then covers only the head of its first record, "
-                "and a reopen finds the batch's last two records (and reports damage)",
-            ),
-        ),
+        5100,  # inside its second record: the first one whole on the medium
     ],
 )
 def test_failed_batch_stays_out_when_room_comes_back(tmp_path: Path, room: int) -> None:
@@ -573,12 +557,6 @@ def test_store_compaction_cut_short(tmp_path: Path) -> None:
         assert got == want, f"{case.name}:\n{diff(got, want)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fieldline.store bug: Queue._add appends replayed entries in replay order, so "
-    "after a compaction cut short (old segments partly deleted) _seqs is unsorted: "
-    "peek() is out of order, entries come twice and ack() cannot find them",
-)
 def test_queue_compaction_cut_short(tmp_path: Path) -> None:
     # The same for a Queue: the entries in order, each once, and acks find them.
     before = tmp_path / "before"
@@ -600,12 +578,6 @@ def test_queue_compaction_cut_short(tmp_path: Path) -> None:
             assert len(q) == 0, case.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fieldline.store bug: delete(purge=True) switches to an empty segment and then "
-    "deletes the old ones; a crash between two deletions leaves old segments whose puts "
-    "are replayed, so purged keys come back",
-)
 def test_store_purge_cut_short(tmp_path: Path) -> None:
     # delete(purge=True) "deletes everything in one atomic switch": whatever a
     # crash leaves, the store is empty after it or as it was before.
