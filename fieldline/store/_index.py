@@ -12,6 +12,11 @@ from binascii import crc32
 
 from ._log import DEAD
 
+try:
+    from bisect import bisect_left  # CPython: the search in C
+except ImportError:  # MicroPython has no bisect
+    bisect_left = None
+
 
 def _h(key):
     return crc32(key) & 0xFFFFFFFF
@@ -30,6 +35,8 @@ class Index:
 
     def _first(self, h):
         # The first array slot whose hash is >= h.
+        if bisect_left:
+            return bisect_left(self._hs, h)
         hs = self._hs
         lo = 0
         hi = len(hs)

@@ -221,11 +221,11 @@ class Log:
         damage (noted in ``damage`` as (offset, length)). It stops at a torn
         tail; once it is done, ``tail`` is where the valid records end and
         ``seg_size`` the segment's size."""
+        # Its own, buffered file: reads in between may evict the cached readers.
+        f = self._open(self.nums[slot], "rb")
         if slot == len(self.nums) - 1 and self._active is not None:
-            f = self._active
             size = self._end
-        else:  # its own file: reads in between may evict the cached readers
-            f = self._open(self.nums[slot], "rb")
+        else:
             f.seek(0, 2)
             size = f.tell()
         try:
@@ -245,8 +245,7 @@ class Log:
             self.tail = off
             self.seg_size = size
         finally:
-            if f is not self._active:
-                self._close(f)
+            self._close(f)
 
     def records(self):
         """Every complete record of every segment, oldest first (as ``walk``)."""
