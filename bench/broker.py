@@ -224,6 +224,8 @@ def subscribers(port: int, n: int, topic: str, qos: int) -> None:
     size = len(frame)
     head = frame[:2]  # fixed header byte and Remaining Length: the same in every one
     pid = 2 + 2 + len(topic.encode())  # offset of the packet id in a QoS 1 frame
+    if qos and frame[pid : pid + 2] != b"\x00\x01":  # a Remaining Length of 2+ bytes
+        _fail("the packet id is not where the subscriber looks for it")
     g = Generator()
     state = {"want": 0, "last": 0.0}
 
