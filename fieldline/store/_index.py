@@ -14,8 +14,11 @@ from ._log import DEAD
 
 try:
     from bisect import bisect_left  # CPython: the search in C
-except ImportError:  # MicroPython has no bisect
+
+    _SHIFT = 1  # merge when the dict holds n/2 keys: RAM is cheap, merges are not
+except ImportError:  # MicroPython: no bisect, and RAM is what is short
     bisect_left = None
+    _SHIFT = 4  # merge at n/16 keys
 
 
 def _h(key):
@@ -96,7 +99,7 @@ class Index:
             else:
                 self.count += 1
         new[key] = pos
-        if len(new) > 16 + (len(self._hs) >> 4):
+        if len(new) > 16 + (len(self._hs) >> _SHIFT):
             self.merge()
         return old
 
