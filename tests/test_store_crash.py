@@ -510,8 +510,8 @@ def test_kill_loop_queue_keeps_exactly_the_unacked_entries(tmp_path: Path) -> No
 
 def cut_compactions(tmp_path: Path, before: Path, compact: Callable[[Path], None]) -> list[Path]:
     """Every state a crash can leave while the store or queue in ``before`` is
-    compacted: the new segment renamed into place, then the old ones deleted
-    oldest first, any number of them."""
+    compacted: the new segment still a ``.tmp`` file (whole or cut short), or
+    renamed into place and the old ones deleted oldest first, any number."""
     done = tmp_path / "compacted"
     shutil.copytree(before, done)
     compact(done)
@@ -521,6 +521,13 @@ def cut_compactions(tmp_path: Path, before: Path, compact: Callable[[Path], None
     old = sorted(os.listdir(before))
     assert len(old) >= 3
     cases = []
+    for cut in (0, 10, (done / name).stat().st_size):
+        case = tmp_path / f"tmp{cut}"
+        shutil.copytree(before, case)
+        tmp = case / name.replace(".seg", ".tmp")
+        shutil.copy(done / name, tmp)
+        os.truncate(tmp, cut)
+        cases.append(case)
     for removed in range(len(old)):
         case = tmp_path / f"cut{removed}"
         shutil.copytree(before, case)
@@ -555,6 +562,7 @@ def test_store_compaction_cut_short(tmp_path: Path) -> None:
         with Store(str(case), segment_size=512, compact_ratio=0.99, fsync=False) as s:
             got = contents(s)
         assert got == want, f"{case.name}:\n{diff(got, want)}"
+        assert not list(case.glob("*.tmp")), case.name
 
 
 def test_queue_compaction_cut_short(tmp_path: Path) -> None:
@@ -594,3 +602,4 @@ def test_store_purge_cut_short(tmp_path: Path) -> None:
     for case in cut_compactions(tmp_path, before, purge):
         with Store(str(case), segment_size=256, fsync=False) as s:
             assert contents(s) in ({}, want), case.name
+        assert not list(case.glob("*.tmp")), case.name
