@@ -18,6 +18,7 @@ TABLES: dict[str, str] = {
     "codec": "bench.codec",
     "footprint": "bench.footprint",
     "clients": "bench.clients",
+    "broker": "bench.broker",
     "store": "bench.store",
 }
 

@@ -14,10 +14,6 @@ from pathlib import Path
 from . import TABLES, run_table
 from ._report import Section, write_markdown
 
-# The broker table (issue 5). It belongs in TABLES in bench/__init__.py; registered
-# here for now, so `python -m bench` runs it after the others.
-TABLES.setdefault("broker", "bench.broker")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(

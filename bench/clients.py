@@ -520,8 +520,10 @@ def micropython() -> tuple[list[Table], list[str], str]:
 # -- the section ---------------------------------------------------------------------------
 
 
-def _mib(kib: int) -> int:
-    return kib  # a "kib" column shows value / 1024: KiB in, MiB out
+def _mib(kib: int) -> int | str:
+    # A "kib" column shows value / 1024: KiB in, MiB out. A C client that ran
+    # its whole (--quick) round between two polls leaves no reading: "—".
+    return kib if kib else "—"
 
 
 def _versions() -> str:
