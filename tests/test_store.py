@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,7 +175,7 @@ def test_data_survives_reopen_and_compaction(tmp_path: Path) -> None:
         assert s.stats()["garbage_ratio"] == 0.0
         assert s.stats()["segments"] == 1
         assert {k: s.get(k) for k in expected} == expected
-    files = sorted(p.name for p in Path(path).iterdir())
+    files = sorted(p.name for p in Path(path).glob("*.seg"))
     assert len(files) == 1 and files[0].endswith(".seg")
 
 
@@ -181,7 +183,7 @@ def test_a_put_appends_and_never_rewrites_the_file(tmp_path: Path) -> None:
     path = tmp_path / "db"
     s = Store(str(path), segment_size=1 << 20)
     s.put("a", {"v": 1})
-    seg = next(path.iterdir())
+    seg = next(path.glob("*.seg"))
     first = seg.read_bytes()
     s.put("a", {"v": 2})
     s.put("b", {"v": 3})
@@ -287,5 +289,20 @@ def test_file_holds_json(tmp_path: Path) -> None:
     path = tmp_path / "db"
     with Store(str(path)) as s:
         s.put("k", {"v": [1, 2]})
-    data = next(path.iterdir()).read_bytes()
+    data = next(path.glob("*.seg")).read_bytes()
     assert b"k" + json.dumps({"v": [1, 2]}).encode() in data
+
+
+def test_a_folder_is_open_in_one_place_at_a_time(tmp_path: Path) -> None:
+    path = str(tmp_path / "db")
+    s = Store(path)
+    with pytest.raises(StoreError, match="open in another process"):
+        Store(path)
+    other = subprocess.run(
+        [sys.executable, "-c", f"from fieldline.store import Store; Store({path!r})"],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 1 and "open in another process" in other.stderr
+    s.close()
+    Store(path).close()  # free again

@@ -60,6 +60,23 @@ def _write(f, data):
         n += k
 
 
+def _lock(path):
+    # Two processes appending to one folder would write over each other's
+    # records: hold an exclusive lock while open (CPython; a board runs one
+    # program). Returns the lock file, or None.
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(path + "/lock", "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise StoreError("%s is open in another process or Store" % path) from None
+    return f
+
+
 def _name(num, suffix=".seg"):
     return "%08d%s" % (num, suffix)
 
@@ -82,11 +99,13 @@ class Log:
         self._active = None
         self._readers = []  # [(slot, file)], most recently used last
         self._last = None  # (pos, record): the record read last
+        self._lock = None
         if path is not None:
             try:
                 os.mkdir(path)
             except OSError:
                 pass
+            self._lock = _lock(path)
             for name in os.listdir(path):
                 if name.endswith(".tmp"):  # a compaction that did not finish
                     os.remove(self._file(name))
@@ -406,3 +425,6 @@ class Log:
         if self._active is not None:
             self._close(self._active)
             self._active = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
