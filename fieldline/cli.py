@@ -15,7 +15,8 @@ adding one if there is none; --cert, --key, --ca and --require-certificate apply
 TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
 With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
 each client reads and writes only the topics its rules allow. --max-connections and
---max-publish-rate override the limits of the same names.
+--max-publish-rate override the limits of the same names. With --persist FILE, retained
+messages and persistent sessions survive a restart (--durability batched or full).
 See docs/broker.md for the file's keys."""
 
 _PASSWD_EPILOG = """\
@@ -69,6 +70,19 @@ def main(argv: list[str] | None = None) -> int:
         metavar="R",
         help="PUBLISHes a second each client may send (default 0: no limit)",
     )
+    add("--persist", metavar="FILE", help="keep retained messages and sessions in FILE (SQLite)")
+    add(
+        "--durability",
+        choices=["none", "batched", "full"],
+        help="batched: write every --persist-interval ms (default with --persist); "
+        "full: acknowledge QoS 1/2 messages once on disk; none: write nothing",
+    )
+    add(
+        "--persist-interval",
+        type=int,
+        metavar="MS",
+        help="milliseconds between batched writes (default 100)",
+    )
     passwd = commands.add_parser(
         "passwd",
         help="add, change or delete a user of a broker password file",
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 def _broker(args: argparse.Namespace) -> int:
     from fieldline.broker.config import BrokerConfig, ConfigError
     from fieldline.broker.configfile import apply_flags, load_config
+    from fieldline.broker.persist import PersistenceError
     from fieldline.broker.run import serve
 
     try:
@@ -120,11 +135,18 @@ def _broker(args: argparse.Namespace) -> int:
             acl_file=args.acl_file,
             max_connections=args.max_connections,
             max_publish_rate=args.max_publish_rate,
+            persistence=args.persist,
+            durability=args.durability,
+            persist_interval=args.persist_interval,
         )
         asyncio.run(serve(config=config))
     except ConfigError as e:
         print(f"fieldline broker: {e}", file=sys.stderr)
         return 2
+    except PersistenceError as e:
+        print(f"fieldline broker: {e}", file=sys.stderr)
+        print("fieldline broker: not started; move the file aside to start empty", file=sys.stderr)
+        return 3
     except OSError as e:
         print(f"fieldline broker: {e}", file=sys.stderr)
         return 1

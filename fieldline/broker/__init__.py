@@ -1,4 +1,5 @@
-"""An embedded asyncio MQTT 3.1.1 and 5.0 broker (CPython), in memory for now.
+"""An embedded asyncio MQTT 3.1.1 and 5.0 broker (CPython), in memory or kept in an
+SQLite file across restarts (``persistence``; see persist.py).
 
 ``Broker`` (asyncio) and ``BrokerThread`` (a broker in a background thread) take the
 ``BrokerConfig`` fields as keyword arguments (``listeners``: a list of ``Listener``);
@@ -7,6 +8,7 @@
 """
 
 from .config import DROP_NEW, DROP_OLDEST, BrokerConfig, ConfigError, Listener
+from .persist import PersistenceError
 from .server import Broker
 from .thread import BrokerThread
 
@@ -18,4 +20,5 @@ __all__ = [
     "BrokerThread",
     "ConfigError",
     "Listener",
+    "PersistenceError",
 ]

@@ -20,6 +20,13 @@ KINDS = (MQTT, MQTTS, WS, WSS)
 TLS_KINDS = (MQTTS, WSS)
 WS_KINDS = (WS, WSS)
 DEFAULT_PORTS = {MQTT: 1883, MQTTS: 8883, WS: 8080, WSS: 8443}
+# Persistence durability levels (persist.py): nothing written, written in batches every
+# persist_interval ms, or committed (fsync) before a QoS 1/2 PUBLISH is acknowledged.
+NONE = "none"
+BATCHED = "batched"
+FULL = "full"
+DURABILITIES = (NONE, BATCHED, FULL)
+
 ANY_PATH = "*"  # a WebSocket listener whose path is this accepts any request target
 _KIND_DEFAULT = -1  # Listener.port not given: the kind's default port
 
@@ -135,6 +142,11 @@ class BrokerConfig:
     imports and instantiates when it starts, with the keyword arguments in
     ``plugin[ClassName]`` (see hooks.py). ``hook_timeout``: seconds an ``async`` hook
     may take (an authenticate that takes longer refuses with 0x88).
+    ``persistence``: the SQLite file that retained messages and persistent sessions
+    are kept in across restarts (None: in memory only). ``durability``: ``"none"``
+    (write nothing), ``"batched"`` (write every ``persist_interval`` milliseconds; the
+    default with a file) or ``"full"`` (acknowledge a QoS 1/2 PUBLISH once its effects
+    are on disk); see persist.py.
     """
 
     host: str = "127.0.0.1"
@@ -159,6 +171,9 @@ class BrokerConfig:
     plugins: list[Any] = field(default_factory=list)
     plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
     hook_timeout: float = 5.0
+    persistence: str | None = None
+    durability: str | None = None
+    persist_interval: int = 100
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
@@ -180,6 +195,17 @@ class BrokerConfig:
         if not 0 < self.hook_timeout < math.inf:
             raise ConfigError("hook_timeout must be more than 0")
         self._check_plugins()
+        if self.durability is not None and self.durability not in DURABILITIES:
+            raise ConfigError(
+                f"unknown durability {self.durability!r} (one of {', '.join(DURABILITIES)})"
+            )
+        if self.durability in (BATCHED, FULL) and not self.persistence:
+            raise ConfigError(
+                f"durability {self.durability!r} needs a persistence file "
+                '(persistence = "broker.db", or --persist FILE)'
+            )
+        if not 1 <= self.persist_interval <= 3_600_000:
+            raise ConfigError("persist_interval must be 1 to 3600000 (milliseconds)")
         seen: set[tuple[str, int]] = set()
         for listener in self.all_listeners():
             address = (listener.host, listener.port)
@@ -210,6 +236,14 @@ class BrokerConfig:
         if self.allow_anonymous is None:
             return not self.password_file
         return self.allow_anonymous
+
+    @property
+    def persist_level(self) -> str:
+        """The durability in force: ``durability``, else "batched" with a persistence
+        file and "none" without."""
+        if self.durability is not None:
+            return self.durability
+        return BATCHED if self.persistence else NONE
 
     def all_listeners(self) -> list[Listener]:
         """``listeners``, or the one plain listener on ``host``:``port`` if it is empty."""

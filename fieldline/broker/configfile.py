@@ -21,7 +21,8 @@ from typing import Any
 from .config import MQTT, MQTTS, TLS_KINDS, WS, WS_KINDS, WSS, BrokerConfig, ConfigError, Listener
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_PATH_KEYS = ("cert", "key", "ca", "password_file", "acl_file")  # relative to the file
+# Paths relative to the file.
+_PATH_KEYS = ("cert", "key", "ca", "password_file", "acl_file", "persistence")
 
 
 def load_config(path: str | Path) -> BrokerConfig:
@@ -104,6 +105,9 @@ def apply_flags(
     acl_file: str | None = None,
     max_connections: int | None = None,
     max_publish_rate: float | None = None,
+    persistence: str | None = None,
+    durability: str | None = None,
+    persist_interval: int | None = None,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
@@ -112,7 +116,9 @@ def apply_flags(
     the TLS settings of every mqtts and wss listener. ``password_file``,
     ``allow_anonymous`` (True: allow; False: as configured): the authentication
     settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
-    those limits (None: as configured). Raises ConfigError."""
+    those limits (None: as configured). ``persistence``, ``durability``,
+    ``persist_interval``: the persistence settings (None: as configured). Raises
+    ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -170,6 +176,9 @@ def apply_flags(
         limits["max_connections"] = max_connections
     if max_publish_rate is not None:
         limits["max_publish_rate"] = float(max_publish_rate)
+    persist = {"persistence": persistence, "durability": durability,
+               "persist_interval": persist_interval}  # fmt: skip
+    limits.update((k, v) for k, v in persist.items() if v is not None)
     return replace(config, host=default_host, listeners=listeners, **auth, **limits)
 
 

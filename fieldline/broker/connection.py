@@ -90,6 +90,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.session.receive_data(data, self.loop.time())
         self._run()
+        cs = self.client
+        if cs is not None and cs.saved is not None:
+            self.broker.touch(cs)  # acks change what is in flight
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -216,6 +219,8 @@ class Connection(asyncio.Protocol):
             chunks.append(data)
         if chunks:
             t.writelines(chunks)
+        if cs.saved is not None:
+            self.broker.touch(cs)
 
     def close(self, reason_code: int | None = None) -> None:
         """Send DISCONNECT with ``reason_code`` if given (5.0 only: a 3.1.1 server has

@@ -19,7 +19,8 @@ async def serve(
 ) -> None:
     """Start a broker (arguments as for ``Broker``), print one line per listener, and
     run until SIGINT or SIGTERM, then close every connection and return. Raises
-    OSError if an address cannot be bound, ConfigError if a TLS file cannot be used."""
+    OSError if an address cannot be bound, ConfigError if a TLS file cannot be used,
+    PersistenceError if the persistence file cannot be used."""
     broker = Broker(host, port, config=config, **options)
     await broker.start()
     stop = asyncio.Event()
@@ -28,7 +29,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     for listener in broker.listening:
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
-    print(f"fieldline broker: in memory, {broker.auth_summary()}; Ctrl-C stops it", flush=True)
+    summary = f"{broker.storage_summary()}, {broker.auth_summary()}"
+    print(f"fieldline broker: {summary}; Ctrl-C stops it", flush=True)
     try:
         await stop.wait()
     finally:

@@ -27,7 +27,7 @@ from fieldline.mqtt import (
 )
 
 from .acl import Acl
-from .config import BrokerConfig, ConfigError, Listener
+from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .hooks import (
     AUTHENTICATE,
@@ -42,6 +42,7 @@ from .hooks import (
 from .limits import TokenBucket
 from .message import Delivery, Message
 from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
+from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .tls import server_context
@@ -58,6 +59,7 @@ _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
 _NOT_AUTHORIZED = 0x87
 _SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
+_CLOSED = 3  # Session.state after a refusing 3.1.1 ack
 _BAD_AUTHENTICATION_METHOD = 0x8C
 _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
@@ -71,7 +73,8 @@ _REFUSALS = {
 
 
 class Broker:
-    """An MQTT 3.1.1 and 5.0 broker, in memory.
+    """An MQTT 3.1.1 and 5.0 broker, in memory or kept in an SQLite file
+    (``persistence``, see persist.py).
 
     ``Broker(host, port, **options)``: ``options`` are ``BrokerConfig`` fields, or pass
     a whole ``config=BrokerConfig(...)``. Without ``listeners=[Listener(...), ...]``
@@ -102,6 +105,7 @@ class Broker:
         self.acl: Acl | None = None  # read from acl_file by start()
         self.plugins = Plugins()  # made from config.plugins by start()
         self.refused_connections = 0  # CONNECTs refused for max_connections
+        self.persist: Persistence | None = None  # opened by start() with a persistence file
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
@@ -130,9 +134,10 @@ class Broker:
         return out
 
     async def start(self) -> None:
-        """Read the password and ACL files, load the plug-ins and listen on every
-        listener. Raises ConfigError if one of them or a TLS file cannot be used, or a
-        plug-in cannot be loaded (before listening on any),
+        """Read the password and ACL files, load the plug-ins, load what the
+        persistence file holds and listen on every listener. Raises ConfigError if one
+        of them or a TLS file cannot be used, or a plug-in cannot be loaded (before
+        listening on any), PersistenceError if the persistence file cannot be used,
         OSError if an address cannot be bound (the listeners already open are closed
         again)."""
         self.loop = asyncio.get_running_loop()
@@ -143,6 +148,9 @@ class Broker:
         self.plugins = Plugins(load_plugins(cfg.plugins, cfg.plugin), cfg.hook_timeout)
         listeners = cfg.all_listeners()
         contexts = [server_context(li) if li.tls else None for li in listeners]
+        if cfg.persistence and cfg.persist_level != NONE:
+            self.persist = Persistence(cfg.persistence, cfg.persist_level, cfg.persist_interval)
+            self.persist.load(self)
         try:
             for listener, ctx in zip(listeners, contexts, strict=True):
                 self._servers.append(await self._listen(listener, ctx))
@@ -150,6 +158,9 @@ class Broker:
             for server in self._servers:
                 server.close()
             self._servers = []
+            if self.persist is not None:
+                await self.persist.close(self.refused_connections)
+                self.persist = None
             raise
         for listener in self.listening:
             log.info("listening on %s", listener.url)
@@ -188,6 +199,9 @@ class Broker:
             await server.wait_closed()
         for cs in self.sessions.sessions.values():
             cs.cancel_timers()
+        if self.persist is not None:
+            await self.persist.close(self.refused_connections)
+            self.persist = None
         await self.plugins.drain()
 
     async def __aenter__(self) -> Broker:
@@ -223,6 +237,20 @@ class Broker:
         return out
 
     # -- events from connections --------------------------------------------------
+
+    def storage_summary(self) -> str:
+        """Where state is kept, for the start-up line."""
+        p = self.persist
+        if p is None:
+            return "in memory"
+        n = p.loaded
+        return (f"persistence {p.path} (durability {p.durability}; loaded {n['sessions']} "
+                f"sessions, {n['retained']} retained messages)")  # fmt: skip
+
+    def touch(self, cs: ClientSession) -> None:
+        """``cs``'s queue or messages in flight may have changed: persist them."""
+        if self.persist is not None:
+            self.persist.touch(cs)
 
     def auth_summary(self) -> str:
         """How clients are authenticated, for the start-up line."""
@@ -352,7 +380,10 @@ class Broker:
             cs = ClientSession(client_id, s)
             self.sessions.add(cs)
         cs.conn = conn
+        cs.username = p.username
         cs.permissions = None if self.acl is None else self.acl.permissions(p.username, client_id)
+        if self.persist is not None:
+            self.persist.connected(cs)
         conn.client = cs
         conn.will = p.will
         conn.username = p.username
@@ -376,7 +407,7 @@ class Broker:
                     # code, not one PUBACK/PUBREC may carry (3.4.2.1, 3.5.2.1). 3.1.1
                     # has no code: acked and dropped, as for an ACL denial below.
                     v5 = conn.session.version == _MQTT5
-                    self.ack(cs, p.packet_id, _QUOTA_EXCEEDED if v5 else 0)
+                    self._answer(cs, p.packet_id, p.qos, _QUOTA_EXCEEDED if v5 else 0)
                 return
         perms = cs.permissions
         if perms is not None and not perms.can_write(p.topic):
@@ -385,7 +416,8 @@ class Broker:
             if p.qos:
                 # 5.0: 0x87 (3.3.4). 3.1.1 has no code: a positive ack, message dropped
                 # (MQTT-3.3.5-2 allows it; closing would make the client resend forever).
-                self.ack(cs, p.packet_id, _NOT_AUTHORIZED if conn.session.version == _MQTT5 else 0)
+                v5 = conn.session.version == _MQTT5
+                self._answer(cs, p.packet_id, p.qos, _NOT_AUTHORIZED if v5 else 0)
             return
         verdict = self.plugins.authorize_publish(
             cs.client_id, conn.username, p.topic, p.qos, p.retain
@@ -409,14 +441,34 @@ class Broker:
                      conn.peer, cs.client_id, p.topic, verdict)  # fmt: skip
             if p.qos:
                 # 3.1.1: acked and dropped, as for the ACL above.
-                self.ack(cs, p.packet_id, verdict if conn.session.version == _MQTT5 else 0)
+                v5 = conn.session.version == _MQTT5
+                self._answer(cs, p.packet_id, p.qos, verdict if v5 else 0)
             return
         now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
         matched = self._route(m)
         if p.qos:
             # 5.0: 0x10 when no subscription matched (3.4.2.1); 3.1.1 sends a plain ack.
-            self.ack(cs, p.packet_id, 0 if matched else _NO_MATCHING_SUBSCRIBERS)
+            self._answer(cs, p.packet_id, p.qos, 0 if matched else _NO_MATCHING_SUBSCRIBERS)
+
+    def _answer(self, cs: ClientSession, packet_id: int, qos: int, reason_code: int) -> None:
+        # A client's QoS 1/2 PUBLISH is answered now or, with durability "full", once
+        # the commit holding its effects is done (all answers wait, so they keep the
+        # order of the PUBLISHes: MQTT-4.6.0-2). A failed commit refuses it (0x80).
+        store = self.persist
+        if store is None or not store.full:
+            self.ack(cs, packet_id, reason_code)
+            return
+
+        def answer(ok: bool) -> None:
+            code = reason_code if ok else _UNSPECIFIED_ERROR
+            conn = cs.conn
+            if self.ack(cs, packet_id, code) and conn is not None:
+                conn.pump()
+                if conn.session.state >= _CLOSED:  # 3.1.1 refused: close (MQTT-3.3.5-2)
+                    conn.close()
+
+        store.after_commit(cs, packet_id, qos if reason_code < 0x80 else 0, answer)
 
     def ack(
         self,
@@ -504,6 +556,8 @@ class Broker:
             entry = Entry(sub, sid)
             existed = self.router.subscribe(cs.client_id, entry)
             cs.subscriptions[f] = entry
+            if self.persist is not None:
+                self.persist.subscribed(cs, entry)
             codes.append(sub.qos)
             rh = sub.retain_handling
             # Retained messages on subscribe (MQTT-3.3.1-9 and -10, retain handling),
@@ -517,6 +571,7 @@ class Broker:
         conn.session.suback(p.packet_id, codes)
         for d in retained:
             cs.enqueue(d, self.config)
+        self.touch(cs)
         conn.pump()
 
     def on_unsubscribe(self, conn: Connection, p: Unsubscribe) -> None:
@@ -526,6 +581,8 @@ class Broker:
         for f in p.topic_filters:
             removed = self.router.unsubscribe(cs.client_id, f)
             cs.subscriptions.pop(f, None)
+            if self.persist is not None:
+                self.persist.unsubscribed(cs, f)
             codes.append(0 if removed else _NO_SUBSCRIPTION_EXISTED)
         conn.session.unsuback(p.packet_id, codes if conn.session.version == _MQTT5 else None)
 
@@ -540,6 +597,7 @@ class Broker:
         self.plugins.notify(ON_DISCONNECT, cs.client_id, conn.reason)
         s = cs.session
         s.connection_lost(self.loop.time())
+        self.touch(cs)
         e = s.session_expiry_interval
         will = conn.will
         conn.will = None
@@ -564,6 +622,8 @@ class Broker:
         many sessions it matched (0: no matching subscribers)."""
         if m.retain:
             self.router.retain(m)
+            if self.persist is not None:
+                self.persist.retain(m)
         cfg = self.config
         get = self.sessions.get
         may_read = None
@@ -578,8 +638,11 @@ class Broker:
         deliveries = self.router.route(m, self.sessions.online, may_read)
         for client_id, d in deliveries:
             cs = get(client_id)
-            if cs is not None and cs.enqueue(d, cfg) and cs.conn is not None:
-                cs.conn.pump()
+            if cs is not None and cs.enqueue(d, cfg):
+                if cs.saved is not None:
+                    self.touch(cs)
+                if cs.conn is not None:
+                    cs.conn.pump()
         if self.plugins.has(ON_MESSAGE):
             props = m.outgoing_properties(self.loop.time(), None)
             self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
@@ -617,6 +680,8 @@ class Broker:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()
         cs.clear_queue()
+        if self.persist is not None:
+            self.persist.ended(cs)
         self.sessions.remove(cs)
 
 

@@ -24,6 +24,7 @@ from .router import Entry
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .persist import Saved
 
 
 class ClientSession:
@@ -34,7 +35,10 @@ class ClientSession:
     ``dropped``: deliveries lost to the queue limits or too large for the client;
     ``expired``: queued deliveries whose Message Expiry Interval ran out.
     ``bucket``: its publish-rate token bucket (None: no limit, or nothing published
-    yet); ``rate_limited``: its PUBLISHes dropped for ``max_publish_rate``."""
+    yet); ``rate_limited``: its PUBLISHes dropped for ``max_publish_rate``.
+    ``seq_head``, ``seq_tail``: sequence numbers of the first delivery in ``queue`` and
+    of the next one queued; ``saved``: what the persistence file holds of it (None: not
+    persisted; see persist.py); ``username``: of its latest connection."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -51,6 +55,10 @@ class ClientSession:
         self.will_timer: asyncio.TimerHandle | None = None
         self.pending_will: Will | None = None  # waiting for its Will Delay Interval
         self.permissions: Permissions | None = None
+        self.username: str | None = None
+        self.seq_head = 0
+        self.seq_tail = 0
+        self.saved: Saved | None = None
 
     def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
         """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
@@ -73,17 +81,20 @@ class ClientSession:
                 self.dropped += 1
         q.append(delivery)
         self.queued_bytes += size
+        self.seq_tail += 1
         return True
 
     def dequeue(self) -> Delivery:
         """Take the oldest delivery off the queue. Raises IndexError if it is empty."""
         d = self.queue.popleft()
         self.queued_bytes -= len(d.message.payload)
+        self.seq_head += 1
         return d
 
     def clear_queue(self) -> None:
         self.queue.clear()
         self.queued_bytes = 0
+        self.seq_head = self.seq_tail
 
     def cancel_timers(self) -> None:
         for timer in (self.expiry_timer, self.will_timer):
