@@ -68,6 +68,7 @@ def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
     assert [m.topic for m in got] == [TOPIC] * N
     assert [m.payload for m in got] == payloads
     assert all(m.qos == 1 for m in got)
+    assert peer.messages.empty()  # no message twice (so far)
     if version == 5:
         for i, m in enumerate(got):
             props = vars(m.properties)
