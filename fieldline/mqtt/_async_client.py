@@ -11,12 +11,12 @@ and ``messages()`` returns a plain async iterator.
 
 import asyncio
 
-from ._client import clock
 from ._client_base import (
     BaseClient,
     ConnectionLost,
     MQTTTimeout,
     ack_error,
+    clock,
 )
 from ._errors import MQTTError
 
@@ -68,6 +68,7 @@ class _Stream:
             client._routes.append([topic_filter, self])
 
     def __call__(self, message):  # a route target
+        self._client._hold(message)
         self._queue.append(message)
         self._event.set()
 
@@ -80,14 +81,20 @@ class _Stream:
                 raise StopAsyncIteration
             self._event.clear()
             await self._event.wait()
-        return self._queue.pop(0)
+        message = self._queue.pop(0)
+        self._client._taken(message, self._queue)
+        return message
 
     def close(self):
-        """Stop routing messages here."""
-        routes = self._client._routes
+        """Stop routing messages here; those not read yet give up their places."""
+        c = self._client
+        routes = c._routes
         for r in routes:
             if r[1] is self:
                 routes.remove(r)
+                q = self._queue
+                while q:
+                    c._taken(q.pop(0), q)
                 break
 
 
@@ -115,6 +122,7 @@ class AsyncClient(BaseClient):
         self._room = []  # Events of publish() calls waiting for room, first come first served
         self._unsent = 0  # publishes whose bytes wait for _write_now()
         self._loop = None  # CPython's running loop, for call_soon()
+        self._space = asyncio.Event()  # set when a paused reader may go on
 
     async def __aenter__(self):
         await self.connect()
@@ -176,7 +184,7 @@ class AsyncClient(BaseClient):
         self.connack = None
         self._r, self._w = r, w
         try:
-            s.connect(self._connect_packet(first), clock())
+            s.connect(self._connect_packet(first), self._now())
             await self._flush()
             while self.connack is None:
                 try:
@@ -185,7 +193,7 @@ class AsyncClient(BaseClient):
                     raise MQTTTimeout(0x80, "timed out waiting for CONNACK") from None
                 if not data:
                     raise ConnectionLost(0x80, "closed before CONNACK")
-                s.receive_data(data, clock())
+                s.receive_data(data, self._now())
                 self._events()
                 await self._flush()  # e.g. our AUTH answer
         except BaseException:
@@ -235,7 +243,7 @@ class AsyncClient(BaseClient):
                 pass
         was_up = self._was_up
         self._was_up = False
-        self.session.connection_lost(clock())
+        self.session.connection_lost(self._now())
         if error is not None:
             self._error = error
             if was_up and self.on_disconnect is not None:
@@ -326,13 +334,16 @@ class AsyncClient(BaseClient):
     async def _io(self):
         s = self.session
         if not self._events():  # nothing left over from the last read
+            if self._paused():
+                await self._wait_for_room()
+                return
             d = s.next_deadline()
             data = None
             r = self._r
             if d is None:
                 data = await r.read(4096)
             else:
-                left = d - clock()
+                left = d - self._now()
                 if left > 0:
                     try:
                         data = await _within(left, r.read(4096))
@@ -341,12 +352,70 @@ class AsyncClient(BaseClient):
             if data is not None:
                 if not data:
                     raise ConnectionLost(0x80, "the broker closed the connection")
-                s.receive_data(data, clock())
+                s.receive_data(data, self._now())
                 self._events()
-        s.tick(clock())
+        if self._held is None:
+            s.tick(self._now())
         await self._flush()
         if s.state < _CONNECTING:
             raise ConnectionLost(0x80, "the broker closed the connection")
+
+    async def _wait_for_room(self):
+        # Reading is paused until the application takes a message: nothing
+        # is read, but PINGREQ still goes out.
+        ev = self._space
+        ev.clear()
+        wait = self._paused_ping()
+        await self._flush()
+        if self._has_room():
+            return
+        if wait is None:
+            await ev.wait()
+        else:
+            try:
+                await _within(wait, ev.wait())
+            except asyncio.TimeoutError:
+                pass
+
+    def _wake_reader(self):
+        self._space.set()
+
+    def _taken(self, message, more=None):
+        # The application took ``message`` from a stream (``more``: what is
+        # left there), or its callback finished: let go, and get the ack
+        # written: at once, or with the others of a backlog being read.
+        self._release(message)
+        if message.qos:
+            if more:
+                self._write_soon()
+            else:
+                self._write_now()
+
+    def _write_soon(self):
+        loop = self._loop
+        if loop is None:  # MicroPython: its stream write() sends at once
+            self._write_now()
+        else:
+            self._unsent += 1
+            if self._unsent == 1:
+                loop.call_soon(self._write_now)
+
+    async def _finish(self, coro, message):
+        # An async callback's task: the message keeps its place until it ends.
+        try:
+            await coro
+        finally:
+            self._taken(message)
+
+    def ack(self, message):
+        """Acknowledge a QoS 1/2 ``message`` received with ``manual_ack=True``,
+        as ``Client.ack`` (a plain method: it only queues the answer, which is
+        written soon). Returns True, or False when there is nothing to
+        acknowledge."""
+        done = self._answer(message)
+        if done:
+            self._write_soon()
+        return done
 
     # -- application messages ----------------------------------------------------------
 
@@ -495,12 +564,16 @@ class AsyncClient(BaseClient):
             self._room.pop(0).set()
 
     def _put(self, queue, msg):
+        self._hold(msg)
         queue.append(msg)
         self._inbox_event.set()
 
     def _call(self, fn, arg):
         r = fn(arg)
         if r is not None and hasattr(r, "send"):  # a coroutine: run it as a task
+            if id(arg) in self._holds:  # a message: it keeps its place until the task ends
+                self._hold(arg)
+                r = self._finish(r, arg)
             asyncio.create_task(r)
 
     def _t(self, timeout):

@@ -15,23 +15,10 @@ callback never delays PINGREQ, and a callback may itself call publish() and
 wait for the ack without deadlocking.
 """
 
-from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, ack_error
+from time import sleep
+
+from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, ack_error, clock
 from ._errors import MQTTError
-
-try:
-    from time import monotonic as clock
-    from time import sleep
-except ImportError:  # MicroPython: a monotonic clock in seconds from ticks_ms()
-    from time import sleep, ticks_diff, ticks_ms
-
-    _ticks = [ticks_ms(), 0]
-
-    def clock():
-        t = ticks_ms()
-        _ticks[1] += ticks_diff(t, _ticks[0])
-        _ticks[0] = t
-        return _ticks[1] / 1000
-
 
 try:
     from micropython import const
@@ -126,7 +113,7 @@ class Client(BaseClient):
         s = self.session
         self.connack = None
         try:
-            s.connect(self._connect_packet(first), clock())
+            s.connect(self._connect_packet(first), self._now())
             self._attach(sock)
             self._flush()
             while self.connack is None:
@@ -192,7 +179,7 @@ class Client(BaseClient):
         self._was_up = False
         for pid in self._requests:
             self._done[pid] = False
-        self.session.connection_lost(clock())
+        self.session.connection_lost(self._now())
         if error is not None:
             self._error = error
             if was_up and self.on_disconnect is not None:
@@ -224,13 +211,19 @@ class Client(BaseClient):
             return
         d = s.next_deadline()
         if d is not None:
-            timeout = min(timeout, max(0.0, d - clock()))
+            timeout = min(timeout, max(0.0, d - self._now()))
         try:
-            if not self._events() and self._readable(sock, timeout):
-                data = sock.recv(4096)
-                s.receive_data(data if data is not None else b"", clock())
-                self._events()
-            s.tick(clock())
+            if not self._events():
+                if self._paused():
+                    self._wait_for_room(timeout)
+                    return
+                self._flush()  # acknowledgements given since the last round
+                if self._readable(sock, timeout):
+                    data = sock.recv(4096)
+                    s.receive_data(data if data is not None else b"", self._now())
+                    self._events()
+            if self._held is None:
+                s.tick(self._now())
             self._flush()
         except (OSError, MQTTError) as e:
             try:
@@ -241,6 +234,18 @@ class Client(BaseClient):
             return
         if s.state < _CONNECTING:  # EOF
             self._lost(ConnectionLost(0x80, "the broker closed the connection"))
+
+    def _wait_for_room(self, timeout):
+        # Reading is paused until the application takes a message: nothing
+        # is read, but PINGREQ still goes out and queued bytes are written.
+        wait = self._paused_ping()
+        self._flush()
+        self._sleep(timeout if wait is None else min(timeout, wait))
+        self._flush()
+
+    def _wake_reader(self):
+        if self._cond is not None:
+            self._cond.notify_all()
 
     def _woken(self):
         # The I/O thread drains its wake-up socket; the next kick sends again.
@@ -406,7 +411,24 @@ class Client(BaseClient):
         deadline = self._deadline(timeout)
         with self._lock:
             self._wait(lambda: self._inbox, deadline, "a message")
-            return self._inbox.pop(0)
+            msg = self._inbox.pop(0)
+            self._release(msg)  # acknowledged now, unless manual_ack
+            if self._io_thread is not None or not self._inbox:
+                self._kick()  # else the next recv() writes the acks of a backlog at once
+            return msg
+
+    def ack(self, message):
+        """Acknowledge a QoS 1/2 ``message`` received with ``manual_ack=True``
+        (PUBACK, or PUBREC for QoS 2): the broker then forgets it. Returns
+        True, or False when there is nothing to acknowledge: QoS 0, answered
+        already, or received in a session the broker has since lost. Until
+        then the broker counts it against our Receive Maximum (5.0) and sends
+        it again after a reconnection (persistent sessions)."""
+        with self._lock:
+            done = self._answer(message)
+            if done:
+                self._kick()
+            return done
 
     def messages(self, timeout=None):
         """Iterate over messages no callback takes; stops after ``timeout``
@@ -472,6 +494,8 @@ class Client(BaseClient):
     def _kick(self):
         # Get queued bytes written: by the I/O thread, or now.
         if self._io_thread is not None and not self._on_io_thread():
+            if self._held is not None:  # paused: waits on the condition, not the socket
+                self._cond.notify_all()
             if not self._wake_sent:  # one wake-up per round of the I/O thread
                 self._wake_sent = True
                 try:
@@ -486,6 +510,7 @@ class Client(BaseClient):
 
     def _put(self, queue, msg):
         with self._lock:
+            self._hold(msg)
             queue.append(msg)
             if self._cond is not None:
                 self._cond.notify_all()
@@ -498,9 +523,19 @@ class Client(BaseClient):
 
     def _route(self, msg):
         if self._calls is not None and not self._on_call_thread():
-            self._calls.put((BaseClient._route, (self, msg)))
+            self._hold(msg)  # its place stays taken while it waits for the callback thread
+            self._calls.put((self._route_later, msg))
         else:
             BaseClient._route(self, msg)
+
+    def _route_later(self, msg):
+        # On the callback thread.
+        try:
+            BaseClient._route(self, msg)
+        finally:
+            with self._lock:
+                self._release(msg)
+                self._kick()
 
     # -- loop_start(): the background threads (CPython, in _client_thread) ------------
 

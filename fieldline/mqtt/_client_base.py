@@ -6,7 +6,23 @@ incoming messages to callbacks and message streams, and plans reconnect
 delays. ``Client`` (blocking sockets) and ``AsyncClient`` (asyncio) own the
 socket, the clock and the waiting; each is a thin adapter over this and the
 sans-IO ``Session``. Runs on MicroPython: no typing, no dataclasses.
+
+Receive-side backpressure lives here too. Every message the application has
+not finished with -- waiting in the inbox or a stream, or in a callback that
+has not returned -- holds one of ``max_inbox`` places (``inbox_size``). A
+QoS 1/2 message is acknowledged only when its last holder lets go (or, with
+``manual_ack``, when the application calls ``ack()``), so the broker's
+Receive Maximum window (5.0: we announce at most ``max_inbox``) and its own
+inflight window (3.1.1) stop it from sending more than the application can
+take. When every place is taken anyway, a QoS 0 message is dropped and
+counted in ``dropped`` (at most once allows it), and a QoS 1/2 message is
+held while the adapter stops reading the socket (TCP backpressure) until a
+place frees up. While reading is paused the session's clock stands still, so
+its keepalive never blames the broker for bytes we leave unread, and
+``_paused_ping()`` keeps sending PINGREQ so that the broker keeps us.
 """
+
+import sys
 
 from ._errors import LocalProtocolError, MQTTError
 from ._packets import Connect, Subscription
@@ -21,7 +37,22 @@ except ImportError:  # CPython
         return x
 
 
+try:
+    from time import monotonic as clock
+except ImportError:  # MicroPython: a monotonic clock in seconds from ticks_ms()
+    from time import ticks_diff, ticks_ms
+
+    _ticks = [ticks_ms(), 0]
+
+    def clock():
+        t = ticks_ms()
+        _ticks[1] += ticks_diff(t, _ticks[0])
+        _ticks[0] = t
+        return _ticks[1] / 1000
+
+
 _MQTT5 = const(5)
+_CONNECTED = const(2)
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _SUBACK = const(9)
@@ -141,6 +172,14 @@ class BaseClient:
     (CPython, needs ``wsproto``; with TLS it is wss; port default 80, or 443
     with TLS) to ``ws_path`` with the extra HTTP headers ``ws_headers`` (a
     dict); a refused upgrade raises ``UpgradeRefused``, a ConnectionRefusedError.
+    ``max_inbox``: how many received messages the client keeps for the
+    application at once (in ``recv()``/``messages()`` buffers, streams and
+    unfinished callbacks; default 1000 on CPython, 32 on MicroPython; 0: no
+    limit); see "Backpressure" in docs/client.md. ``manual_ack``: QoS 1/2
+    messages are acknowledged only by ``ack(message)``, not once handed over.
+    Counters to read: ``inbox_size`` (places taken now), ``inbox_peak`` (the
+    most taken at once), ``dropped`` (QoS 0 messages dropped because every
+    place was taken).
     """
 
     def __init__(
@@ -176,6 +215,8 @@ class BaseClient:
         auth_method=None,
         auth_data=None,
         persistence=None,
+        max_inbox=None,
+        manual_ack=False,
     ):
         if tls is None and (ca_file or cert_file):
             tls = True
@@ -222,13 +263,37 @@ class BaseClient:
         self.on_disconnect = None  # callable(exception or None) when a connection ends
         self.connack = None  # the last CONNACK
         self.disconnect_reason = None  # the DISCONNECT the broker sent, if any
+        if max_inbox is None:
+            max_inbox = 32 if sys.implementation.name == "micropython" else 1000
+        self.max_inbox = max_inbox
+        self.manual_ack = manual_ack
+        if max_inbox and max_inbox < receive_maximum:
+            # 5.0: the broker may then never send more unacknowledged QoS 1/2
+            # messages than we have places for (MQTT-3.3.4-9).
+            receive_maximum = max_inbox
+        self.receive_maximum = receive_maximum  # announced in a 5.0 CONNECT
+        self.inbox_size = 0  # messages the application has not finished with
+        self.inbox_peak = 0  # the most there were at once
+        self.dropped = 0  # QoS 0 messages dropped for want of a place
+        self._holds = {}  # id(message) -> how many holders have not let go
+        self._unacked = {}  # packet id -> QoS 1/2 message not yet acknowledged
+        self._held = None  # a QoS 1/2 message waiting for a place: reading paused
+        self._lag = 0.0  # seconds of paused reading, hidden from the session's clock
+        self._paused_at = 0.0
+        self._ping_due = None  # while paused: when to send the next PINGREQ
+        # The session never acknowledges by itself: we answer a QoS 1/2
+        # message once the application is done with it (or calls ack()). We
+        # announce our Receive Maximum in _connect_packet() but leave the
+        # session's at 65535, so that a broker sending more is not cut off:
+        # Mosquitto before 2.0.13 does after acks (eclipse-mosquitto/mosquitto
+        # #2301), and max_inbox bounds what we hold anyway, by pausing.
         self.session = Session(
             CLIENT,
             version,
-            receive_maximum=receive_maximum,
             max_packet_size=max_packet_size,
             topic_alias_maximum=topic_alias_maximum,
             auto_alias=True,
+            manual_ack=True,
         )
         self._subs = {}  # topic filter -> (Subscription, properties), restored on reconnect
         self._routes = []  # [filter, callable or list] in subscription order
@@ -247,10 +312,13 @@ class BaseClient:
         v = self.version
         clean = self.clean_start
         props = dict(self.connect_properties) if self.connect_properties else {}
-        if v == _MQTT5 and self.session_expiry:
-            props["session_expiry_interval"] = self.session_expiry
-            if not first:
-                clean = False  # the broker may still hold it
+        if v == _MQTT5:
+            if self.receive_maximum < 65535:
+                props["receive_maximum"] = self.receive_maximum
+            if self.session_expiry:
+                props["session_expiry_interval"] = self.session_expiry
+                if not first:
+                    clean = False  # the broker may still hold it
         if self.auth_method is not None:
             props["authentication_method"] = self.auth_method
             if self.auth_data is not None:
@@ -313,7 +381,7 @@ class BaseClient:
         else None."""
         t = ev.type
         if t == _PUBLISH:
-            self._route(ev)
+            self._deliver(ev)
         elif t == _CONNACK:
             self.connack = ev
             return ev
@@ -370,6 +438,12 @@ class BaseClient:
         self._was_up = True
         if not ack.session_present:
             self._restore()
+            # The broker forgot what we owe it: answering an old message now
+            # could acknowledge a new one that reuses its packet id.
+            self._unacked.clear()
+        if self._held is not None:  # still paused: keepalive restarts with this connection
+            k = self.session.keep_alive
+            self._ping_due = clock() + k / 2 if k else None
         return None
 
     def _unstore(self, pid):
@@ -387,10 +461,18 @@ class BaseClient:
     def _events(self):
         # Handle the packets received so far; True if there were any. Stops
         # after a CONNACK, so that _open() completes the connection before
-        # anything that came after it is handled.
+        # anything that came after it is handled, and while reading is paused.
         s = self.session
         handled = False
-        while True:
+        if self._paused():
+            if not self._has_room():
+                return False
+            msg = self._held
+            self._held = None
+            self._lag += clock() - self._paused_at
+            self._admit(msg)
+            handled = True
+        while not self._paused():
             ev = s.next_event()
             if ev is None:
                 return handled
@@ -405,6 +487,100 @@ class BaseClient:
                     e.server_reference = d.get("server_reference")
                     raise e
                 return True  # CONNACK
+        return handled
+
+    # -- backpressure: places, acknowledgements, pausing -------------------------
+
+    def _has_room(self):
+        return not self.max_inbox or self.inbox_size < self.max_inbox
+
+    def _paused(self):
+        # A message waits for a place. (Not while connecting: _open() must
+        # still read the CONNACK.)
+        return self._held is not None and self.connack is not None
+
+    def _deliver(self, msg):
+        if self._has_room():
+            self._admit(msg)
+        elif not msg.qos:
+            self.dropped += 1  # QoS 0 is at most once: better than to stop reading
+        else:
+            # QoS 1/2: never dropped, as the broker would not send it again
+            # on this connection. Stop reading until there is a place.
+            self._held = msg
+            now = self._paused_at = clock()
+            k = self.session.keep_alive
+            if k:
+                d = self.session.next_deadline()  # when the session would ping
+                due = now + k / 2
+                self._ping_due = due if d is None else min(due, d + self._lag)
+
+    def _admit(self, msg):
+        # The message takes a place until its last holder lets go; routing
+        # holds it meanwhile.
+        n = self.inbox_size = self.inbox_size + 1
+        if n > self.inbox_peak:
+            self.inbox_peak = n
+        if msg.qos:
+            self._unacked[msg.packet_id] = msg
+        self._holds[id(msg)] = 1
+        try:
+            self._route(msg)
+        finally:
+            self._release(msg)
+
+    def _hold(self, msg):
+        k = id(msg)
+        self._holds[k] = self._holds.get(k, 0) + 1
+
+    def _release(self, msg):
+        """A holder is done with ``msg``; after the last one its place is
+        free and, unless manual_ack, a QoS 1/2 message is acknowledged."""
+        k = id(msg)
+        n = self._holds[k] - 1
+        if n:
+            self._holds[k] = n
+            return
+        del self._holds[k]
+        self.inbox_size -= 1
+        if msg.qos and not self.manual_ack:
+            self._answer(msg)
+        if self._held is not None:
+            self._wake_reader()
+
+    def _answer(self, msg):
+        """Acknowledge ``msg`` (PUBACK, or PUBREC for QoS 2) if it still
+        waits for that; returns True if it did."""
+        pid = msg.packet_id
+        if not msg.qos or self._unacked.get(pid) is not msg:
+            return False  # QoS 0, answered already, or from a session the broker lost
+        del self._unacked[pid]
+        try:
+            self.session.ack(pid)
+        except LocalProtocolError:  # the session state it belonged to is gone
+            return False
+        return True
+
+    def _now(self):
+        # The session's clock stands still while reading is paused.
+        t = self._paused_at if self._held is not None else clock()
+        return t - self._lag
+
+    def _paused_ping(self):
+        """While reading is paused: send PINGREQ when due, so that the broker
+        keeps the connection. Returns the seconds until the next, or None."""
+        due = self._ping_due
+        if due is None:
+            return None
+        now = clock()
+        if now >= due:
+            if self.session.state == _CONNECTED:
+                self.session.ping()
+            due = self._ping_due = now + self.session.keep_alive
+        return due - now
+
+    def _wake_reader(self):
+        pass  # the adapters wake a reader that waits for a place
 
     def _route(self, msg):
         taken = False
@@ -412,7 +588,7 @@ class BaseClient:
             if topic_matches(f, msg.topic):
                 taken = True
                 if isinstance(target, list):
-                    self._put(target, msg)
+                    target.append(msg)  # the application's own list
                 else:
                     self._call(target, msg)
         if not taken:
@@ -422,6 +598,7 @@ class BaseClient:
                 self._put(self._inbox, msg)
 
     def _put(self, queue, msg):
+        self._hold(msg)
         queue.append(msg)
 
     def _auth(self, ev):

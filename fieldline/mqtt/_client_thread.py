@@ -66,7 +66,7 @@ def _run_io(c):
         while not c._closing:
             try:
                 c._io(1.0)
-            except MQTTError as e:  # down for good
+            except (MQTTError, OSError) as e:  # down for good (OSError: why it broke)
                 c._error = e
                 c._cond.notify_all()
                 return
