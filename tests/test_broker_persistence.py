@@ -174,9 +174,14 @@ def until_marker(client: Peer, marker: str) -> list[Publish]:
 def wait_pubrec(client: Peer, packet_id: int) -> None:
     """Read until our QoS 2 message ``packet_id`` got its PUBREC (the session then holds
     a PUBREL for it); with ``auto_flush=False`` that PUBREL is not sent."""
+    read_until(client, lambda: isinstance(client.session._msgs[packet_id], PubRel))
+
+
+def read_until(client: Peer, done: Callable[[], bool]) -> None:
+    """Read and handle packets (events are dropped) until ``done()``."""
     deadline = time.monotonic() + WAIT
-    while not isinstance(client.session._msgs[packet_id], PubRel):
-        assert time.monotonic() < deadline, "no PUBREC"
+    while not done():
+        assert time.monotonic() < deadline, "not in time"
         client.sock.settimeout(deadline - time.monotonic())
         data = client.sock.recv(65536)
         assert data, "the broker closed the connection"
@@ -333,6 +338,38 @@ def test_qos2_message_pubreced_before_kill_9_is_delivered_exactly_once(
 def until_marker_after_subscribe(sub: Peer) -> list[Publish]:
     sub.subscribe(Subscription("marker", 1))
     return until_marker(sub, "marker")
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_qos2_message_pubrecd_by_the_subscriber_is_not_sent_again_after_kill_9(
+    brokers: Callable[..., BrokerProc], version: int
+) -> None:
+    b = brokers("--durability", "full").start()
+    sub = Peer(b.port, "rel-sub", version, clean_start=False, properties=props(version))
+    sub.subscribe(Subscription("rel/#", 2))
+    pub = Peer(b.port, "rel-pub", version)
+    pub.publish("rel/once", b"once", 2)
+    sub.auto_flush = False
+    (m,) = sub.messages(1)
+    sub.flush()  # our PUBREC; the PUBREL that answers it gets no PUBCOMP
+    read_until(sub, lambda: not sub.session._rx2)  # the broker's PUBREL came
+    sub.close()
+    # The broker holds a PUBREL for rel-sub now; the PUBACK of this next message says
+    # that state is committed too (one commit holds everything changed before it).
+    pub.publish("rel/marker", b"", 1)
+    b.kill()
+    pub.close()
+    b.start()
+    sent: list[bytes] = []
+    sub = Peer(b.port, "rel-sub", version, clean_start=False, properties=props(version),
+               auto_flush=False)  # fmt: skip
+    assert sub.connack.session_present
+    (m,) = sub.messages(1)
+    assert m.topic == "rel/marker"  # rel/once is not delivered again (MQTT-4.3.3-12, 4.4.0-1)
+    sent.append(sub.session.data_to_send())
+    assert sent[0][0] >> 4 == 7  # the first packet we answer is a PUBCOMP, for the PUBREL
+    sub.close()
+    b.stop()
 
 
 def test_message_in_flight_at_kill_9_is_resent_with_dup(
@@ -512,7 +549,13 @@ def test_stats_are_the_same_after_a_restart(tmp_path: Path) -> None:
     assert before["sessions"] == 2 and before["queued"] == 6 and before["dropped"] == 4
     with BrokerThread(**options) as b:
         after = b.call(b.broker.stats)
-    assert after == before
+        assert after == before
+        # ...and the queues hold the three newest messages (drop_oldest), in order.
+        for version in (4, 5):
+            sub = Peer(b.port, f"s{version}", version, clean_start=False, properties=props(version))
+            got = [(m.topic, m.qos) for m in sub.messages(3)]
+            assert got == [("st/2", 1), ("st/3", 2), ("st/4", 1)]
+            sub.close()
 
 
 def test_the_file_holds_no_rows_of_ended_sessions(tmp_path: Path) -> None:
@@ -552,3 +595,30 @@ def test_settings_from_the_file_and_their_errors(tmp_path: Path) -> None:
         config_from_dict({"persistence": "x.db", "persist_interval": 0})
     with pytest.raises(ConfigError, match="'persist_interval' must be an integer"):
         config_from_dict({"persistence": "x.db", "persist_interval": 0.5})
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_failed_commit_refuses_the_publish(tmp_path: Path, version: int) -> None:
+    # durability "full" acknowledges only what is on disk: a commit that fails (disk
+    # full, I/O error) refuses the PUBLISHes waiting for it, and the broker goes on.
+    with BrokerThread(persistence=str(tmp_path / "broker.db"), durability="full") as b:
+        store = b.broker.persist
+        assert store is not None
+        failing = threading.Event()
+        commit = store._commit
+        store._commit = lambda db, ops: False if failing.is_set() else commit(db, ops)  # type: ignore[method-assign]
+        pub = Peer(b.port, "p", version)
+        assert pub.publish("f/1", b"kept", 1).reason_code in (0, 0x10)
+        failing.set()
+        if version == 5:
+            assert pub.publish("f/2", b"refused", 1).reason_code == 0x80
+        else:
+            pub.session.publish("f/2", b"refused", 1)
+            pub.flush()
+            with pytest.raises(ConnectionError):  # 3.1.1 has no code: closed (MQTT-3.3.5-2)
+                pub.next()
+        pub.close()
+        failing.clear()
+        pub = Peer(b.port, "p2", version)
+        assert pub.publish("f/3", b"kept", 1).reason_code in (0, 0x10)
+        pub.close()
