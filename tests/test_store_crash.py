@@ -86,6 +86,9 @@ def rec_len(key: str, value: Any) -> int:
 Write = list[tuple[str, Any]]  # one put, or the items of one put_batch
 
 
+SEAL = 16 + 1 + 4  # a segment's first record (after the first segment's): header, key, u32
+
+
 def layout(folder: Path, writes: list[Write]) -> list[tuple[Path, int, int, int]]:
     """(segment, offset, length, write index) of each record of ``writes``,
     found by filling the segment files in order; asserts that they add up."""
@@ -93,8 +96,8 @@ def layout(folder: Path, writes: list[Write]) -> list[tuple[Path, int, int, int]
     segs = segments(folder)
     seg, off = 0, 0
     for w, items in enumerate(writes):
-        if off == segs[seg].stat().st_size:  # this write started the next segment
-            seg, off = seg + 1, 0
+        if off == segs[seg].stat().st_size:  # this write started the next segment,
+            seg, off = seg + 1, SEAL  # after the record saying where this one ends
         for key, value in items:
             n = rec_len(key, value)
             out.append((segs[seg], off, n, w))
@@ -274,15 +277,17 @@ def test_damaged_record_in_the_middle(tmp_path: Path, segment: str, where: str) 
     # segment or in the last: the store opens, names the segment and offset in
     # stats()["damaged"], reads every other record; strict=True raises
     # CorruptError. Writes after opening work and survive a reopen.
-    folder = tmp_path / "kv"
-    writes = some_writes(40, seed=3)[:-1]
-    write_all(folder, writes)
-    recs = layout(folder, writes)
-    segs = segments(folder)
-    assert len(segs) >= 4
-    seg = segs[0] if segment == "first" else segs[-1]
-    in_seg = [r for r in recs if r[0] == seg]
-    assert len(in_seg) >= 3
+    for count in range(39, 80):  # enough writes for 3 records in the last segment
+        folder = tmp_path / f"kv{count}"
+        writes = some_writes(count, seed=3)[:-1]
+        write_all(folder, writes)
+        recs = layout(folder, writes)
+        segs = segments(folder)
+        seg = segs[0] if segment == "first" else segs[-1]
+        in_seg = [r for r in recs if r[0] == seg]
+        if len(in_seg) >= 3:
+            break
+    assert len(segs) >= 4 and len(in_seg) >= 3
     _, off, n, victim = in_seg[len(in_seg) // 2]
     at = off + (WHERE[where] % n)
     data = bytearray(seg.read_bytes())
@@ -600,3 +605,41 @@ def test_store_purge_cut_short(tmp_path: Path) -> None:
         with Store(str(case), segment_size=256, fsync=False) as s:
             assert contents(s) in ({}, want), case.name
         assert not list(case.glob("*.tmp")), case.name
+
+
+def test_damage_at_the_end_of_an_older_segment_is_reported(tmp_path: Path) -> None:
+    # The last record of a segment that is not the last one: a torn tail is
+    # impossible there (the next segment's first record says where this one's
+    # valid records end), so a damaged record is reported, not taken for one.
+    folder = tmp_path / "kv"
+    writes = some_writes(30, seed=5)[:-1]
+    write_all(folder, writes)
+    recs = layout(folder, writes)
+    first = segments(folder)[0]
+    seg, off, n, victim = [r for r in recs if r[0] == first][-1]
+    data = bytearray(seg.read_bytes())
+    data[off + n - 1] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    with Store(str(folder)) as s:
+        assert s.stats()["damaged"] == [(seg.name, off, n)]
+        assert s.get(writes[victim][0][0]) is None
+        assert len(s) == len(writes) - 1
+    with pytest.raises(CorruptError):
+        Store(str(folder), strict=True)
+
+
+def test_what_a_failed_write_left_past_a_segment_end_is_never_read(tmp_path: Path) -> None:
+    # Where a failed write cannot be cut off (MicroPython files cannot shrink)
+    # its bytes stay past the end of the segment, whole records even: a
+    # reopen reads up to where the next segment's first record says, no more.
+    from fieldline.store._log import PUT, encode
+
+    folder = tmp_path / "kv"
+    writes = some_writes(30, seed=5)[:-1]
+    write_all(folder, writes)
+    first = segments(folder)[0]
+    with open(first, "ab") as f:
+        f.write(encode(PUT, 0, b"ghost", b'"boo"', 0))
+    with Store(str(folder), strict=True) as s:
+        assert s.get("ghost") is None and s.stats()["damaged"] == []
+        assert len(s) == len(writes)

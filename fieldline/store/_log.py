@@ -28,6 +28,7 @@ from ._errors import StoreError, StoreFullError
 PUT = 1
 DELETE = 2
 BASE = 3  # first record of a compacted segment: every older segment is superseded
+SEAL = 4  # first record of any other segment but the first: where the one before ends
 
 MORE = 1  # flag: the next record belongs to the same batch
 RAW = 2  # flag: the value is bytes, not JSON
@@ -40,6 +41,7 @@ _H = 16
 _MAX_SEGMENT = 1 << 24
 _MAX_SLOTS = 255
 _READERS = 3  # segment files kept open for reading
+_SEAL = _H + 1 + 4  # bytes of a SEAL record
 
 
 def encode(kind, flags, key, value, expires):
@@ -100,6 +102,7 @@ class Log:
         self._readers = []  # [(slot, file)], most recently used last
         self._last = None  # (pos, record): the record read last
         self._lock = None
+        self._stale = False  # a failed write could not be cut off: write elsewhere
         if path is not None:
             try:
                 os.mkdir(path)
@@ -158,8 +161,14 @@ class Log:
                 os.close(fd)
 
     def _new_segment(self):
+        # It starts with a SEAL holding where the valid records of the segment
+        # before end: a reopen reads nothing past that (what a failed write
+        # left where files cannot shrink) and reports anything missing before
+        # it as damage, rather than as a torn tail.
         num = self.nums[-1] + 1 if self.nums else 1
+        seal = encode(SEAL, 0, b"-", struct.pack("<I", self._end), 0) if self.nums else b""
         f = self._open(num, "wb")
+        _write(f, seal)
         self._sync(f)
         self._close(f)
         self._commit(num)
@@ -167,7 +176,9 @@ class Log:
         if self._active is not None:
             self._close(self._active)
         self._active = self._open(num)
-        self._end = 0
+        self._end = len(seal)
+        self.size += len(seal)
+        self._stale = False
 
     def _drop_readers(self):
         for _, f in self._readers:
@@ -198,7 +209,7 @@ class Log:
         f.seek(off)
         head = f.read(_H)
         magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-        if magic != _MAGIC or not 0 < kind < 4 or klen == 0 or off + _H + klen + vlen > size:
+        if magic != _MAGIC or not 0 < kind < 5 or klen == 0 or off + _H + klen + vlen > size:
             return None
         body = f.read(klen + vlen)
         if crc32(body, crc32(head[:12])) & 0xFFFFFFFF != crc:
@@ -234,12 +245,12 @@ class Log:
         self._last = (pos, rec)
         return rec
 
-    def walk(self, slot, damage=None):
+    def walk(self, slot, damage=None, end=None):
         """Yield (kind, flags, key, value, expires, pos, length) for each
         complete record in segment ``slot``, in file order, stepping over
         damage (noted in ``damage`` as (offset, length)). It stops at a torn
-        tail; once it is done, ``tail`` is where the valid records end and
-        ``seg_size`` the segment's size."""
+        tail, or at ``end``; once it is done, ``tail`` is where the valid
+        records end and ``seg_size`` the segment's size."""
         # Its own, buffered file: reads in between may evict the cached readers.
         f = self._open(self.nums[slot], "rb")
         if slot == len(self.nums) - 1 and self._active is not None:
@@ -247,6 +258,9 @@ class Log:
         else:
             f.seek(0, 2)
             size = f.tell()
+        self.seg_size = size
+        if end is not None and end < size:
+            size = end
         try:
             off = 0
             while off < size:
@@ -262,7 +276,6 @@ class Log:
                 yield r[0], r[1], r[2], r[3], r[4], slot << 24 | off, r[5]
                 off += r[5]
             self.tail = off
-            self.seg_size = size
         finally:
             self._close(f)
 
@@ -272,41 +285,60 @@ class Log:
             for r in self.walk(slot):
                 yield r
 
-    def _forget_superseded(self):
-        # A compaction cut short by a crash leaves old segments behind its
-        # new one: delete those older than the newest segment that starts
-        # with a BASE record, as the compaction would have.
-        for slot in range(len(self.nums) - 1, 0, -1):
-            f = self._open(self.nums[slot], "rb")
+    def _firsts(self):
+        # Per segment, its first record (kind, value), or None.
+        out = []
+        for num in self.nums:
+            f = self._open(num, "rb")
             f.seek(0, 2)
             r = self._parse(f, 0, f.tell())
             self._close(f)
-            if r is not None and r[0] == BASE:
+            out.append(None if r is None else (r[0], r[3]))
+        return out
+
+    def _limits(self):
+        # A compaction cut short by a crash leaves old segments behind its
+        # new one: delete those older than the newest segment that starts
+        # with a BASE record, as the compaction would have. Then: per
+        # segment, where its valid records end as the next one's SEAL says.
+        firsts = self._firsts()
+        for slot in range(len(firsts) - 1, 0, -1):
+            if firsts[slot] is not None and firsts[slot][0] == BASE:
                 for n in self.nums[:slot]:
                     self._remove(n)
                 self.nums = self.nums[slot:]
-                return
+                firsts = firsts[slot:]
+                break
+        limits = []
+        for slot in range(1, len(firsts)):
+            r = firsts[slot]
+            limits.append(struct.unpack("<I", r[1])[0] if r and r[0] == SEAL else None)
+        limits.append(None)
+        return limits
 
     def scan(self, visit):
         """Call ``visit(kind, flags, key, pos, length, expires)`` for every
         complete record, oldest first, then make the log ready to append.
         A batch whose last record is missing is skipped as a whole."""
-        self._forget_superseded()
+        limits = self._limits()
         last = len(self.nums) - 1
         roll = False
         for slot in range(len(self.nums)):
             damage = []  # type: list
             batch = []  # type: list
-            for r in self.walk(slot, damage):
+            limit = limits[slot]
+            for r in self.walk(slot, damage, limit):
                 if batch and r[5] != batch[-1][5] + batch[-1][6]:
                     batch = []  # damage cut the batch short
                 batch.append(r)
                 if not r[1] & MORE:
                     for kind, flags, key, _, expires, pos, length in batch:
-                        if kind != BASE:
+                        if kind < BASE:
                             visit(kind, flags, key, pos, length, expires)
                     batch = []
             num = self.nums[slot]
+            if limit is not None and self.tail < limit:  # lost at the end, not torn
+                damage.append((self.tail, limit - self.tail))
             for off, n in damage:
                 self.damage.append((_name(num), off, n))
             end = batch[0][5] & 0xFFFFFF if batch else self.tail
@@ -332,12 +364,12 @@ class Log:
         """Write ``records`` ((kind, flags, key, value, expires), ...) as one
         batch with one sync; return their positions. ``what`` names them in
         the StoreFullError raised if the write fails."""
-        roll = self._end >= self.segment_size or self._active is None
+        roll = self._end >= self.segment_size or self._active is None or self._stale
         if roll and len(self.nums) >= _MAX_SLOTS:
             raise StoreError("too many segments; compact() the store")
         parts = []
         positions = []
-        off = 0 if roll else self._end
+        off = (_SEAL if self.nums else 0) if roll else self._end
         slot = len(self.nums) if roll else len(self.nums) - 1
         start = off
         n = len(records)
@@ -374,7 +406,7 @@ class Log:
         try:
             self._active.truncate(self._end)  # type: ignore[union-attr]
         except Exception:
-            self._end = self.segment_size
+            self._stale = True
 
     def compact(self, positions):
         """Copy the records at ``positions`` (in order) to a new segment, switch
