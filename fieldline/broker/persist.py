@@ -16,7 +16,9 @@ changed is marked dirty, and at flush time its rows are brought up to date by a 
 against what was last written (bookkeeping in ``Saved``): queue rows by sequence
 number (the queue is FIFO: new rows at the tail, deleted ones at the head), in-flight
 rows by packet id and object identity. A flush hands the batch to one writer thread,
-which runs every batch waiting in one transaction and commits it (group commit).
+which runs every batch waiting in one transaction and commits it (group commit). If a
+commit fails, the bookkeeping no longer matches the file: the next batch rewrites the
+whole state from memory (``_snapshot``).
 
 Durability: ``"batched"`` flushes every ``persist_interval`` ms with
 ``synchronous=NORMAL`` (WAL: a killed process loses nothing committed, a power cut may
@@ -94,10 +96,8 @@ _DEL_INFLIGHT = "DELETE FROM inflight WHERE client_id=? AND packet_id=?"
 _PUT_RX2 = "INSERT OR REPLACE INTO rx2 VALUES(?,?)"
 _DEL_RX2 = "DELETE FROM rx2 WHERE client_id=? AND packet_id=?"
 _PUT_META = "INSERT OR REPLACE INTO meta VALUES(?,?)"
-_DEL_CLIENT = [
-    f"DELETE FROM {table} WHERE client_id=?"
-    for table in ("sessions", "subscriptions", "queue", "inflight", "rx2")
-]
+_TABLES = ("meta", "retained", "sessions", "subscriptions", "queue", "inflight", "rx2")
+_DEL_CLIENT = [f"DELETE FROM {table} WHERE client_id=?" for table in _TABLES[2:]]
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -161,6 +161,8 @@ class Persistence:
         self._timer: asyncio.TimerHandle | None = None
         self._soon = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: Broker | None = None
+        self._rewrite = False  # a commit failed: write everything again
         self.loaded: dict[str, int] = {}
 
     # -- start --------------------------------------------------------------------
@@ -171,6 +173,7 @@ class Persistence:
         in-flight messages and QoS 2 ids. Drops what expired while the broker was
         down. Then starts the writer thread. Raises PersistenceError."""
         loop = self._loop = broker.loop
+        self._broker = broker
         try:
             db = sqlite3.connect(self.path, timeout=1.0, check_same_thread=False,
                                  isolation_level=None)  # fmt: skip
@@ -179,12 +182,15 @@ class Persistence:
         try:
             self._open(db)
             self._load(db, broker, loop.time(), time.time())
+        except PersistenceError:
+            db.close()
+            raise
         except sqlite3.Error as e:
             db.close()
             raise PersistenceError(f"cannot use {self.path}: {e}") from None
-        except (ValueError, SyntaxError) as e:  # a row literal_eval cannot read
+        except Exception as e:  # a row of the wrong shape: literal_eval, types
             db.close()
-            raise PersistenceError(f"cannot use {self.path}: damaged row ({e})") from None
+            raise PersistenceError(f"cannot use {self.path}: damaged row ({e!r})") from None
         self._db = db
         self._thread = threading.Thread(target=self._write, name="fieldline-persist", daemon=True)
         self._thread.start()
@@ -402,6 +408,8 @@ class Persistence:
     def flush(self) -> None:
         """Hand every change since the last flush to the writer thread."""
         self._soon = False
+        if self._rewrite:
+            self._snapshot()
         ops = self.ops
         for cs in self.dirty:
             self._diff(cs, ops)
@@ -410,6 +418,29 @@ class Persistence:
             self._queue.put(_Batch(ops, self._done))
             self.ops = []
             self._done = []
+
+    def _failed(self) -> None:
+        # A commit failed, and the bookkeeping of the sessions (Saved) says written what
+        # is not: the next batch replaces the whole file's content with memory's.
+        self._rewrite = True
+
+    def _snapshot(self) -> None:
+        self._rewrite = False
+        b = self._broker
+        assert b is not None
+        ops: list[Op] = [(f"DELETE FROM {table}", ()) for table in _TABLES]
+        self.ops = ops
+        for m in b.router.retained.values():
+            self.retain(m)
+        for cs in b.sessions.sessions.values():
+            sv = cs.saved
+            if sv is not None:
+                cs.saved = None
+                self.connected(cs)
+                assert cs.saved is not None
+                cs.saved.pending2 = sv.pending2
+        ops.append((_PUT_META, ("refused", b.refused_connections)))
+        ops.append((_PUT_META, ("schema", SCHEMA_VERSION)))
 
     def _wall(self, t: float | None) -> float | None:
         if t is None:
@@ -493,6 +524,8 @@ class Persistence:
                     break
             ok = self._commit(db, (op for b in batches for op in b.ops))
             done = [d for b in batches for d in b.done]
+            if not ok:
+                done.insert(0, lambda ok: self._failed())
             if done:
                 try:
                     loop.call_soon_threadsafe(_call_all, done, ok)
