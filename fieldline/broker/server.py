@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -179,8 +180,16 @@ class Broker:
                 return Connection(self)
 
         timeout = self.config.connect_timeout if ctx is not None else None
+        # The listen queue as long as the kernel allows (asyncio's default is 100):
+        # a burst of devices reconnecting after an outage must not wait for SYN
+        # retransmissions.
         return await self.loop.create_server(
-            factory, listener.host, listener.port, ssl=ctx, ssl_handshake_timeout=timeout
+            factory,
+            listener.host,
+            listener.port,
+            ssl=ctx,
+            ssl_handshake_timeout=timeout,
+            backlog=socket.SOMAXCONN,
         )
 
     async def stop(self) -> None:
@@ -642,7 +651,7 @@ class Broker:
                 if cs.saved is not None:
                     self.touch(cs)
                 if cs.conn is not None:
-                    cs.conn.pump()
+                    cs.conn.pump_soon()
         if self.plugins.has(ON_MESSAGE):
             props = m.outgoing_properties(self.loop.time(), None)
             self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
