@@ -1,12 +1,14 @@
 """QoS 1 throughput of ``fieldline broker`` at each durability level, for docs/broker.md.
 
-    python tests/brokerproc/throughput.py [--messages 20000] [--size 64]
+    python tests/brokerproc/throughput.py [--messages 20000] [--size 64] [--inflight 100]
+                                          [--offline N]
 
 For each of none, batched and full: a broker process (``--persist`` on a fresh file
 in a temporary folder), a persistent QoS 1 subscriber (clean session 0) that is
 online, and one paho publisher with 100 messages in flight. Prints messages a second
-from the first PUBLISH to the last PUBACK, and to the last delivery. Not a test: a
-quick local measurement, one run per level.
+from the first PUBLISH to the last PUBACK, and to the last delivery. ``--offline N``
+adds N persistent subscribers that are offline, so each message is also queued (and
+written) N times. Not a test: a quick local measurement, one run per level.
 """
 
 from __future__ import annotations
@@ -39,14 +41,33 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
     return proc, int(m.group(1))
 
 
-def run(level: str, n: int, size: int, inflight: int, folder: Path) -> tuple[float, float]:
+def offline(port: int, n: int) -> None:
+    """``n`` persistent sessions subscribed to tp/# at QoS 1, left offline."""
+    for i in range(n):
+        done = threading.Event()
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"tp-off{i}",
+                        clean_session=False)  # fmt: skip
+        c.on_subscribe = lambda *a, done=done: done.set()
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        c.subscribe("tp/#", 1)
+        assert done.wait(10)
+        c.disconnect()
+        c.loop_stop()
+
+
+def run(
+    level: str, n: int, size: int, inflight: int, n_offline: int, folder: Path
+) -> tuple[float, float]:
     config = folder / f"{level}.toml"
     config.write_text(f"max_queued_messages = {2 * n}\nmax_queued_bytes = {4 * n * size}\n")
+    # A fresh file per run (and per level).
     args = ["--config", str(config)]
     if level != "none":
         args += ["--persist", str(folder / f"{level}.db"), "--durability", level]
     proc, port = start(args)
     try:
+        offline(port, n_offline)
         got = threading.Event()
         received = 0
 
@@ -102,12 +123,17 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument(
+        "--offline", type=int, default=0, metavar="N",
+        help="also N persistent subscribers, offline: each message is queued N times",
+    )  # fmt: skip
     a = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        print(f"{a.messages} QoS 1 messages of {a.size} bytes, {a.inflight} in flight")
+        print(f"{a.messages} QoS 1 messages of {a.size} bytes, {a.inflight} in flight, "
+              f"{a.offline} offline subscribers")  # fmt: skip
         print("durability   PUBACKed/s   delivered/s")
         for level in ("none", "batched", "full"):
-            acked, delivered = run(level, a.messages, a.size, a.inflight, Path(folder))
+            acked, delivered = run(level, a.messages, a.size, a.inflight, a.offline, Path(folder))
             print(f"{level:<12} {acked:>10.0f}   {delivered:>11.0f}", flush=True)
 
 
