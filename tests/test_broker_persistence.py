@@ -636,3 +636,27 @@ def test_a_failed_commit_refuses_the_publish_and_the_next_rewrites_all(
     assert (before["retained"], before["queued"]) == (3, 3)
     with BrokerThread(**options) as b:
         assert b.call(b.broker.stats) == before
+
+
+def test_the_toml_keys_through_the_command(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    config = tmp_path / "conf" / "broker.toml"
+    config.write_text('persistence = "state.db"\ndurability = "full"\npersist_interval = 20\n')
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fieldline", "broker", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        summary = proc.stdout.readline()
+        db = tmp_path / "conf" / "state.db"  # relative to the file
+        assert f"persistence {db} (durability full; loaded 0 sessions" in summary, summary
+        assert db.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
