@@ -396,7 +396,14 @@ class Persistence:
         if not self._soon:
             self._soon = True
             assert self._loop is not None
-            self._loop.call_soon(self.flush)
+            self._loop.call_soon(self._flush_next_turn)
+
+    def _flush_next_turn(self) -> None:
+        # One turn later: the deliveries routed with these messages (Connection.pump_soon,
+        # scheduled in the same turn) have gone out by then, so the commit holds them as
+        # in flight, with their packet ids, rather than as still queued.
+        assert self._loop is not None
+        self._loop.call_soon(self.flush)
 
     # -- writing ----------------------------------------------------------------------
 
