@@ -660,3 +660,34 @@ def test_the_toml_keys_through_the_command(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_subscription_options_and_message_expiry_survive_a_restart(tmp_path: Path) -> None:
+    options: dict[str, Any] = {"persistence": str(tmp_path / "broker.db")}  # batched
+    with BrokerThread(**options) as b:
+        sub = Peer(b.port, "opts", 5, clean_start=False, properties=props(5))
+        sub.subscribe(
+            Subscription("o/#", 2, no_local=True, retain_as_published=True),
+            properties={"subscription_identifier": 7},
+        )
+        sub.close()
+        pub = Peer(b.port, "pub", 5)
+        deadline = time.time() + 1
+        pub.publish("o/short", b"a second", 1, properties={"message_expiry_interval": 1})
+        pub.publish("o/long", b"an hour", 1, properties={"message_expiry_interval": 3600})
+        pub.close()
+    time.sleep(max(0.0, deadline + 0.2 - time.time()))  # o/short expires in the queue
+    with BrokerThread(**options) as b:
+        sub = Peer(b.port, "opts", 5, clean_start=False, properties=props(5))
+        (m,) = sub.messages(1)
+        assert (m.topic, m.qos) == ("o/long", 1)
+        assert m.properties["subscription_identifier"] == [7]
+        assert 3590 < m.properties["message_expiry_interval"] < 3600
+        sub.publish("o/own", b"not to myself", 1)  # no-local
+        pub = Peer(b.port, "pub", 5)
+        pub.publish("o/retained", b"r", 2, retain=True)  # retain-as-published, QoS 2
+        (m,) = sub.messages(1)
+        assert (m.topic, m.qos, m.retain) == ("o/retained", 2, True)
+        assert b.call(b.broker.stats)["expired"] == 1
+        sub.close()
+        pub.close()
