@@ -156,28 +156,36 @@ def publish_all(
         pub.publish("sync", b"", qos=1)  # a round trip: QoS 0 ones are in too
 
 
-@pytest.mark.parametrize("qos", [0, 1])
+@pytest.mark.parametrize(
+    "qos,policy", [(0, "drop"), (0, "block"), (1, "drop")], ids=["qos0", "qos0-block", "qos1"]
+)
 def test_slow_consumer_keeps_the_inbox_bounded_and_the_connection_alive(
-    mosquitto: Mosquitto, consumers: Callable[..., Consumer], version: int, kind: str, qos: int
+    mosquitto: Mosquitto,
+    consumers: Callable[..., Consumer],
+    version: int,
+    kind: str,
+    qos: int,
+    policy: str,
 ) -> None:
     # A flood the application does not read. Places: 10. QoS 0 beyond them is
-    # dropped and counted; QoS 1 is held back (5.0: Receive Maximum 10; 3.1.1:
-    # Mosquitto's inflight window of 20 is larger, so the client stops reading)
-    # and none is lost. Keepalive 1 s: PINGREQ must go on while nothing is read,
-    # or Mosquitto drops the connection after 1.5 s.
+    # dropped and counted, or with inbox_policy "block" held back by TCP; QoS 1
+    # is held back (5.0: Receive Maximum 10; 3.1.1: Mosquitto's inflight window
+    # of 20 is larger, so the client stops reading) and none is lost.
+    # Keepalive 1 s: PINGREQ must go on while nothing is read, or Mosquitto
+    # drops the connection after 1.5 s.
     n = 1000 if qos == 0 else 200
-    c = consumers(kind, mosquitto, version, keepalive=1, max_inbox=10)
+    c = consumers(kind, mosquitto, version, keepalive=1, max_inbox=10, inbox_policy=policy)
     assert c.client.receive_maximum == 10  # announced in 5.0
     c.subscribe("flood/x", qos)
     payloads = [b"%d" % i for i in range(n)]
     publish_all(mosquitto, version, "flood/x", payloads, qos)
-    if qos == 0:
+    if qos == 0 and policy == "drop":
         until(lambda: c.client.inbox_size + c.client.dropped == n, "every message")
     until(lambda: c.client.inbox_size == 10, "a full inbox")
     assert not c.lost.wait(3.5), "the connection dropped while the application did not read"
     assert c.connects == 1
     assert c.client.inbox_size == c.client.inbox_peak == 10
-    if qos == 0:
+    if qos == 0 and policy == "drop":
         assert c.client.dropped == n - 10
         assert [c.recv().payload for _ in range(10)] == payloads[:10]
         c.publish("flood/x", b"after", qos=1)  # reading goes on

@@ -175,8 +175,11 @@ class BaseClient:
     ``max_inbox``: how many received messages the client keeps for the
     application at once (in ``recv()``/``messages()`` buffers, streams and
     unfinished callbacks; default 1000 on CPython, 32 on MicroPython; 0: no
-    limit); see "Backpressure" in docs/client.md. ``manual_ack``: QoS 1/2
-    messages are acknowledged only by ``ack(message)``, not once handed over.
+    limit); see "Backpressure" in docs/client.md. ``inbox_policy``: what a
+    QoS 0 message finds when every place is taken: ``"drop"`` (it is dropped)
+    or ``"block"`` (the client stops reading, as it always does for QoS 1/2).
+    ``manual_ack``: QoS 1/2 messages are acknowledged only by
+    ``ack(message)``, not once handed over.
     Counters to read: ``inbox_size`` (places taken now), ``inbox_peak`` (the
     most taken at once), ``dropped`` (QoS 0 messages dropped because every
     place was taken).
@@ -217,6 +220,7 @@ class BaseClient:
         persistence=None,
         max_inbox=None,
         manual_ack=False,
+        inbox_policy="drop",
     ):
         if tls is None and (ca_file or cert_file):
             tls = True
@@ -267,6 +271,9 @@ class BaseClient:
             max_inbox = 32 if sys.implementation.name == "micropython" else 1000
         self.max_inbox = max_inbox
         self.manual_ack = manual_ack
+        if inbox_policy not in ("drop", BLOCK):
+            raise ValueError("inbox_policy must be 'drop' or 'block'")
+        self.inbox_policy = inbox_policy
         if max_inbox and max_inbox < receive_maximum:
             # 5.0: the broker may then never send more unacknowledged QoS 1/2
             # messages than we have places for (MQTT-3.3.4-9).
@@ -502,11 +509,12 @@ class BaseClient:
     def _deliver(self, msg):
         if self._has_room():
             self._admit(msg)
-        elif not msg.qos:
+        elif not msg.qos and self.inbox_policy != BLOCK:
             self.dropped += 1  # QoS 0 is at most once: better than to stop reading
         else:
-            # QoS 1/2: never dropped, as the broker would not send it again
-            # on this connection. Stop reading until there is a place.
+            # QoS 1/2 is never dropped, as the broker would not send it again
+            # on this connection (nor QoS 0 with inbox_policy "block"): stop
+            # reading until there is a place.
             self._held = msg
             now = self._paused_at = clock()
             k = self.session.keep_alive
