@@ -528,9 +528,11 @@ def test_a_session_that_expired_while_the_broker_was_down_is_gone(
 # -- stats, and the file's contents --------------------------------------------------------
 
 
-def test_stats_are_the_same_after_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_new"])
+def test_stats_are_the_same_after_a_restart(tmp_path: Path, policy: str) -> None:
     db = str(tmp_path / "broker.db")
-    options: dict[str, Any] = {"persistence": db, "durability": "full", "max_queued_messages": 3}
+    options: dict[str, Any] = {"persistence": db, "durability": "full",
+                               "max_queued_messages": 3, "queue_policy": policy}  # fmt: skip
     with BrokerThread(**options) as b:
         for version in (4, 5):
             offline_subscriber(b.port, f"s{version}", version, "st/#", 2)
@@ -550,11 +552,13 @@ def test_stats_are_the_same_after_a_restart(tmp_path: Path) -> None:
     with BrokerThread(**options) as b:
         after = b.call(b.broker.stats)
         assert after == before
-        # ...and the queues hold the three newest messages (drop_oldest), in order.
+        # ...and the queues hold the three newest messages (drop_oldest) or the three
+        # oldest (drop_new), in order.
+        first = 2 if policy == "drop_oldest" else 0
         for version in (4, 5):
             sub = Peer(b.port, f"s{version}", version, clean_start=False, properties=props(version))
             got = [(m.topic, m.qos) for m in sub.messages(3)]
-            assert got == [("st/2", 1), ("st/3", 2), ("st/4", 1)]
+            assert got == [(f"st/{i}", 1 + i % 2) for i in range(first, first + 3)]
             sub.close()
 
 
