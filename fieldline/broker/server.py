@@ -30,7 +30,6 @@ from fieldline.mqtt import (
 from .acl import Acl
 from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
-from .counters import Counters, add_stats
 from .hooks import (
     AUTHENTICATE,
     ON_CONNECT,
@@ -47,7 +46,6 @@ from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
 from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
-from .sysinfo import SysTopics, is_sys_topic
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -109,8 +107,6 @@ class Broker:
         self.plugins = Plugins()  # made from config.plugins by start()
         self.refused_connections = 0  # CONNECTs refused for max_connections
         self.persist: Persistence | None = None  # opened by start() with a persistence file
-        self.counters = Counters()  # broker-wide counts (counters.py)
-        self.sys: SysTopics | None = None  # the $SYS topics, run by start() (sysinfo.py)
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
@@ -169,9 +165,6 @@ class Broker:
             raise
         for listener in self.listening:
             log.info("listening on %s", listener.url)
-        if cfg.sys_interval > 0:
-            self.sys = SysTopics(self, cfg.sys_interval)
-            self.sys.start()
 
     async def _listen(self, listener: Listener, ctx: ssl.SSLContext | None) -> asyncio.Server:
         factory: Callable[[], asyncio.Protocol]
@@ -204,8 +197,6 @@ class Broker:
         Wills of closed connections are not published: the broker is going away. Waits
         for the plug-ins' notifications still running (hook_timeout at most)."""
         self._stopping = True
-        if self.sys is not None:
-            self.sys.stop()
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
@@ -252,7 +243,6 @@ class Broker:
         out["connections_refused"] = self.refused_connections
         out["subscriptions"] = len(self.router.tree)
         out["retained"] = len(self.router.retained)
-        add_stats(self, out)  # connections_total, refused, received, ... (counters.py)
         return out
 
     # -- events from connections --------------------------------------------------
@@ -428,22 +418,8 @@ class Broker:
                     v5 = conn.session.version == _MQTT5
                     self._answer(cs, p.packet_id, p.qos, _QUOTA_EXCEEDED if v5 else 0)
                 return
-        self.counters.received[p.qos] += 1
-        self.counters.received_bytes += len(p.payload)
-        if is_sys_topic(p.topic):
-            # $SYS belongs to the broker (MQTT 4.7.2): refused as an ACL denial is.
-            self.counters.denied += 1
-            log.info("%s client id %r: PUBLISH to %r refused, $SYS is the broker's",
-                     conn.peer, cs.client_id, p.topic,
-                     extra={"client_id": cs.client_id, "peer": conn.peer, "topic": p.topic,
-                            "reason_code": _NOT_AUTHORIZED})  # fmt: skip
-            if p.qos:
-                v5 = conn.session.version == _MQTT5
-                self._answer(cs, p.packet_id, p.qos, _NOT_AUTHORIZED if v5 else 0)
-            return
         perms = cs.permissions
         if perms is not None and not perms.can_write(p.topic):
-            self.counters.denied += 1
             log.info("%s client id %r: PUBLISH to %r denied by the ACL", conn.peer,
                      cs.client_id, p.topic)  # fmt: skip
             if p.qos:
@@ -597,10 +573,7 @@ class Broker:
             # never to a shared subscription (4.8.2).
             if (rh == 0 or rh == 1 and not existed) and not f.startswith("$share/"):
                 ids = [sid] if sid else []
-                found = self.router.retained_for(f, now)
-                if self.sys is not None:
-                    found += self.sys.retained_for(f)
-                for m in found:
+                for m in self.router.retained_for(f, now):
                     if perms is not None and not perms.can_read(m.topic):
                         continue
                     retained.append(Delivery(m, min(m.qos, sub.qos), True, list(ids)))
@@ -660,15 +633,6 @@ class Broker:
             self.router.retain(m)
             if self.persist is not None:
                 self.persist.retain(m)
-        matched = self._deliver(m)
-        if self.plugins.has(ON_MESSAGE):
-            props = m.outgoing_properties(self.loop.time(), None)
-            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
-        return matched
-
-    def _deliver(self, m: Message) -> int:
-        """Queue ``m`` for every matching session whose ACL lets it read the topic;
-        returns how many (the $SYS topics publish through this, not retained here)."""
         cfg = self.config
         get = self.sessions.get
         may_read = None
@@ -690,16 +654,15 @@ class Broker:
                 self.touch(cs)  # its queue, or its count of dropped messages
             if kept and cs.conn is not None:
                 cs.conn.pump_soon()
+        if self.plugins.has(ON_MESSAGE):
+            props = m.outgoing_properties(self.loop.time(), None)
+            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
         return len(deliveries)
 
     def _publish_will(self, cs: ClientSession, will: Will) -> None:
         perms = cs.permissions
         if perms is not None and not perms.can_write(will.topic):
             log.info("client id %r: Will on %r denied by the ACL", cs.client_id, will.topic)
-            return
-        if is_sys_topic(will.topic):
-            log.info("client id %r: Will on %r refused, $SYS is the broker's", cs.client_id,
-                     will.topic, extra={"client_id": cs.client_id, "topic": will.topic})  # fmt: skip
             return
         props = will.properties
         if props and "will_delay_interval" in props:
@@ -728,7 +691,6 @@ class Broker:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()
         cs.clear_queue()
-        self.counters.session_ended(cs)
         if self.persist is not None:
             self.persist.ended(cs)
         self.sessions.remove(cs)
