@@ -243,16 +243,18 @@ def test_manual_ack_unacknowledged_messages_come_again_after_a_crash(
     assert second.ack(end)
 
 
+@pytest.mark.parametrize("qos", [1, 2])
 def test_manual_ack_survives_a_reconnection_without_duplicates(
     mosquitto: Mosquitto,
     tcp_proxy: ProxyFactory,
     consumers: Callable[..., Consumer],
     version: int,
     kind: str,
+    qos: int,
 ) -> None:
     # The same client reconnects: the broker sends the unacknowledged messages
     # again, the client does not deliver them twice, and the application's
-    # later ack() completes them.
+    # later ack() completes them (QoS 2: PUBREC, then PUBREL and PUBCOMP).
     proxy = tcp_proxy(mosquitto)
     opts: dict[str, Any] = {
         "client_id": "steady",
@@ -263,16 +265,17 @@ def test_manual_ack_survives_a_reconnection_without_duplicates(
         "backoff_max": 0.1,
     }
     c = consumers(kind, proxy, version, **opts)
-    c.subscribe("steady/#", 1)
-    publish_all(mosquitto, version, "steady/x", [b"a", b"b"], 1)
+    c.subscribe("steady/#", qos)
+    publish_all(mosquitto, version, "steady/x", [b"a", b"b"], qos)
     a, b = c.recv(), c.recv()
+    assert (a.qos, b.qos) == (qos, qos)
     assert c.ack(a)
     c.publish("sync", b"", qos=1)
     proxy.drop()
     until(lambda: c.connects == 2, "the reconnection")
     assert c.client.connack.session_present
     assert c.ack(b)  # answers the resent message
-    publish_all(mosquitto, version, "steady/x", [b"end"], 1)
+    publish_all(mosquitto, version, "steady/x", [b"end"], qos)
     end = c.recv()
     assert end.payload == b"end"  # neither a nor b came twice
     assert c.ack(end)
@@ -332,3 +335,37 @@ def test_blocking_client_paused_on_its_own_thread(mosquitto: Mosquitto, version:
         assert lost == []
     finally:
         c.disconnect()
+
+
+def test_async_callbacks_hold_their_places(mosquitto: Mosquitto, version: int) -> None:
+    # An async def callback keeps its message's place (and its ack) until it
+    # finishes: a slow one never has more than max_inbox tasks at once.
+    async def main() -> None:
+        c = AsyncClient(mosquitto.host, mosquitto.port, version=version, max_inbox=3, timeout=WAIT)
+        running = 0
+        most = 0
+        done: list[bytes] = []
+        go = asyncio.Event()
+
+        async def slow(msg: Publish) -> None:
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await go.wait()
+            running -= 1
+            done.append(msg.payload)
+
+        async with c:
+            await c.subscribe("cb/x", qos=1, callback=slow)
+            payloads = [b"%d" % i for i in range(20)]
+            await asyncio.to_thread(publish_all, mosquitto, version, "cb/x", payloads, 1)
+            while running < 3:
+                await asyncio.sleep(0.005)
+            assert c.inbox_size == 3
+            go.set()
+            while len(done) < 20:
+                await asyncio.sleep(0.005)
+            assert sorted(done) == sorted(payloads)
+            assert most == 3 and c.inbox_peak == 3 and c.dropped == 0
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -45,6 +45,8 @@ def stop(c):
         c._wake[1].send(b"\x00")
     except OSError:  # full: the I/O thread is waking up anyway
         pass
+    with c._lock:
+        c._cond.notify_all()  # an I/O thread paused for room waits here, not on the socket
     if not c._on_io_thread():
         c._io_thread.join()
     c._calls.put(None)
