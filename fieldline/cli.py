@@ -17,6 +17,8 @@ With --password-file, clients must log in unless --allow-anonymous. With --acl-f
 each client reads and writes only the topics its rules allow. --max-connections and
 --max-publish-rate override the limits of the same names. With --persist FILE, retained
 messages and persistent sessions survive a restart (--durability batched or full).
+--sys-interval, --metrics-port, --log-format and --log-level: $SYS topics, Prometheus
+metrics on http://HOST:PORT/metrics, and the log on standard error.
 See docs/broker.md for the file's keys."""
 
 _PASSWD_EPILOG = """\
@@ -83,6 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MS",
         help="milliseconds between batched writes (default 100)",
     )
+    add(
+        "--sys-interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between updates of the $SYS topics (default 10; 0: none)",
+    )
+    add(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: none)",
+    )
+    add("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
+    add(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="least important log records written (default warning; info: connections)",
+    )
     passwd = commands.add_parser(
         "passwd",
         help="add, change or delete a user of a broker password file",
@@ -138,6 +158,10 @@ def _broker(args: argparse.Namespace) -> int:
             persistence=args.persist,
             durability=args.durability,
             persist_interval=args.persist_interval,
+            sys_interval=args.sys_interval,
+            metrics_port=args.metrics_port,
+            log_format=args.log_format,
+            log_level=args.log_level,
         )
         asyncio.run(serve(config=config))
     except ConfigError as e:

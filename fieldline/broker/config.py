@@ -26,6 +26,9 @@ NONE = "none"
 BATCHED = "batched"
 FULL = "full"
 DURABILITIES = (NONE, BATCHED, FULL)
+# Log formats and levels of `fieldline broker` (logs.py).
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ANY_PATH = "*"  # a WebSocket listener whose path is this accepts any request target
 _KIND_DEFAULT = -1  # Listener.port not given: the kind's default port
@@ -147,6 +150,11 @@ class BrokerConfig:
     (write nothing), ``"batched"`` (write every ``persist_interval`` milliseconds; the
     default with a file) or ``"full"`` (acknowledge a QoS 1/2 PUBLISH once its effects
     are on disk); see persist.py.
+    ``sys_interval``: seconds between updates of the ``$SYS`` topics (0: none; see
+    sysinfo.py). ``metrics_port``: the port of the Prometheus endpoint ``/metrics``,
+    on ``host`` (None: none; 0: a free one; see metrics.py). ``log_format``
+    (``"text"`` or ``"json"``) and ``log_level``: how ``fieldline broker`` logs
+    (logs.py).
     """
 
     host: str = "127.0.0.1"
@@ -174,6 +182,10 @@ class BrokerConfig:
     persistence: str | None = None
     durability: str | None = None
     persist_interval: int = 100
+    sys_interval: float = 10.0
+    metrics_port: int | None = None
+    log_format: str = "text"
+    log_level: str = "warning"
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
@@ -206,12 +218,27 @@ class BrokerConfig:
             )
         if not 1 <= self.persist_interval <= 3_600_000:
             raise ConfigError("persist_interval must be 1 to 3600000 (milliseconds)")
+        self._check_observability()
         seen: set[tuple[str, int]] = set()
         for listener in self.all_listeners():
             address = (listener.host, listener.port)
             if listener.port and address in seen:
                 raise ConfigError(f"two listeners on {listener.host}:{listener.port}")
             seen.add(address)
+
+    def _check_observability(self) -> None:
+        if not 0 <= self.sys_interval < math.inf:
+            raise ConfigError("sys_interval must be 0 (no $SYS topics) or more")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port {self.metrics_port} is out of range (0 to 65535)")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"unknown log_format {self.log_format!r} (one of {', '.join(LOG_FORMATS)})"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"unknown log_level {self.log_level!r} (one of {', '.join(LOG_LEVELS)})"
+            )
 
     def _check_plugins(self) -> None:
         names = set()

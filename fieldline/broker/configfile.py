@@ -108,6 +108,10 @@ def apply_flags(
     persistence: str | None = None,
     durability: str | None = None,
     persist_interval: int | None = None,
+    sys_interval: float | None = None,
+    metrics_port: int | None = None,
+    log_format: str | None = None,
+    log_level: str | None = None,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
@@ -117,8 +121,9 @@ def apply_flags(
     ``allow_anonymous`` (True: allow; False: as configured): the authentication
     settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
     those limits (None: as configured). ``persistence``, ``durability``,
-    ``persist_interval``: the persistence settings (None: as configured). Raises
-    ConfigError."""
+    ``persist_interval``: the persistence settings (None: as configured).
+    ``sys_interval``, ``metrics_port``, ``log_format``, ``log_level``: the
+    observability settings (None: as configured). Raises ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -179,6 +184,13 @@ def apply_flags(
     persist = {"persistence": persistence, "durability": durability,
                "persist_interval": persist_interval}  # fmt: skip
     limits.update((k, v) for k, v in persist.items() if v is not None)
+    observe: dict[str, Any] = {
+        "sys_interval": None if sys_interval is None else float(sys_interval),
+        "metrics_port": metrics_port,
+        "log_format": log_format,
+        "log_level": log_level,
+    }
+    limits.update((k, v) for k, v in observe.items() if v is not None)
     return replace(config, host=default_host, listeners=listeners, **auth, **limits)
 
 

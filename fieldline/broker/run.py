@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 from .config import BrokerConfig
+from .logs import configure
 from .server import Broker
 
 
@@ -22,6 +23,7 @@ async def serve(
     OSError if an address cannot be bound, ConfigError if a TLS file cannot be used,
     PersistenceError if the persistence file cannot be used."""
     broker = Broker(host, port, config=config, **options)
+    configure(broker.config.log_format, broker.config.log_level)
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -29,6 +31,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     for listener in broker.listening:
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
+    if broker.metrics is not None:
+        print(f"fieldline broker: Prometheus metrics on {broker.metrics.url}", flush=True)
     summary = f"{broker.storage_summary()}, {broker.auth_summary()}"
     print(f"fieldline broker: {summary}; Ctrl-C stops it", flush=True)
     try:

@@ -30,6 +30,7 @@ from fieldline.mqtt import (
 from .acl import Acl
 from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
+from .counters import Counters, add_stats
 from .hooks import (
     AUTHENTICATE,
     ON_CONNECT,
@@ -41,11 +42,14 @@ from .hooks import (
     load_plugins,
 )
 from .limits import TokenBucket
+from .logs import fields
 from .message import Delivery, Message
+from .metrics import MetricsServer
 from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
 from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
+from .sysinfo import SysTopics, is_sys_topic
 from .tls import server_context
 
 if TYPE_CHECKING:
@@ -107,6 +111,9 @@ class Broker:
         self.plugins = Plugins()  # made from config.plugins by start()
         self.refused_connections = 0  # CONNECTs refused for max_connections
         self.persist: Persistence | None = None  # opened by start() with a persistence file
+        self.counters = Counters()  # broker-wide counts (counters.py)
+        self.sys: SysTopics | None = None  # the $SYS topics, run by start() (sysinfo.py)
+        self.metrics: MetricsServer | None = None  # /metrics, served by start() (metrics.py)
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
         self._stopping = False
@@ -149,12 +156,16 @@ class Broker:
         self.plugins = Plugins(load_plugins(cfg.plugins, cfg.plugin), cfg.hook_timeout)
         listeners = cfg.all_listeners()
         contexts = [server_context(li) if li.tls else None for li in listeners]
+        metrics = None if cfg.metrics_port is None else MetricsServer(self)
         if cfg.persistence and cfg.persist_level != NONE:
             self.persist = Persistence(cfg.persistence, cfg.persist_level, cfg.persist_interval)
             self.persist.load(self)
         try:
             for listener, ctx in zip(listeners, contexts, strict=True):
                 self._servers.append(await self._listen(listener, ctx))
+            if metrics is not None:
+                await metrics.start()
+                self.metrics = metrics
         except BaseException:
             for server in self._servers:
                 server.close()
@@ -165,6 +176,9 @@ class Broker:
             raise
         for listener in self.listening:
             log.info("listening on %s", listener.url)
+        if cfg.sys_interval > 0:
+            self.sys = SysTopics(self, cfg.sys_interval)
+            self.sys.start()
 
     async def _listen(self, listener: Listener, ctx: ssl.SSLContext | None) -> asyncio.Server:
         factory: Callable[[], asyncio.Protocol]
@@ -197,6 +211,11 @@ class Broker:
         Wills of closed connections are not published: the broker is going away. Waits
         for the plug-ins' notifications still running (hook_timeout at most)."""
         self._stopping = True
+        if self.sys is not None:
+            self.sys.stop()
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
         servers, self._servers = self._servers, []
         for server in servers:
             server.close()
@@ -243,6 +262,7 @@ class Broker:
         out["connections_refused"] = self.refused_connections
         out["subscriptions"] = len(self.router.tree)
         out["retained"] = len(self.router.retained)
+        add_stats(self, out)  # connections_total, refused, received, ... (counters.py)
         return out
 
     # -- events from connections --------------------------------------------------
@@ -284,13 +304,16 @@ class Broker:
     def on_connect(self, conn: Connection, p: Connect) -> None:
         s = conn.session
         if "authentication_method" in (p.properties or {}):
+            self.counters.refuse(_BAD_AUTHENTICATION_METHOD)
             s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
             return
         limit = self.config.max_connections
         if limit and len(self.connections) > limit:  # this connection is one of them
             self.refused_connections += 1
+            self.counters.refuse(_QUOTA_EXCEEDED)
             log.warning("%s client id %r: refused, max_connections (%d) reached", conn.peer,
-                        p.client_id, limit)  # fmt: skip
+                        p.client_id, limit, extra=fields(conn, client_id=p.client_id,
+                        reason_code=_QUOTA_EXCEEDED))  # fmt: skip
             # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
             s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
             return
@@ -341,7 +364,10 @@ class Broker:
         # Never log the password.
         who = "no user name" if p.username is None else f"user {p.username!r}"
         why = _REFUSALS.get(reason_code) or f"reason code 0x{reason_code:02X}"
-        log.warning("%s client id %r, %s: refused, %s", conn.peer, p.client_id, who, why)
+        self.counters.refuse(reason_code)
+        log.warning("%s client id %r, %s: refused, %s", conn.peer, p.client_id, who, why,
+                    extra=fields(conn, client_id=p.client_id, username=p.username,
+                                 reason_code=reason_code))  # fmt: skip
         conn.session.reject(reason_code)  # MQTT-3.2.2-5 (3.1.1: 5 or 4, MQTT-3.2.2-4)
 
     def _accept(self, conn: Connection, p: Connect) -> None:
@@ -398,6 +424,10 @@ class Broker:
         conn.username = p.username
         conn.start_keepalive()
         conn.pump()
+        self.counters.connections += 1
+        log.info("%s client id %r connected (MQTT %s%s)", conn.peer, client_id,
+                 "5.0" if v5 else "3.1.1", ", session present" if present else "",
+                 extra=fields(conn, protocol=p.protocol_level))  # fmt: skip
         self.plugins.notify(ON_CONNECT, client_id, p.username, conn.peer)
 
     def on_publish(self, conn: Connection, p: Publish) -> None:
@@ -418,10 +448,24 @@ class Broker:
                     v5 = conn.session.version == _MQTT5
                     self._answer(cs, p.packet_id, p.qos, _QUOTA_EXCEEDED if v5 else 0)
                 return
+        self.counters.received[p.qos] += 1
+        self.counters.received_bytes += len(p.payload)
+        if is_sys_topic(p.topic):
+            # $SYS belongs to the broker (MQTT 4.7.2): refused as an ACL denial is.
+            self.counters.denied += 1
+            log.info("%s client id %r: PUBLISH to %r refused, $SYS is the broker's",
+                     conn.peer, cs.client_id, p.topic, extra=fields(conn, topic=p.topic,
+                     reason_code=_NOT_AUTHORIZED))  # fmt: skip
+            if p.qos:
+                v5 = conn.session.version == _MQTT5
+                self._answer(cs, p.packet_id, p.qos, _NOT_AUTHORIZED if v5 else 0)
+            return
         perms = cs.permissions
         if perms is not None and not perms.can_write(p.topic):
+            self.counters.denied += 1
             log.info("%s client id %r: PUBLISH to %r denied by the ACL", conn.peer,
-                     cs.client_id, p.topic)  # fmt: skip
+                     cs.client_id, p.topic, extra=fields(conn, topic=p.topic,
+                     reason_code=_NOT_AUTHORIZED))  # fmt: skip
             if p.qos:
                 # 5.0: 0x87 (3.3.4). 3.1.1 has no code: a positive ack, message dropped
                 # (MQTT-3.3.5-2 allows it; closing would make the client resend forever).
@@ -446,8 +490,10 @@ class Broker:
 
     def _publish(self, conn: Connection, cs: ClientSession, p: Publish, verdict: Verdict) -> None:
         if verdict:
+            self.counters.denied += 1
             log.info("%s client id %r: PUBLISH to %r refused by a plug-in (0x%02X)",
-                     conn.peer, cs.client_id, p.topic, verdict)  # fmt: skip
+                     conn.peer, cs.client_id, p.topic, verdict,
+                     extra=fields(conn, topic=p.topic, reason_code=verdict))  # fmt: skip
             if p.qos:
                 # 3.1.1: acked and dropped, as for the ACL above.
                 v5 = conn.session.version == _MQTT5
@@ -514,7 +560,8 @@ class Broker:
                 continue
             if perms is not None and not perms.can_subscribe(f):
                 log.info("%s client id %r: SUBSCRIBE to %r denied by the ACL", conn.peer,
-                         cs.client_id, f)  # fmt: skip
+                         cs.client_id, f, extra=fields(conn, topic=f,
+                         reason_code=_NOT_AUTHORIZED))  # fmt: skip
                 verdicts.append(_NOT_AUTHORIZED)
                 continue
             verdict = self.plugins.authorize_subscribe(cs.client_id, conn.username, f, sub.qos)
@@ -573,7 +620,10 @@ class Broker:
             # never to a shared subscription (4.8.2).
             if (rh == 0 or rh == 1 and not existed) and not f.startswith("$share/"):
                 ids = [sid] if sid else []
-                for m in self.router.retained_for(f, now):
+                found = self.router.retained_for(f, now)
+                if self.sys is not None:
+                    found += self.sys.retained_for(f)
+                for m in found:
                     if perms is not None and not perms.can_read(m.topic):
                         continue
                     retained.append(Delivery(m, min(m.qos, sub.qos), True, list(ids)))
@@ -603,6 +653,9 @@ class Broker:
         if cs is None or cs.conn is not conn:
             return  # never accepted, or taken over already
         cs.conn = None
+        reason = "" if conn.reason is None else f" (0x{conn.reason:02X})"
+        log.info("%s client id %r disconnected%s", conn.peer, cs.client_id, reason,
+                 extra=fields(conn, reason_code=conn.reason))  # fmt: skip
         self.plugins.notify(ON_DISCONNECT, cs.client_id, conn.reason)
         s = cs.session
         s.connection_lost(self.loop.time())
@@ -633,6 +686,15 @@ class Broker:
             self.router.retain(m)
             if self.persist is not None:
                 self.persist.retain(m)
+        matched = self._deliver(m)
+        if self.plugins.has(ON_MESSAGE):
+            props = m.outgoing_properties(self.loop.time(), None)
+            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
+        return matched
+
+    def _deliver(self, m: Message) -> int:
+        """Queue ``m`` for every matching session whose ACL lets it read the topic;
+        returns how many (the $SYS topics publish through this, not retained here)."""
         cfg = self.config
         get = self.sessions.get
         may_read = None
@@ -654,15 +716,17 @@ class Broker:
                 self.touch(cs)  # its queue, or its count of dropped messages
             if kept and cs.conn is not None:
                 cs.conn.pump_soon()
-        if self.plugins.has(ON_MESSAGE):
-            props = m.outgoing_properties(self.loop.time(), None)
-            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
         return len(deliveries)
 
     def _publish_will(self, cs: ClientSession, will: Will) -> None:
         perms = cs.permissions
         if perms is not None and not perms.can_write(will.topic):
             log.info("client id %r: Will on %r denied by the ACL", cs.client_id, will.topic)
+            return
+        if is_sys_topic(will.topic):
+            log.info("client id %r: Will on %r refused, $SYS is the broker's", cs.client_id,
+                     will.topic, extra={"client_id": cs.client_id,
+                     "topic": will.topic})  # fmt: skip
             return
         props = will.properties
         if props and "will_delay_interval" in props:
@@ -691,6 +755,7 @@ class Broker:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()
         cs.clear_queue()
+        self.counters.session_ended(cs)
         if self.persist is not None:
             self.persist.ended(cs)
         self.sessions.remove(cs)

@@ -1,0 +1,69 @@
+"""Broker-wide counts since the broker started, for ``Broker.stats()``, the ``$SYS``
+topics (sysinfo.py) and the Prometheus endpoint (metrics.py).
+
+The per-session counts (``ClientSession.dropped``, ``expired``, ``rate_limited``) go
+when a session ends; ``ended`` keeps their sum, so the totals only grow, as a
+Prometheus counter must. Everything here is a plain int bumped on the event loop: no
+lock, and nothing costlier than an addition on the paths a message takes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .server import Broker
+    from .sessions import ClientSession
+
+
+class Counters:
+    """``connections``: CONNECTs accepted. ``refused``: CONNECTs refused, by the reason
+    code of the refusal (MQTT 5.0 numbering, also for 3.1.1 clients). ``received``:
+    PUBLISHes received from clients, by QoS; ``received_bytes``: their payload bytes.
+    ``denied``: PUBLISHes refused (ACL, plug-in, ``$SYS``). ``maximum``: the most
+    clients connected at once, as seen by ``stats()`` (Mosquitto counts it the same
+    way). ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
+    sessions that ended."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.refused: dict[int, int] = {}
+        self.received = [0, 0, 0]
+        self.received_bytes = 0
+        self.denied = 0
+        self.maximum = 0
+        self.ended_dropped = 0
+        self.ended_expired = 0
+        self.ended_rate_limited = 0
+
+    def refuse(self, reason_code: int) -> None:
+        self.refused[reason_code] = self.refused.get(reason_code, 0) + 1
+
+    def session_ended(self, cs: ClientSession) -> None:
+        self.ended_dropped += cs.dropped
+        self.ended_expired += cs.expired
+        self.ended_rate_limited += cs.rate_limited
+
+
+def add_stats(broker: Broker, out: dict[str, Any]) -> None:
+    """Add to ``out`` (what ``Broker.stats()`` counted so far) the broker-wide counts:
+    connections_total, refused (a dict: reason code -> CONNECTs refused with it),
+    received (PUBLISHes from clients), received_qos ([QoS 0, 1, 2]), received_bytes
+    (their payloads), denied, clients_maximum, inflight (QoS 1/2 messages sent and not
+    yet acknowledged), offline (sessions without a connection), and dropped_total,
+    expired_total, rate_limited_total (those of ended sessions included: they never go
+    down while the broker runs)."""
+    c = broker.counters
+    c.maximum = max(c.maximum, out["connected"])
+    out["connections_total"] = c.connections
+    out["refused"] = dict(c.refused)
+    out["received"] = sum(c.received)
+    out["received_qos"] = list(c.received)
+    out["received_bytes"] = c.received_bytes
+    out["denied"] = c.denied
+    out["clients_maximum"] = c.maximum
+    out["inflight"] = sum(cs.session.inflight for cs in broker.sessions.sessions.values())
+    out["offline"] = out["sessions"] - out["connected"]
+    out["dropped_total"] = out["dropped"] + c.ended_dropped
+    out["expired_total"] = out["expired"] + c.ended_expired
+    out["rate_limited_total"] = out["rate_limited"] + c.ended_rate_limited
