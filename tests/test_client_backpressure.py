@@ -369,3 +369,30 @@ def test_async_callbacks_hold_their_places(mosquitto: Mosquitto, version: int) -
             assert most == 3 and c.inbox_peak == 3 and c.dropped == 0
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_a_consumer_that_keeps_up_loses_no_qos0(mosquitto: Mosquitto, version: int) -> None:
+    # Two places, far fewer than one read of the socket brings: a QoS 0
+    # message is dropped only when the reader must read on while every place
+    # is still taken, never because one read brought more than max_inbox.
+    payloads = [b"%d" % i for i in range(300)]
+    with Client(mosquitto.host, mosquitto.port, version=version, max_inbox=2) as c:
+        c.subscribe("burst/x", qos=0)
+        publish_all(mosquitto, version, "burst/x", payloads, 0)
+        assert [c.recv(WAIT).payload for _ in payloads] == payloads  # one thread
+        assert c.dropped == 0 and c.inbox_peak == 2
+
+    async def main() -> None:
+        async with AsyncClient(mosquitto.host, mosquitto.port, version=version, max_inbox=2) as c:
+            await c.subscribe("burst/y", qos=0)
+            stream = c.messages()
+
+            async def consume() -> list[bytes]:
+                return [(await stream.__anext__()).payload for _ in payloads]
+
+            consumer = asyncio.create_task(consume())
+            await asyncio.to_thread(publish_all, mosquitto, version, "burst/y", payloads, 0)
+            assert await asyncio.wait_for(consumer, WAIT) == payloads
+            assert c.dropped == 0 and c.inbox_peak == 2
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -335,7 +335,12 @@ class AsyncClient(BaseClient):
         s = self.session
         if not self._events():  # nothing left over from the last read
             if self._paused():
-                await self._wait_for_room()
+                if not self._droppable():
+                    await self._wait_for_room()
+                    return
+                await asyncio.sleep(0)  # consumers first: they may make room
+                if not self._has_room():
+                    self._drop_held()  # and reading must go on
                 return
             d = s.next_deadline()
             data = None

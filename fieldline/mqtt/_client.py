@@ -214,14 +214,18 @@ class Client(BaseClient):
             timeout = min(timeout, max(0.0, d - self._now()))
         try:
             if not self._events():
-                if self._paused():
+                if not self._paused():
+                    self._flush()  # acknowledgements given since the last round
+                    if self._readable(sock, timeout):
+                        data = sock.recv(4096)
+                        s.receive_data(data if data is not None else b"", self._now())
+                        self._events()
+                elif self._droppable():
+                    self._drop_held()  # no place yet, and reading must go on
+                    self._events()
+                else:
                     self._wait_for_room(timeout)
                     return
-                self._flush()  # acknowledgements given since the last round
-                if self._readable(sock, timeout):
-                    data = sock.recv(4096)
-                    s.receive_data(data if data is not None else b"", self._now())
-                    self._events()
             if self._held is None:
                 s.tick(self._now())
             self._flush()

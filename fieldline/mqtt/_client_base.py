@@ -4,7 +4,7 @@
 subscriptions to restore them when the broker has lost the session, routes
 incoming messages to callbacks and message streams, and plans reconnect
 delays. ``Client`` (blocking sockets) and ``AsyncClient`` (asyncio) own the
-socket, the clock and the waiting; each is a thin adapter over this and the
+socket and the waiting; each is a thin adapter over this and the
 sans-IO ``Session``. Runs on MicroPython: no typing, no dataclasses.
 
 Receive-side backpressure lives here too. Every message the application has
@@ -14,12 +14,14 @@ QoS 1/2 message is acknowledged only when its last holder lets go (or, with
 ``manual_ack``, when the application calls ``ack()``), so the broker's
 Receive Maximum window (5.0: we announce at most ``max_inbox``) and its own
 inflight window (3.1.1) stop it from sending more than the application can
-take. When every place is taken anyway, a QoS 0 message is dropped and
-counted in ``dropped`` (at most once allows it), and a QoS 1/2 message is
-held while the adapter stops reading the socket (TCP backpressure) until a
-place frees up. While reading is paused the session's clock stands still, so
-its keepalive never blames the broker for bytes we leave unread, and
-``_paused_ping()`` keeps sending PINGREQ so that the broker keeps us.
+take. A message that finds every place taken anyway is held, and nothing
+more is parsed: a QoS 1/2 one (or any, with ``inbox_policy="block"``) until a
+place frees up, the adapter reading nothing meanwhile (TCP backpressure); a
+QoS 0 one until the adapter must read on, when it is dropped and counted in
+``dropped`` (at most once allows it) unless the application made room.
+While reading is paused the session's clock stands still, so its keepalive
+never blames the broker for bytes we leave unread, and ``_paused_ping()``
+keeps sending PINGREQ so that the broker keeps us.
 """
 
 import sys
@@ -509,12 +511,11 @@ class BaseClient:
     def _deliver(self, msg):
         if self._has_room():
             self._admit(msg)
-        elif not msg.qos and self.inbox_policy != BLOCK:
-            self.dropped += 1  # QoS 0 is at most once: better than to stop reading
         else:
-            # QoS 1/2 is never dropped, as the broker would not send it again
-            # on this connection (nor QoS 0 with inbox_policy "block"): stop
-            # reading until there is a place.
+            # Stop here until there is a place. The adapter then waits, or
+            # drops a QoS 0 message (_droppable) if the application has not
+            # made room by the time it must read on. QoS 1/2 is never dropped:
+            # the broker would not send it again on this connection.
             self._held = msg
             now = self._paused_at = clock()
             k = self.session.keep_alive
@@ -568,6 +569,16 @@ class BaseClient:
         except LocalProtocolError:  # the session state it belonged to is gone
             return False
         return True
+
+    def _droppable(self):
+        # The held message may be dropped rather than waited for: QoS 0 is at
+        # most once, and dropping keeps the connection served.
+        return not self._held.qos and self.inbox_policy != BLOCK
+
+    def _drop_held(self):
+        self.dropped += 1
+        self._held = None
+        self._lag += clock() - self._paused_at
 
     def _now(self):
         # The session's clock stands still while reading is paused.
