@@ -558,7 +558,9 @@ class AsyncClient(BaseClient):
     def messages(self, topic_filter=None):
         """An async iterator over incoming messages: those matching
         ``topic_filter`` (subscribe to it first), or with None those no
-        callback or filtered stream takes. Ends when the client disconnects."""
+        callback or filtered stream takes. Ends when the client disconnects.
+        A QoS 1/2 message is acknowledged as it is returned (unless
+        ``manual_ack``); close() a filtered stream no longer read."""
         return _Stream(self, topic_filter)
 
     def _complete(self, pid, packet):

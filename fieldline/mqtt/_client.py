@@ -411,7 +411,8 @@ class Client(BaseClient):
 
     def recv(self, timeout=None):
         """Return the next message that no callback took, waiting up to
-        ``timeout`` seconds; raises MQTTTimeout."""
+        ``timeout`` seconds; raises MQTTTimeout. A QoS 1/2 message is
+        acknowledged as it is returned, unless ``manual_ack``."""
         deadline = self._deadline(timeout)
         with self._lock:
             self._wait(lambda: self._inbox, deadline, "a message")

@@ -153,3 +153,18 @@ async def _receive_maximum():
 def test_receive_maximum_with_manual_ack_5():
     need_broker()
     asyncio.run(_receive_maximum())
+
+
+def test_small_inbox_loses_no_qos0_when_read_in_time():
+    # Two places, and fifty QoS 0 messages arrive in one or two reads: recv()
+    # in a loop still gets every one (nothing is dropped while the
+    # application takes them as fast as they are parsed).
+    host, port = need_broker()
+    t = _topic(5)
+    with Client(host, port, max_inbox=2, timeout=10) as c:
+        c.subscribe(t, qos=0)
+        for i in range(50):
+            c.publish(t, b"%d" % i, qos=0)  # sends; reads nothing
+        for i in range(50):
+            assert c.recv(10).payload == b"%d" % i
+        assert c.dropped == 0 and c.inbox_peak <= 2
