@@ -39,7 +39,7 @@ NOT_IN_311_CORE = frozenset(
         "_session5.py",
         "_session_server.py",
         "_codec_server.py",
-        "_session_ack.py",  # only with Session(manual_ack=True)
+        "_session_ack.py",  # only with Session(manual_ack=True): the clients' choice
         "_tls.py",  # only for a TLS connection
     }
 )
