@@ -319,6 +319,41 @@ def test_json_log_lines_carry_the_fields(json_log: Lines) -> None:
     assert (gone["client_id"], gone["reason_code"]) == ("json-1", 0)
 
 
+def test_configure_text_and_json() -> None:
+    import io
+
+    from fieldline.broker.logs import configure
+
+    logger = logging.getLogger("fieldline")
+    saved = (logger.level, logger.propagate)
+    out = io.StringIO()
+    try:
+        handler = configure("json", "info", out)
+        log = logging.getLogger("fieldline.broker")
+        log.debug("not written")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("failed", extra={"client_id": "c1", "payload": b"\x00"})
+        r = json.loads(out.getvalue())
+        assert (r["level"], r["message"], r["client_id"], r["payload"]) == (
+            "error", "failed", "c1", "b'\\x00'",
+        )  # fmt: skip
+        assert "ValueError: boom" in r["exception"]
+        out.seek(0)
+        out.truncate()
+        assert configure("text", "warning", out) is not handler
+        assert handler not in logger.handlers  # replaced, not added to
+        log.info("not written")
+        log.warning("written")
+        assert out.getvalue().rstrip().endswith(" WARNING fieldline.broker: written")
+    finally:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 # -- configuration and the command ------------------------------------------------------------
 
 
