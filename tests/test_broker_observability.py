@@ -236,6 +236,11 @@ def test_metrics_after_traffic(metrics_broker: BrokerThread) -> None:
     assert value("clients_maximum") == 2
     assert [value("messages_received_total", qos=q) for q in "012"] == [2, 5, 1]
     assert value("publish_received_bytes_total") == 6 * 5 + 1 + 1
+    # To "sub" (QoS 2 subscription): 2 at QoS 0, 3 + the retained one at QoS 1, 1 at 2.
+    assert [value("messages_sent_total", qos=q) for q in "012"] == [2, 4, 1]
+    assert value("publish_sent_bytes_total") == 6 * 5 + 1
+    assert value("received_bytes_total") > value("publish_received_bytes_total")
+    assert value("sent_bytes_total") > value("publish_sent_bytes_total")
     assert value("publish_denied_total") == 1
     assert value("subscriptions") == 2 and value("retained_messages") == 1
     # "away" holds 2 of the 5 QoS 1/2 messages (QoS 0 ones are not kept offline).

@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self._timer = self.loop.call_later(self.config.connect_timeout, self._no_connect)
 
     def data_received(self, data: bytes) -> None:
+        self.broker.counters.bytes_in += len(data)
         self.session.receive_data(data, self.loop.time())
         self._run()
         cs = self.client
@@ -180,6 +181,7 @@ class Connection(asyncio.Protocol):
         """Write what the session queued."""
         data = self.session.data_to_send()
         if data and self.transport is not None and not self._ended:
+            self.broker.counters.bytes_out += len(data)
             self.transport.write(data)
 
     def pump(self) -> None:
@@ -197,6 +199,8 @@ class Connection(asyncio.Protocol):
         room = self.config.max_write_buffer - t.get_write_buffer_size()
         v5 = s.version == 5
         chunks = []
+        sent = self.broker.counters.sent  # PUBLISHes by QoS, bumped in place
+        sent_bytes = 0
         while q and not self._paused and room > 0:
             d = q[0]
             if d.qos and s.inflight >= self.window:
@@ -215,10 +219,15 @@ class Connection(asyncio.Protocol):
             data = s.data_to_send()
             room -= len(data)
             chunks.append(data)
+            sent[d.qos] += 1
+            sent_bytes += len(m.payload)
         data = s.data_to_send()  # anything else queued (acks, SUBACK)
         if data:
             chunks.append(data)
+        c = self.broker.counters
+        c.sent_bytes += sent_bytes
         if chunks:
+            c.bytes_out += sum(len(chunk) for chunk in chunks)
             t.writelines(chunks)
         if q and room <= 0 and not self._paused:
             # The kernel took what the room allowed without the transport

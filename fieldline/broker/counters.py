@@ -20,7 +20,10 @@ class Counters:
     """``connections``: CONNECTs accepted. ``refused``: CONNECTs refused, by the reason
     code of the refusal (MQTT 5.0 numbering, also for 3.1.1 clients). ``received``:
     PUBLISHes received from clients, by QoS; ``received_bytes``: their payload bytes.
-    ``denied``: PUBLISHes refused (ACL, plug-in, ``$SYS``). ``maximum``: the most
+    ``sent``: PUBLISHes sent to clients, by QoS; ``sent_bytes``: their payload bytes.
+    ``bytes_in`` / ``bytes_out``: every byte read from and written to clients (MQTT
+    packets, before TLS or WebSocket framing). ``denied``: PUBLISHes refused (ACL,
+    plug-in, ``$SYS``). ``maximum``: the most
     clients connected at once, as seen by ``stats()`` (Mosquitto counts it the same
     way). ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
     sessions that ended."""
@@ -30,6 +33,10 @@ class Counters:
         self.refused: dict[int, int] = {}
         self.received = [0, 0, 0]
         self.received_bytes = 0
+        self.sent = [0, 0, 0]
+        self.sent_bytes = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.denied = 0
         self.maximum = 0
         self.ended_dropped = 0
@@ -49,10 +56,11 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     """Add to ``out`` (what ``Broker.stats()`` counted so far) the broker-wide counts:
     connections_total, refused (a dict: reason code -> CONNECTs refused with it),
     received (PUBLISHes from clients), received_qos ([QoS 0, 1, 2]), received_bytes
-    (their payloads), denied, clients_maximum, inflight (QoS 1/2 messages sent and not
-    yet acknowledged), offline (sessions without a connection), and dropped_total,
-    expired_total, rate_limited_total (those of ended sessions included: they never go
-    down while the broker runs)."""
+    (their payloads), sent, sent_qos, sent_bytes (the same for PUBLISHes to clients),
+    bytes_in, bytes_out (every packet byte read and written), denied, clients_maximum,
+    inflight (QoS 1/2 messages sent and not yet acknowledged), offline (sessions
+    without a connection), and dropped_total, expired_total, rate_limited_total
+    (those of ended sessions included: they never go down while the broker runs)."""
     c = broker.counters
     c.maximum = max(c.maximum, out["connected"])
     out["connections_total"] = c.connections
@@ -60,6 +68,11 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     out["received"] = sum(c.received)
     out["received_qos"] = list(c.received)
     out["received_bytes"] = c.received_bytes
+    out["sent"] = sum(c.sent)
+    out["sent_qos"] = list(c.sent)
+    out["sent_bytes"] = c.sent_bytes
+    out["bytes_in"] = c.bytes_in
+    out["bytes_out"] = c.bytes_out
     out["denied"] = c.denied
     out["clients_maximum"] = c.maximum
     out["inflight"] = sum(cs.session.inflight for cs in broker.sessions.sessions.values())

@@ -88,6 +88,18 @@ class BrokerCollector:
         yield received
         yield counter("publish_received_bytes", "Payload bytes of the PUBLISHes received",
                       st["received_bytes"])  # fmt: skip
+        sent = CounterMetricFamily(
+            PREFIX + "messages_sent", "PUBLISHes sent to clients, by QoS", labels=["qos"]
+        )
+        for qos, n in enumerate(st["sent_qos"]):
+            sent.add_metric([str(qos)], n)
+        yield sent
+        yield counter("publish_sent_bytes", "Payload bytes of the PUBLISHes sent",
+                      st["sent_bytes"])  # fmt: skip
+        yield counter("received_bytes", "MQTT packet bytes read from clients",
+                      st["bytes_in"])  # fmt: skip
+        yield counter("sent_bytes", "MQTT packet bytes written to clients",
+                      st["bytes_out"])  # fmt: skip
         yield counter("messages_dropped", "Deliveries dropped: queue limits, or too large "
                       "for the client", st["dropped_total"])  # fmt: skip
         yield counter("messages_expired", "Queued deliveries whose Message Expiry Interval "

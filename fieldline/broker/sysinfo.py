@@ -37,6 +37,9 @@ _WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
 # Load topics (under $SYS/broker/load/) and the stats() total each is the rate of.
 _LOADS = (
     ("publish/received", "received"),
+    ("publish/sent", "sent"),
+    ("bytes/received", "bytes_in"),
+    ("bytes/sent", "bytes_out"),
     ("publish/dropped", "dropped_total"),
     ("connections", "connections_total"),
 )
@@ -118,6 +121,10 @@ class SysTopics:
             "publish/messages/received": st["received"],
             "publish/messages/dropped": st["dropped_total"],
             "publish/bytes/received": st["received_bytes"],
+            "publish/messages/sent": st["sent"],
+            "publish/bytes/sent": st["sent_bytes"],
+            "bytes/received": st["bytes_in"],
+            "bytes/sent": st["bytes_out"],
         }
         for name, _ in _LOADS:
             for suffix, _ in _WINDOWS:
