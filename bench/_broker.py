@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,38 @@ def find_tool(name: str, *fallbacks: str) -> str:
     return found
 
 
+def more_files() -> None:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit: for a process that
+    holds thousands of sockets (a load generator; a broker, as ``preexec_fn``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:  # not allowed for the soft one: the kernel's cap
+        hard = int(Path("/proc/sys/fs/nr_open").read_text())
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def vm_rss(pid: int) -> int:
+    """Resident memory in KiB of a running process (VmRSS), 0 once it has exited."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process so far (/proc/PID/stat), 0 once
+    it has exited."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -49,10 +82,15 @@ def free_port() -> int:
 
 
 class Broker:
-    """``with Broker() as b:`` runs mosquitto on ``b.port`` until the block ends."""
+    """``with Broker() as b:`` runs mosquitto on ``b.port`` until the block ends.
 
-    def __init__(self) -> None:
+    ``config``: more lines for its configuration file, after the listener's;
+    ``many_files``: start it with ``more_files()`` (to hold thousands of connections)."""
+
+    def __init__(self, config: tuple[str, ...] = (), many_files: bool = False) -> None:
         self.executable = find_tool("mosquitto", *FALLBACKS)
+        self.config = config
+        self.many_files = many_files
         self.port = 0
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -91,6 +129,7 @@ class Broker:
                         "allow_anonymous true",
                         "persistence false",
                         *LIMITS,
+                        *self.config,
                         f"log_dest file {folder / 'mosquitto.log'}",
                         "log_type error",
                         "log_type warning",
@@ -107,6 +146,7 @@ class Broker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 cwd=folder,
+                preexec_fn=more_files if self.many_files else None,
             )
             deadline = time.monotonic() + START_TIMEOUT
             while time.monotonic() < deadline and self._proc.poll() is None:

@@ -1,33 +1,24 @@
 """MQTT brokers under one load: our ``fieldline broker`` against Mosquitto and amqtt,
 each run as its own process on a free loopback port, measured in the same run.
 
-Rows: QoS 0 fan-in (``FAN`` publishers → 1 subscriber), QoS 1 end to end (1 → 1,
-acknowledged at both ends), QoS 0 fan-out (1 → ``FAN`` subscribers), and the connect
-rate (TCP connect + CONNECT + CONNACK), with the broker's resident memory while it
-holds ``CONNECTS`` idle connections.
-
-The load comes from the same generator processes for every broker (this module run
-with ``gen``): raw non-blocking sockets, one ``selectors`` loop per process, packets
-encoded once by our codec before the clock starts. Publishers stream pre-encoded
-PUBLISH packets (QoS 1: at most ``WINDOW`` unacknowledged); subscribers never decode
-a message: every delivery on a topic is the same number of bytes, so they count
-bytes, check each packet's first two bytes with one slice, and (QoS 1) build the
-PUBACKs with slices. Their Python costs next to nothing per message; what they do
-spend is mostly the kernel's receive path, which grows with the number of TCP segments
-a broker sends. Each generator reports its CPU time, and the broker's is read from
-/proc, so table (c) shows which side was saturated.
-
-All clients speak MQTT 3.1.1 with keep-alive 0 (no PINGREQ in the byte streams).
+Rows: fan-through with Mosquitto's C clients (``mosquitto_pub -l`` → ``mosquitto_sub``)
+at QoS 0 and 1, the goal rows; the same flows and more from our own generators, which
+load a broker harder (QoS 0 fan-in ``FAN_IN`` → 1, QoS 1 1 → 1, QoS 0 fan-out 1 →
+``FAN_OUT``); the connect rate (TCP connect + CONNECT + CONNACK); and each broker's
+resident memory while it holds ``IDLE_CONNECTIONS`` idle connections. The load and
+its processes are in bench/_loadgen.py; each generator reports its CPU time and the
+broker's is read from /proc, so table (c) shows which side was saturated.
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import importlib.metadata
 import os
 import platform
-import selectors
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,372 +27,44 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ._broker import HOST, Broker, free_port
+from ._broker import HOST, Broker, cpu_seconds, find_tool, free_port, more_files, vm_rss
 from ._clientproc import PAYLOAD, WINDOW
-from ._report import Column, Section, Table
-from .clients import Proc
+from ._loadgen import CONCURRENCY, START_TIMEOUT, CFlow, Gen
+from ._report import Column, Section, Table, goal_result
 
 REPO = Path(__file__).resolve().parent.parent
-FAN = 10  # publishers of the fan-in row, subscribers of the fan-out row
-CONNECTS = 1000  # connections per connect round, held open while the RSS is read
-CONCURRENCY = 100  # handshakes in flight at once (below the listen backlogs, 100)
+FAN_IN = 10  # publishers of the fan-in row
+FAN_OUT = 100  # subscribers of the fan-out row
+IDLE_CONNECTIONS = 10_000  # held open while the brokers' RSS is read
+IDLE_LIMIT = 60.0  # seconds a broker gets to accept them; it shows what it reached
+SETTLE = 0.5  # seconds between the last CONNACK and reading the RSS
+IDLE_TIMEOUT = 60.0  # for the "opened" answer, beyond IDLE_LIMIT
+CONNECTS = 1000  # connections per connect-rate round
 REPEATS = 5  # throughput rows: each broker's best of this many rounds ...
 ROUND_TIME = 1.0  # ... of about this many seconds each
 CONNECT_REPEATS = 5  # connect row: each broker's best of this many rounds of CONNECTS
 WARMUP = 2_000  # deliveries in the uncounted first round
-ROUND_MAX = 400_000  # deliveries per round
-QUICK_N = 200  # --quick: one round of this many deliveries, one connect round of QUICK_CONNECTS
+ROUND_MAX = 400_000  # deliveries per round (generators)
+# C clients: Mosquitto 2.0.11 gives every message it holds for a client a packet id, so
+# a subscriber more than 65,535 messages behind loses messages (see bench/clients.py).
+C_ROUND_MAX = 50_000
+QUICK_N = 200  # --quick: one round of this many deliveries per row, and ...
+QUICK_FAN_OUT = 20  # ... these smaller counts
+QUICK_IDLE = 500
 QUICK_CONNECTS = 50
-IDLE = 5.0  # seconds without a byte after which a subscriber reports what it has
-START_TIMEOUT = 30.0
-ROUND_TIMEOUT = 120.0
 
-V311 = 4
-CONNACK_OK = b"\x20\x02\x00\x00"  # 3.1.1 CONNACK, no session present, accepted
-DISCONNECT = b"\xe0\x00"
-PUBACK_FIRST = b"\x40"
-
-# -- the load generator (a separate process: ``gen ROLE ...``) --------------------------
-
-
-def _fail(what: str) -> None:
-    print(f"error {what}", flush=True)
-    os._exit(1)
-
-
-def _say(*words: object) -> None:
-    print(*words, flush=True)
-
-
-def _answer(*words: object) -> None:
-    """An answer to the parent, ending with this process's CPU seconds so far."""
-    _say(*words, sum(os.times()[:2]))
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            _fail(f"broker closed the connection after {data!r}")
-        data += chunk
-    return data
-
-
-def _client(port: int, client_id: str) -> socket.socket:
-    """A connected 3.1.1 client (blocking socket, CONNACK checked)."""
-    from fieldline.mqtt import Connect, encode
-
-    sock = socket.create_connection((HOST, port), timeout=START_TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.sendall(encode(Connect(client_id, keep_alive=0, protocol_level=V311), V311))
-    if (ack := _recv_exactly(sock, 4)) != CONNACK_OK:
-        _fail(f"CONNACK {ack!r}")
-    return sock
-
-
-class Generator:
-    """One process's connections and its ``selectors`` loop; commands come on stdin,
-    one a line, answers go to stdout (see ``publishers``, ``subscribers``,
-    ``connector``)."""
-
-    def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(0, selectors.EVENT_READ, self._stdin)
-        self._line = b""
-        self.on_command: Callable[[list[str]], None] = lambda words: None
-        self.on_idle: Callable[[], None] = lambda: None
-        self.timeout: float | None = None
-
-    def _stdin(self, mask: int) -> None:
-        data = os.read(0, 4096)
-        if not data:
-            os._exit(0)  # the parent went away
-        self._line += data
-        while b"\n" in self._line:
-            line, self._line = self._line.split(b"\n", 1)
-            words = line.decode().split()
-            if words == ["end"]:
-                os._exit(0)
-            self.on_command(words)
-
-    def run(self) -> None:
-        while True:
-            events = self.sel.select(self.timeout)
-            if not events:
-                self.on_idle()
-            for key, mask in events:
-                key.data(mask)
-
-
-def publishers(port: int, n: int, topic: str, qos: int) -> None:
-    """``ready``; then for ``go K`` every connection publishes K messages (QoS 1: at
-    most WINDOW unacknowledged) and, once all are written (QoS 1: acknowledged),
-    prints ``sent T0`` (monotonic clock before the first byte)."""
-    from fieldline.mqtt import Publish, encode
-
-    if qos:
-        # Packet ids 1..65535 in turn: one stream of every id, sent round and round.
-        frames = [encode(Publish(topic, PAYLOAD, 1, packet_id=i), V311) for i in range(1, 65536)]
-    else:
-        frames = [encode(Publish(topic, PAYLOAD, 0), V311)] * 1000
-    size = len(frames[0])
-    blob = memoryview(b"".join(frames))
-    g = Generator()
-    started = [0.0]  # monotonic time of the running "go", 0 when none runs
-
-    class Conn:
-        def __init__(self, i: int) -> None:
-            self.sock = _client(port, f"bench-pub-{os.getpid()}-{i}")
-            self.sock.setblocking(False)
-            self.sent = self.target = 0  # bytes
-            self.acked = 0  # messages
-            self.rx = b""
-            self.writing = False
-
-        def done(self) -> bool:
-            return self.sent == self.target and (not qos or self.acked * size == self.sent)
-
-        def want_write(self, on: bool) -> None:
-            if on != self.writing:
-                self.writing = on
-                mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0)
-                g.sel.modify(self.sock, mask, self.event)
-
-        def event(self, mask: int) -> None:
-            if mask & selectors.EVENT_READ:
-                data = self.sock.recv(1 << 16)
-                if not data:
-                    _fail("the broker closed a publisher's connection")
-                buf = self.rx + data
-                k = len(buf) // 4
-                if buf[0 : 4 * k : 4] != PUBACK_FIRST * k:
-                    _fail(f"expected PUBACKs, got {buf[:16]!r}")
-                self.acked += k
-                self.rx = buf[4 * k :]
-            if mask & selectors.EVENT_WRITE or (qos and not self.writing):
-                left = self.target - self.sent
-                if qos:
-                    left = min(left, (self.acked + WINDOW) * size - self.sent)
-                if left > 0:
-                    off = self.sent % len(blob)
-                    try:
-                        self.sent += self.sock.send(blob[off : off + left])
-                    except BlockingIOError:
-                        pass
-                self.want_write(self.sent < self.target and left > 0)
-            if started[0] and all(c.done() for c in conns):
-                _answer("sent", started[0])
-                started[0] = 0.0
-
-    conns = [Conn(i) for i in range(n)]
-    for c in conns:
-        g.sel.register(c.sock, selectors.EVENT_READ, c.event)
-
-    def command(words: list[str]) -> None:
-        if words[0] != "go":
-            _fail(f"unknown command {words}")
-        started[0] = time.monotonic()
-        for c in conns:
-            c.target += int(words[1]) * size
-            c.want_write(True)
-
-    g.on_command = command
-    _answer("ready")
-    g.run()
-
-
-def subscribers(port: int, n: int, topic: str, qos: int) -> None:
-    """Subscribes n connections to TOPIC at QOS, ``ready``; for ``want TOTAL``
-    prints ``ok``, then ``got TOTAL T`` once every connection has TOTAL messages since
-    it subscribed (T: monotonic clock at the last), or ``got FEWEST T`` if no byte
-    came for IDLE seconds (the broker dropped some)."""
-    from fieldline.mqtt import Publish, Subscribe, Subscription, encode
-
-    frame = encode(Publish(topic, PAYLOAD, qos, packet_id=1 if qos else None), V311)
-    size = len(frame)
-    head = frame[:2]  # fixed header byte and Remaining Length: the same in every one
-    pid = 2 + 2 + len(topic.encode())  # offset of the packet id in a QoS 1 frame
-    if qos and frame[pid : pid + 2] != b"\x00\x01":  # a Remaining Length of 2+ bytes
-        _fail("the packet id is not where the subscriber looks for it")
-    g = Generator()
-    state = {"want": 0, "last": 0.0}
-
-    class Conn:
-        def __init__(self, i: int) -> None:
-            self.sock = _client(port, f"bench-sub-{os.getpid()}-{i}")
-            self.sock.sendall(encode(Subscribe(1, [Subscription(topic, qos)]), V311))
-            suback = _recv_exactly(self.sock, 5)
-            if suback != b"\x90\x03\x00\x01" + bytes([qos]):
-                _fail(f"SUBACK {suback!r}")
-            self.got = 0
-            self.rest = b""
-
-        def event(self, mask: int) -> None:
-            data = self.sock.recv(1 << 18)
-            if not data:
-                _fail("the broker closed a subscriber's connection")
-            state["last"] = time.monotonic()
-            buf = self.rest + data if self.rest else data
-            k = len(buf) // size
-            whole = k * size
-            if buf[0:whole:size] != head[:1] * k or buf[1:whole:size] != head[1:] * k:
-                _fail(f"unexpected packet {buf[:32]!r}")
-            if qos:
-                ack = bytearray(4 * k)
-                ack[0::4] = PUBACK_FIRST * k
-                ack[1::4] = b"\x02" * k
-                ack[2::4] = buf[pid:whole:size]
-                ack[3::4] = buf[pid + 1 : whole : size]
-                self.sock.sendall(ack)
-            self.got += k
-            self.rest = buf[whole:]
-            check()
-
-    conns = [Conn(i) for i in range(n)]
-    for c in conns:
-        g.sel.register(c.sock, selectors.EVENT_READ, c.event)
-
-    def check() -> None:
-        want = state["want"]
-        if want and all(c.got >= want for c in conns):
-            _answer("got", want, state["last"])
-            state["want"] = 0
-            g.timeout = None
-
-    def command(words: list[str]) -> None:
-        if words[0] != "want":
-            _fail(f"unknown command {words}")
-        state["want"] = int(words[1])
-        g.timeout = IDLE
-        _answer("ok")
-        check()
-
-    def idle() -> None:
-        if state["want"]:
-            _answer("got", min(c.got for c in conns), state["last"])
-            state["want"] = 0
-            g.timeout = None
-
-    g.on_command = command
-    g.on_idle = idle
-    _answer("ready")
-    g.run()
-
-
-def connector(port: int) -> None:
-    """For ``open K ROUND`` opens K connections, at most CONCURRENCY handshakes at
-    once, each through TCP connect, CONNECT and CONNACK, keeps them open and prints
-    ``opened T0 T1``; ``close`` sends DISCONNECT on each, closes them, prints
-    ``closed``."""
-    from fieldline.mqtt import Connect, encode
-
-    g = Generator()
-    held: list[socket.socket] = []
-    todo: list[bytes] = []
-    state = {"busy": 0, "t0": 0.0}
-
-    class Handshake:
-        def __init__(self, connect: bytes) -> None:
-            self.connect = connect
-            self.got = b""
-            self.sock = s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            err = s.connect_ex((HOST, port))
-            if err not in (0, errno.EINPROGRESS):
-                _fail(f"connect: {os.strerror(err)}")
-            try:
-                # On loopback the handshake is usually done already: send at once and
-                # skip a wake-up for "writable" (the generator's cost per connection).
-                s.send(connect)
-            except OSError:  # not connected yet (EAGAIN, ENOTCONN): when writable
-                g.sel.register(s, selectors.EVENT_WRITE, self.event)
-            else:
-                g.sel.register(s, selectors.EVENT_READ, self.event)
-
-        def event(self, mask: int) -> None:
-            s = self.sock
-            if mask & selectors.EVENT_WRITE:
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    _fail(f"connect: {os.strerror(err)}")
-                s.send(self.connect)  # a few dozen bytes into an empty buffer
-                g.sel.modify(s, selectors.EVENT_READ, self.event)
-                return
-            data = s.recv(4 - len(self.got))
-            if not data:
-                _fail("the broker closed a connection before CONNACK")
-            self.got += data
-            if len(self.got) < 4:
-                return
-            if self.got != CONNACK_OK:
-                _fail(f"CONNACK {self.got!r}")
-            g.sel.unregister(s)
-            held.append(s)
-            state["busy"] -= 1
-            if todo:
-                start()
-            elif not state["busy"]:
-                _answer("opened", state["t0"], time.monotonic())
-
-    def start() -> None:
-        while todo and state["busy"] < CONCURRENCY:
-            Handshake(todo.pop())
-            state["busy"] += 1
-
-    def command(words: list[str]) -> None:
-        if words[0] == "open":
-            k, r = int(words[1]), words[2]
-            packets = [Connect(f"bench-c{r}-{i}", keep_alive=0, protocol_level=V311)
-                       for i in range(k)]  # fmt: skip
-            todo[:] = [encode(p, V311) for p in packets]
-            state["t0"] = time.monotonic()
-            start()
-        elif words[0] == "close":
-            for s in held:
-                try:
-                    s.send(DISCONNECT)
-                except OSError:
-                    pass
-                s.close()
-            held.clear()
-            _answer("closed")
-        else:
-            _fail(f"unknown command {words}")
-
-    g.on_command = command
-    _answer("ready")
-    g.run()
-
-
-def generator_main(argv: list[str]) -> None:
-    """``gen pub|sub PORT N TOPIC QOS`` or ``gen conn PORT``."""
-    role, port = argv[0], int(argv[1])
-    if role == "conn":
-        connector(port)
-    elif role in ("pub", "sub"):
-        n, topic, qos = int(argv[2]), argv[3], int(argv[4])
-        (publishers if role == "pub" else subscribers)(port, n, topic, qos)
-    else:
-        raise SystemExit(f"unknown role {role!r}")
-
-
-def generator(*args: object) -> Proc:
-    # -c rather than -m: the repository root goes on sys.path whatever the cwd.
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import bench.broker as b; b.gen()"
-    return Proc([sys.executable, "-c", code, *map(str, args)])
-
-
-def gen() -> None:
-    generator_main(sys.argv[1:])
-
+GOAL_RATIO = 0.5  # fan-through with the C clients, QoS 0 and 1: ≥ 0.5× Mosquitto
+GOAL_IDLE = 6 * 1024  # bytes of RSS per idle connection, at most (6 KB read as KiB)
+OURS = ("fieldline", "uvloop")  # the goals' brokers
 
 # -- the brokers ------------------------------------------------------------------------
 
-# Each broker is told to keep every message and never throttle a window, as Mosquitto
-# is by bench/_broker.py (LIMITS).
+# Each broker is told to keep every message, never throttle a window and take any
+# number of connections (Mosquitto: bench/_broker.py's LIMITS and MOSQUITTO_CONFIG);
+# each starts with its RLIMIT_NOFILE raised to the hard limit (more_files).
+MOSQUITTO_CONFIG = ("max_connections -1",)
 FIELDLINE_CONFIG = """\
 max_connections = 0
 max_inflight = 65535
@@ -414,12 +77,13 @@ listeners:
   default:
     type: tcp
     bind: {host}:{port}
+    max_connections: -1
 plugins:
   amqtt.plugins.authentication.AnonymousAuthPlugin:
     allow_anonymous: true
 """
 
-# `fieldline broker` with uvloop: the CLI has no option for it, but asyncio.run()
+# `fieldline broker` with uvloop where the CLI has no --event-loop option: asyncio.run()
 # takes its loop from the policy, so installing uvloop's first runs the same code.
 UVLOOP_LAUNCH = (
     "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
@@ -437,9 +101,11 @@ class Server:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def log(self) -> str:
+    def log(self, head: bool = False) -> str:
+        """The last 3,000 characters of the broker's output (``head``: the first)."""
         path = Path(self._tmp.name) / "broker.log" if self._tmp else None
-        return path.read_text(errors="replace")[-3000:] if path and path.exists() else ""
+        text = path.read_text(errors="replace") if path and path.exists() else ""
+        return text[:3000] if head else text[-3000:]
 
     def __enter__(self) -> Server:
         self._tmp = tempfile.TemporaryDirectory(prefix="fieldline-bench-broker-")
@@ -457,6 +123,7 @@ class Server:
                     stderr=subprocess.STDOUT,
                     cwd=folder,
                     env=env,
+                    preexec_fn=more_files,
                 )
             self.pid = self._proc.pid
             deadline = time.monotonic() + START_TIMEOUT
@@ -486,15 +153,40 @@ class Server:
             self._tmp = None
 
 
+@functools.cache
+def loop_option() -> bool:
+    """Whether this checkout's ``fieldline broker`` takes ``--event-loop`` (and may
+    then run on uvloop by default): each row names its loop if so."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    help_text = subprocess.run(
+        [sys.executable, "-m", "fieldline", "broker", "--help"],
+        capture_output=True, text=True, env=env, timeout=START_TIMEOUT, check=True,
+    ).stdout  # fmt: skip
+    return "--event-loop" in help_text
+
+
 def _fieldline(uvloop: bool) -> Callable[[int, Path], list[str]]:
     def argv(port: int, folder: Path) -> list[str]:
         config = folder / "fieldline.toml"
         config.write_text(FIELDLINE_CONFIG)
-        start = ["-c", UVLOOP_LAUNCH] if uvloop else ["-m", "fieldline"]
         flags = ["broker", "--config", str(config), "--host", HOST, "--port", str(port)]
+        if loop_option():
+            flags += ["--event-loop", "uvloop" if uvloop else "asyncio"]
+        start = ["-c", UVLOOP_LAUNCH] if uvloop and not loop_option() else ["-m", "fieldline"]
         return [sys.executable, *start, *flags]
 
     return argv
+
+
+def _check_loops(running: dict[str, Any]) -> None:
+    """Raises RuntimeError if a fieldline broker says it ran on another event loop
+    than its row's (it says so at start where it has ``--event-loop``)."""
+    for key in OURS:
+        log = running[key].log(head=True) if key in running else ""
+        said = [loop for loop in ("asyncio", "uvloop") if f" on {loop};" in log]
+        want = "uvloop" if key == "uvloop" else "asyncio"
+        if said and said != [want]:
+            raise RuntimeError(f"the {key} row's broker ran on {said}:\n{log}")
 
 
 def _amqtt(port: int, folder: Path) -> list[str]:
@@ -520,7 +212,7 @@ def targets() -> list[Target]:
     """The brokers of this run: Mosquitto first (the reference); amqtt and the uvloop
     row only where their packages are installed."""
     out = [
-        Target("mosquitto", "Mosquitto", Broker),
+        Target("mosquitto", "Mosquitto", lambda: Broker(MOSQUITTO_CONFIG, many_files=True)),
         Target("fieldline", "fieldline", lambda: Server(_fieldline(False))),
     ]
     if _has("uvloop"):
@@ -535,97 +227,54 @@ def targets() -> list[Target]:
 
 @dataclass
 class Result:
-    """Counted rounds of one row: ``deliveries`` in ``seconds`` (by the generators'
-    clocks); over the same rounds, ``wall`` seconds by this process's clock and the CPU
-    seconds the broker and the generators used (to show which one was saturated)."""
+    """Counted rounds of one row: ``deliveries`` in ``seconds`` (by the load's clocks);
+    over the same rounds, ``wall`` seconds by this process's clock and the CPU seconds
+    the broker and the load used (to show which one was saturated)."""
 
     deliveries: int = 0
     seconds: float = 0.0
     wall: float = 0.0
     broker_cpu: float = 0.0
-    generator_cpu: float = 0.0
+    load_cpu: float = 0.0
     lost: int = 0
+    steady: float = 1.0  # the median round's rate over the best's (the machine's noise)
 
     @property
     def rate(self) -> float:
         return self.deliveries / self.seconds
 
-    def add(self, other: Result) -> None:
-        self.deliveries += other.deliveries
-        self.seconds += other.seconds
-        self.wall += other.wall
-        self.broker_cpu += other.broker_cpu
-        self.generator_cpu += other.generator_cpu
-        self.lost += other.lost
-
     def load(self) -> str:
-        """``"broker 99% / generators 40%"`` of one core."""
+        """``"broker 99% / load 40%"`` of one core."""
         w = self.wall
-        return f"{self.broker_cpu / w:.0%} / {self.generator_cpu / w:.0%}"
+        return f"{self.broker_cpu / w:.0%} / {self.load_cpu / w:.0%}"
 
 
-def vm_rss(pid: int) -> int:
-    """Resident memory in KiB of a running process (VmRSS), 0 once it has exited."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process so far (/proc/PID/stat)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Gen:
-    """A generator process seen from here: every answer ends with the process's CPU
-    seconds so far, kept in ``cpu``."""
-
-    def __init__(self, *args: object) -> None:
-        self.proc = generator(*args)
-        self.cpu = 0.0
-
-    def send(self, line: str) -> None:
-        self.proc.send(line)
-
-    def expect(self, word: str, timeout: float = ROUND_TIMEOUT) -> list[str]:
-        words = self.proc.expect(word, timeout)
-        self.cpu = float(words[-1])
-        return words[:-1]
+class Load(Protocol):
+    def cpu_time(self) -> float: ...
 
 
 @contextmanager
-def _generators(*gens: Gen) -> Iterator[None]:
-    """Waits for each to be ready; ends them on the way out."""
+def _metered(r: Result, pid: int, load: tuple[Load, ...]) -> Iterator[None]:
+    """Adds the wall time and the CPU seconds of the block to ``r``."""
+    w0, b0, g0 = time.monotonic(), cpu_seconds(pid), sum(x.cpu_time() for x in load)
+    yield
+    r.wall += time.monotonic() - w0
+    r.broker_cpu += cpu_seconds(pid) - b0
+    r.load_cpu += sum(x.cpu_time() for x in load) - g0
+
+
+@contextmanager
+def _running(*gens: Gen) -> Iterator[None]:
+    """Waits for each generator to be ready; ends them on the way out."""
     try:
         for g in gens:
             g.expect("ready", START_TIMEOUT)
         yield
         for g in gens:
-            g.send("end")
-            g.proc.wait()
+            g.end()
     finally:
         for g in gens:
-            if g.proc.popen.poll() is None:
-                g.proc.popen.kill()
-
-
-@contextmanager
-def _metered(r: Result, pid: int, gens: tuple[Gen, ...]) -> Iterator[None]:
-    """Adds the wall time and the CPU seconds of the block to ``r``."""
-    w0, b0, g0 = time.monotonic(), cpu_seconds(pid), sum(g.cpu for g in gens)
-    yield
-    r.wall += time.monotonic() - w0
-    r.broker_cpu += cpu_seconds(pid) - b0
-    r.generator_cpu += sum(g.cpu for g in gens) - g0
+            g.kill()
 
 
 @dataclass
@@ -635,13 +284,21 @@ class Row:
     pubs: int
     subs: int
     qos: int
+    c: bool = False  # Mosquitto's C clients rather than the generators
 
 
-ROWS = (
-    Row("fan-in", f"QoS 0 fan-in, {FAN} publishers → 1 subscriber", FAN, 1, 0),
-    Row("qos1", "QoS 1 end to end, 1 publisher → 1 subscriber", 1, 1, 1),
-    Row("fan-out", f"QoS 0 fan-out, 1 publisher → {FAN} subscribers", 1, FAN, 0),
-)
+def rows(quick: bool) -> list[Row]:
+    fan_out = QUICK_FAN_OUT if quick else FAN_OUT
+    c = "`mosquitto_pub -l` → `mosquitto_sub` (C clients)"
+    return [
+        Row("c0", f"QoS 0 fan-through, {c}", 1, 1, 0, c=True),
+        Row("c1", f"QoS 1 fan-through, {c}", 1, 1, 1, c=True),
+        Row("fan-in", f"QoS 0 fan-in, {FAN_IN} publishers → 1 subscriber", FAN_IN, 1, 0),
+        Row("qos1", "QoS 1 end to end, 1 publisher → 1 subscriber", 1, 1, 1),
+        Row("fan-out", f"QoS 0 fan-out, 1 publisher → {fan_out} subscribers", 1, fan_out, 0),
+    ]
+
+
 CONNECT_LABEL = f"connect rate: TCP connect + CONNECT + CONNACK, {CONCURRENCY} at once"
 
 
@@ -655,6 +312,7 @@ class Flow:
         topic = f"bench/{row.qos}/{row.pubs}x{row.subs}"
         self.sub = Gen("sub", port, row.subs, topic, row.qos)
         self.pub = Gen("pub", port, row.pubs, topic, row.qos)
+        self.gens = (self.sub, self.pub)
         self.per_sub = 0  # messages each subscriber has been told to expect, in all
         self.lost = 0
 
@@ -665,7 +323,7 @@ class Flow:
         each = max(1, deliveries // (pubs * subs))  # messages per publisher
         self.per_sub += each * pubs
         r = Result()
-        with _metered(r, self.pid, (self.pub, self.sub)):
+        with _metered(r, self.pid, self.gens):
             self.sub.send(f"want {self.per_sub}")
             self.sub.expect("ok")
             self.pub.send(f"go {each}")
@@ -680,10 +338,32 @@ class Flow:
         return r
 
 
+class CClients:
+    """One broker's C clients for a fan-through row (see ``CFlow``)."""
+
+    def __init__(self, tools: tuple[str, str], port: int, pid: int, row: Row) -> None:
+        self.pid = pid
+        self.flow = CFlow(*tools, port, f"bench/c/{row.qos}", row.qos)
+        self.gens: tuple[Gen, ...] = ()
+        self.lost = 0
+
+    def round(self, deliveries: int) -> Result:
+        """``deliveries`` lines through the broker, from before the write to
+        mosquitto_pub's stdin to mosquitto_sub's last line."""
+        r = Result()
+        with _metered(r, self.pid, (self.flow,)):
+            got, t0, t1 = self.flow.round(deliveries)
+        r.lost = deliveries - got
+        self.lost += r.lost
+        r.deliveries, r.seconds = got, t1 - t0
+        return r
+
+
 def _best(results: list[Result]) -> Result:
     """The fastest round, with the losses of all."""
     best = max(results, key=lambda r: r.rate)
     best.lost = sum(r.lost for r in results)
+    best.steady = statistics.median(r.rate for r in results) / best.rate
     return best
 
 
@@ -691,53 +371,97 @@ def throughput(row: Row, brokers: dict[str, Any], quick: bool) -> dict[str, Resu
     """Each broker's best of REPEATS rounds of about ROUND_TIME seconds, the brokers
     taking turns (so a slow spell of this shared machine does not land on one of
     them alone), after a warm-up round each that also sizes their rounds."""
-    flows = {key: Flow(b.port, b.pid, row) for key, b in brokers.items()}
-    with _generators(*(g for f in flows.values() for g in (f.sub, f.pub))):
+    flows: dict[str, Flow | CClients] = {}
+    with ExitStack() as stack:
+        tools = (find_tool("mosquitto_pub"), find_tool("mosquitto_sub"))
+        for key, b in brokers.items():
+            if row.c:
+                flows[key] = c = CClients(tools, b.port, b.pid, row)
+                stack.callback(c.flow.close)
+            else:
+                flows[key] = Flow(b.port, b.pid, row)
+        stack.enter_context(_running(*(g for f in flows.values() for g in f.gens)))
         if quick:
             return {key: f.round(QUICK_N) for key, f in flows.items()}
+        cap = C_ROUND_MAX if row.c else ROUND_MAX
         warm = {key: f.round(WARMUP) for key, f in flows.items()}
         rate = {key: r.rate for key, r in warm.items()}
         results: dict[str, list[Result]] = {key: [] for key in flows}
         for _ in range(REPEATS):
             for key, f in flows.items():
                 if not f.lost:
-                    n = int(min(ROUND_MAX, max(WARMUP, rate[key] * ROUND_TIME)))
+                    n = int(min(cap, max(WARMUP, rate[key] * ROUND_TIME)))
                     results[key].append(f.round(n))
                     rate[key] = results[key][-1].rate
     # A flow that lost messages in its warm-up has only that round to show.
     return {key: _best(rs or [warm[key]]) for key, rs in results.items()}
 
 
-@dataclass
-class Connects:
-    result: Result
-    rss_before: int  # KiB, the broker just started
-    rss_held: int  # KiB, holding CONNECTS idle connections
-
-
-def connect_rate(brokers: dict[str, Any], quick: bool) -> dict[str, Connects]:
+def connect_rate(brokers: dict[str, Any], quick: bool) -> dict[str, Result]:
     """Connections + CONNACKs per second: each broker's best of CONNECT_REPEATS rounds
-    of CONNECTS connections, the brokers taking turns; the first round also reads
-    the broker's VmRSS with them all open."""
-    rss_before = {key: vm_rss(b.pid) for key, b in brokers.items()}
-    rss_held: dict[str, int] = {}
+    of CONNECTS connections, the brokers taking turns."""
     results: dict[str, list[Result]] = {key: [] for key in brokers}
     gens = {key: Gen("conn", b.port) for key, b in brokers.items()}
     size = QUICK_CONNECTS if quick else CONNECTS
-    with _generators(*gens.values()):
+    with _running(*gens.values()):
         for i in range(1 if quick else CONNECT_REPEATS):
             for key, b in brokers.items():
                 conn, r = gens[key], Result()
                 with _metered(r, b.pid, (conn,)):
-                    conn.send(f"open {size} {i}")
-                    _, t0, t1 = conn.expect("opened")
-                if i == 0:
-                    rss_held[key] = vm_rss(b.pid)
+                    conn.send(f"open {size} {i} {IDLE_LIMIT}")
+                    _, n, t0, t1 = conn.expect("opened")
                 conn.send("close")
                 conn.expect("closed")
-                r.deliveries, r.seconds = size, float(t1) - float(t0)
+                r.deliveries, r.seconds = int(n), float(t1) - float(t0)
+                r.lost = size - int(n)
                 results[key].append(r)
-    return {key: Connects(_best(rs), rss_before[key], rss_held[key]) for key, rs in results.items()}
+    return {key: _best(rs) for key, rs in results.items()}
+
+
+@dataclass
+class Idle:
+    rss_before: int  # KiB, the broker just started
+    rss_held: int  # KiB, holding ``held`` idle connections
+    held: int
+    seconds: float  # to open them
+
+    @property
+    def per_connection(self) -> float:
+        """Bytes of RSS per connection held."""
+        return (self.rss_held - self.rss_before) * 1024 / self.held
+
+
+def idle_memory(brokers: dict[str, Any], quick: bool) -> dict[str, Idle]:
+    """Each broker's VmRSS, fresh and then holding IDLE_CONNECTIONS idle connections
+    (or what it accepted in IDLE_LIMIT seconds), one broker after the other."""
+    size = QUICK_IDLE if quick else IDLE_CONNECTIONS
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < size + 100:
+        raise RuntimeError(f"{size:,} connections need more files: `ulimit -Hn` is {hard}")
+    out: dict[str, Idle] = {}
+    for key, b in brokers.items():
+        conn = Gen("conn", b.port)
+        with _running(conn):
+            before = vm_rss(b.pid)
+            conn.send(f"open {size} idle {IDLE_LIMIT}")
+            _, n, t0, t1 = conn.expect("opened", IDLE_LIMIT + IDLE_TIMEOUT)
+            time.sleep(0.1 if quick else SETTLE)
+            out[key] = Idle(before, vm_rss(b.pid), int(n), float(t1) - float(t0))
+            conn.send("close")
+            conn.expect("closed")
+        _quiet(b.pid, 2.0 if quick else 30.0)
+    return out
+
+
+def _quiet(pid: int, limit: float) -> None:
+    """Returns once the process used under 10% of a core for 0.25 s (it has done
+    with the connections just closed), or after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        c0 = cpu_seconds(pid)
+        time.sleep(0.25)
+        if cpu_seconds(pid) - c0 < 0.025:
+            return
 
 
 # -- the section ------------------------------------------------------------------------
@@ -752,83 +476,126 @@ def _versions(keys: list[str]) -> str:
     return ", ".join(parts)
 
 
+def _goal(value: float, goal: float, at_most: bool, shown: str) -> str:
+    """``"≥0.5×: met (1.20× the goal)"``; ``shown``: the goal as the table shows it."""
+    return f"{'≤' if at_most else '≥'}{shown}: {goal_result(value, goal, at_most)}"
+
+
 def run(quick: bool = False) -> Section:
     """Start every broker of ``targets()``, measure them on every row; returns the
-    section. ``quick``: one small round per row (numbers mean nothing)."""
+    section. ``quick``: one small round per row, smaller counts (numbers mean nothing)."""
     brokers = targets()
+    table_rows = rows(quick)
     with ExitStack() as stack:
         running = {t.key: stack.enter_context(t.run()) for t in brokers}
         mosquitto_version = running["mosquitto"].version()
+        _progress("idle connections")
+        idle = idle_memory(running, quick)
         _progress("connect rate")
         connects = connect_rate(running, quick)
         rates: dict[str, dict[str, Result]] = {}
-        for row in ROWS:
+        for row in table_rows:
             _progress(row.key)
             rates[row.key] = throughput(row, running, quick)
+        _check_loops(running)
 
+    ours = [t for t in brokers if t.key in OURS]
     others = [t for t in brokers if t.key != "mosquitto"]
     columns = [Column("row"), Column("Mosquitto msg/s", "rate")]
     for t in others:
         columns += [Column(f"{t.label} msg/s", "rate"), Column(f"{t.label} / Mosquitto", "ratio")]
+    columns.append(Column(f"goal: fieldline ≥ {GOAL_RATIO:g}× Mosquitto"))
     table = Table(columns, caption="**(a) messages per second** (connections per second for "
                   "the connect row), and each broker's ratio to Mosquitto")  # fmt: skip
-    rows = [(row.label, rates[row.key]) for row in ROWS]
-    rows.append((CONNECT_LABEL, {key: c.result for key, c in connects.items()}))
-    for label, results in rows:
+    results_by_row = [(row.label, rates[row.key], row.c) for row in table_rows]
+    results_by_row.append((CONNECT_LABEL, connects, False))
+    for label, results, goal in results_by_row:
         ref = results["mosquitto"].rate
         cells: list[Any] = [label, ref]
         for t in others:
             cells += [results[t.key].rate, results[t.key].rate / ref]
+        ratio = results["fieldline"].rate / ref
+        cells.append(_goal(ratio, GOAL_RATIO, False, f"{GOAL_RATIO:g}×") if goal else "—")
         table.add(*cells)
 
+    held = QUICK_IDLE if quick else IDLE_CONNECTIONS
     memory = Table(
         [
             Column("broker"),
             Column("RSS at start MiB", "kib"),
-            Column(f"RSS with {CONNECTS:,} idle connections MiB", "kib"),
+            Column("RSS holding them MiB", "kib"),
+            Column("connections held", "bytes"),
+            Column("seconds to open them"),
             Column("KiB per connection"),
+            Column(f"goal: ≤ {GOAL_IDLE // 1024} KiB per connection"),
         ],
-        caption=f"**(b) broker memory** (VmRSS) with {CONNECTS:,} idle 3.1.1 connections",
+        caption=f"**(b) broker memory** (VmRSS) holding {held:,} idle 3.1.1 connections",
     )
-    held = QUICK_CONNECTS if quick else CONNECTS
     for t in brokers:
-        c = connects[t.key]
-        memory.add(t.label, c.rss_before, c.rss_held, f"{(c.rss_held - c.rss_before) / held:.1f}")
+        m = idle[t.key]
+        verdict = "—"
+        if t in ours:
+            verdict = _goal(m.per_connection, GOAL_IDLE, True, f"{GOAL_IDLE // 1024} KiB")
+        memory.add(t.label, m.rss_before, m.rss_held, m.held, f"{m.seconds:.1f}",
+                   f"{m.per_connection / 1024:.1f}", verdict)  # fmt: skip
 
     load = Table(
         [Column("row"), *(Column(t.label) for t in brokers)],
-        caption="**(c) where the cores went**: CPU time of the broker / of the load "
-        "generators, as a share of one core during the round in (a) (2 cores in all)",
+        caption="**(c) where the cores went**: CPU time of the broker / of the load (generator "
+        "processes or C clients), as a share of one core during the round in (a) (2 cores in all)",
     )
-    for label, results in rows:
+    for label, results, _ in results_by_row:
         load.add(label, *(results[t.key].load() for t in brokers))
     lost = [
         f"{t.label}, {row.label}: {rates[row.key][t.key].lost:,}"
-        for row in ROWS
+        for row in table_rows
         for t in brokers
         if rates[row.key][t.key].lost
     ]
+    steady = sorted(results[t.key].steady for _, results, _ in results_by_row for t in brokers)
+    short = [f"{t.label} {idle[t.key].held:,}" for t in brokers if idle[t.key].held < held]
     notes = [
         "All brokers run at once, each as its own process on 127.0.0.1, and take turns: "
-        "each gets the same load from its own generator processes (`bench/broker.py`, "
-        f"`gen`): MQTT 3.1.1, keep-alive 0, {len(PAYLOAD)}-byte payloads, one topic per "
-        "row. msg/s = messages delivered to subscribers (fan-out: each copy counts) over "
-        "the time from the publishers' first byte to the subscribers' last message; "
-        f"each figure is the best of {REPEATS} rounds of about {ROUND_TIME:g} s, after a "
-        f"warm-up round. QoS 1: the publisher keeps at most {WINDOW:,} PUBLISHes "
-        "unacknowledged, the subscriber acknowledges every delivery.",
+        f"each gets the same load from its own processes. MQTT 3.1.1, {len(PAYLOAD)}-byte "
+        "payloads, one topic per row. msg/s = messages delivered to subscribers (fan-out: "
+        "each copy counts) over the time from the first byte published to the subscribers' "
+        f"last message; each figure is the best of {REPEATS} rounds of about "
+        f"{ROUND_TIME:g} s, after a warm-up round. QoS 1: at most {WINDOW:,} PUBLISHes "
+        "unacknowledged, every delivery acknowledged.",
+        "Fan-through (the goal rows): one `mosquitto_pub -l -M 1000` that stays connected "
+        "and publishes each line this process writes to its stdin, one `mosquitto_sub` "
+        "subscribed at the same QoS whose output lines this process counts; the time runs "
+        "from before the write to the chunk that brings the last line. Rounds are of at "
+        f"most {C_ROUND_MAX:,} messages (Mosquitto 2.0.11 drops messages for a subscriber "
+        "65,535 behind). The other rows come from our own generator processes "
+        "(`bench/_loadgen.py`: raw sockets, pre-encoded packets, keep-alive 0), which "
+        "spend far less per message than the C clients and so load a broker harder.",
         f"Connect rate: best of {CONNECT_REPEATS} rounds of {CONNECTS:,} connections, at "
         f"most {CONCURRENCY} handshakes in flight; a round's connections stay open until "
-        "all have their CONNACK, then send DISCONNECT and close (not timed). RSS is read "
-        "from `/proc/PID/status` at start and while the first round's connections are "
-        "open.",
+        "all have their CONNACK, then send DISCONNECT and close (not timed). Memory: "
+        f"{held:,} connections opened the same way on each fresh broker in turn "
+        f"(at most {IDLE_LIMIT:g} s each), VmRSS from `/proc/PID/status` before and "
+        f"{SETTLE:g} s after the last CONNACK; KiB per connection = the difference over "
+        "the connections held (KiB = 1,024 bytes; the issue's 6 KB is read as 6 KiB)."
+        + (f" Held fewer: {', '.join(short)}." if short else ""),
         f"Brokers: {mosquitto_version} with `bench/_broker.py`'s limits (no queue limit, "
-        "65,535 in flight); `python -m fieldline broker` with a configuration file of "
-        "`max_inflight = 65535`, no connection limit and queue limits too high to reach; "
-        "`fieldline + uvloop` is the same command started with uvloop's event loop policy "
-        "installed (the CLI has no option for it); amqtt's own command "
-        "(`amqtt.scripts.broker_script`) with one TCP listener and anonymous login, none of "
-        "its other plugins.",
+        "65,535 in flight) and `max_connections -1`; `python -m fieldline broker` with a "
+        "configuration file of `max_inflight = 65535`, `max_connections = 0` (no limit) "
+        "and queue limits too high to reach"
+        + (
+            ", `--event-loop asyncio` for the fieldline row and `--event-loop uvloop` for "
+            "`fieldline + uvloop` (the CLI's default, `auto`, takes uvloop when installed); "
+            if loop_option()
+            else "; `fieldline + uvloop` is the same command started with uvloop's event "
+            "loop policy installed (the CLI has no option for it); "
+        )
+        + "amqtt's own command (`amqtt.scripts.broker_script`) with one TCP listener "
+        "(`max_connections: -1`) and anonymous login, none of its other plugins. Each "
+        "broker and load process starts with RLIMIT_NOFILE raised to the hard limit "
+        f"({resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,} here).",
+        f"Noise: a broker's median round reached {steady[0]:.0%}–{steady[-1]:.0%} of its "
+        f"best round in (a) (median {statistics.median(steady):.0%}); the rest of this "
+        "2-core machine's load is not under the bench's control.",
         "Messages dropped by a broker (not counted in msg/s): "
         + ("; ".join(lost) if lost else "none")
         + ".",

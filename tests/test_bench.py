@@ -89,13 +89,27 @@ def test_splice_appends_a_missing_section() -> None:
 
 
 def test_broker_table_has_its_rows_and_drops_nothing() -> None:
-    """Beyond the generic check above: every broker is in, and none dropped a message."""
+    """Beyond the generic check above: every broker is in, the C-client rows and the
+    goals are there, every broker held every idle connection, none dropped a message."""
     _need("broker")
+    find_tool("mosquitto_pub", hint="install the Debian package mosquitto-clients")
+    find_tool("mosquitto_sub", hint="install the Debian package mosquitto-clients")
     section = run_table("broker", quick=True)
     rates, memory, load = section.tables
     labels = [c.title for c in rates.columns]
     assert labels[1] == "Mosquitto msg/s" and "amqtt / Mosquitto" in labels
-    assert len(rates.rows) == 4 and len(memory.rows) == len(load.rows) == 4
+    assert len(rates.rows) == len(load.rows) == 6 and len(memory.rows) == 4
+    assert [r[0] for r in rates.rows[:2]] == [
+        f"QoS {q} fan-through, `mosquitto_pub -l` → `mosquitto_sub` (C clients)" for q in (0, 1)
+    ]
+    goals = [r[-1] for r in rates.rows]
+    assert all("met (" in str(g) for g in goals[:2]) and set(goals[2:]) == {"—"}
+    by_broker = {r[0]: r for r in memory.rows}
+    assert "met (" in str(by_broker["fieldline"][-1]) and by_broker["Mosquitto"][-1] == "—"
+    from bench.broker import QUICK_IDLE
+
+    held = {r[3] for r in memory.rows}
+    assert held == {QUICK_IDLE}, held  # every broker held every idle connection
     numbers = _numbers(section)
     assert numbers and all(v > 0 for v in numbers), numbers
     assert "dropped by a broker (not counted in msg/s): none." in section.markdown()
