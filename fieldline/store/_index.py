@@ -38,7 +38,7 @@ class Index:
 
     def _first(self, h):
         # The first array slot whose hash is >= h.
-        if bisect_left:
+        if bisect_left is not None:
             return bisect_left(self._hs, h)
         hs = self._hs
         lo = 0
