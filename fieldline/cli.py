@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 import fieldline
@@ -99,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     add(
+        "--event-loop",
+        choices=["auto", "asyncio", "uvloop"],
+        help="the event loop: uvloop when installed (auto, the default), or the one named",
+    )
+    add(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
         help="least important log records written (default warning; info: connections)",
@@ -134,7 +138,7 @@ def _broker(args: argparse.Namespace) -> int:
     from fieldline.broker.config import BrokerConfig, ConfigError
     from fieldline.broker.configfile import apply_flags, load_config
     from fieldline.broker.persist import PersistenceError
-    from fieldline.broker.run import serve
+    from fieldline.broker.run import run
 
     try:
         config = load_config(args.config) if args.config else BrokerConfig()
@@ -162,8 +166,9 @@ def _broker(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_format=args.log_format,
             log_level=args.log_level,
+            event_loop=args.event_loop,
         )
-        asyncio.run(serve(config=config))
+        run(config)
     except ConfigError as e:
         print(f"fieldline broker: {e}", file=sys.stderr)
         return 2

@@ -401,3 +401,16 @@ def kind(request: pytest.FixtureRequest) -> str:
 def arun(coro: Any) -> Any:
     """Run a coroutine on a new event loop, failing after 60 s rather than hanging."""
     return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.fixture(params=["auto", "asyncio"])
+def both_event_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a broker test twice: on the default loop ("auto": uvloop, installed with the
+    bench extra) and on asyncio's own, so both stay covered. Applied per module with
+    ``pytestmark = pytest.mark.usefixtures("both_event_loops")``; a module that starts
+    the broker as a process is not affected."""
+    if request.param == "asyncio":
+        import fieldline.broker.thread as thread
+
+        monkeypatch.setattr(thread, "loop_factory", lambda choice: None)
+    return str(request.param)

@@ -37,6 +37,9 @@ from fieldline.mqtt import (
     Subscription,
 )
 
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 WAIT = 10.0
 
 

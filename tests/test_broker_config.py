@@ -304,3 +304,41 @@ def test_cli_config_errors_exit_2(
     assert proc.returncode == 2
     assert err.startswith("fieldline broker: ") and message in err, err
     assert out == ""
+
+
+@pytest.mark.parametrize("choice", ["auto", "asyncio", "uvloop"])
+def test_cli_event_loop(tmp_path: Path, choice: str) -> None:
+    # uvloop when installed (auto), or the loop named; the summary line says which.
+    try:
+        import uvloop  # noqa: F401
+
+        have_uvloop = True
+    except ImportError:
+        have_uvloop = False
+    path = write(tmp_path, "event_loop = 'asyncio'\n")
+    args = ["--config", str(path)] if choice == "asyncio" else ["--event-loop", choice]
+    proc = run_cli("--port", "0", *args)
+    try:
+        if choice == "uvloop" and not have_uvloop:
+            out, err = proc.communicate(timeout=WAIT)
+            assert proc.returncode == 2 and "uvloop, which is not installed" in err
+            return
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", lines[0]).group(1))  # type: ignore[union-attr]
+        expected = "asyncio" if choice == "asyncio" or not have_uvloop else "uvloop"
+        assert f", on {expected}; Ctrl-C" in lines[1], lines
+        c = Raw(port, "loop")
+        assert c.publish("loop/x", b"1", 1).reason_code == 0x10  # works on it
+        c.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_unknown_event_loop_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown event_loop 'trio'"):
+        load_config(write(tmp_path, "event_loop = 'trio'\n"))

@@ -15,6 +15,9 @@ from test_broker_sessions import wait_for
 from fieldline.broker import BrokerThread
 from fieldline.mqtt import Client, Parser, Subscription
 
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 CONNECT_V5 = b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01x"
 OK = ("ConnAck", 0)
 

@@ -46,6 +46,9 @@ from fieldline.mqtt import (
 )
 from fieldline.mqtt._websocket import UpgradeRefused
 
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 # Listener names of the shared broker, in the order of its listeners.
 NAMES = ["mqtt", "mqtts", "mtls", "ws", "wss"]
 TLS = {"mqtts", "mtls", "wss"}

@@ -12,6 +12,9 @@ from test_broker import WAIT, Closed, Raw, running
 from fieldline.broker import BrokerThread
 from fieldline.mqtt import Client, ConnAck, Disconnect, Subscription, Will
 
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 NEVER = 0xFFFFFFFF
 
 

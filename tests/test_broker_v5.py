@@ -14,6 +14,9 @@ from test_broker_sessions import wait_for
 from fieldline.broker import BrokerThread
 from fieldline.mqtt import Disconnect, PubAck, Subscription
 
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
 
 @pytest.fixture
 def broker() -> Iterator[BrokerThread]:

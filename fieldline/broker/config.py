@@ -28,6 +28,7 @@ FULL = "full"
 DURABILITIES = (NONE, BATCHED, FULL)
 # Log formats and levels of `fieldline broker` (logs.py).
 LOG_FORMATS = ("text", "json")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ANY_PATH = "*"  # a WebSocket listener whose path is this accepts any request target
@@ -154,7 +155,8 @@ class BrokerConfig:
     sysinfo.py). ``metrics_port``: the port of the Prometheus endpoint ``/metrics``,
     on ``host`` (None: none; 0: a free one; see metrics.py). ``log_format``
     (``"text"`` or ``"json"``) and ``log_level``: how ``fieldline broker`` logs
-    (logs.py).
+    (logs.py). ``event_loop``: ``"auto"`` runs on uvloop when it is installed, else
+    on asyncio's own loop; ``"asyncio"`` or ``"uvloop"`` choose (run.py).
     """
 
     host: str = "127.0.0.1"
@@ -186,6 +188,7 @@ class BrokerConfig:
     metrics_port: int | None = None
     log_format: str = "text"
     log_level: str = "warning"
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         if self.queue_policy not in (DROP_OLDEST, DROP_NEW):
@@ -231,6 +234,10 @@ class BrokerConfig:
             raise ConfigError("sys_interval must be 0 (no $SYS topics) or more")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port {self.metrics_port} is out of range (0 to 65535)")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                f"unknown event_loop {self.event_loop!r} (one of {', '.join(EVENT_LOOPS)})"
+            )
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(
                 f"unknown log_format {self.log_format!r} (one of {', '.join(LOG_FORMATS)})"

@@ -112,6 +112,7 @@ def apply_flags(
     metrics_port: int | None = None,
     log_format: str | None = None,
     log_level: str | None = None,
+    event_loop: str | None = None,
 ) -> BrokerConfig:
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
@@ -123,7 +124,8 @@ def apply_flags(
     those limits (None: as configured). ``persistence``, ``durability``,
     ``persist_interval``: the persistence settings (None: as configured).
     ``sys_interval``, ``metrics_port``, ``log_format``, ``log_level``: the
-    observability settings (None: as configured). Raises ConfigError."""
+    observability settings; ``event_loop``: auto, asyncio or uvloop (None: as
+    configured). Raises ConfigError."""
     items = [asdict(listener) for listener in config.all_listeners()]
     default_host = host or config.host
 
@@ -189,6 +191,7 @@ def apply_flags(
         "metrics_port": metrics_port,
         "log_format": log_format,
         "log_level": log_level,
+        "event_loop": event_loop,
     }
     limits.update((k, v) for k, v in observe.items() if v is not None)
     return replace(config, host=default_host, listeners=listeners, **auth, **limits)

@@ -1,14 +1,44 @@
-"""Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does."""
+"""Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does.
+
+The event loop is uvloop's when it is installed (``event_loop = "auto"``): it
+makes each connection cheaper for the broker (docs/benchmarks.md), and the
+broker needs nothing but asyncio's API from it."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from typing import Any
 
-from .config import BrokerConfig
+from .config import BrokerConfig, ConfigError
 from .logs import configure
 from .server import Broker
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``event_loop`` = ``choice`` (None: asyncio's own).
+    Raises ConfigError for "uvloop" when it is not installed."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            msg = "event_loop is uvloop, which is not installed (pip install uvloop)"
+            raise ConfigError(msg) from None
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def run(config: BrokerConfig) -> None:
+    """``serve(config=config)`` on the event loop ``config.event_loop`` names."""
+    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+        runner.run(serve(config=config))
 
 
 async def serve(
@@ -33,7 +63,7 @@ async def serve(
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
     if broker.metrics is not None:
         print(f"fieldline broker: Prometheus metrics on {broker.metrics.url}", flush=True)
-    summary = f"{broker.storage_summary()}, {broker.auth_summary()}"
+    summary = f"{broker.storage_summary()}, {broker.auth_summary()}, on {loop_name(loop)}"
     print(f"fieldline broker: {summary}; Ctrl-C stops it", flush=True)
     try:
         await stop.wait()

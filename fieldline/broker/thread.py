@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .config import Listener
+from .run import loop_factory
 from .server import Broker
 
 T = TypeVar("T")
@@ -85,7 +86,9 @@ class BrokerThread:
         self.stop()
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        factory = loop_factory(self.broker.config.event_loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(self._serve())
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
