@@ -143,6 +143,12 @@ class Passwords:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def share_limit(self, old: Passwords) -> None:
+        """Take ``old``'s limit on concurrent checks (a reload replaces the users, not
+        the cap on memory and threads the checks may take)."""
+        self._limit = old._limit
+        self._dummy = old._dummy
+
     def set(self, username: str, password: bytes) -> None:
         """Add ``username`` or change its password. Raises ValueError for a bad name."""
         check_username(username)

@@ -1,4 +1,5 @@
-"""Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does.
+"""Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does. SIGHUP
+re-reads the password and ACL files (``Broker.reload``), as it does for Mosquitto.
 
 The event loop is uvloop's when it is installed (``event_loop = "auto"``): it
 makes each connection cheaper for the broker (docs/benchmarks.md), and the
@@ -59,6 +60,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    hup = getattr(signal, "SIGHUP", None)  # not on Windows
+    if hup is not None:
+        loop.add_signal_handler(hup, _reload, broker)
     for listener in broker.listening:
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
     if broker.metrics is not None:
@@ -70,5 +74,16 @@ async def serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        if hup is not None:
+            loop.remove_signal_handler(hup)
         await broker.stop()
     print("fieldline broker: stopped", flush=True)
+
+
+def _reload(broker: Broker) -> None:
+    # One line either way, so an operator (or a test) sees that the signal arrived;
+    # what failed is in the log.
+    if broker.reload():
+        print(f"fieldline broker: reloaded, {broker.auth_summary()}", flush=True)
+    else:
+        print("fieldline broker: reload failed, old rules kept (see the log)", flush=True)

@@ -281,6 +281,39 @@ class Broker:
         if self.persist is not None:
             self.persist.touch(cs)
 
+    def reload(self) -> bool:
+        """Read the password file and the ACL file again (``fieldline broker`` does on
+        SIGHUP; call on the broker's loop), so users and rules change without a
+        restart. Connected clients stay connected; the new passwords apply from the
+        next CONNECT, the new ACL at once to every session (its next PUBLISH, SUBSCRIBE
+        and delivery). Returns False if a file could not be read or parsed: that file's
+        old users or rules stay in force (never none: that would let everyone in) and
+        the error is logged; the other file is still reloaded."""
+        cfg = self.config
+        ok = True
+        if cfg.password_file:
+            try:
+                passwords = Passwords.load(cfg.password_file)
+            except ConfigError as e:
+                log.error("reload: %s; the password file read before stays in force", e)
+                ok = False
+            else:
+                if self.passwords is not None:
+                    passwords.share_limit(self.passwords)
+                self.passwords = passwords
+        if cfg.acl_file:
+            try:
+                acl = Acl.load(cfg.acl_file)
+            except ConfigError as e:
+                log.error("reload: %s; the ACL read before stays in force", e)
+                ok = False
+            else:
+                self.acl = acl
+                for cs in self.sessions.sessions.values():
+                    cs.permissions = acl.permissions(cs.username, cs.client_id)
+        log.log(logging.INFO if ok else logging.WARNING, "reload: %s", self.auth_summary())
+        return ok
+
     def auth_summary(self) -> str:
         """How clients are authenticated, for the start-up line."""
         pw = self.passwords

@@ -1,0 +1,174 @@
+"""Re-reading the password and ACL files without a restart: ``Broker.reload()`` in
+process, and SIGHUP to a real ``python -m fieldline broker``. Connected clients stay
+connected; new passwords apply to the next CONNECT, new rules to every session's next
+PUBLISH, SUBSCRIBE and delivery; a file that cannot be parsed keeps the old ones."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+from test_broker import WAIT, running
+from test_broker_auth import BAD_CREDENTIALS, OK, connect, password_file
+
+from fieldline.broker import BrokerThread
+from fieldline.mqtt import Client, PublishRefused
+
+ROOT = Path(__file__).resolve().parent.parent
+NOT_AUTHORIZED = 0x87
+
+ACL_BEFORE = """\
+user alice
+topic readwrite a/#
+user watcher
+topic read #
+"""
+ACL_AFTER = """\
+user alice
+topic readwrite b/#
+user watcher
+topic read b/#
+"""
+
+
+def client(b: BrokerThread, user: str, client_id: str) -> Client:
+    c = Client("127.0.0.1", b.port, client_id=client_id, username=user)
+    c.connect(timeout=WAIT)
+    return c
+
+
+def test_new_acl_applies_to_connected_clients(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_BEFORE)
+    for b in running(acl_file=str(acl)):
+        alice = client(b, "alice", "alice-1")
+        watcher = client(b, "watcher", "watcher-1")
+        try:
+            assert watcher.subscribe("#", qos=1) == [1]
+            alice.publish("a/x", b"before", qos=1)
+            assert watcher.recv(timeout=WAIT).payload == b"before"
+            with pytest.raises(PublishRefused):
+                alice.publish("b/x", b"not yet", qos=1)
+
+            acl.write_text(ACL_AFTER)
+            assert b.call(b.broker.reload) is True
+            # The same connections, the new rules: for PUBLISH...
+            with pytest.raises(PublishRefused) as e:
+                alice.publish("a/x", b"no more", qos=1)
+            assert e.value.reason_code == NOT_AUTHORIZED
+            alice.publish("b/x", b"now", qos=1)
+            # ...for delivery on a subscription made before (a/... is no longer read)...
+            b.call(b.broker.publish, "a/y", b"filtered", 1)
+            b.call(b.broker.publish, "b/y", b"delivered", 1)
+            assert [watcher.recv(timeout=WAIT).payload for _ in range(2)] == [b"now", b"delivered"]
+            # ...and for SUBSCRIBE.
+            assert alice.subscribe([("a/#", 1), ("b/#", 1)]) == [NOT_AUTHORIZED, 1]
+
+            # A broken file keeps the rules in force, and says why.
+            acl.write_text("user alice\ntopic frobnicate a/#\n")
+            with caplog.at_level("ERROR", logger="fieldline.broker"):
+                assert b.call(b.broker.reload) is False
+            assert f"{acl}:2: expected 'topic read|write|readwrite|deny FILTER'" in caplog.text
+            with pytest.raises(PublishRefused):
+                alice.publish("a/x", b"still no", qos=1)
+            alice.publish("b/x", b"still yes", qos=1)
+            assert watcher.recv(timeout=WAIT).payload == b"still yes"
+            acl.unlink()  # a file that is gone: the same
+            assert b.call(b.broker.reload) is False
+            with pytest.raises(PublishRefused):
+                alice.publish("a/x", b"still no", qos=1)
+        finally:
+            alice.disconnect()
+            watcher.disconnect()
+
+
+def test_reload_of_passwords_in_process(tmp_path: Path) -> None:
+    path = password_file(tmp_path / "passwd", alice="old")
+    for b in running(password_file=str(path)):
+        with Client("127.0.0.1", b.port, username="alice", password=b"old") as kept:
+            password_file(path, alice="new", carol="hers")
+            assert b.call(b.broker.reload) is True
+            assert connect(b.port, 5, "alice", "new") == OK
+            assert connect(b.port, 5, "carol", "hers") == OK
+            assert connect(b.port, 5, "alice", "old") == BAD_CREDENTIALS
+            path.write_text("alice\n")  # broken: alice:new and carol stay
+            assert b.call(b.broker.reload) is False
+            assert connect(b.port, 4, "alice", "new") == OK
+            assert connect(b.port, 4, "alice", "old") == BAD_CREDENTIALS
+            kept.publish("still/connected", b"x", qos=1)  # logged in before: not cut
+
+
+# -- SIGHUP to `fieldline broker` ---------------------------------------------------------
+
+
+@pytest.fixture
+def broker_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
+    """``python -m fieldline broker`` with a password file (alice: old) and an ACL file,
+    its stderr in a file; yields the process, the password file and the ACL file."""
+    passwd = password_file(tmp_path / "passwd", alice="old")
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_BEFORE)
+    stderr = (tmp_path / "stderr").open("w")
+    args = ["--port", "0", "--password-file", str(passwd), "--acl-file", str(acl)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fieldline", "broker", *args],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        yield proc, passwd, acl
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        stderr.close()
+
+
+def read_until(out: IO[str], text: str) -> str:
+    for line in out:
+        if text in line:
+            return line
+    raise AssertionError(f"the broker's output ended before {text!r}")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_rereads_the_files(
+    broker_process: tuple[subprocess.Popen[str], Path, Path], tmp_path: Path
+) -> None:
+    proc, passwd, acl = broker_process
+    assert proc.stdout is not None
+    line = read_until(proc.stdout, "mqtt://127.0.0.1:")
+    port = int(line.split("mqtt://127.0.0.1:")[1].split()[0])
+    read_until(proc.stdout, "Ctrl-C stops it")
+    assert connect(port, 5, "alice", "old") == OK
+
+    with Client("127.0.0.1", port, username="alice", password=b"old") as kept:
+        password_file(passwd, alice="new")
+        acl.write_text(ACL_AFTER)
+        proc.send_signal(signal.SIGHUP)
+        line = read_until(proc.stdout, "fieldline broker: reload")
+        assert "reloaded, passwords from" in line and "(1 user)" in line
+        assert connect(port, 5, "alice", "new") == OK
+        assert connect(port, 5, "alice", "old") == BAD_CREDENTIALS
+        assert connect(port, 4, "alice", "old") == BAD_CREDENTIALS
+        # The connection made with the old password stays, under the new ACL.
+        kept.publish("b/x", b"allowed now", qos=1)
+        with pytest.raises(PublishRefused):
+            kept.publish("a/x", b"not any more", qos=1)
+
+    passwd.write_text("alice:not-a-hash\n")
+    proc.send_signal(signal.SIGHUP)
+    assert "reload failed, old rules kept" in read_until(proc.stdout, "fieldline broker: reload")
+    assert connect(port, 5, "alice", "new") == OK
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(WAIT) == 0
+    errors = (tmp_path / "stderr").read_text()
+    assert f"{passwd}:1: user 'alice'" in errors and "stays in force" in errors
