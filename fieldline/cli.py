@@ -10,8 +10,9 @@ import fieldline
 _BROKER_EPILOG = """\
 Flags override the configuration file. --host sets every listener's address; --port,
 --tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
-adding one if there is none; --cert, --key, --ca and --require-certificate apply to every
-TLS listener (mqtts, wss). Without a file or flags: plain MQTT on 127.0.0.1:1883.
+adding one if there is none; --cert, --key, --ca, --require-certificate and
+--use-identity-as-username apply to every TLS listener (mqtts, wss). Without a file or
+flags: plain MQTT on 127.0.0.1:1883.
 With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
 each client reads and writes only the topics its rules allow. --max-connections and
 --max-publish-rate override the limits of the same names. With --persist FILE, retained
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         "--require-certificate",
         action="store_true",
         help="refuse TLS clients without a certificate signed by --ca",
+    )
+    add(
+        "--use-identity-as-username",
+        action="store_true",
+        help="a TLS client's user name is its certificate's CN (no password needed)",
     )
     add("--password-file", metavar="FILE", help="check user names and passwords against FILE")
     add(
@@ -154,6 +160,7 @@ def _broker(args: argparse.Namespace) -> int:
             key=args.key,
             ca=args.ca,
             require_certificate=args.require_certificate,
+            use_identity_as_username=args.use_identity_as_username,
             password_file=args.password_file,
             allow_anonymous=args.allow_anonymous,
             acl_file=args.acl_file,

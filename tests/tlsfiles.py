@@ -70,6 +70,18 @@ class TlsFiles:
     def client_key(self) -> Path:
         return self.client.key
 
+    def issue_client(self, name: str, common_name: str | None) -> Issued:
+        """Another client certificate signed by ``ca_cert``, with subject CN
+        ``common_name`` (None: a subject without one), written as ``name``.crt/.key."""
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        cert, key = issue(ca_cert, ca_key, common_name, client=True)
+        issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+        _write_cert(issued.cert, cert)
+        _write_key(issued.key, key)
+        return issued
+
     def client_context(self, client_cert: bool = False) -> ssl.SSLContext:
         """An ``ssl.SSLContext`` for a client: trusts ``ca_cert`` only, verifies the
         hostname, and presents the client certificate if ``client_cert``.
@@ -106,13 +118,11 @@ def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fieldline tests"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+def _name(common_name: str | None) -> x509.Name:
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fieldline tests")]
+    if common_name is not None:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attributes)
 
 
 def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -152,7 +162,7 @@ def make_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
 def issue(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    common_name: str,
+    common_name: str | None,
     *,
     server_names: Sequence[str] = (),
     client: bool = False,

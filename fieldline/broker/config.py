@@ -50,8 +50,12 @@ class Listener:
     server's certificate chain and private key (PEM), required for mqtts and wss.
     ``ca``: CA certificates (PEM) that client certificates are checked against; a
     client that presents one signed by another CA is refused. ``require_certificate``:
-    refuse clients without a certificate (needs ``ca``). ``path``: the request target
-    a WebSocket client must ask for (``"*"``: any). Raises ConfigError for a bad value.
+    refuse clients without a certificate (needs ``ca``). ``use_identity_as_username``
+    (Mosquitto's name): the client certificate's subject CN is the client's user name,
+    for the ACL file and plug-ins, whatever user name and password the CONNECT holds
+    (the password file is not asked: the TLS handshake proved who it is; needs
+    ``require_certificate``). ``path``: the request target a WebSocket client must ask
+    for (``"*"``: any). Raises ConfigError for a bad value.
     """
 
     kind: str = MQTT
@@ -61,6 +65,7 @@ class Listener:
     key: str | None = None
     ca: str | None = None
     require_certificate: bool = False
+    use_identity_as_username: bool = False
     path: str = "/mqtt"
 
     def __post_init__(self) -> None:
@@ -75,10 +80,19 @@ class Listener:
                 raise ConfigError(f"an {self.kind} listener needs cert and key")
             if self.require_certificate and not self.ca:
                 raise ConfigError("require_certificate needs ca (to check client certificates)")
+            if self.use_identity_as_username and not self.require_certificate:
+                raise ConfigError(
+                    "use_identity_as_username needs require_certificate (every client "
+                    "must have a certificate to take its name from)"
+                )
         elif self.cert or self.key or self.ca or self.require_certificate:
             raise ConfigError(
                 f"cert, key, ca and require_certificate apply to mqtts and wss listeners, "
                 f"not {self.kind}"
+            )
+        elif self.use_identity_as_username:
+            raise ConfigError(
+                f"use_identity_as_username applies to mqtts and wss listeners, not {self.kind}"
             )
         if self.websocket and self.path != ANY_PATH and not self.path.startswith("/"):
             raise ConfigError(f"path {self.path!r} must start with '/' (or be '*': any)")
@@ -105,7 +119,9 @@ class Listener:
             notes.append("WebSocket" + (", any path" if self.path == ANY_PATH else ""))
         if self.tls:
             notes.append(
-                "TLS, client certificate required"
+                "TLS, client certificate required, its CN the user name"
+                if self.use_identity_as_username
+                else "TLS, client certificate required"
                 if self.require_certificate
                 else "TLS, client certificate checked if sent"
                 if self.ca

@@ -100,6 +100,7 @@ def apply_flags(
     key: str | None = None,
     ca: str | None = None,
     require_certificate: bool = False,
+    use_identity_as_username: bool = False,
     password_file: str | None = None,
     allow_anonymous: bool = False,
     acl_file: str | None = None,
@@ -117,10 +118,10 @@ def apply_flags(
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
     mqtts, ws or wss listener, which is added if there is none. ``ws_path``: the path
-    of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``:
-    the TLS settings of every mqtts and wss listener. ``password_file``,
-    ``allow_anonymous`` (True: allow; False: as configured): the authentication
-    settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
+    of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``,
+    ``use_identity_as_username``: the TLS settings of every mqtts and wss listener.
+    ``password_file``, ``allow_anonymous`` (True: allow; False: as configured): the
+    authentication settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
     those limits (None: as configured). ``persistence``, ``durability``,
     ``persist_interval``: the persistence settings (None: as configured).
     ``sys_interval``, ``metrics_port``, ``log_format``, ``log_level``: the
@@ -149,6 +150,7 @@ def apply_flags(
         "key": key,
         "ca": ca,
         "require_certificate": require_certificate or None,
+        "use_identity_as_username": use_identity_as_username or None,
     }
     for name, flag_value in tls_flags.items():
         if flag_value is None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 from fieldline.mqtt import SERVER, LocalProtocolError, RemoteProtocolError, Session, Will
 
 if TYPE_CHECKING:
+    from .config import Listener
     from .server import Broker
     from .sessions import ClientSession
 
@@ -49,11 +50,13 @@ class Connection(asyncio.Protocol):
     towards the client (its Receive Maximum, capped by ours). ``username``: the user
     name of the accepted CONNECT. ``reason``: why it ended, for plug-ins' on_disconnect:
     the reason code of the DISCONNECT the client sent or the broker sent (or, to a
-    3.1.1 client, would have sent); None while open or if none was."""
+    3.1.1 client, would have sent); None while open or if none was. ``listener``: the
+    one it came in on (None: made by hand)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, listener: Listener | None = None) -> None:
         cfg = broker.config
         self.broker = broker
+        self.listener = listener
         self.config = cfg
         self.loop = broker.loop
         self.session = Session(

@@ -3,7 +3,9 @@
 (``on_connect``, ``on_disconnect``, ``on_message``). See docs/broker.md, Plug-ins.
 
 A plug-in needs no base class: the broker looks each method up by name when it starts,
-and calls what it finds, plain or ``async def``. ``Plugins`` holds the plug-ins and
+and calls what it finds, plain or ``async def``. ``authenticate`` gets the client
+certificate as the keyword ``certificate`` only if it declares that parameter (or
+``**kwargs``), so hooks written before it keep working. ``Plugins`` holds the plug-ins and
 asks them in order. A decision is a *verdict*, an int or None:
 
 - None: no plug-in had an opinion (the password file, the anonymous rule or the ACL
@@ -34,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from .config import ConfigError
+from .tls import PeerCertificate
 
 log = logging.getLogger("fieldline.broker")
 
@@ -81,6 +84,9 @@ class Plugins:
         for name in HOOKS:
             found = [(type(p).__name__, getattr(p, name, None)) for p in self.plugins]
             self._hooks[name] = [(label, hook) for label, hook in found if callable(hook)]
+        self._hooks[AUTHENTICATE] = [
+            (label, _with_certificate(hook)) for label, hook in self._hooks[AUTHENTICATE]
+        ]
         self._notes: set[asyncio.Task[None]] = set()
 
     def has(self, name: str) -> bool:
@@ -90,10 +96,16 @@ class Plugins:
     # -- decisions ------------------------------------------------------------------
 
     def authenticate(
-        self, client_id: str, username: str | None, password: bytes | None, peer: str
+        self,
+        client_id: str,
+        username: str | None,
+        password: bytes | None,
+        peer: str,
+        certificate: PeerCertificate | None = None,
     ) -> Verdict | Awaitable[Verdict]:
-        """The verdict on a CONNECT: False means 0x86 Bad user name or password."""
-        args = (client_id, username, password, peer)
+        """The verdict on a CONNECT: False means 0x86 Bad user name or password.
+        ``certificate``: the client's, verified, on a TLS listener with ``ca``."""
+        args = (client_id, username, password, peer, certificate)
         return self.decide(
             AUTHENTICATE, args, BAD_USER_NAME_OR_PASSWORD, SERVER_UNAVAILABLE, CONNACK_REFUSALS
         )
@@ -236,6 +248,34 @@ def load_plugins(
         except Exception as e:
             raise ConfigError(f"plug-in {spec!r}: {name}(...) raised {e!r}") from None
     return out
+
+
+def _with_certificate(hook: Hook) -> Hook:
+    """``hook`` called as ``(client_id, username, password, peer, certificate)``: the
+    certificate passed as a keyword if the hook takes it, left out if not."""
+    if _takes_certificate(hook):
+
+        def call(*args: Any) -> Any:
+            return hook(*args[:4], certificate=args[4])
+    else:
+
+        def call(*args: Any) -> Any:
+            return hook(*args[:4])
+
+    return call
+
+
+def _takes_certificate(hook: Hook) -> bool:
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin, say)
+        return False
+    for p in params:
+        if p.kind == p.VAR_KEYWORD:
+            return True
+        if p.name == "certificate" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            return True
+    return False
 
 
 def _verdict(

@@ -6,6 +6,7 @@ outlives a connection."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import logging
 import socket
@@ -50,7 +51,7 @@ from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .sysinfo import SysTopics, is_sys_topic
-from .tls import server_context
+from .tls import peer_certificate, server_context
 
 if TYPE_CHECKING:
     from .websocket import WebSocketProtocol
@@ -187,11 +188,11 @@ class Broker:
             path = listener.path
 
             def factory() -> asyncio.Protocol:
-                return ws_protocol(Connection(self), path)
+                return ws_protocol(Connection(self, listener), path)
         else:
 
             def factory() -> asyncio.Protocol:
-                return Connection(self)
+                return Connection(self, listener)
 
         timeout = self.config.connect_timeout if ctx is not None else None
         # The listen queue as long as the kernel allows (asyncio's default is 100):
@@ -350,29 +351,48 @@ class Broker:
             # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
             s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
             return
+        listener = conn.listener
+        cert = peer_certificate(conn.transport) if listener and listener.tls else None
+        if listener is not None and listener.use_identity_as_username:
+            # The TLS handshake proved who the client is: its certificate's CN is its
+            # user name, whatever the CONNECT says, and no password is checked.
+            cn = None if cert is None else cert.common_name
+            if not cn:
+                log.warning("%s client id %r: refused, its certificate has no CN", conn.peer,
+                            p.client_id, extra=fields(conn, client_id=p.client_id,
+                            reason_code=NOT_AUTHORIZED))  # fmt: skip
+                self.counters.refuse(NOT_AUTHORIZED)
+                s.reject(NOT_AUTHORIZED)
+                return
+            p = copy.copy(p)  # the session's own stays as it came
+            p.username, p.password = cn, None
         # Plug-ins first, in order; without an opinion from them, the password file and
         # the anonymous rule. The hash takes tens of milliseconds and a plug-in may
         # await: then in a task, the connection held (its later packets wait) until
         # the answer is known.
-        verdict = self.plugins.authenticate(p.client_id, p.username, p.password, conn.peer)
-        if inspect.isawaitable(verdict) or verdict is None and self._password_check(p):
+        verdict = self.plugins.authenticate(p.client_id, p.username, p.password, conn.peer, cert)
+        if inspect.isawaitable(verdict) or verdict is None and self._password_check(conn, p):
             conn.hold()
             self._spawn(self._authenticate(conn, p, verdict))
         else:
             self._connect(conn, p, verdict)
 
-    def _password_check(self, p: Connect) -> bool:
-        # Credentials sent without a password file are ignored.
-        return self.passwords is not None and p.username is not None
+    def _password_check(self, conn: Connection, p: Connect) -> bool:
+        # Credentials sent without a password file are ignored; a certificate's
+        # identity needs no password.
+        if self.passwords is None or p.username is None:
+            return False
+        return conn.listener is None or not conn.listener.use_identity_as_username
 
     async def _authenticate(
         self, conn: Connection, p: Connect, verdict: Verdict | Awaitable[Verdict]
     ) -> None:
         if inspect.isawaitable(verdict):
             verdict = await verdict
-        if verdict is None and self.passwords is not None and p.username is not None:
+        if verdict is None and self._password_check(conn, p):
             if conn.ended:
                 return
+            assert self.passwords is not None
             verdict = await self.passwords.check(p.username, p.password)
         if conn.ended:
             return
@@ -381,8 +401,9 @@ class Broker:
 
     def _connect(self, conn: Connection, p: Connect, verdict: Verdict) -> None:
         if verdict is None:  # no plug-in had an opinion and there was no password to check
+            identity = conn.listener is not None and conn.listener.use_identity_as_username
             anonymous = self.passwords is None or self.config.anonymous
-            verdict = OK if anonymous else NOT_AUTHORIZED
+            verdict = OK if anonymous or identity else NOT_AUTHORIZED
         if verdict == OK:
             self._accept(conn, p)
         else:

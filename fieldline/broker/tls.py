@@ -1,8 +1,13 @@
-"""The server-side SSLContext of an mqtts or wss listener."""
+"""The server-side SSLContext of an mqtts or wss listener, and the client certificate
+a connection presented (``PeerCertificate``), which the broker can take as the client's
+identity (``use_identity_as_username``) and hands to plug-ins' ``authenticate``."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import ssl
+from typing import Any
 
 from .config import ConfigError, Listener
 
@@ -30,6 +35,51 @@ def server_context(listener: Listener) -> ssl.SSLContext:
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
     return ctx
+
+
+class PeerCertificate:
+    """The certificate a client presented and the listener verified against its ``ca``.
+
+    ``info``: the decoded form ``ssl.SSLSocket.getpeercert()`` gives (``subject``,
+    ``issuer``, ``serialNumber``, ``notBefore``, ``notAfter``, ``subjectAltName``);
+    ``der``: the certificate itself, DER (for ``cryptography.x509`` or a pin)."""
+
+    __slots__ = ("der", "info")
+
+    def __init__(self, info: dict[str, Any], der: bytes = b"") -> None:
+        self.info = info
+        self.der = der
+
+    @property
+    def common_name(self) -> str | None:
+        """The subject's first commonName (as Mosquitto takes it), or None."""
+        for rdn in self.info.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        return None
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of ``der``, hex: what to pin a device's certificate by."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"PeerCertificate(common_name={self.common_name!r})"
+
+
+def peer_certificate(transport: asyncio.BaseTransport | None) -> PeerCertificate | None:
+    """The client certificate verified on ``transport`` (a TLS one, or the WebSocket
+    frame transport over it), or None: no TLS, no certificate sent, or none checked
+    (a listener without ``ca``)."""
+    if transport is None:
+        return None
+    info = transport.get_extra_info("peercert")
+    if not info:  # None, or {} when the certificate was not verified
+        return None
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return PeerCertificate(info, der or b"")
 
 
 def _reason(e: OSError) -> str:
