@@ -1,8 +1,8 @@
 """Plug-in hooks (``hooks.py``): authenticate, authorize_publish, authorize_subscribe,
-on_connect, on_disconnect and on_message, plain and ``async``, over real sockets with
-our clients and paho-mqtt (3.1.1 and 5.0) as peers; the hook timeout; plug-ins named in
-the TOML file. The broker runs in a thread: the hooks run there, so the tests wait for
-them with threading events, never with sleeps."""
+on_connect, on_disconnect, on_message, start and stop, plain and ``async``, over real
+sockets with our clients and paho-mqtt (3.1.1 and 5.0) as peers; the hook timeout;
+plug-ins named in the TOML file. The broker runs in a thread: the hooks run there, so
+the tests wait for them with threading events, never with sleeps."""
 
 from __future__ import annotations
 
@@ -708,3 +708,109 @@ def test_plugin_objects_and_keyword() -> None:
         assert broker.broker.plugins.plugins[1] is gate
         assert connect(broker.port, 5, "no") == BAD_CREDENTIALS
     assert not Plugins([Nothing()]).has("authenticate")
+
+
+# -- start and stop ------------------------------------------------------------------------
+
+
+class Hub:
+    """What the hub's plug-in will do: open its database in ``start``, publish from it
+    (retained), authenticate against it, and close it in ``stop``."""
+
+    def __init__(self, log: list[str], name: str = "hub") -> None:
+        self.log = log
+        self.name = name
+        self.db: dict[str, str] | None = None
+        self.broker: Any = None
+
+    async def start(self, broker: Any) -> None:
+        await asyncio.sleep(0)  # opening a database, say
+        self.db = {"sensor-1": "k-1"}
+        self.broker = broker
+        assert broker.listening  # the ports are not open yet, but known
+        broker.publish(f"{self.name}/status", b"up", 1, True)
+        self.log.append(f"start {self.name}")
+
+    async def authenticate(
+        self, client_id: str, username: str | None, password: bytes | None, peer: str
+    ) -> bool | None:
+        assert self.db is not None, "authenticate before start"
+        if username not in self.db:
+            return None
+        return password == self.db[username].encode()
+
+    async def stop(self) -> None:
+        self.broker.publish(f"{self.name}/status", b"down", 1, True)  # still possible
+        self.db = None
+        self.log.append(f"stop {self.name}")
+
+
+class PlainLifecycle:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def start(self, broker: Any) -> None:
+        self.log.append("start plain")
+
+    def stop(self) -> None:
+        self.log.append("stop plain")
+
+
+def test_start_and_stop(tmp_path: Path) -> None:
+    log: list[str] = []
+    hub = Hub(log)
+    db = str(tmp_path / "broker.db")
+    for broker in running(plugins=[hub, PlainLifecycle(log)], persistence=db, durability="full"):
+        assert log == ["start hub", "start plain"]  # in order, before start() returned
+        with Client(broker.host, broker.port, username="sensor-1", password=b"k-1") as c:
+            c.subscribe("hub/status", qos=1)
+            assert c.recv(timeout=WAIT).payload == b"up"  # published from start()
+        assert connect(broker.port, 5, "sensor-1", "wrong") == BAD_CREDENTIALS
+    assert log == ["start hub", "start plain", "stop plain", "stop hub"]  # reverse order
+    # What stop() published is in the persistence file, closed after it.
+    for broker in running(persistence=db):
+        with Client(broker.host, broker.port) as c:
+            c.subscribe("hub/status", qos=1)
+            assert c.recv(timeout=WAIT).payload == b"down"
+
+
+def test_a_start_that_fails_stops_the_start(caplog: pytest.LogCaptureFixture) -> None:
+    log: list[str] = []
+
+    class NoDatabase:
+        async def start(self, broker: Any) -> None:
+            raise OSError("connection refused")
+
+        def stop(self) -> None:
+            log.append("stop NoDatabase")  # never: it did not start
+
+    class Hangs:
+        async def start(self, broker: Any) -> None:
+            await asyncio.Event().wait()
+
+    first = Hub(log, "first")
+    b = BrokerThread("127.0.0.1", 0, plugins=[first, NoDatabase(), Hub(log, "never")])
+    with pytest.raises(ConfigError, match=r"plug-in NoDatabase: start\(\) raised OSError"):
+        b.start()
+    assert log == ["start first", "stop first"]  # the one started before is stopped again
+    b.stop()
+    b = BrokerThread("127.0.0.1", 0, plugins=[Hangs()], hook_timeout=0.2)
+    with pytest.raises(ConfigError, match=r"plug-in Hangs: start\(\) took over 0.2s"):
+        b.start()
+    b.stop()
+
+    class BadStop:
+        def stop(self) -> None:
+            raise RuntimeError("cannot close")
+
+    class SlowStop:
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    log.clear()
+    with caplog.at_level("WARNING", logger="fieldline.broker"):
+        for _ in running(plugins=[Hub(log), BadStop(), SlowStop()], hook_timeout=0.2):
+            pass
+    assert log == ["start hub", "stop hub"]  # the others' errors stop no one
+    assert "plug-in SlowStop.stop took over 0.2s: cancelled" in caplog.text
+    assert "plug-in BadStop.stop raised" in caplog.text

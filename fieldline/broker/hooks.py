@@ -1,6 +1,8 @@
 """Plug-ins: objects whose optional methods the broker calls where it decides something
-(``authenticate``, ``authorize_publish``, ``authorize_subscribe``) and after the fact
-(``on_connect``, ``on_disconnect``, ``on_message``). See docs/broker.md, Plug-ins.
+(``authenticate``, ``authorize_publish``, ``authorize_subscribe``), after the fact
+(``on_connect``, ``on_disconnect``, ``on_message``), and when it starts and stops
+(``start(broker)``, ``stop()``: where a plug-in opens and closes what it needs, such as
+a database, and may publish with ``broker.publish()``). See docs/broker.md, Plug-ins.
 
 A plug-in needs no base class: the broker looks each method up by name when it starts,
 and calls what it finds, plain or ``async def``. ``authenticate`` gets the client
@@ -33,10 +35,13 @@ import importlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError
 from .tls import PeerCertificate
+
+if TYPE_CHECKING:
+    from .server import Broker
 
 log = logging.getLogger("fieldline.broker")
 
@@ -46,6 +51,8 @@ AUTHORIZE_SUBSCRIBE = "authorize_subscribe"
 ON_CONNECT = "on_connect"
 ON_DISCONNECT = "on_disconnect"
 ON_MESSAGE = "on_message"
+START = "start"
+STOP = "stop"
 HOOKS = (
     AUTHENTICATE,
     AUTHORIZE_PUBLISH,
@@ -88,6 +95,7 @@ class Plugins:
             (label, _with_certificate(hook)) for label, hook in self._hooks[AUTHENTICATE]
         ]
         self._notes: set[asyncio.Task[None]] = set()
+        self._started: list[object] = []  # whose stop() is owed, in start order
 
     def has(self, name: str) -> bool:
         """Whether any plug-in has the hook ``name``."""
@@ -187,6 +195,48 @@ class Plugins:
             if verdict is not None:
                 return verdict
         return None
+
+    # -- start and stop ----------------------------------------------------------------
+
+    async def start(self, broker: Broker) -> None:
+        """Call each plug-in's ``start(broker)``, in order, each awaited (``timeout``
+        at most) before the next. Raises ConfigError naming the plug-in whose start
+        raised or took longer; the plug-ins started before it are stopped again."""
+        for plugin in self.plugins:
+            hook = getattr(plugin, START, None)
+            if callable(hook):
+                label = type(plugin).__name__
+                try:
+                    await self._call(hook, broker)
+                except Exception as e:
+                    await self.stop()
+                    if isinstance(e, TimeoutError):
+                        why = f"took over {self.timeout:g}s"
+                    else:
+                        why = f"raised {e!r}"
+                    raise ConfigError(f"plug-in {label}: start() {why}") from e
+            self._started.append(plugin)
+
+    async def stop(self) -> None:
+        """Call ``stop()`` of each plug-in started, in reverse order (what started last
+        may use what started first), each ``timeout`` at most. Errors are logged."""
+        started, self._started = self._started, []
+        for plugin in reversed(started):
+            hook = getattr(plugin, STOP, None)
+            if not callable(hook):
+                continue
+            label = type(plugin).__name__
+            try:
+                await self._call(hook)
+            except TimeoutError:
+                log.warning("plug-in %s.stop took over %gs: cancelled", label, self.timeout)
+            except Exception:
+                log.exception("plug-in %s.stop raised", label)
+
+    async def _call(self, hook: Hook, *args: Any) -> None:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            await asyncio.wait_for(result, self.timeout)
 
     # -- notifications ---------------------------------------------------------------
 

@@ -144,11 +144,12 @@ class Broker:
 
     async def start(self) -> None:
         """Read the password and ACL files, load the plug-ins, load what the
-        persistence file holds and listen on every listener. Raises ConfigError if one
-        of them or a TLS file cannot be used, or a plug-in cannot be loaded (before
-        listening on any), PersistenceError if the persistence file cannot be used,
-        OSError if an address cannot be bound (the listeners already open are closed
-        again)."""
+        persistence file holds, start the plug-ins (their ``start(broker)``: they may
+        publish already) and listen on every listener. Raises ConfigError if one of
+        the files or a TLS file cannot be used, or a plug-in cannot be loaded or
+        started (before listening on any), PersistenceError if the persistence file
+        cannot be used, OSError if an address cannot be bound (the listeners already
+        open are closed again, the plug-ins stopped)."""
         self.loop = asyncio.get_running_loop()
         self._stopping = False
         cfg = self.config
@@ -162,6 +163,7 @@ class Broker:
             self.persist = Persistence(cfg.persistence, cfg.persist_level, cfg.persist_interval)
             self.persist.load(self)
         try:
+            await self.plugins.start(self)
             for listener, ctx in zip(listeners, contexts, strict=True):
                 self._servers.append(await self._listen(listener, ctx))
             if metrics is not None:
@@ -171,6 +173,7 @@ class Broker:
             for server in self._servers:
                 server.close()
             self._servers = []
+            await self.plugins.stop()
             if self.persist is not None:
                 await self.persist.close(self.refused_connections)
                 self.persist = None
@@ -210,7 +213,9 @@ class Broker:
     async def stop(self) -> None:
         """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
         Wills of closed connections are not published: the broker is going away. Waits
-        for the plug-ins' notifications still running (hook_timeout at most)."""
+        for the plug-ins' notifications still running (hook_timeout at most), then
+        calls their ``stop()`` (before the persistence file is closed: what they
+        publish is kept)."""
         self._stopping = True
         if self.sys is not None:
             self.sys.stop()
@@ -226,12 +231,14 @@ class Broker:
             task.cancel()
         for server in servers:
             await server.wait_closed()
+        await self.plugins.drain()
+        await self.plugins.stop()
+        await self.plugins.drain()  # notifications of what stop() published
         for cs in self.sessions.sessions.values():
             cs.cancel_timers()
         if self.persist is not None:
             await self.persist.close(self.refused_connections)
             self.persist = None
-        await self.plugins.drain()
 
     async def __aenter__(self) -> Broker:
         await self.start()
