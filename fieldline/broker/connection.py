@@ -14,7 +14,14 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
-from fieldline.mqtt import SERVER, LocalProtocolError, RemoteProtocolError, Session, Will
+from fieldline.mqtt import (
+    SERVER,
+    Connect,
+    LocalProtocolError,
+    RemoteProtocolError,
+    Session,
+    Will,
+)
 
 if TYPE_CHECKING:
     from .config import Listener
@@ -36,7 +43,6 @@ _AUTH = 15
 _CONNECTED = 2
 _CLOSED = 3
 _DISCONNECT_WITH_WILL = 0x04
-_BAD_AUTHENTICATION_METHOD = 0x8C
 
 # Seconds a closed connection may take to flush before it is cut (a peer that stopped
 # reading would otherwise hold it open).
@@ -51,7 +57,9 @@ class Connection(asyncio.Protocol):
     name of the accepted CONNECT. ``reason``: why it ended, for plug-ins' on_disconnect:
     the reason code of the DISCONNECT the client sent or the broker sent (or, to a
     3.1.1 client, would have sent); None while open or if none was. ``listener``: the
-    one it came in on (None: made by hand)."""
+    one it came in on (None: made by hand). ``auth_connect``: the CONNECT while an
+    MQTT 5.0 enhanced authentication runs; ``auth_step``: that exchange's step (or a
+    re-authentication's); ``auth_handler``: the index of the plug-in running it."""
 
     def __init__(self, broker: Broker, listener: Listener | None = None) -> None:
         cfg = broker.config
@@ -71,6 +79,9 @@ class Connection(asyncio.Protocol):
         self.client: ClientSession | None = None
         self.will: Will | None = None
         self.username: str | None = None
+        self.auth_connect: Connect | None = None
+        self.auth_step = 0
+        self.auth_handler: int | None = None
         self.reason: int | None = None
         self.window = cfg.max_inflight
         self.peer = ""
@@ -155,8 +166,8 @@ class Connection(asyncio.Protocol):
             self._ending(ev.reason_code)
             if ev.reason_code != _DISCONNECT_WITH_WILL:
                 self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
-        elif t == _AUTH:  # no authentication method is offered yet
-            self.close(_BAD_AUTHENTICATION_METHOD)
+        elif t == _AUTH:
+            self.broker.on_auth(self, ev)
 
     def hold(self) -> None:
         """Handle no more events, and stop reading, until release(): the broker is

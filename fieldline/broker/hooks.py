@@ -1,5 +1,6 @@
 """Plug-ins: objects whose optional methods the broker calls where it decides something
-(``authenticate``, ``authorize_publish``, ``authorize_subscribe``), after the fact
+(``authenticate``, ``auth`` for MQTT 5.0 enhanced authentication, ``authorize_publish``,
+``authorize_subscribe``), after the fact
 (``on_connect``, ``on_disconnect``, ``on_message``), and when it starts and stops
 (``start(broker)``, ``stop()``: where a plug-in opens and closes what it needs, such as
 a database, and may publish with ``broker.publish()``). See docs/broker.md, Plug-ins.
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fieldline.broker")
 
 AUTHENTICATE = "authenticate"
+AUTH = "auth"
 AUTHORIZE_PUBLISH = "authorize_publish"
 AUTHORIZE_SUBSCRIBE = "authorize_subscribe"
 ON_CONNECT = "on_connect"
@@ -55,6 +57,7 @@ START = "start"
 STOP = "stop"
 HOOKS = (
     AUTHENTICATE,
+    AUTH,
     AUTHORIZE_PUBLISH,
     AUTHORIZE_SUBSCRIBE,
     ON_CONNECT,
@@ -68,6 +71,7 @@ UNSPECIFIED_ERROR = 0x80
 BAD_USER_NAME_OR_PASSWORD = 0x86
 NOT_AUTHORIZED = 0x87
 SERVER_UNAVAILABLE = 0x88
+CONTINUE_AUTHENTICATION = 0x18  # an auth hook's answer is a challenge: AUTH 0x18
 
 # The refusal codes each answer may carry (MQTT 5.0 2.4): CONNACK, PUBACK/PUBREC, SUBACK.
 CONNACK_REFUSALS = frozenset(
@@ -196,6 +200,37 @@ class Plugins:
                 return verdict
         return None
 
+    async def auth(
+        self, args: tuple[Any, ...], handler: int | None = None
+    ) -> tuple[int | None, Verdict, bytes | None]:
+        """One step of MQTT 5.0 enhanced authentication; ``args`` are ``(client_id,
+        username, method, data, step)``. The plug-in at index ``handler`` (the one that
+        answered step 0) answers; without one, each plug-in's ``auth`` in order until
+        one has an opinion. Returns ``(handler, code, data)``: code None when no plug-in
+        knows the method; CONTINUE_AUTHENTICATION: send ``data`` in AUTH 0x18; 0:
+        success (``data`` goes in the CONNACK or AUTH 0x00); a refusal code. An error,
+        a timeout or an answer that is none of those refuses with 0x88; a handler with
+        no opinion in a later step, with 0x87."""
+        hooks = self._hooks[AUTH]
+        for i in range(len(hooks)) if handler is None else (handler,):
+            label, hook = hooks[i]
+            try:
+                result = hook(*args)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, self.timeout)
+            except TimeoutError:
+                log.warning("plug-in %s.auth took over %gs: refused", label, self.timeout)
+                return i, SERVER_UNAVAILABLE, None
+            except Exception:
+                log.exception("plug-in %s.auth raised: refused", label)
+                return i, SERVER_UNAVAILABLE, None
+            code, data = _auth_answer(label, result)
+            if code is not None:
+                return i, code, data
+            if handler is not None:
+                return i, NOT_AUTHORIZED, None  # it started the exchange: it must end it
+        return None, None, None
+
     # -- start and stop ----------------------------------------------------------------
 
     async def start(self, broker: Broker) -> None:
@@ -313,6 +348,23 @@ def _with_certificate(hook: Hook) -> Hook:
             return hook(*args[:4])
 
     return call
+
+
+def _auth_answer(label: str, result: Any) -> tuple[Verdict, bytes | None]:
+    """An auth hook's answer as ``(code, data)``: bytes continue the exchange, a
+    verdict ends it, ``(verdict, data)`` ends it with data for the client."""
+    if isinstance(result, bytes | bytearray | memoryview):
+        return CONTINUE_AUTHENTICATION, bytes(result)
+    data = None
+    if isinstance(result, tuple) and len(result) == 2:
+        result, data = result
+        if data is not None and not isinstance(data, bytes | bytearray | memoryview):
+            log.error("plug-in %s.auth returned data %r, not bytes: refused", label, data)
+            return SERVER_UNAVAILABLE, None
+        if data is not None:
+            data = bytes(data)
+    code = _verdict(label, AUTH, result, NOT_AUTHORIZED, SERVER_UNAVAILABLE, CONNACK_REFUSALS)
+    return code, data
 
 
 def _takes_certificate(hook: Hook) -> bool:

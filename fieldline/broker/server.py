@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fieldline.mqtt import (
+    Auth,
     Connect,
     LocalProtocolError,
     Publish,
@@ -33,7 +34,9 @@ from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .counters import Counters, add_stats
 from .hooks import (
+    AUTH,
     AUTHENTICATE,
+    CONTINUE_AUTHENTICATION,
     ON_CONNECT,
     ON_DISCONNECT,
     ON_MESSAGE,
@@ -67,6 +70,13 @@ _NOT_AUTHORIZED = 0x87
 _SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
 _CLOSED = 3  # Session.state after a refusing 3.1.1 ack
 _BAD_AUTHENTICATION_METHOD = 0x8C
+_RE_AUTHENTICATE = 0x19
+# The refusal codes a DISCONNECT may carry (MQTT 5.0 3.14.2.1), for a failed
+# re-authentication (MQTT-4.12.1-2).
+_DISCONNECT_REFUSALS = frozenset(
+    b"\x80\x81\x82\x83\x87\x89\x8b\x8d\x8e\x8f\x90\x93\x94\x95\x96\x97\x98\x99\x9a\x9b"
+    b"\x9c\x9d\x9e\x9f\xa0\xa1\xa2"
+)
 _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
 _TOPIC_FILTER_INVALID = 0x8F
@@ -75,6 +85,7 @@ _REFUSALS = {
     BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
     NOT_AUTHORIZED: "not authorized",
     SERVER_UNAVAILABLE: "server unavailable",
+    _BAD_AUTHENTICATION_METHOD: "bad authentication method",
 }
 
 
@@ -344,10 +355,6 @@ class Broker:
 
     def on_connect(self, conn: Connection, p: Connect) -> None:
         s = conn.session
-        if "authentication_method" in (p.properties or {}):
-            self.counters.refuse(_BAD_AUTHENTICATION_METHOD)
-            s.reject(_BAD_AUTHENTICATION_METHOD)  # no enhanced authentication offered yet
-            return
         limit = self.config.max_connections
         if limit and len(self.connections) > limit:  # this connection is one of them
             self.refused_connections += 1
@@ -373,6 +380,18 @@ class Broker:
                 return
             p = copy.copy(p)  # the session's own stays as it came
             p.username, p.password = cn, None
+        props = p.properties or {}
+        method = props.get("authentication_method")
+        if method is not None:
+            # MQTT 5.0 enhanced authentication (4.12): a plug-in's auth hook runs the
+            # exchange and decides alone (no authenticate hook, no password file).
+            if not self.plugins.has(AUTH):
+                self._refuse(conn, p, _BAD_AUTHENTICATION_METHOD)
+                return
+            conn.hold()
+            conn.auth_connect, conn.auth_step, conn.auth_handler = p, 0, None
+            self._spawn(self._auth_step(conn, method, props.get("authentication_data")))
+            return
         # Plug-ins first, in order; without an opinion from them, the password file and
         # the anonymous rule. The hash takes tens of milliseconds and a plug-in may
         # await: then in a task, the connection held (its later packets wait) until
@@ -383,6 +402,52 @@ class Broker:
             self._spawn(self._authenticate(conn, p, verdict))
         else:
             self._connect(conn, p, verdict)
+
+    def on_auth(self, conn: Connection, p: Auth) -> None:
+        """An AUTH from the client (the session checked its method and turn): the next
+        step of the CONNECT's exchange, or the start (0x19) or a step of a
+        re-authentication. The connection waits for the plug-in's answer."""
+        props = p.properties or {}
+        if p.reason_code == _RE_AUTHENTICATE:
+            conn.auth_step = 0  # the plug-in that authenticated the CONNECT answers again
+        else:
+            conn.auth_step += 1
+        conn.hold()
+        method = props.get("authentication_method", "")
+        self._spawn(self._auth_step(conn, method, props.get("authentication_data")))
+
+    async def _auth_step(self, conn: Connection, method: str, data: bytes | None) -> None:
+        p = conn.auth_connect  # None: a re-authentication of an accepted client
+        cs = conn.client
+        client_id = p.client_id if p is not None else cs.client_id if cs is not None else ""
+        username = p.username if p is not None else conn.username
+        args = (client_id, username, method, data, conn.auth_step)
+        handler, code, out = await self.plugins.auth(args, conn.auth_handler)
+        if conn.ended:
+            return
+        conn.auth_handler = handler
+        s = conn.session
+        if code is None:
+            code = _BAD_AUTHENTICATION_METHOD  # no plug-in knows the method
+        if code == CONTINUE_AUTHENTICATION:
+            s.auth(out)  # AUTH 0x18: the client answers with the next step
+        elif p is not None:  # the CONNECT's exchange ends with the CONNACK
+            conn.auth_connect = None
+            if code == OK:
+                self._accept(conn, p, out)
+            else:
+                self._refuse(conn, p, code)
+        elif code == OK:
+            s.auth(out, OK)  # re-authenticated: AUTH 0x00 (4.12.1)
+            log.info("%s client id %r re-authenticated", conn.peer, client_id,
+                     extra=fields(conn))  # fmt: skip
+        else:
+            code = code if code in _DISCONNECT_REFUSALS else NOT_AUTHORIZED
+            log.warning("%s client id %r: re-authentication refused (0x%02X)", conn.peer,
+                        client_id, code, extra=fields(conn, reason_code=code))  # fmt: skip
+            conn.close(code)  # MQTT-4.12.1-2: DISCONNECT with a reason code
+            return
+        conn.release()
 
     def _password_check(self, conn: Connection, p: Connect) -> bool:
         # Credentials sent without a password file are ignored; a certificate's
@@ -431,13 +496,15 @@ class Broker:
                                  reason_code=reason_code))  # fmt: skip
         conn.session.reject(reason_code)  # MQTT-3.2.2-5 (3.1.1: 5 or 4, MQTT-3.2.2-4)
 
-    def _accept(self, conn: Connection, p: Connect) -> None:
+    def _accept(self, conn: Connection, p: Connect, auth_data: bytes | None = None) -> None:
         s = conn.session
         props = p.properties or {}
         v5 = p.protocol_level == _MQTT5
         cfg = self.config
         conn.window = min(cfg.max_inflight, s.peer_receive_maximum)
         answer: dict[str, Any] = {}
+        if auth_data is not None:
+            answer["authentication_data"] = auth_data  # an enhanced exchange's last word
         if v5:
             e = props.get("session_expiry_interval", 0)
             cap = cfg.max_session_expiry
