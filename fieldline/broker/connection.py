@@ -161,13 +161,13 @@ class Connection(asyncio.Protocol):
         elif t == _UNSUBSCRIBE:
             self.broker.on_unsubscribe(self, ev)
         elif t == _CONNECT:
-            self.broker.on_connect(self, ev)
+            self.broker.login.on_connect(self, ev)
         elif t == _DISCONNECT:
             self._ending(ev.reason_code)
             if ev.reason_code != _DISCONNECT_WITH_WILL:
                 self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
         elif t == _AUTH:
-            self.broker.on_auth(self, ev)
+            self.broker.login.on_auth(self, ev)
 
     def hold(self) -> None:
         """Handle no more events, and stop reading, until release(): the broker is

@@ -1,12 +1,11 @@
-"""The broker: its listeners, and what happens on CONNECT, PUBLISH, SUBSCRIBE,
-UNSUBSCRIBE and the end of a connection. Connections (``connection.py``) turn bytes
-into those events; the router decides who gets a message; the session store keeps what
-outlives a connection."""
+"""The broker: its listeners, and what happens on an accepted CONNECT (who may
+connect is login.py's), PUBLISH, SUBSCRIBE, UNSUBSCRIBE and the end of a connection.
+Connections (``connection.py``) turn bytes into those events; the router decides who
+gets a message; the session store keeps what outlives a connection."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import socket
@@ -17,7 +16,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fieldline.mqtt import (
-    Auth,
     Connect,
     LocalProtocolError,
     Publish,
@@ -34,27 +32,24 @@ from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .counters import Counters, add_stats
 from .hooks import (
-    AUTH,
-    AUTHENTICATE,
-    CONTINUE_AUTHENTICATION,
     ON_CONNECT,
     ON_DISCONNECT,
     ON_MESSAGE,
-    SERVER_UNAVAILABLE,
     Plugins,
     Verdict,
     load_plugins,
 )
 from .limits import TokenBucket
+from .login import Login
 from .logs import fields
 from .message import Delivery, Message
 from .metrics import MetricsServer
-from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
+from .passwords import Passwords
 from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .sysinfo import SysTopics, is_sys_topic
-from .tls import peer_certificate, server_context
+from .tls import server_context
 
 if TYPE_CHECKING:
     from .websocket import WebSocketProtocol
@@ -67,26 +62,11 @@ _NO_MATCHING_SUBSCRIBERS = 0x10
 _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
 _NOT_AUTHORIZED = 0x87
-_SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
 _CLOSED = 3  # Session.state after a refusing 3.1.1 ack
-_BAD_AUTHENTICATION_METHOD = 0x8C
-_RE_AUTHENTICATE = 0x19
-# The refusal codes a DISCONNECT may carry (MQTT 5.0 3.14.2.1), for a failed
-# re-authentication (MQTT-4.12.1-2).
-_DISCONNECT_REFUSALS = frozenset(
-    b"\x80\x81\x82\x83\x87\x89\x8b\x8d\x8e\x8f\x90\x93\x94\x95\x96\x97\x98\x99\x9a\x9b"
-    b"\x9c\x9d\x9e\x9f\xa0\xa1\xa2"
-)
 _SERVER_SHUTTING_DOWN = 0x8B
 _SESSION_TAKEN_OVER = 0x8E
 _TOPIC_FILTER_INVALID = 0x8F
 _QUOTA_EXCEEDED = 0x97
-_REFUSALS = {
-    BAD_USER_NAME_OR_PASSWORD: "bad user name or password",
-    NOT_AUTHORIZED: "not authorized",
-    SERVER_UNAVAILABLE: "server unavailable",
-    _BAD_AUTHENTICATION_METHOD: "bad authentication method",
-}
 
 
 class Broker:
@@ -121,6 +101,7 @@ class Broker:
         self.passwords: Passwords | None = None  # read from password_file by start()
         self.acl: Acl | None = None  # read from acl_file by start()
         self.plugins = Plugins()  # made from config.plugins by start()
+        self.login = Login(self)  # who may connect (login.py)
         self.refused_connections = 0  # CONNECTs refused for max_connections
         self.persist: Persistence | None = None  # opened by start() with a persistence file
         self.counters = Counters()  # broker-wide counts (counters.py)
@@ -308,195 +289,23 @@ class Broker:
         and delivery). Returns False if a file could not be read or parsed: that file's
         old users or rules stay in force (never none: that would let everyone in) and
         the error is logged; the other file is still reloaded."""
-        cfg = self.config
-        ok = True
-        if cfg.password_file:
-            try:
-                passwords = Passwords.load(cfg.password_file)
-            except ConfigError as e:
-                log.error("reload: %s; the password file read before stays in force", e)
-                ok = False
-            else:
-                if self.passwords is not None:
-                    passwords.share_limit(self.passwords)
-                self.passwords = passwords
-        if cfg.acl_file:
-            try:
-                acl = Acl.load(cfg.acl_file)
-            except ConfigError as e:
-                log.error("reload: %s; the ACL read before stays in force", e)
-                ok = False
-            else:
-                self.acl = acl
-                for cs in self.sessions.sessions.values():
-                    cs.permissions = acl.permissions(cs.username, cs.client_id)
-        log.log(logging.INFO if ok else logging.WARNING, "reload: %s", self.auth_summary())
-        return ok
+        return self.login.reload()
 
     def auth_summary(self) -> str:
         """How clients are authenticated, for the start-up line."""
-        pw = self.passwords
-        anonymous = "anonymous access" if self.config.anonymous else "anonymous access refused"
-        if pw is None and self.plugins.has(AUTHENTICATE):
-            out = "no password file"  # the plug-ins decide who may connect
-        elif pw is None:
-            out = "anonymous access (no password file)"
-        else:
-            n = len(pw.users)
-            out = f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
-        acl = self.acl
-        if acl is not None:
-            n = len(acl)
-            out += f", ACL from {acl.path} ({n} rule{'' if n == 1 else 's'})"
-        plugins = self.plugins.plugins
-        if plugins:
-            out += ", plug-ins " + ", ".join(type(p).__name__ for p in plugins)
-        return out
+        return self.login.summary()
 
-    def on_connect(self, conn: Connection, p: Connect) -> None:
-        s = conn.session
-        limit = self.config.max_connections
-        if limit and len(self.connections) > limit:  # this connection is one of them
-            self.refused_connections += 1
-            self.counters.refuse(_QUOTA_EXCEEDED)
-            log.warning("%s client id %r: refused, max_connections (%d) reached", conn.peer,
-                        p.client_id, limit, extra=fields(conn, client_id=p.client_id,
-                        reason_code=_QUOTA_EXCEEDED))  # fmt: skip
-            # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
-            s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
-            return
-        listener = conn.listener
-        cert = peer_certificate(conn.transport) if listener and listener.tls else None
-        if listener is not None and listener.use_identity_as_username:
-            # The TLS handshake proved who the client is: its certificate's CN is its
-            # user name, whatever the CONNECT says, and no password is checked.
-            cn = None if cert is None else cert.common_name
-            if not cn:
-                log.warning("%s client id %r: refused, its certificate has no CN", conn.peer,
-                            p.client_id, extra=fields(conn, client_id=p.client_id,
-                            reason_code=NOT_AUTHORIZED))  # fmt: skip
-                self.counters.refuse(NOT_AUTHORIZED)
-                s.reject(NOT_AUTHORIZED)
-                return
-            p = copy.copy(p)  # the session's own stays as it came
-            p.username, p.password = cn, None
-        props = p.properties or {}
-        method = props.get("authentication_method")
-        if method is not None:
-            # MQTT 5.0 enhanced authentication (4.12): a plug-in's auth hook runs the
-            # exchange and decides alone (no authenticate hook, no password file).
-            if not self.plugins.has(AUTH):
-                self._refuse(conn, p, _BAD_AUTHENTICATION_METHOD)
-                return
-            conn.hold()
-            conn.auth_connect, conn.auth_step, conn.auth_handler = p, 0, None
-            self._spawn(self._auth_step(conn, method, props.get("authentication_data")))
-            return
-        # Plug-ins first, in order; without an opinion from them, the password file and
-        # the anonymous rule. The hash takes tens of milliseconds and a plug-in may
-        # await: then in a task, the connection held (its later packets wait) until
-        # the answer is known.
-        verdict = self.plugins.authenticate(p.client_id, p.username, p.password, conn.peer, cert)
-        if inspect.isawaitable(verdict) or verdict is None and self._password_check(conn, p):
-            conn.hold()
-            self._spawn(self._authenticate(conn, p, verdict))
-        else:
-            self._connect(conn, p, verdict)
-
-    def on_auth(self, conn: Connection, p: Auth) -> None:
-        """An AUTH from the client (the session checked its method and turn): the next
-        step of the CONNECT's exchange, or the start (0x19) or a step of a
-        re-authentication. The connection waits for the plug-in's answer."""
-        props = p.properties or {}
-        if p.reason_code == _RE_AUTHENTICATE:
-            conn.auth_step = 0  # the plug-in that authenticated the CONNECT answers again
-        else:
-            conn.auth_step += 1
-        conn.hold()
-        method = props.get("authentication_method", "")
-        self._spawn(self._auth_step(conn, method, props.get("authentication_data")))
-
-    async def _auth_step(self, conn: Connection, method: str, data: bytes | None) -> None:
-        p = conn.auth_connect  # None: a re-authentication of an accepted client
-        cs = conn.client
-        client_id = p.client_id if p is not None else cs.client_id if cs is not None else ""
-        username = p.username if p is not None else conn.username
-        args = (client_id, username, method, data, conn.auth_step)
-        handler, code, out = await self.plugins.auth(args, conn.auth_handler)
-        if conn.ended:
-            return
-        conn.auth_handler = handler
-        s = conn.session
-        if code is None:
-            code = _BAD_AUTHENTICATION_METHOD  # no plug-in knows the method
-        if code == CONTINUE_AUTHENTICATION:
-            s.auth(out)  # AUTH 0x18: the client answers with the next step
-        elif p is not None:  # the CONNECT's exchange ends with the CONNACK
-            conn.auth_connect = None
-            if code == OK:
-                self._accept(conn, p, out)
-            else:
-                self._refuse(conn, p, code)
-        elif code == OK:
-            s.auth(out, OK)  # re-authenticated: AUTH 0x00 (4.12.1)
-            log.info("%s client id %r re-authenticated", conn.peer, client_id,
-                     extra=fields(conn))  # fmt: skip
-        else:
-            code = code if code in _DISCONNECT_REFUSALS else NOT_AUTHORIZED
-            log.warning("%s client id %r: re-authentication refused (0x%02X)", conn.peer,
-                        client_id, code, extra=fields(conn, reason_code=code))  # fmt: skip
-            conn.close(code)  # MQTT-4.12.1-2: DISCONNECT with a reason code
-            return
-        conn.release()
-
-    def _password_check(self, conn: Connection, p: Connect) -> bool:
-        # Credentials sent without a password file are ignored; a certificate's
-        # identity needs no password.
-        if self.passwords is None or p.username is None:
-            return False
-        return conn.listener is None or not conn.listener.use_identity_as_username
-
-    async def _authenticate(
-        self, conn: Connection, p: Connect, verdict: Verdict | Awaitable[Verdict]
-    ) -> None:
-        if inspect.isawaitable(verdict):
-            verdict = await verdict
-        if verdict is None and self._password_check(conn, p):
-            if conn.ended:
-                return
-            assert self.passwords is not None
-            verdict = await self.passwords.check(p.username, p.password)
-        if conn.ended:
-            return
-        self._connect(conn, p, verdict)
-        conn.release()
-
-    def _connect(self, conn: Connection, p: Connect, verdict: Verdict) -> None:
-        if verdict is None:  # no plug-in had an opinion and there was no password to check
-            identity = conn.listener is not None and conn.listener.use_identity_as_username
-            anonymous = self.passwords is None or self.config.anonymous
-            verdict = OK if anonymous or identity else NOT_AUTHORIZED
-        if verdict == OK:
-            self._accept(conn, p)
-        else:
-            self._refuse(conn, p, verdict)
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` (a decision a connection waits for) in a task stop() cancels."""
         task = self.loop.create_task(coro)
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
-    def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:
-        # Never log the password.
-        who = "no user name" if p.username is None else f"user {p.username!r}"
-        why = _REFUSALS.get(reason_code) or f"reason code 0x{reason_code:02X}"
-        self.counters.refuse(reason_code)
-        log.warning("%s client id %r, %s: refused, %s", conn.peer, p.client_id, who, why,
-                    extra=fields(conn, client_id=p.client_id, username=p.username,
-                                 reason_code=reason_code))  # fmt: skip
-        conn.session.reject(reason_code)  # MQTT-3.2.2-5 (3.1.1: 5 or 4, MQTT-3.2.2-4)
-
-    def _accept(self, conn: Connection, p: Connect, auth_data: bytes | None = None) -> None:
+    def accept(self, conn: Connection, p: Connect, auth_data: bytes | None = None) -> None:
+        """Accept the CONNECT ``p`` that login.py let in (``p.username`` is the client's
+        user name: a certificate's CN, maybe): take over or resume its session, answer
+        with CONNACK (carrying ``auth_data``, an enhanced authentication's last word)
+        and start delivering."""
         s = conn.session
         props = p.properties or {}
         v5 = p.protocol_level == _MQTT5
@@ -605,7 +414,7 @@ class Broker:
         )
         if inspect.isawaitable(verdict):
             conn.hold()  # its later packets wait: they stay in order
-            self._spawn(self._publish_later(conn, cs, p, verdict))
+            self.spawn(self._publish_later(conn, cs, p, verdict))
         else:
             self._publish(conn, cs, p, verdict)
 
@@ -699,7 +508,7 @@ class Broker:
             verdicts.append(verdict)
         if any(inspect.isawaitable(v) for v in verdicts):
             conn.hold()  # its later packets wait: they stay in order
-            self._spawn(self._subscribe_later(conn, cs, p, verdicts))
+            self.spawn(self._subscribe_later(conn, cs, p, verdicts))
         else:
             self._subscribe(conn, cs, p, cast(list[Verdict], verdicts))  # none awaitable
 
