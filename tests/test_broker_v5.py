@@ -1,6 +1,6 @@
 """MQTT 5.0 routing in the broker: shared subscriptions, subscription identifiers,
 no-local, overlapping subscriptions, Receive Maximum both ways, Maximum Packet Size both
-ways, message expiry."""
+ways, message expiry, topic aliases from clients."""
 
 from __future__ import annotations
 
@@ -140,3 +140,45 @@ def test_puback_reason_is_success(broker: BrokerThread) -> None:
     ack = c.publish("nobody/listens", b"x", 1)
     assert isinstance(ack, PubAck) and ack.reason_code in (0, 0x10)
     c.close()
+
+
+def test_topic_aliases_from_a_client(broker: BrokerThread) -> None:
+    # The broker grants aliases (Topic Alias Maximum in its CONNACK); a client that
+    # uses them (our session's automatic aliases: the topic goes once, then only its
+    # alias) has every message delivered under the full topic name.
+    sub = Raw(broker.port, "alias-sub")
+    sub.subscribe(Subscription("al/#", 1))
+    pub = Raw(broker.port, "alias-pub", auto_alias=True)
+    try:
+        assert pub.connack.properties["topic_alias_maximum"] >= 1
+        sent: list[bytes] = []
+        for i in range(3):
+            pub.session.publish("al/x", b"%d" % i, 1)
+            sent.append(pub.session.data_to_send())
+            pub.sock.sendall(sent[-1])
+            assert isinstance(pub.next(), PubAck)
+        assert b"al/x" in sent[0] and all(b"al/x" not in s for s in sent[1:])  # alias only
+        got = sub.messages(3)
+        assert [(m.topic, m.payload) for m in got] == [
+            ("al/x", b"0"),
+            ("al/x", b"1"),
+            ("al/x", b"2"),
+        ]
+        assert all("topic_alias" not in (m.properties or {}) for m in got)  # hop-only
+    finally:
+        pub.close()
+        sub.close()
+
+
+def test_topic_alias_over_the_maximum_is_a_protocol_error(broker: BrokerThread) -> None:
+    from fieldline.mqtt import Publish, encode
+
+    c = Raw(broker.port, "alias-bad")
+    try:
+        maximum = c.connack.properties["topic_alias_maximum"]
+        bad = Publish("al/y", b"x", 0, properties={"topic_alias": maximum + 1})
+        c.sock.sendall(encode(bad, 5))
+        ev = c.next()
+        assert isinstance(ev, Disconnect) and ev.reason_code == 0x94  # Topic Alias invalid
+    finally:
+        c.close()
