@@ -309,3 +309,27 @@ def test_refusal_is_logged_without_the_password(
     assert "user 'alice': refused, bad user name or password" in text
     assert "no user name: refused, not authorized" in text
     assert "not-her-password" not in text
+
+
+def test_anonymous_access_only_on_loopback_by_default() -> None:
+    # Without a password file, a broker others can reach is closed until its
+    # configuration opens it (as Mosquitto 2): loopback listeners are open.
+    assert BrokerConfig().anonymous
+    assert BrokerConfig(host="localhost").anonymous and BrokerConfig(host="::1").anonymous
+    for host in ("0.0.0.0", "::", "192.0.2.7", "broker.example"):
+        assert not BrokerConfig(host=host).anonymous, host
+        assert BrokerConfig(host=host, allow_anonymous=True).anonymous
+    lan = Listener("mqtt", "0.0.0.0", 0)
+    assert not BrokerConfig(listeners=[Listener("mqtt", "127.0.0.1", 0), lan]).anonymous
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_broker_listening_beyond_loopback_refuses_anonymous_clients(version: int) -> None:
+    with BrokerThread("0.0.0.0", 0) as b:
+        assert "every client refused" in b.broker.auth_summary()
+        c = Client("127.0.0.1", b.port, version=version, timeout=WAIT, reconnect=False)
+        with pytest.raises(NotAuthorized):
+            c.connect()
+    with BrokerThread("0.0.0.0", 0, allow_anonymous=True) as b:
+        with Client("127.0.0.1", b.port, version=version, timeout=WAIT) as c:
+            c.publish("open/x", b"1", qos=1)

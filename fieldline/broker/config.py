@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,16 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ANY_PATH = "*"  # a WebSocket listener whose path is this accepts any request target
 _KIND_DEFAULT = -1  # Listener.port not given: the kind's default port
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 class ConfigError(ValueError):
@@ -282,9 +293,14 @@ class BrokerConfig:
 
     @property
     def anonymous(self) -> bool:
-        """Whether clients without a user name are accepted."""
+        """Whether clients are accepted with no credentials checked: as
+        ``allow_anonymous`` says, else only by a broker without a password file that
+        listens on loopback alone. As Mosquitto 2 does, a broker others can reach
+        from the network is closed until its configuration opens it."""
         if self.allow_anonymous is None:
-            return not self.password_file
+            return not self.password_file and all(
+                _loopback(listener.host) for listener in self.all_listeners()
+            )
         return self.allow_anonymous
 
     @property

@@ -92,8 +92,11 @@ class Login:
         anonymous = "anonymous access" if b.config.anonymous else "anonymous access refused"
         if pw is None and b.plugins.has(AUTHENTICATE):
             out = "no password file"  # the plug-ins decide who may connect
-        elif pw is None:
+        elif pw is None and b.config.anonymous:
             out = "anonymous access (no password file)"
+        elif pw is None:  # listening beyond loopback, nothing configured: closed
+            out = "no password file and not on loopback only: every client refused "
+            out += "(set a password_file, or allow_anonymous = true)"
         else:
             n = len(pw.users)
             out = f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
@@ -231,7 +234,7 @@ class Login:
     def _connect(self, conn: Connection, p: Connect, verdict: Verdict) -> None:
         if verdict is None:  # no plug-in had an opinion and there was no password to check
             identity = conn.listener is not None and conn.listener.use_identity_as_username
-            anonymous = self.broker.passwords is None or self.broker.config.anonymous
+            anonymous = self.broker.config.anonymous
             verdict = OK if anonymous or identity else NOT_AUTHORIZED
         if verdict == OK:
             self.broker.accept(conn, p)
