@@ -450,7 +450,7 @@ def _core_and_client(name: str) -> bool:
     # its CPython-only loop_start() threads, nor the asyncio client), plus the
     # manual-ack session part: the clients acknowledge QoS 1/2 only once the
     # application has a message, so they load it on the first one.
-    if name in ("_client.py", "_client_base.py", "_session_ack.py"):
+    if name in ("_client.py", "_client_base.py", "_client_inbox.py", "_session_ack.py"):
         return True
     return name not in NOT_IN_311_CORE and not name.startswith(ADAPTER_PREFIXES)
 

@@ -11,13 +11,8 @@ and ``messages()`` returns a plain async iterator.
 
 import asyncio
 
-from ._client_base import (
-    BaseClient,
-    ConnectionLost,
-    MQTTTimeout,
-    ack_error,
-    clock,
-)
+from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published
+from ._client_inbox import Fifo, clock
 from ._errors import MQTTError
 
 try:
@@ -62,7 +57,7 @@ class _Stream:
     def __init__(self, client, topic_filter):
         self._client = client
         self._filter = topic_filter
-        self._queue = client._inbox if topic_filter is None else []
+        self._queue = client._inbox if topic_filter is None else Fifo()
         self._event = client._inbox_event if topic_filter is None else asyncio.Event()
         if topic_filter is not None:
             client._routes.append([topic_filter, self])
@@ -81,7 +76,7 @@ class _Stream:
                 raise StopAsyncIteration
             self._event.clear()
             await self._event.wait()
-        message = self._queue.pop(0)
+        message = self._queue.take()
         self._client._taken(message, self._queue)
         return message
 
@@ -94,7 +89,7 @@ class _Stream:
                 routes.remove(r)
                 q = self._queue
                 while q:
-                    c._taken(q.pop(0), q)
+                    c._taken(q.take(), q)
                 break
 
 
@@ -241,13 +236,7 @@ class AsyncClient(BaseClient):
                 await _within(self.timeout, w.wait_closed())  # TLS waits for the peer
             except (OSError, AttributeError, asyncio.TimeoutError):
                 pass
-        was_up = self._was_up
-        self._was_up = False
-        self.session.connection_lost(self._now())
-        if error is not None:
-            self._error = error
-            if was_up and self.on_disconnect is not None:
-                self._call(self.on_disconnect, error)
+        self._closed(error)
         self._wake_all()
 
     def _wake_all(self):
@@ -317,7 +306,7 @@ class AsyncClient(BaseClient):
                     await self._open(False, self.timeout)
                 except (OSError, MQTTError, asyncio.TimeoutError) as e:
                     self._error = e
-                    self._retry_at = clock() + self._backoff()
+                    self._retry_later()
                 continue
             try:
                 await self._io()
@@ -329,7 +318,7 @@ class AsyncClient(BaseClient):
                 except (OSError, MQTTError):
                     pass
                 await self._close(e)
-                self._retry_at = clock() + self._backoff()
+                self._retry_later()
 
     async def _io(self):
         s = self.session
@@ -382,7 +371,8 @@ class AsyncClient(BaseClient):
             except asyncio.TimeoutError:
                 pass
 
-    def _wake_reader(self):
+    def _notify(self):
+        # A place is free: a reader paused for one may go on.
         self._space.set()
 
     def _taken(self, message, more=None):
@@ -444,11 +434,7 @@ class AsyncClient(BaseClient):
         if pid is None or timeout == 0:
             await self._send_soon(pid is not None)  # a QoS 1/2 message is sent again anyway
             return None
-        ack = await self._ack(pid, t)
-        e = ack_error(ack, "publish refused")
-        if e is not None:
-            raise e
-        return ack
+        return published(await self._ack(pid, t))
 
     async def _ack(self, pid, t, request=False):
         # Wait for the ack of ``pid``. A QoS 1/2 message survives a lost
@@ -512,9 +498,7 @@ class AsyncClient(BaseClient):
         """Subscribe and wait for the SUBACK; returns its reason codes (the
         granted QoS, or a failure code >= 0x80, per filter). Arguments as
         for ``Client.subscribe``."""
-        if isinstance(subscriptions, str):
-            subscriptions = (subscriptions, qos)
-        subs = self._remember(subscriptions, properties, callback)
+        subs = self._remember(subscriptions, qos, properties, callback)
         return await self._request(self.session.subscribe, subs, properties, timeout)
 
     async def unsubscribe(self, topic_filters, properties=None, timeout=None):
@@ -530,11 +514,13 @@ class AsyncClient(BaseClient):
     async def request(self, topic, payload=b"", qos=1, properties=None, timeout=None):
         """MQTT 5.0 request/response, as ``Client.request``: publish with our
         Response Topic and fresh Correlation Data; return the response."""
+        from ._client_request import prepare
+
         t = self._t(timeout)
         deadline = clock() + t
-        props, corr = self._request_properties(properties)
-        if self._reply_topic not in self._subs:
-            await self.subscribe(self._reply_topic, 1, None, self._take_response, t)
+        props, corr, route = prepare(self, properties)
+        if route is not None:
+            await self.subscribe(self._reply_topic, 1, None, route, t)
         w = self._responses[corr] = _Waiter()
         try:
             await self.publish(topic, payload, qos, False, props, max(0.001, deadline - clock()))
@@ -549,7 +535,9 @@ class AsyncClient(BaseClient):
     async def respond(self, request, payload=b"", qos=1, properties=None, timeout=None):
         """Answer the message ``request``: publish ``payload`` to its Response
         Topic with its Correlation Data."""
-        topic, props = self._reply(request, properties)
+        from ._client_request import reply
+
+        topic, props = reply(request, properties)
         return await self.publish(topic, payload, qos, False, props, timeout)
 
     def _got_response(self, corr, msg):

@@ -17,7 +17,8 @@ wait for the ack without deadlocking.
 
 from time import sleep
 
-from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, ack_error, clock
+from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published
+from ._client_inbox import clock
 from ._errors import MQTTError
 
 try:
@@ -175,23 +176,16 @@ class Client(BaseClient):
                 sock.close()
             except OSError:
                 pass
-        was_up = self._was_up
-        self._was_up = False
         for pid in self._requests:
             self._done[pid] = False
-        self.session.connection_lost(self._now())
-        if error is not None:
-            self._error = error
-            if was_up and self.on_disconnect is not None:
-                self._call(self.on_disconnect, error)
-        if self._cond is not None:
-            self._cond.notify_all()
+        self._closed(error)
+        self._notify()
 
     def _lost(self, error):
         # The connection broke: close it and plan the next attempt.
         self._close(error)
         if self.reconnect and self._retry_at is not None and not self._closing:
-            self._retry_at = clock() + self._backoff()
+            self._retry_later()
 
     # -- I/O --------------------------------------------------------------------
 
@@ -247,18 +241,12 @@ class Client(BaseClient):
         self._sleep(timeout if wait is None else min(timeout, wait))
         self._flush()
 
-    def _wake_reader(self):
+    def _notify(self):
+        # loop_start(): wake the threads that wait on the condition (the I/O
+        # thread paused for a place, callers waiting for an ack, a message,
+        # a response or a connection).
         if self._cond is not None:
             self._cond.notify_all()
-
-    def _woken(self):
-        # The I/O thread drains its wake-up socket; the next kick sends again.
-        self._wake_sent = False
-        try:
-            while self._wake[0].recv(4096):
-                pass
-        except OSError:  # drained (non-blocking)
-            pass
 
     def _readable(self, sock, timeout):
         pending = getattr(sock, "pending", None)  # CPython TLS: bytes already decrypted
@@ -266,20 +254,12 @@ class Client(BaseClient):
             return True
         ms = int(min(timeout, 60.0) * 1000)
         if self._io_thread is not None:
-            self._lock.release()
-            try:
-                ready = self._poller.poll(ms)
-            finally:
-                self._lock.acquire()
+            from ._client_thread import poll
+
+            ready = poll(self, ms)
         else:
             ready = self._poller.poll(ms)
-        ok = False
-        for entry in ready:
-            if self._wake is not None and entry[0] in (self._wake[0], self._wake[0].fileno()):
-                self._woken()
-            else:
-                ok = True
-        return ok and self._sock is sock
+        return bool(ready) and self._sock is sock
 
     def _redial(self, timeout):
         # Not connected: reconnect when the backoff delay has passed.
@@ -293,7 +273,7 @@ class Client(BaseClient):
             self._open(False, clock() + self.timeout)
         except (OSError, MQTTError) as e:
             self._error = e
-            self._retry_at = clock() + self._backoff()
+            self._retry_later()
 
     def _sleep(self, seconds):
         if self._cond is not None:
@@ -310,12 +290,16 @@ class Client(BaseClient):
             raise MQTTTimeout(0x80, "timed out waiting for " + what)
         return left
 
+    def _until_up(self, deadline):
+        if not self.is_connected:
+            self._wait(lambda: self.is_connected, deadline, "a connection")
+
     def _wait(self, ready, deadline, what):
         """Drive the connection (or, with loop_start(), let its thread do
         it) until ``ready()`` is true. Call with the lock held."""
         while not ready():
             left = self._left(deadline, what)
-            if self._io_thread is not None and not self._on_io_thread():
+            if self._elsewhere(self._io_thread):
                 if not self._io_thread.is_alive():
                     raise self._error or ConnectionLost(0x80, "the loop thread ended")
                 self._cond.wait(left)
@@ -336,10 +320,9 @@ class Client(BaseClient):
         with self._lock:
             s = self.session
             if not qos:
-                if not self.is_connected:
-                    self._wait(lambda: self.is_connected, deadline, "a connection")
-            elif s.inflight >= self.max_queued:
-                self._make_room(deadline)
+                self._until_up(deadline)
+            elif s.inflight >= self.max_queued and not self._full_queue():
+                self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
             pid = self._publish(topic, payload, qos, retain, properties)
             if pid is not None and timeout != 0:
                 self._done[pid] = None
@@ -352,18 +335,10 @@ class Client(BaseClient):
                 self._done.pop(pid, None)
                 raise
             ack = self._done.pop(pid)
-        e = ack_error(ack, "publish refused")
-        if e is not None:
-            raise e
-        return ack
+        return published(ack)
 
     def _await_ack(self, pid, deadline):
         self._wait(lambda: self._done[pid] is not None, deadline, "the acknowledgement")
-
-    def _make_room(self, deadline):
-        if not self._full_queue():
-            s = self.session
-            self._wait(lambda: s.inflight < self.max_queued, deadline, "room in the queue")
 
     def subscribe(self, subscriptions, qos=0, properties=None, callback=None, timeout=None):
         """Subscribe and wait for the SUBACK; returns its reason codes (the
@@ -371,10 +346,8 @@ class Client(BaseClient):
         a topic filter (with ``qos``), a Subscription, a (filter, qos) tuple,
         or a list of those. ``callback(message)`` gets the messages matching
         these filters; other messages go to ``on_message`` or ``recv()``."""
-        if isinstance(subscriptions, str):
-            subscriptions = (subscriptions, qos)
         with self._lock:
-            subs = self._remember(subscriptions, properties, callback)
+            subs = self._remember(subscriptions, qos, properties, callback)
             return self._request(self.session.subscribe, subs, properties, timeout)
 
     def unsubscribe(self, topic_filters, properties=None, timeout=None):
@@ -389,8 +362,7 @@ class Client(BaseClient):
         # message does): _close() marks it False, and it is sent again.
         deadline = self._deadline(timeout)
         while True:
-            if not self.is_connected:
-                self._wait(lambda: self.is_connected, deadline, "a connection")
+            self._until_up(deadline)
             pid = send(items, properties)
             self._done[pid] = None
             self._requests.add(pid)
@@ -406,8 +378,7 @@ class Client(BaseClient):
     def _complete(self, pid, packet):
         if pid in self._done:
             self._done[pid] = packet
-        if self._cond is not None:
-            self._cond.notify_all()
+        self._notify()
 
     def recv(self, timeout=None):
         """Return the next message that no callback took, waiting up to
@@ -416,7 +387,7 @@ class Client(BaseClient):
         deadline = self._deadline(timeout)
         with self._lock:
             self._wait(lambda: self._inbox, deadline, "a message")
-            msg = self._inbox.pop(0)
+            msg = self._inbox.take()
             self._release(msg)  # acknowledged now, unless manual_ack
             if self._io_thread is not None or not self._inbox:
                 self._kick()  # else the next recv() writes the acks of a backlog at once
@@ -457,10 +428,12 @@ class Client(BaseClient):
         Topic of this client's own and fresh Correlation Data, and return the
         response (the message that comes back with that Correlation Data).
         The responder answers with ``respond()``. Raises MQTTTimeout."""
+        from ._client_request import prepare
+
         deadline = self._deadline(timeout)
-        props, corr = self._request_properties(properties)
-        if self._reply_topic not in self._subs:
-            self.subscribe(self._reply_topic, 1, None, self._take_response, timeout)
+        props, corr, route = prepare(self, properties)
+        if route is not None:
+            self.subscribe(self._reply_topic, 1, None, route, timeout)
         with self._lock:
             self._responses[corr] = None
             try:
@@ -473,14 +446,15 @@ class Client(BaseClient):
     def respond(self, request, payload=b"", qos=1, properties=None, timeout=None):
         """Answer the message ``request``: publish ``payload`` to its Response
         Topic with its Correlation Data."""
-        topic, props = self._reply(request, properties)
+        from ._client_request import reply
+
+        topic, props = reply(request, properties)
         return self.publish(topic, payload, qos, False, props, timeout)
 
     def _got_response(self, corr, msg):
         with self._lock:  # on the callback thread under loop_start()
             self._responses[corr] = msg
-            if self._cond is not None:
-                self._cond.notify_all()
+            self._notify()
 
     # -- driving the connection ------------------------------------------------------
 
@@ -498,7 +472,7 @@ class Client(BaseClient):
 
     def _kick(self):
         # Get queued bytes written: by the I/O thread, or now.
-        if self._io_thread is not None and not self._on_io_thread():
+        if self._elsewhere(self._io_thread):
             if self._held is not None:  # paused: waits on the condition, not the socket
                 self._cond.notify_all()
             if not self._wake_sent:  # one wake-up per round of the I/O thread
@@ -517,30 +491,20 @@ class Client(BaseClient):
         with self._lock:
             self._hold(msg)
             queue.append(msg)
-            if self._cond is not None:
-                self._cond.notify_all()
+            self._notify()
 
     def _call(self, fn, arg):
-        if self._calls is not None and not self._on_call_thread():
+        if self._calls is not None and self._elsewhere(self._call_thread):
             self._calls.put((fn, arg))
         else:
             fn(arg)
 
     def _route(self, msg):
-        if self._calls is not None and not self._on_call_thread():
+        if self._calls is not None and self._elsewhere(self._call_thread):
             self._hold(msg)  # its place stays taken while it waits for the callback thread
-            self._calls.put((self._route_later, msg))
+            self._calls.put((None, msg))  # routed there
         else:
             BaseClient._route(self, msg)
-
-    def _route_later(self, msg):
-        # On the callback thread.
-        try:
-            BaseClient._route(self, msg)
-        finally:
-            with self._lock:
-                self._release(msg)
-                self._kick()
 
     # -- loop_start(): the background threads (CPython, in _client_thread) ------------
 
@@ -558,12 +522,10 @@ class Client(BaseClient):
 
             stop(self)
 
-    def _on_io_thread(self):
+    def _elsewhere(self, thread):
+        # True if loop_start() runs ``thread`` and this is another thread.
+        if thread is None:
+            return False
         import threading
 
-        return threading.current_thread() is self._io_thread
-
-    def _on_call_thread(self):
-        import threading
-
-        return threading.current_thread() is self._call_thread
+        return threading.current_thread() is not thread

@@ -1,31 +1,30 @@
 """What the blocking and the asyncio client share, free of I/O.
 
 ``BaseClient`` turns the constructor's options into a CONNECT, remembers the
-subscriptions to restore them when the broker has lost the session, routes
-incoming messages to callbacks and message streams, and plans reconnect
-delays. ``Client`` (blocking sockets) and ``AsyncClient`` (asyncio) own the
-socket and the waiting; each is a thin adapter over this and the
-sans-IO ``Session``. Runs on MicroPython: no typing, no dataclasses.
+subscriptions to restore them when the broker has lost the session, handles
+what the session receives, routes incoming messages to callbacks and message
+streams, and plans reconnects. ``Client`` (blocking sockets) and
+``AsyncClient`` (asyncio) own the socket and the waiting; each is a thin
+adapter over this and the sans-IO ``Session``. Runs on MicroPython: no
+typing, no dataclasses.
 
-Receive-side backpressure lives here too. Every message the application has
-not finished with -- waiting in the inbox or a stream, or in a callback that
-has not returned -- holds one of ``max_inbox`` places (``inbox_size``). A
-QoS 1/2 message is acknowledged only when its last holder lets go (or, with
-``manual_ack``, when the application calls ``ack()``), so the broker's
-Receive Maximum window (5.0: we announce at most ``max_inbox``) and its own
-inflight window (3.1.1) stop it from sending more than the application can
-take. A message that finds every place taken anyway is held, and nothing
-more is parsed: a QoS 1/2 one (or any, with ``inbox_policy="block"``) until a
-place frees up, the adapter reading nothing meanwhile (TCP backpressure); a
-QoS 0 one until the adapter must read on, when it is dropped and counted in
-``dropped`` (at most once allows it) unless the application made room.
-While reading is paused the session's clock stands still, so its keepalive
-never blames the broker for bytes we leave unread, and ``_paused_ping()``
-keeps sending PINGREQ so that the broker keeps us.
+Receive-side backpressure (places for received messages, acknowledging them
+once handed over, pausing reads) is the ``Inbox`` mixin, in
+``_client_inbox``; MQTT 5.0 request/response loads from ``_client_request``
+on first use.
+
+What needs the adapter's I/O or its way of waiting, the adapter defines
+(listed here rather than as empty methods, which would cost RAM on a board):
+``is_connected``; ``_complete(pid, packet)`` hands an ack (or QueueFull) to
+whoever waits for ``pid``; ``_call(fn, arg)`` runs a callback;
+``_put(queue, msg)`` holds ``msg`` (``Inbox._hold``) in a ``Fifo`` that
+``recv()`` or a stream reads, and wakes that reader; ``_notify()`` wakes a
+reader paused for a place; ``_got_response(corr, msg)`` hands a response to
+the ``request()`` waiting for it; and the attributes ``_error`` (why the last
+connection ended) and ``_retry_at`` (when to reconnect).
 """
 
-import sys
-
+from ._client_inbox import Inbox, clock
 from ._errors import LocalProtocolError, MQTTError
 from ._packets import Connect, Subscription
 from ._session import CLIENT, Session
@@ -39,22 +38,7 @@ except ImportError:  # CPython
         return x
 
 
-try:
-    from time import monotonic as clock
-except ImportError:  # MicroPython: a monotonic clock in seconds from ticks_ms()
-    from time import ticks_diff, ticks_ms
-
-    _ticks = [ticks_ms(), 0]
-
-    def clock():
-        t = ticks_ms()
-        _ticks[1] += ticks_diff(t, _ticks[0])
-        _ticks[0] = t
-        return _ticks[1] / 1000
-
-
 _MQTT5 = const(5)
-_CONNECTED = const(2)
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _SUBACK = const(9)
@@ -129,22 +113,23 @@ def refusal(connack):
     return e
 
 
-def ack_error(ack, what):
-    """The exception for a failed ack (reason code >= 0x80), or the exception
-    a waiter was handed instead of an ack (QueueFull), else None."""
+def published(ack):
+    """Return the ack of a QoS 1/2 message, or raise: the exception a waiter
+    was handed instead (QueueFull), or for a failure reason code (>= 0x80)
+    PacketTooLarge (0x95) or PublishRefused."""
     if isinstance(ack, Exception):
-        return ack
+        raise ack
     rc = ack.reason_code
     if rc < 0x80:
-        return None
+        return ack
     d = ack.properties
-    why = d.get("reason_string", what) if d else what
+    why = d.get("reason_string", "publish refused") if d else "publish refused"
     if rc == 0x95:
-        return PacketTooLarge(rc, why)
-    return PublishRefused(rc, why)
+        raise PacketTooLarge(rc, why)
+    raise PublishRefused(rc, why)
 
 
-class BaseClient:
+class BaseClient(Inbox):
     """Options and I/O-free logic shared by ``Client`` and ``AsyncClient``.
 
     ``version``: 4 (MQTT 3.1.1) or 5 (MQTT 5.0). ``keepalive`` in seconds.
@@ -269,27 +254,7 @@ class BaseClient:
         self.on_disconnect = None  # callable(exception or None) when a connection ends
         self.connack = None  # the last CONNACK
         self.disconnect_reason = None  # the DISCONNECT the broker sent, if any
-        if max_inbox is None:
-            max_inbox = 32 if sys.implementation.name == "micropython" else 1000
-        self.max_inbox = max_inbox
-        self.manual_ack = manual_ack
-        if inbox_policy not in ("drop", BLOCK):
-            raise ValueError("inbox_policy must be 'drop' or 'block'")
-        self.inbox_policy = inbox_policy
-        if max_inbox and max_inbox < receive_maximum:
-            # 5.0: the broker may then never send more unacknowledged QoS 1/2
-            # messages than we have places for (MQTT-3.3.4-9).
-            receive_maximum = max_inbox
-        self.receive_maximum = receive_maximum  # announced in a 5.0 CONNECT
-        self.inbox_size = 0  # messages the application has not finished with
-        self.inbox_peak = 0  # the most there were at once
-        self.dropped = 0  # QoS 0 messages dropped for want of a place
-        self._holds = {}  # id(message) -> how many holders have not let go
-        self._unacked = {}  # packet id -> QoS 1/2 message not yet acknowledged
-        self._held = None  # a QoS 1/2 message waiting for a place: reading paused
-        self._lag = 0.0  # seconds of paused reading, hidden from the session's clock
-        self._paused_at = 0.0
-        self._ping_due = None  # while paused: when to send the next PINGREQ
+        Inbox.__init__(self, max_inbox, manual_ack, inbox_policy, receive_maximum)
         # The session never acknowledges by itself: we answer a QoS 1/2
         # message once the application is done with it (or calls ack()). We
         # announce our Receive Maximum in _connect_packet() but leave the
@@ -306,7 +271,6 @@ class BaseClient:
         )
         self._subs = {}  # topic filter -> (Subscription, properties), restored on reconnect
         self._routes = []  # [filter, callable or list] in subscription order
-        self._inbox = []  # messages no route took, for recv()/messages()
         self._attempt = 0  # reconnect attempts since the last success
         self._was_up = False  # a CONNACK accepted this connection
         self._responses = {}  # correlation data -> response (or its waiter), for request()
@@ -343,9 +307,11 @@ class BaseClient:
             props or None,
         )
 
-    def _remember(self, subs, properties, callback):
+    def _remember(self, subs, qos, properties, callback):
         # Normalise subscribe() arguments to a list of Subscription and
         # remember them (and their callback route) for reconnects.
+        if isinstance(subs, str):
+            subs = (subs, qos)
         if not isinstance(subs, list):
             subs = [subs]
         out = []
@@ -382,29 +348,6 @@ class BaseClient:
         for subs, props in groups:
             self.session.subscribe(subs, props)
 
-    # -- what comes in --------------------------------------------------------
-
-    def _dispatch(self, ev):
-        """Handle one session event; the adapter's ``_complete(pid, packet)``
-        gets acks. Returns the CONNACK or DISCONNECT for the adapter to act on,
-        else None."""
-        t = ev.type
-        if t == _PUBLISH:
-            self._deliver(ev)
-        elif t == _CONNACK:
-            self.connack = ev
-            return ev
-        elif t == _DISCONNECT:
-            self.disconnect_reason = ev
-            return ev
-        elif t == _AUTH:
-            self._auth(ev)
-        else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
-            if t < _SUBACK:
-                self._unstore(ev.packet_id)
-            self._complete(ev.packet_id, ev)
-        return None
-
     # -- persistence of QoS 1/2 messages -----------------------------------------
 
     def _publish(self, topic, payload, qos, retain, properties):
@@ -436,25 +379,6 @@ class BaseClient:
                 return True
         return False
 
-    def _accepted(self):
-        """After the CONNACK: the exception for a refusal (the caller closes
-        and raises it), else None once the backoff is reset and the
-        subscriptions the broker lost are queued again."""
-        ack = self.connack
-        if ack.reason_code:
-            return refusal(ack)
-        self._attempt = 0
-        self._was_up = True
-        if not ack.session_present:
-            self._restore()
-            # The broker forgot what we owe it: answering an old message now
-            # could acknowledge a new one that reuses its packet id.
-            self._unacked.clear()
-        if self._held is not None:  # still paused: keepalive restarts with this connection
-            k = self.session.keep_alive
-            self._ping_due = clock() + k / 2 if k else None
-        return None
-
     def _unstore(self, pid):
         key = self._stored.pop(pid, None)
         if key is not None:
@@ -467,139 +391,76 @@ class BaseClient:
             for key, m in self.persistence.pending():
                 self._stored[self.session.publish(m[0], m[1], m[2], m[3], m[4])] = key
 
+    # -- a connection begins and ends -------------------------------------------
+
+    def _accepted(self):
+        """After the CONNACK: the exception for a refusal (the caller closes
+        and raises it), else None once the backoff is reset and the
+        subscriptions the broker lost are queued again."""
+        ack = self.connack
+        if ack.reason_code:
+            return refusal(ack)
+        self._attempt = 0
+        self._was_up = True
+        if not ack.session_present:
+            self._restore()
+        self._inbox_connected(ack.session_present)
+        return None
+
+    def _closed(self, error):
+        # The adapter closed the connection; ``error``: why it ended (None
+        # when the application closed it), for on_disconnect if it was up.
+        was_up = self._was_up
+        self._was_up = False
+        self.session.connection_lost(self._now())
+        if error is not None:
+            self._error = error
+            if was_up and self.on_disconnect is not None:
+                self._call(self.on_disconnect, error)
+
+    # -- what comes in --------------------------------------------------------
+
     def _events(self):
-        # Handle the packets received so far; True if there were any. Stops
-        # after a CONNACK, so that _open() completes the connection before
-        # anything that came after it is handled, and while reading is paused.
+        """Handle the packets received so far; True if there were any. The
+        adapter's ``_complete(pid, packet)`` gets acks; a DISCONNECT from the
+        broker raises ConnectionLost. Stops after a CONNACK, so that _open()
+        completes the connection before anything that came after it is
+        handled, and while reading is paused."""
         s = self.session
         handled = False
         if self._paused():
             if not self._has_room():
                 return False
-            msg = self._held
-            self._held = None
-            self._lag += clock() - self._paused_at
-            self._admit(msg)
+            self._admit(self._unpause())
             handled = True
         while not self._paused():
             ev = s.next_event()
             if ev is None:
                 return handled
             handled = True
-            ack = self._dispatch(ev)
-            if ack is not None:
-                if ack.type == _DISCONNECT:  # DISCONNECT from the broker
-                    d = ack.properties or {}
-                    e = ConnectionLost(
-                        ack.reason_code, d.get("reason_string", "the broker sent DISCONNECT")
-                    )
-                    e.server_reference = d.get("server_reference")
-                    raise e
-                return True  # CONNACK
+            t = ev.type
+            if t == _PUBLISH:
+                self._deliver(ev)
+            elif t == _CONNACK:
+                self.connack = ev
+                return True
+            elif t == _DISCONNECT:
+                self.disconnect_reason = ev
+                d = ev.properties or {}
+                e = ConnectionLost(
+                    ev.reason_code, d.get("reason_string", "the broker sent DISCONNECT")
+                )
+                e.server_reference = d.get("server_reference")
+                raise e
+            elif t == _AUTH:
+                self._auth(ev)
+            else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
+                if t < _SUBACK:
+                    self._unstore(ev.packet_id)
+                self._complete(ev.packet_id, ev)
         return handled
 
-    # -- backpressure: places, acknowledgements, pausing -------------------------
-
-    def _has_room(self):
-        return not self.max_inbox or self.inbox_size < self.max_inbox
-
-    def _paused(self):
-        # A message waits for a place. (Not while connecting: _open() must
-        # still read the CONNACK.)
-        return self._held is not None and self.connack is not None
-
-    def _deliver(self, msg):
-        if self._has_room():
-            self._admit(msg)
-        else:
-            # Stop here until there is a place. The adapter then waits, or
-            # drops a QoS 0 message (_droppable) if the application has not
-            # made room by the time it must read on. QoS 1/2 is never dropped:
-            # the broker would not send it again on this connection.
-            self._held = msg
-            now = self._paused_at = clock()
-            k = self.session.keep_alive
-            if k:
-                d = self.session.next_deadline()  # when the session would ping
-                due = now + k / 2
-                self._ping_due = due if d is None else min(due, d + self._lag)
-
-    def _admit(self, msg):
-        # The message takes a place until its last holder lets go; routing
-        # holds it meanwhile.
-        n = self.inbox_size = self.inbox_size + 1
-        if n > self.inbox_peak:
-            self.inbox_peak = n
-        if msg.qos:
-            self._unacked[msg.packet_id] = msg
-        self._holds[id(msg)] = 1
-        try:
-            self._route(msg)
-        finally:
-            self._release(msg)
-
-    def _hold(self, msg):
-        k = id(msg)
-        self._holds[k] = self._holds.get(k, 0) + 1
-
-    def _release(self, msg):
-        """A holder is done with ``msg``; after the last one its place is
-        free and, unless manual_ack, a QoS 1/2 message is acknowledged."""
-        k = id(msg)
-        n = self._holds[k] - 1
-        if n:
-            self._holds[k] = n
-            return
-        del self._holds[k]
-        self.inbox_size -= 1
-        if msg.qos and not self.manual_ack:
-            self._answer(msg)
-        if self._held is not None:
-            self._wake_reader()
-
-    def _answer(self, msg):
-        """Acknowledge ``msg`` (PUBACK, or PUBREC for QoS 2) if it still
-        waits for that; returns True if it did."""
-        pid = msg.packet_id
-        if not msg.qos or self._unacked.get(pid) is not msg:
-            return False  # QoS 0, answered already, or from a session the broker lost
-        del self._unacked[pid]
-        try:
-            self.session.ack(pid)
-        except LocalProtocolError:  # the session state it belonged to is gone
-            return False
-        return True
-
-    def _droppable(self):
-        # The held message may be dropped rather than waited for: QoS 0 is at
-        # most once, and dropping keeps the connection served.
-        return not self._held.qos and self.inbox_policy != BLOCK
-
-    def _drop_held(self):
-        self.dropped += 1
-        self._held = None
-        self._lag += clock() - self._paused_at
-
-    def _now(self):
-        # The session's clock stands still while reading is paused.
-        t = self._paused_at if self._held is not None else clock()
-        return t - self._lag
-
-    def _paused_ping(self):
-        """While reading is paused: send PINGREQ when due, so that the broker
-        keeps the connection. Returns the seconds until the next, or None."""
-        due = self._ping_due
-        if due is None:
-            return None
-        now = clock()
-        if now >= due:
-            if self.session.state == _CONNECTED:
-                self.session.ping()
-            due = self._ping_due = now + self.session.keep_alive
-        return due - now
-
-    def _wake_reader(self):
-        pass  # the adapters wake a reader that waits for a place
+    # -- routing ------------------------------------------------------------------
 
     def _route(self, msg):
         taken = False
@@ -616,10 +477,6 @@ class BaseClient:
             else:
                 self._put(self._inbox, msg)
 
-    def _put(self, queue, msg):
-        self._hold(msg)
-        queue.append(msg)
-
     def _auth(self, ev):
         # Enhanced authentication (5.0): the broker's AUTH goes to on_auth,
         # whose answer is the next AUTH we send.
@@ -629,57 +486,15 @@ class BaseClient:
             raise MQTTError(0x8C, "AUTH from the broker, and no on_auth handler")
         self.session.auth(self.on_auth(ev))
 
-    # -- request/response (5.0) ------------------------------------------------
-
-    def _request_properties(self, properties):
-        """Properties for a new request: our Response Topic and fresh
-        Correlation Data. Returns (properties, correlation data)."""
-        if self._reply_topic is None:
-            self._reply_topic = "fieldline/responses/%s/%d" % (
-                self.session.client_id,
-                int(_random() * 1000000000),
-            )
-        self._requests_sent += 1
-        corr = b"%d" % self._requests_sent
-        props = dict(properties) if properties else {}
-        props["response_topic"] = self._reply_topic
-        props["correlation_data"] = corr
-        return props, corr
-
-    def _take_response(self, msg):
-        d = msg.properties
-        corr = d.get("correlation_data") if d else None
-        if corr in self._responses:
-            self._got_response(corr, msg)
-
-    def _got_response(self, corr, msg):
-        self._responses[corr] = msg
-
-    def _reply(self, request, properties):
-        """Topic and properties of the response to ``request``."""
-        d = request.properties or {}
-        topic = d.get("response_topic")
-        if not topic:
-            raise ValueError("the message has no Response Topic")
-        props = dict(properties) if properties else {}
-        if "correlation_data" in d:
-            props["correlation_data"] = d["correlation_data"]
-        return topic, props
-
-    def _call(self, fn, arg):
-        fn(arg)
-
-    def _complete(self, pid, packet):
-        pass  # the adapters wake whoever waits for ``pid``
-
     # -- reconnecting -----------------------------------------------------------
 
-    def _backoff(self):
-        """Seconds to wait before the next reconnect attempt: exponential from
-        ``backoff_min`` to ``backoff_max``, the upper half jittered."""
+    def _retry_later(self):
+        """Set ``_retry_at``, the time of the next reconnect attempt: after a
+        delay exponential from ``backoff_min`` to ``backoff_max`` seconds, the
+        upper half jittered."""
         d = min(self.backoff_max, self.backoff_min * (1 << min(self._attempt, 20)))
         self._attempt += 1
-        return d / 2 + d / 2 * _random()
+        self._retry_at = clock() + d / 2 + d / 2 * _random()
 
 
 def _random():

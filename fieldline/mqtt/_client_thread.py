@@ -16,6 +16,7 @@ import sys
 import threading
 
 from ._client import NoLock
+from ._client_base import BaseClient
 from ._errors import MQTTError
 
 
@@ -47,10 +48,10 @@ def stop(c):
         pass
     with c._lock:
         c._cond.notify_all()  # an I/O thread paused for room waits here, not on the socket
-    if not c._on_io_thread():
+    if c._elsewhere(c._io_thread):
         c._io_thread.join()
     c._calls.put(None)
-    if not c._on_call_thread():
+    if c._elsewhere(c._call_thread):
         c._call_thread.join()
     with c._lock:
         c._io_thread = None
@@ -61,6 +62,45 @@ def stop(c):
         c._cond = None
     c._lock = NoLock()
     c._closing = stopping
+
+
+def poll(c, ms):
+    # Client._readable() under loop_start(): waits with the lock let go;
+    # True if the connection's socket is ready (a byte on the wake-up
+    # socket only wakes the I/O thread).
+    c._lock.release()
+    try:
+        ready = c._poller.poll(ms)
+    finally:
+        c._lock.acquire()
+    ok = False
+    for entry in ready:
+        if c._wake is not None and entry[0] in (c._wake[0], c._wake[0].fileno()):
+            _woken(c)
+        else:
+            ok = True
+    return ok
+
+
+def _woken(c):
+    # The I/O thread drains its wake-up socket; the next kick sends again.
+    c._wake_sent = False
+    try:
+        while c._wake[0].recv(4096):
+            pass
+    except OSError:  # drained (non-blocking)
+        pass
+
+
+def _route(c, msg):
+    # On the callback thread: routes a message that the I/O thread read and
+    # queued as (None, message), holding its place meanwhile.
+    try:
+        BaseClient._route(c, msg)
+    finally:
+        with c._lock:
+            c._release(msg)
+            c._kick()
 
 
 def _run_io(c):
@@ -81,6 +121,8 @@ def _run_calls(c):
         if item is None:
             return
         fn, arg = item
+        if fn is None:  # a message for the routes (Client._route())
+            fn, arg = _route, (c, arg)
         try:
             if isinstance(arg, tuple):
                 fn(*arg)
