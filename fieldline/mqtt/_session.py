@@ -155,6 +155,9 @@ def _remote(why, code=_PROTOCOL_ERROR):
     return RemoteProtocolError(code, why)
 
 
+_ack = None  # _session_ack.ack, once a session acknowledges by hand
+
+
 class Session:
     """One MQTT session, client or server side; see the module docstring.
 
@@ -530,9 +533,10 @@ class Session:
         awaits an answer under that id (never delivered, already answered, or
         the session state was discarded or moved), a reason code PUBACK/PUBREC
         does not allow, properties on 3.1.1."""
-        from ._session_ack import ack
-
-        ack(self, packet_id, reason_code, properties)
+        global _ack
+        if _ack is None:  # loaded on first use; kept, as this runs per message
+            from ._session_ack import ack as _ack
+        _ack(self, packet_id, reason_code, properties)  # type: ignore[misc]
 
     @property
     def inflight(self):

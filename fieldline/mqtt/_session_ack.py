@@ -72,8 +72,16 @@ def ack(s, pid, rc, props):
     if type(q) is not int:
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_NO_SUCH_REQUEST)
     v = s.version
+    if v != _MQTT5 and not rc and not props and s.state == _CONNECTED:
+        # The common case, per message: a plain 3.1.1 PUBACK or PUBREC.
+        del acks[pid]
+        s._put(bytes((0x40 if q == 1 else 0x50, 2, pid >> 8, pid & 0xFF)))
+        if q == 2:
+            s._rx2.add(pid)  # MQTT-4.3.3-8
+        return
     if v != _MQTT5:
-        encode(PubAck(pid, rc), _MQTT5)  # a valid PUBACK/PUBREC reason code?
+        if rc:
+            encode(PubAck(pid, rc), _MQTT5)  # a valid PUBACK/PUBREC reason code?
         if rc >= 0x80:
             # 3.1.1 acks carry no reason: refuse by closing (MQTT-3.3.5-2).
             del acks[pid]
