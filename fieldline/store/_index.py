@@ -7,18 +7,15 @@ dict of key strings would cost 40+ bytes a record, too much for a board with
 100 KiB of heap.
 """
 
+import sys
 from array import array
 from binascii import crc32
 
-from ._log import DEAD
+from ._log import DEAD, bisect_left
 
-try:
-    from bisect import bisect_left  # CPython: the search in C
-
-    _SHIFT = 1  # merge when the dict holds n/2 keys: RAM is cheap, merges are not
-except ImportError:  # MicroPython: no bisect, and RAM is what is short
-    bisect_left = None
-    _SHIFT = 4  # merge at n/16 keys
+# Merge the recent keys into the arrays when they are n/16 of them on a board,
+# where RAM is what is short; n/2 on CPython, where RAM is cheap and merges not.
+_SHIFT = 4 if sys.implementation.name == "micropython" else 1
 
 
 def _h(key):
@@ -36,26 +33,11 @@ class Index:
         self._dead = 0  # DEAD slots in the arrays
         self.count = 0
 
-    def _first(self, h):
-        # The first array slot whose hash is >= h.
-        if bisect_left is not None:
-            return bisect_left(self._hs, h)
-        hs = self._hs
-        lo = 0
-        hi = len(hs)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if hs[mid] < h:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
     def _find(self, key):
         # The array slot holding key, or -1.
         h = _h(key)
-        i = self._first(h)
         hs = self._hs
+        i = bisect_left(hs, h)
         ps = self._ps
         while i < len(hs) and hs[i] == h:
             p = ps[i]
@@ -71,7 +53,7 @@ class Index:
         if p is not None:
             return p == pos
         h = _h(key)
-        i = self._first(h)
+        i = bisect_left(self._hs, h)
         hs = self._hs
         while i < len(hs) and hs[i] == h:
             if self._ps[i] == pos:
@@ -145,22 +127,10 @@ class Index:
     def relocate(self, old, new):
         """After a compaction: ``old`` is ``positions()`` as it was, ``new``
         the records' positions in the new segment, in the same order."""
-
-        def moved(p):
-            lo = 0
-            hi = len(old)
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if old[mid] < p:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            return new[lo]
-
         self.merge()
         ps = self._ps
         for i in range(len(ps)):
-            ps[i] = moved(ps[i])
+            ps[i] = new[bisect_left(old, ps[i])]
 
     def clear(self):
         self._hs = array("I")

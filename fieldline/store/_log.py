@@ -51,6 +51,23 @@ def encode(kind, flags, key, value, expires):
     return head + struct.pack("<I", crc) + key + value
 
 
+try:
+    from bisect import bisect_left  # CPython: the search in C
+except ImportError:  # MicroPython has no bisect
+
+    def bisect_left(a, x, lo=0):  # type: ignore[no-redef]
+        """The first index at or after ``lo`` whose item is >= ``x`` in the
+        sorted sequence ``a`` (the index, the queue and compaction search)."""
+        hi = len(a)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if a[mid] < x:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+
 def _write(f, data):
     # All of data, or the OSError that stopped it (a short write is retried,
     # so the error is the file system's own: ENOSPC, EFBIG, EIO).

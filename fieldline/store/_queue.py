@@ -14,7 +14,7 @@ from array import array
 from binascii import hexlify, unhexlify
 
 from ._errors import QueueFull, StoreError
-from ._log import DEAD, DELETE, PUT, RAW, Log
+from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left
 
 DROP_OLDEST = "drop_oldest"
 REFUSE = "refuse"
@@ -97,14 +97,7 @@ class Queue:
 
     def _find(self, seq):
         seqs = self._seqs
-        lo = self._head
-        hi = len(seqs)
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if seqs[mid] < seq:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = bisect_left(seqs, seq, self._head)
         if lo < len(seqs) and seqs[lo] == seq and self._pos[lo] != DEAD:
             return lo
         return -1
