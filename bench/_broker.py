@@ -81,6 +81,30 @@ def free_port() -> int:
         return port
 
 
+def listening(proc: subprocess.Popen[bytes], port: int, timeout: float = START_TIMEOUT) -> bool:
+    """Wait until the broker process ``proc`` accepts connections on ``port``:
+    True, or False if it exited or took longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection((HOST, port), timeout=0.5).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, wait: float) -> None:
+    """SIGTERM ``proc`` if it runs, SIGKILL after ``wait`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Broker:
     """``with Broker() as b:`` runs mosquitto on ``b.port`` until the block ends.
 
@@ -148,25 +172,14 @@ class Broker:
                 cwd=folder,
                 preexec_fn=more_files if self.many_files else None,
             )
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                try:
-                    socket.create_connection((HOST, self.port), timeout=0.5).close()
-                    return self
-                except OSError:
-                    time.sleep(0.02)
+            if listening(self._proc, self.port):
+                return self
             self._stop()
         raise RuntimeError(f"mosquitto did not start:\n{self.log()}")
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 5)
 
     def __exit__(
         self,

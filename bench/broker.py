@@ -17,7 +17,6 @@ import importlib.metadata
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ._broker import HOST, Broker, cpu_seconds, find_tool, free_port, more_files, vm_rss
+from ._broker import (
+    HOST,
+    Broker,
+    cpu_seconds,
+    find_tool,
+    free_port,
+    listening,
+    more_files,
+    terminate,
+    vm_rss,
+)
 from ._clientproc import PAYLOAD, WINDOW
 from ._loadgen import CONCURRENCY, START_TIMEOUT, CFlow, Gen
 from ._report import Column, Section, Table, goal_result
@@ -126,25 +135,14 @@ class Server:
                     preexec_fn=more_files,
                 )
             self.pid = self._proc.pid
-            deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                try:
-                    socket.create_connection((HOST, self.port), timeout=0.5).close()
-                    return self
-                except OSError:
-                    time.sleep(0.02)
+            if listening(self._proc, self.port, START_TIMEOUT):
+                return self
             self._stop()
         raise RuntimeError(f"{self.argv(0, folder)[:4]} did not start:\n{self.log()}")
 
     def _stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, 10)
 
     def __exit__(self, *exc: object) -> None:
         self._stop()
