@@ -143,6 +143,24 @@ def after_reopen_a_put_works(folder: Path, writes: list[Write], lost: set[int]) 
 # -- a. the kill loop ----------------------------------------------------------------------
 
 
+def killed_round(script: str, folder: Path, rng: random.Random, round_: int) -> list[str]:
+    """Run ``script`` on ``folder`` and SIGKILL it after a random number of confirmed
+    operations: sometimes at once, maybe before it has the store open. Returns
+    every line it wrote."""
+    with Child(script, str(folder), str(rng.randrange(1 << 32)), str(round_)) as c:
+        lines: list[str] = []
+        r = rng.random()
+        if r >= 0.1:  # else: killed at once
+            assert c.line() == "ready"
+            target = 0 if r < 0.2 else rng.randint(1, 300)
+            confirmed = 0
+            while confirmed < target:
+                lines.append(c.line())
+                confirmed += lines[-1].startswith("C ")
+        lines += c.kill()
+    return lines
+
+
 def test_kill_loop_store_keeps_exactly_the_confirmed_writes(tmp_path: Path) -> None:
     # 100 times: a child writes at random (puts, overwrites, deletes, batches;
     # small segments and a low compact_ratio, so segments roll and compactions
@@ -156,17 +174,7 @@ def test_kill_loop_store_keeps_exactly_the_confirmed_writes(tmp_path: Path) -> N
     compactions = 0
     ops = 0
     for round_ in range(100):
-        with Child("kv_writer.py", str(folder), str(rng.randrange(1 << 32)), str(round_)) as c:
-            lines: list[str] = []
-            r = rng.random()
-            if r >= 0.1:  # else: killed at once, maybe before the store is even open
-                assert c.line() == "ready"
-                target = 0 if r < 0.2 else rng.randint(1, 300)
-                confirmed = 0
-                while confirmed < target:
-                    lines.append(c.line())
-                    confirmed += lines[-1].startswith("C ")
-            lines += c.kill()
+        lines = killed_round("kv_writer.py", folder, rng, round_)
         pending: dict[str, Any] | None = None
         round_compactions = 0  # as the child's last confirmation says
         for line in lines:
@@ -461,17 +469,7 @@ def test_kill_loop_queue_keeps_exactly_the_unacked_entries(tmp_path: Path) -> No
     ops = 0
     compactions = 0
     for round_ in range(30):
-        with Child("queue_writer.py", str(folder), str(rng.randrange(1 << 32)), str(round_)) as c:
-            lines: list[str] = []
-            r = rng.random()
-            if r >= 0.1:
-                assert c.line() == "ready"
-                target = 0 if r < 0.2 else rng.randint(1, 300)
-                confirmed = 0
-                while confirmed < target:
-                    lines.append(c.line())
-                    confirmed += lines[-1].startswith("C ")
-            lines += c.kill()
+        lines = killed_round("queue_writer.py", folder, rng, round_)
         pending: list[str] | None = None
         round_compactions = 0  # as the child's last confirmation says
         for line in lines:

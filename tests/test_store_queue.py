@@ -8,16 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_store import Clock
 
 from fieldline.store import DROP_OLDEST, REFUSE, Queue, QueueFull, StoreError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(params=["file", "memory"])
