@@ -17,10 +17,15 @@ Record layout, little-endian (16-byte header, then key, then value)::
 
 A position is ``slot << 24 | offset``: the segment's index in ``nums`` and the
 record's byte offset in it (segments stay under 16 MiB).
+
+This module holds what every put, get and append needs. The passes over the
+whole log (recovery at open, compaction, reading in file order) are in
+``_bulk``, which ``bulk()`` loads for each pass.
 """
 
 import os
 import struct
+import sys
 from binascii import crc32
 
 from ._errors import StoreError, StoreFullError
@@ -66,6 +71,26 @@ except ImportError:  # MicroPython has no bisect
             else:
                 hi = mid
         return lo
+
+
+_PKG = __name__[: __name__.rfind(".")]
+_RELEASE = sys.implementation.name == "micropython"
+
+
+def bulk():
+    """The module of whole-log passes, ``_bulk``. On MicroPython it is
+    forgotten again once the caller lets go of it: passes run now and then,
+    and a board's RAM should not hold their code in between. (Loading an
+    .mpy again costs milliseconds; CPython keeps it.)"""
+    name = _PKG + "._bulk"
+    mod = __import__(name, None, None, ["_"])
+    if _RELEASE:
+        del sys.modules[name]
+        try:
+            delattr(sys.modules[_PKG], "_bulk")
+        except AttributeError:
+            pass
+    return mod
 
 
 def _write(f, data):
@@ -218,37 +243,6 @@ class Log:
 
     # -- reading ----------------------------------------------------------
 
-    def _parse(self, f, off, size):
-        # The record at off, checked: (kind, flags, key, value, expires, length),
-        # or None if it is torn or damaged.
-        if size - off < _H:
-            return None
-        f.seek(off)
-        head = f.read(_H)
-        magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-        if magic != _MAGIC or not 0 < kind < 5 or klen == 0 or off + _H + klen + vlen > size:
-            return None
-        body = f.read(klen + vlen)
-        if crc32(body, crc32(head[:12])) & 0xFFFFFFFF != crc:
-            return None
-        return kind, flags, body[:klen], body[klen:], expires, _H + klen + vlen
-
-    def _resync(self, f, off, size):
-        # The offset of the next valid record after damage at off, or None.
-        while True:
-            off += 1
-            f.seek(off)
-            chunk = f.read(min(512, size - off))
-            if not chunk:
-                return None
-            i = chunk.find(b"\xf1")
-            if i < 0:
-                off += len(chunk) - 1
-                continue
-            off += i
-            if self._parse(f, off, size) is not None:
-                return off
-
     def read(self, pos):
         """The record at ``pos``: (kind, flags, key, value, expires)."""
         last = self._last
@@ -261,119 +255,6 @@ class Log:
         rec = (kind, flags, body[:klen], body[klen:], expires)
         self._last = (pos, rec)
         return rec
-
-    def walk(self, slot, damage=None, end=None):
-        """Yield (kind, flags, key, value, expires, pos, length) for each
-        complete record in segment ``slot``, in file order, stepping over
-        damage (noted in ``damage`` as (offset, length)). It stops at a torn
-        tail, or at ``end``; once it is done, ``tail`` is where the valid
-        records end and ``seg_size`` the segment's size."""
-        # Its own, buffered file: reads in between may evict the cached readers.
-        f = self._open(self.nums[slot], "rb")
-        if slot == len(self.nums) - 1 and self._active is not None:
-            size = self._end
-        else:
-            f.seek(0, 2)
-            size = f.tell()
-        self.seg_size = size
-        if end is not None and end < size:
-            size = end
-        try:
-            off = 0
-            while off < size:
-                r = self._parse(f, off, size)
-                if r is None:
-                    nxt = self._resync(f, off, size)
-                    if nxt is None:
-                        break  # a torn tail: the write a crash cut short
-                    if damage is not None:
-                        damage.append((off, nxt - off))
-                    off = nxt
-                    continue
-                yield r[0], r[1], r[2], r[3], r[4], slot << 24 | off, r[5]
-                off += r[5]
-            self.tail = off
-        finally:
-            self._close(f)
-
-    def records(self):
-        """Every complete record of every segment, oldest first (as ``walk``)."""
-        for slot in range(len(self.nums)):
-            for r in self.walk(slot):
-                yield r
-
-    def _firsts(self):
-        # Per segment, its first record (kind, value), or None.
-        out = []
-        for num in self.nums:
-            f = self._open(num, "rb")
-            f.seek(0, 2)
-            r = self._parse(f, 0, f.tell())
-            self._close(f)
-            out.append(None if r is None else (r[0], r[3]))
-        return out
-
-    def _limits(self):
-        # A compaction cut short by a crash leaves old segments behind its
-        # new one: delete those older than the newest segment that starts
-        # with a BASE record, as the compaction would have. Then: per
-        # segment, where its valid records end as the next one's SEAL says.
-        firsts = self._firsts()
-        for slot in range(len(firsts) - 1, 0, -1):
-            if firsts[slot] is not None and firsts[slot][0] == BASE:
-                for n in self.nums[:slot]:
-                    self._remove(n)
-                self.nums = self.nums[slot:]
-                firsts = firsts[slot:]
-                break
-        limits = []
-        for slot in range(1, len(firsts)):
-            r = firsts[slot]
-            limits.append(struct.unpack("<I", r[1])[0] if r and r[0] == SEAL else None)
-        limits.append(None)
-        return limits
-
-    def scan(self, visit):
-        """Call ``visit(kind, flags, key, pos, length, expires)`` for every
-        complete record, oldest first, then make the log ready to append.
-        A batch whose last record is missing is skipped as a whole."""
-        limits = self._limits()
-        last = len(self.nums) - 1
-        roll = False
-        for slot in range(len(self.nums)):
-            damage = []  # type: list
-            batch = []  # type: list
-            limit = limits[slot]
-            for r in self.walk(slot, damage, limit):
-                if batch and r[5] != batch[-1][5] + batch[-1][6]:
-                    batch = []  # damage cut the batch short
-                batch.append(r)
-                if not r[1] & MORE:
-                    for kind, flags, key, _, expires, pos, length in batch:
-                        if kind < BASE:
-                            visit(kind, flags, key, pos, length, expires)
-                    batch = []
-            num = self.nums[slot]
-            if limit is not None and self.tail < limit:  # lost at the end, not torn
-                damage.append((self.tail, limit - self.tail))
-            for off, n in damage:
-                self.damage.append((_name(num), off, n))
-            end = batch[0][5] & 0xFFFFFF if batch else self.tail
-            size = self.seg_size
-            self.size += size
-            if slot == last:
-                self._end = end
-                roll = bool(damage)
-                if end < size:
-                    if self._mem is None and hasattr(os, "truncate"):  # CPython
-                        os.truncate(self._file(_name(num)), end)
-                        self.size -= size - end
-                    else:  # MicroPython files cannot shrink: append elsewhere
-                        roll = True
-        if self.nums and not roll:
-            self._active = self._open(self.nums[-1])
-        elif len(self.nums) < _MAX_SLOTS:
-            self._new_segment()
 
     # -- writing ----------------------------------------------------------
 
@@ -424,50 +305,6 @@ class Log:
             self._active.truncate(self._end)  # type: ignore[union-attr]
         except Exception:
             self._stale = True
-
-    def compact(self, positions):
-        """Copy the records at ``positions`` (in order) to a new segment, switch
-        to it, delete the old ones; return the records' new positions."""
-        num = self.nums[-1] + 1
-        f = self._open(num, "wb")
-        new = []
-        try:
-            base = encode(BASE, 0, b"-", b"", 0)
-            _write(f, base)
-            off = len(base)
-            for pos in positions:
-                kind, flags, key, value, expires = self.read(pos)
-                rec = encode(kind, flags & RAW, key, value, expires)
-                _write(f, rec)
-                new.append(off)
-                off += len(rec)
-            self._sync(f)
-        except OSError as e:
-            self._close(f)
-            self._discard(num)
-            raise StoreFullError("compaction not written; the old segments are kept", e) from None
-        self._close(f)
-        self._commit(num)
-        self._drop_readers()
-        self._close(self._active)
-        old = self.nums
-        self.nums = [num]
-        self._active = self._open(num)
-        self._end = off
-        self.size = off
-        self.damage = []
-        for n in old:  # a crash here leaves some: the BASE record says to ignore them
-            self._remove(n)
-        return new
-
-    def _discard(self, num):
-        if self._mem is not None:
-            self._mem.pop(num, None)
-        else:
-            try:
-                os.remove(self._file(_name(num, ".tmp")))
-            except OSError:
-                pass
 
     def close(self):
         self._drop_readers()

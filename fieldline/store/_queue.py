@@ -14,7 +14,7 @@ from array import array
 from binascii import hexlify, unhexlify
 
 from ._errors import QueueFull, StoreError
-from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left
+from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left, bulk
 
 DROP_OLDEST = "drop_oldest"
 REFUSE = "refuse"
@@ -89,7 +89,7 @@ class Queue:
         self.compactions = 0
         self._next = 1
         self._now = clock()
-        self._log.scan(self._replay)
+        bulk().scan(self._log, self._replay)
         self._trim()
         self._maybe_compact()
 
@@ -153,10 +153,6 @@ class Queue:
                 self.compact()
             except StoreError:
                 pass
-
-    def _live(self):
-        pos = self._pos
-        return [pos[i] for i in range(self._head, len(pos)) if pos[i] != DEAD]
 
     # -- the API ----------------------------------------------------------
 
@@ -244,15 +240,7 @@ class Queue:
 
     def compact(self):
         """Rewrite the entries still queued into a fresh segment."""
-        old = self._live()
-        new = self._log.compact(old)
-        pos = self._pos
-        j = 0
-        for i in range(self._head, len(pos)):
-            if pos[i] != DEAD:
-                pos[i] = new[j]
-                j += 1
-        self.compactions += 1
+        bulk().compact_queue(self)
 
     def __len__(self):
         return self.count

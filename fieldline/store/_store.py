@@ -10,7 +10,7 @@ import time
 
 from ._errors import CorruptError, EncodeError, StoreError
 from ._index import Index
-from ._log import DELETE, PUT, Log
+from ._log import DELETE, PUT, Log, bulk
 
 _MISSING = object()
 _INF = float("inf")
@@ -76,7 +76,7 @@ class Store:
         self._now = clock()
         self.compactions = 0
         self.expired = 0
-        self._log.scan(self._replay)
+        bulk().scan(self._log, self._replay)
         self._index.merge()
         if strict and self._log.damage:
             damage = self._log.damage
@@ -183,7 +183,7 @@ class Store:
         everything in one atomic switch and returns how many records went."""
         if purge:
             n = self._index.count
-            self._log.compact(())
+            bulk().compact(self._log, ())
             self._index.clear()
             self._live_bytes = 0
             return n
@@ -222,78 +222,26 @@ class Store:
             self._write(records, "deletion of %d keys" % len(records))
         return len(records)
 
-    def _live(self):
-        # (pos, key, value, expires) of every live record, in write order:
-        # the log read in file order, each record checked against the index.
-        live = self._index.live
-        for kind, _, key, value, expires, pos, _ in self._log.records():
-            if kind == PUT and live(key, pos):
-                yield pos, key, value, expires
-
-    def _records(self):
-        # (key, value) of every live, unexpired record.
-        now = self._clock()
-        for _, key, value, expires in self._live():
-            if not (expires and expires <= now):
-                yield key, value
-
     def list(self):
         """Every key, oldest write first."""
-        return [key.decode() for key, _ in self._records()]
+        return bulk().list_keys(self)
 
     def query(self, query=None, limit=None, sort=None, keys=False):
         """The values matching a Mongo-style ``query`` (all when None), in
         write order or by ``sort`` ("field", "-field" or [(field, 1|-1), ...]),
         at most ``limit`` of them. ``keys=True``: (key, value) pairs."""
-        from ._query import check, matches, needles, order
-
-        if query is None:
-            query = {}
-        check(query)
-        need = needles(query)
-        out = []
-        records = self._records()
-        for key, value in records:
-            for n in need:
-                if n not in value:
-                    break
-            else:
-                doc = json.loads(value)
-                if matches(doc, query):
-                    out.append((key.decode(), doc))
-                    if sort is None and limit is not None and len(out) >= limit:
-                        records.close()  # closes the segment file it has open
-                        break
-        if sort is not None:
-            out = order(out, sort)
-            if limit is not None:
-                out = out[:limit]
-        return out if keys else [doc for _, doc in out]
+        return bulk().query(self, query, limit, sort, keys)
 
     def cleanup(self):
         """Forget expired records now; return how many. (Reads see expiry on
         their own; this frees the index and lets compaction reclaim space.)"""
-        n = self._forget_expired()
+        n = bulk().forget_expired(self)
         self._maybe_compact()
         return n
 
-    def _forget_expired(self):
-        before = self.expired
-        now = self._clock()
-        gone = [key for _, key, _, e in self._live() if e and e <= now]
-        for key in gone:
-            self._drop(self._index.remove(key))
-        self.expired += len(gone)
-        return self.expired - before
-
     def compact(self):
         """Rewrite the live records into a fresh segment and drop the old ones."""
-        self._forget_expired()
-        old = [pos for pos, _, _, _ in self._live()]
-        new = self._log.compact(old)
-        self._index.relocate(old, new)
-        self._live_bytes = self._log.size
-        self.compactions += 1
+        bulk().compact_store(self)
 
     def stats(self):
         log = self._log

@@ -187,3 +187,25 @@ def test_queue_as_client_persistence():
     )
     q.close()
     _rm(path)
+
+
+def test_passes_let_their_code_go_on_micropython():
+    # Recovery at open, compaction and queries load _bulk for the pass; a
+    # board must not keep it in RAM afterwards. CPython keeps it loaded.
+    import sys
+
+    path = _folder()
+    s = Store(path)
+    s.put("a", {"v": 1})
+    s.compact()
+    assert s.query({"v": 1}) == [{"v": 1}]
+    q = Queue(path + "-q")
+    q.append(b"x")
+    q.compact()
+    micropython = sys.implementation.name == "micropython"
+    assert ("fieldline.store._bulk" in sys.modules) is not micropython
+    assert s.get("a") == {"v": 1} and q.peek() == [(1, b"x")]
+    s.close()
+    q.close()
+    _rm(path)
+    _rm(path + "-q")

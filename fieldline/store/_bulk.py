@@ -1,0 +1,323 @@
+"""Passes over the whole record log: recovery at open, compaction, and
+reading every record in file order (the store's list, query and cleanup).
+
+Point operations (put, get, delete; append, peek, ack) need only ``_log``,
+``_index`` and the ``Store``/``Queue`` classes. These passes run now and
+then, so they live here and ``_log.bulk()`` loads them for each pass: on
+MicroPython the module is let go after the pass, and a board holds its code
+in RAM only while a pass runs.
+"""
+
+import os
+import struct
+from binascii import crc32
+
+from ._errors import StoreFullError
+from ._log import (
+    _H,
+    _HEADER,
+    _MAGIC,
+    _MAX_SLOTS,
+    BASE,
+    DEAD,
+    MORE,
+    PUT,
+    RAW,
+    SEAL,
+    _name,
+    _write,
+    encode,
+)
+
+# -- reading in file order ----------------------------------------------------
+
+
+def _parse(f, off, size):
+    # The record at off, checked: (kind, flags, key, value, expires, length),
+    # or None if it is torn or damaged.
+    if size - off < _H:
+        return None
+    f.seek(off)
+    head = f.read(_H)
+    magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
+    if magic != _MAGIC or not 0 < kind < 5 or klen == 0 or off + _H + klen + vlen > size:
+        return None
+    body = f.read(klen + vlen)
+    if crc32(body, crc32(head[:12])) & 0xFFFFFFFF != crc:
+        return None
+    return kind, flags, body[:klen], body[klen:], expires, _H + klen + vlen
+
+
+def _resync(f, off, size):
+    # The offset of the next valid record after damage at off, or None.
+    while True:
+        off += 1
+        f.seek(off)
+        chunk = f.read(min(512, size - off))
+        if not chunk:
+            return None
+        i = chunk.find(b"\xf1")
+        if i < 0:
+            off += len(chunk) - 1
+            continue
+        off += i
+        if _parse(f, off, size) is not None:
+            return off
+
+
+def walk(log, slot, damage=None, end=None):
+    """Yield (kind, flags, key, value, expires, pos, length) for each complete
+    record in segment ``slot`` of ``log``, in file order, stepping over damage
+    (noted in ``damage`` as (offset, length)). It stops at a torn tail, or at
+    ``end``; once it is done, ``log.tail`` is where the valid records end and
+    ``log.seg_size`` the segment's size."""
+    # Its own, buffered file: reads in between may evict the cached readers.
+    f = log._open(log.nums[slot], "rb")
+    if slot == len(log.nums) - 1 and log._active is not None:
+        size = log._end
+    else:
+        f.seek(0, 2)
+        size = f.tell()
+    log.seg_size = size
+    if end is not None and end < size:
+        size = end
+    try:
+        off = 0
+        while off < size:
+            r = _parse(f, off, size)
+            if r is None:
+                nxt = _resync(f, off, size)
+                if nxt is None:
+                    break  # a torn tail: the write a crash cut short
+                if damage is not None:
+                    damage.append((off, nxt - off))
+                off = nxt
+                continue
+            yield r[0], r[1], r[2], r[3], r[4], slot << 24 | off, r[5]
+            off += r[5]
+        log.tail = off
+    finally:
+        log._close(f)
+
+
+def records(log):
+    """Every complete record of every segment, oldest first (as ``walk``)."""
+    for slot in range(len(log.nums)):
+        for r in walk(log, slot):
+            yield r
+
+
+# -- recovery at open ---------------------------------------------------------
+
+
+def _firsts(log):
+    # Per segment, its first record (kind, value), or None.
+    out = []
+    for num in log.nums:
+        f = log._open(num, "rb")
+        f.seek(0, 2)
+        r = _parse(f, 0, f.tell())
+        log._close(f)
+        out.append(None if r is None else (r[0], r[3]))
+    return out
+
+
+def _limits(log):
+    # A compaction cut short by a crash leaves old segments behind its new
+    # one: delete those older than the newest segment that starts with a
+    # BASE record, as the compaction would have. Then: per segment, where
+    # its valid records end as the next one's SEAL says.
+    firsts = _firsts(log)
+    for slot in range(len(firsts) - 1, 0, -1):
+        if firsts[slot] is not None and firsts[slot][0] == BASE:
+            for n in log.nums[:slot]:
+                log._remove(n)
+            log.nums = log.nums[slot:]
+            firsts = firsts[slot:]
+            break
+    limits = []
+    for slot in range(1, len(firsts)):
+        r = firsts[slot]
+        limits.append(struct.unpack("<I", r[1])[0] if r and r[0] == SEAL else None)
+    limits.append(None)
+    return limits
+
+
+def scan(log, visit):
+    """Call ``visit(kind, flags, key, pos, length, expires)`` for every
+    complete record of ``log``, oldest first, then make the log ready to
+    append. A batch whose last record is missing is skipped as a whole."""
+    limits = _limits(log)
+    last = len(log.nums) - 1
+    roll = False
+    for slot in range(len(log.nums)):
+        damage = []  # type: list
+        batch = []  # type: list
+        limit = limits[slot]
+        for r in walk(log, slot, damage, limit):
+            if batch and r[5] != batch[-1][5] + batch[-1][6]:
+                batch = []  # damage cut the batch short
+            batch.append(r)
+            if not r[1] & MORE:
+                for kind, flags, key, _, expires, pos, length in batch:
+                    if kind < BASE:
+                        visit(kind, flags, key, pos, length, expires)
+                batch = []
+        num = log.nums[slot]
+        if limit is not None and log.tail < limit:  # lost at the end, not torn
+            damage.append((log.tail, limit - log.tail))
+        for off, n in damage:
+            log.damage.append((_name(num), off, n))
+        end = batch[0][5] & 0xFFFFFF if batch else log.tail
+        size = log.seg_size
+        log.size += size
+        if slot == last:
+            log._end = end
+            roll = bool(damage)
+            if end < size:
+                if log._mem is None and hasattr(os, "truncate"):  # CPython
+                    os.truncate(log._file(_name(num)), end)
+                    log.size -= size - end
+                else:  # MicroPython files cannot shrink: append elsewhere
+                    roll = True
+    if log.nums and not roll:
+        log._active = log._open(log.nums[-1])
+    elif len(log.nums) < _MAX_SLOTS:
+        log._new_segment()
+
+
+# -- compaction -----------------------------------------------------------------
+
+
+def compact(log, positions):
+    """Copy the records at ``positions`` (in order) to a new segment, switch
+    to it, delete the old ones; return the records' new positions."""
+    num = log.nums[-1] + 1
+    f = log._open(num, "wb")
+    new = []
+    try:
+        base = encode(BASE, 0, b"-", b"", 0)
+        _write(f, base)
+        off = len(base)
+        for pos in positions:
+            kind, flags, key, value, expires = log.read(pos)
+            rec = encode(kind, flags & RAW, key, value, expires)
+            _write(f, rec)
+            new.append(off)
+            off += len(rec)
+        log._sync(f)
+    except OSError as e:
+        log._close(f)
+        _discard(log, num)
+        raise StoreFullError("compaction not written; the old segments are kept", e) from None
+    log._close(f)
+    log._commit(num)
+    log._drop_readers()
+    log._close(log._active)
+    old = log.nums
+    log.nums = [num]
+    log._active = log._open(num)
+    log._end = off
+    log.size = off
+    log.damage = []
+    for n in old:  # a crash here leaves some: the BASE record says to ignore them
+        log._remove(n)
+    return new
+
+
+def _discard(log, num):
+    if log._mem is not None:
+        log._mem.pop(num, None)
+    else:
+        try:
+            os.remove(log._file(_name(num, ".tmp")))
+        except OSError:
+            pass
+
+
+# -- the store's passes ----------------------------------------------------------
+
+
+def live(store):
+    """(pos, key, value, expires) of every live record of ``store``, in write
+    order: the log read in file order, each record checked against the index."""
+    is_live = store._index.live
+    for kind, _, key, value, expires, pos, _ in records(store._log):
+        if kind == PUT and is_live(key, pos):
+            yield pos, key, value, expires
+
+
+def _unexpired(store):
+    # (key, value) of every live, unexpired record.
+    now = store._clock()
+    for _, key, value, expires in live(store):
+        if not (expires and expires <= now):
+            yield key, value
+
+
+def list_keys(store):
+    """Every key, oldest write first."""
+    return [key.decode() for key, _ in _unexpired(store)]
+
+
+def query(store, query, limit, sort, keys):
+    """``Store.query``: the documents matching ``query``."""
+    import json
+
+    from ._query import check, matches, needles, order
+
+    if query is None:
+        query = {}
+    check(query)
+    need = needles(query)
+    out = []
+    found = _unexpired(store)
+    for key, value in found:
+        for n in need:
+            if n not in value:
+                break
+        else:
+            doc = json.loads(value)
+            if matches(doc, query):
+                out.append((key.decode(), doc))
+                if sort is None and limit is not None and len(out) >= limit:
+                    found.close()  # closes the segment file it has open
+                    break
+    if sort is not None:
+        out = order(out, sort)
+        if limit is not None:
+            out = out[:limit]
+    return out if keys else [doc for _, doc in out]
+
+
+def forget_expired(store):
+    """Drop expired records from the index; return how many."""
+    now = store._clock()
+    gone = [key for _, key, _, e in live(store) if e and e <= now]
+    for key in gone:
+        store._drop(store._index.remove(key))
+    store.expired += len(gone)
+    return len(gone)
+
+
+def compact_store(store):
+    """``Store.compact``: the live records into a fresh segment."""
+    forget_expired(store)
+    old = [pos for pos, _, _, _ in live(store)]
+    new = compact(store._log, old)
+    store._index.relocate(old, new)
+    store._live_bytes = store._log.size
+    store.compactions += 1
+
+
+def compact_queue(queue):
+    """``Queue.compact``: the entries still queued into a fresh segment."""
+    pos = queue._pos
+    old = [pos[i] for i in range(queue._head, len(pos)) if pos[i] != DEAD]
+    new = compact(queue._log, old)
+    j = 0
+    for i in range(queue._head, len(pos)):
+        if pos[i] != DEAD:
+            pos[i] = new[j]
+            j += 1
+    queue.compactions += 1
