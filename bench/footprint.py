@@ -171,8 +171,12 @@ def compile_mpy(sources: list[Path], root: Path, out: Path) -> dict[str, int]:
     for src in sources:
         target = (out / src.relative_to(root)).with_suffix(".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
+        # -s: the name the .mpy carries (and interns on the device) is the
+        # path inside the package, as micropython-lib's build and mpy-cross
+        # run in the project folder give it, not this machine's path.
+        name = src.relative_to(root).as_posix()
         proc = subprocess.run(
-            [mpy_cross, "-O3", "-o", str(target), str(src)],
+            [mpy_cross, "-O3", "-s", name, "-o", str(target), str(src)],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
