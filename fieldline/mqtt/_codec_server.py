@@ -6,10 +6,6 @@ functions take and return what the ones in ``_codec`` do.
 """
 
 from ._codec import (
-    _CONNACK_CODES,
-    _SUBACK_CODES,
-    _SUBACK_CODES_V3,
-    _UNSUBACK_CODES,
     _encode_props,
     _frame,
     _malformed,
@@ -19,6 +15,7 @@ from ._codec import (
     _read_props,
     read_string,
 )
+from ._codec_control import _CONNACK_CODES, _SUBACK_CODES, _SUBACK_CODES_V3, _UNSUBACK_CODES
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import Connect, Subscribe, Subscription, Unsubscribe, Will
 

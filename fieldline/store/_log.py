@@ -25,9 +25,9 @@ whole log (recovery at open, compaction, reading in file order) are in
 
 import os
 import struct
-import sys
 from binascii import crc32
 
+from .. import _use
 from ._errors import StoreError, StoreFullError
 
 PUT = 1
@@ -73,24 +73,13 @@ except ImportError:  # MicroPython has no bisect
         return lo
 
 
-_PKG = __name__[: __name__.rfind(".")]
-_RELEASE = sys.implementation.name == "micropython"
+_BULK = __name__[: __name__.rfind(".")] + "._bulk"
 
 
 def bulk():
-    """The module of whole-log passes, ``_bulk``. On MicroPython it is
-    forgotten again once the caller lets go of it: passes run now and then,
-    and a board's RAM should not hold their code in between. (Loading an
-    .mpy again costs milliseconds; CPython keeps it.)"""
-    name = _PKG + "._bulk"
-    mod = __import__(name, None, None, ["_"])
-    if _RELEASE:
-        del sys.modules[name]
-        try:
-            delattr(sys.modules[_PKG], "_bulk")
-        except AttributeError:
-            pass
-    return mod
+    """The module of whole-log passes, ``_bulk``, loaded for one pass (on
+    MicroPython it is let go after it: see ``fieldline._use``)."""
+    return _use(_BULK)
 
 
 def _write(f, data):

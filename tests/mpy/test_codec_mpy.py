@@ -342,3 +342,20 @@ def test_error_text_is_built_when_printed():
     assert str(e) == "Malformed Packet (0x81): remaining length longer than 4 bytes", str(e)
     e = mpytest.raises(LocalProtocolError, encode, PubAck(1, 0x42), 5)
     assert str(e) == "Protocol Error (0x82): reason code 0x42 not valid here", str(e)
+
+
+def test_control_packets_load_their_codec_for_each_use():
+    # CONNECT .. AUTH go through _codec_control, which a board lets go after
+    # each use (fieldline._use); CPython keeps it. Both give the same bytes.
+    import sys
+
+    name = "fieldline.mqtt._codec_control"
+    for v in (4, 5):
+        data = encode(Connect("dev", keep_alive=30, protocol_level=v), v)
+        assert data[:2] == b"\x10" + bytes((len(data) - 2,))
+        p = Parser(v)
+        p.feed(b"\x20\x02\x00\x00" if v == 4 else b"\x20\x03\x01\x00\x00")
+        ack = p.next_packet()
+        assert ack == ConnAck(v == 5, 0)
+        assert encode(Disconnect(), v) == b"\xe0\x00"
+        assert (name in sys.modules) is not (sys.implementation.name == "micropython")
