@@ -10,7 +10,7 @@ import fieldline
 _BROKER_EPILOG = """\
 Flags override the configuration file. --host sets every listener's address; --port,
 --tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
-adding one if there is none; --cert, --key, --ca, --require-certificate and
+adding one if there is none; --cert, --key, --ca, --crl, --require-certificate and
 --use-identity-as-username apply to every TLS listener (mqtts, wss). Without a file or
 flags: plain MQTT on 127.0.0.1:1883.
 With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--cert", metavar="FILE", help="server certificate chain (PEM) for TLS listeners")
     add("--key", metavar="FILE", help="its private key (PEM)")
     add("--ca", metavar="FILE", help="CA certificates (PEM) client certificates must chain to")
+    add("--crl", metavar="FILE", help="revocation lists (PEM) of --ca: revoked clients are refused")
     add(
         "--require-certificate",
         action="store_true",
@@ -159,6 +160,7 @@ def _broker(args: argparse.Namespace) -> int:
             cert=args.cert,
             key=args.key,
             ca=args.ca,
+            crl=args.crl,
             require_certificate=args.require_certificate,
             use_identity_as_username=args.use_identity_as_username,
             password_file=args.password_file,

@@ -105,7 +105,10 @@ def test_empty_file_is_todays_default(tmp_path: Path) -> None:
         ("[[listeners]]\nkind = 'mqtt'\nport = '1883'", "#1: 'port' must be an integer"),
         ("[[listeners]]\nkind = 'mqtt'\nport = 70000", "#1: port 70000 is out of range"),
         ("[[listeners]]\nkind = 'mqtts'", "#1: an mqtts listener needs cert and key"),
-        ("[[listeners]]\nkind = 'mqtt'\ncert = 'c'", "#1: cert, key, ca and require_certificate"),
+        (
+            "[[listeners]]\nkind = 'mqtt'\ncert = 'c'",
+            "#1: cert, key, ca, crl and require_certificate",
+        ),
         ("[[listeners]]\nkind = 'mqtt'\npath = '/'", "#1: 'path' applies to ws and wss"),
         ("[[listeners]]\nkind = 'ws'\npath = 'mqtt'", "#1: path 'mqtt' must start with '/'"),
         (

@@ -166,7 +166,7 @@ def test_sighup_rereads_the_files(
 
     passwd.write_text("alice:not-a-hash\n")
     proc.send_signal(signal.SIGHUP)
-    assert "reload failed, old rules kept" in read_until(proc.stdout, "fieldline broker: reload")
+    assert "reload failed, old settings kept" in read_until(proc.stdout, "fieldline broker: reload")
     assert connect(port, 5, "alice", "new") == OK
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(WAIT) == 0

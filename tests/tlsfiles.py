@@ -73,14 +73,51 @@ class TlsFiles:
     def issue_client(self, name: str, common_name: str | None) -> Issued:
         """Another client certificate signed by ``ca_cert``, with subject CN
         ``common_name`` (None: a subject without one), written as ``name``.crt/.key."""
-        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
-        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_cert, ca_key = self._ca()
         cert, key = issue(ca_cert, ca_key, common_name, client=True)
         issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         _write_cert(issued.cert, cert)
         _write_key(issued.key, key)
         return issued
+
+    def issue_server(self, name: str) -> Issued:
+        """Another server certificate for ``SERVER_NAMES`` signed by ``ca_cert``
+        (a renewal: a new key and serial), written as ``name``.crt/.key."""
+        ca_cert, ca_key = self._ca()
+        cert, key = issue(ca_cert, ca_key, SERVER_NAMES[0], server_names=SERVER_NAMES)
+        issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+        _write_cert(issued.cert, cert)
+        _write_key(issued.key, key)
+        return issued
+
+    def write_crl(self, path: Path, revoked: Sequence[Issued] = ()) -> Path:
+        """A certificate revocation list of ``ca_cert`` naming ``revoked``, as PEM at
+        ``path``; returns ``path``."""
+        ca_cert, ca_key = self._ca()
+        now = datetime.datetime.now(datetime.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - _NOT_BEFORE)
+            .next_update(now + _LIFETIME)
+        )
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.cert.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(serial)
+                .revocation_date(now - _NOT_BEFORE)
+                .build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256())
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def _ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        return ca_cert, ca_key
 
     def client_context(self, client_cert: bool = False) -> ssl.SSLContext:
         """An ``ssl.SSLContext`` for a client: trusts ``ca_cert`` only, verifies the

@@ -60,7 +60,9 @@ class Listener:
     default depends on the kind: 1883, 8883, 8080, 8443). ``cert``, ``key``: the
     server's certificate chain and private key (PEM), required for mqtts and wss.
     ``ca``: CA certificates (PEM) that client certificates are checked against; a
-    client that presents one signed by another CA is refused. ``require_certificate``:
+    client that presents one signed by another CA is refused. ``crl``: certificate
+    revocation lists (PEM) for ``ca``: a client whose certificate one of them revokes
+    is refused at the handshake (needs ``ca``). ``require_certificate``:
     refuse clients without a certificate (needs ``ca``). ``use_identity_as_username``
     (Mosquitto's name): the client certificate's subject CN is the client's user name,
     for the ACL file and plug-ins, whatever user name and password the CONNECT holds
@@ -75,6 +77,7 @@ class Listener:
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
+    crl: str | None = None
     require_certificate: bool = False
     use_identity_as_username: bool = False
     path: str = "/mqtt"
@@ -91,15 +94,17 @@ class Listener:
                 raise ConfigError(f"an {self.kind} listener needs cert and key")
             if self.require_certificate and not self.ca:
                 raise ConfigError("require_certificate needs ca (to check client certificates)")
+            if self.crl and not self.ca:
+                raise ConfigError("crl needs ca (the revocation lists are the CA's)")
             if self.use_identity_as_username and not self.require_certificate:
                 raise ConfigError(
                     "use_identity_as_username needs require_certificate (every client "
                     "must have a certificate to take its name from)"
                 )
-        elif self.cert or self.key or self.ca or self.require_certificate:
+        elif self.cert or self.key or self.ca or self.crl or self.require_certificate:
             raise ConfigError(
-                f"cert, key, ca and require_certificate apply to mqtts and wss listeners, "
-                f"not {self.kind}"
+                f"cert, key, ca, crl and require_certificate apply to mqtts and wss "
+                f"listeners, not {self.kind}"
             )
         elif self.use_identity_as_username:
             raise ConfigError(
@@ -138,6 +143,8 @@ class Listener:
                 if self.ca
                 else "TLS"
             )
+            if self.crl:
+                notes.append("revocation list checked")
         return self.url + (f" ({'; '.join(notes)})" if notes else "")
 
 

@@ -22,7 +22,7 @@ from .config import MQTT, MQTTS, TLS_KINDS, WS, WS_KINDS, WSS, BrokerConfig, Con
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 # Paths relative to the file.
-_PATH_KEYS = ("cert", "key", "ca", "password_file", "acl_file", "persistence")
+_PATH_KEYS = ("cert", "key", "ca", "crl", "password_file", "acl_file", "persistence")
 
 
 def load_config(path: str | Path) -> BrokerConfig:
@@ -99,6 +99,7 @@ def apply_flags(
     cert: str | None = None,
     key: str | None = None,
     ca: str | None = None,
+    crl: str | None = None,
     require_certificate: bool = False,
     use_identity_as_username: bool = False,
     password_file: str | None = None,
@@ -118,7 +119,7 @@ def apply_flags(
     """``config`` with the command line's settings over it. ``host``: every listener's
     host. ``port``, ``tls_port``, ``ws_port``, ``wss_port``: the port of the first mqtt,
     mqtts, ws or wss listener, which is added if there is none. ``ws_path``: the path
-    of every WebSocket listener. ``cert``, ``key``, ``ca``, ``require_certificate``,
+    of every WebSocket listener. ``cert``, ``key``, ``ca``, ``crl``, ``require_certificate``,
     ``use_identity_as_username``: the TLS settings of every mqtts and wss listener.
     ``password_file``, ``allow_anonymous`` (True: allow; False: as configured): the
     authentication settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
@@ -149,6 +150,7 @@ def apply_flags(
         "cert": cert,
         "key": key,
         "ca": ca,
+        "crl": crl,
         "require_certificate": require_certificate or None,
         "use_identity_as_username": use_identity_as_username or None,
     }

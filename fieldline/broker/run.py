@@ -1,5 +1,5 @@
 """Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does. SIGHUP
-re-reads the password and ACL files (``Broker.reload``), as it does for Mosquitto.
+re-reads the password, ACL and TLS files (``Broker.reload``), as it does for Mosquitto.
 
 The event loop is uvloop's when it is installed (``event_loop = "auto"``): it
 makes each connection cheaper for the broker (docs/benchmarks.md), and the
@@ -86,4 +86,4 @@ def _reload(broker: Broker) -> None:
     if broker.reload():
         print(f"fieldline broker: reloaded, {broker.auth_summary()}", flush=True)
     else:
-        print("fieldline broker: reload failed, old rules kept (see the log)", flush=True)
+        print("fieldline broker: reload failed, old settings kept (see the log)", flush=True)

@@ -49,7 +49,7 @@ from .persist import Persistence
 from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .sysinfo import SysTopics, is_sys_topic
-from .tls import server_context
+from .tls import ListenerTls
 
 if TYPE_CHECKING:
     from .websocket import WebSocketProtocol
@@ -109,6 +109,7 @@ class Broker:
         self.metrics: MetricsServer | None = None  # /metrics, served by start() (metrics.py)
         self._checks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.Server] = []
+        self._tls: list[ListenerTls] = []
         self._stopping = False
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
@@ -149,7 +150,9 @@ class Broker:
         self.acl = Acl.load(cfg.acl_file) if cfg.acl_file else None
         self.plugins = Plugins(load_plugins(cfg.plugins, cfg.plugin), cfg.hook_timeout)
         listeners = cfg.all_listeners()
-        contexts = [server_context(li) if li.tls else None for li in listeners]
+        self._tls = [ListenerTls(li) for li in listeners if li.tls]
+        tls = iter(self._tls)
+        contexts = [next(tls).context if li.tls else None for li in listeners]
         metrics = None if cfg.metrics_port is None else MetricsServer(self)
         if cfg.persistence and cfg.persist_level != NONE:
             self.persist = Persistence(cfg.persistence, cfg.persist_level, cfg.persist_interval)
@@ -282,14 +285,24 @@ class Broker:
             self.persist.touch(cs)
 
     def reload(self) -> bool:
-        """Read the password file and the ACL file again (``fieldline broker`` does on
-        SIGHUP; call on the broker's loop), so users and rules change without a
-        restart. Connected clients stay connected; the new passwords apply from the
-        next CONNECT, the new ACL at once to every session (its next PUBLISH, SUBSCRIBE
-        and delivery). Returns False if a file could not be read or parsed: that file's
-        old users or rules stay in force (never none: that would let everyone in) and
-        the error is logged; the other file is still reloaded."""
-        return self.login.reload()
+        """Read the password file, the ACL file and the TLS listeners' files (cert,
+        key, ca, crl) again (``fieldline broker`` does on SIGHUP; call on the broker's
+        loop), so users, rules, certificates and revocations change without a
+        restart. Connected clients stay connected; the new passwords and TLS files
+        apply from the next connection, the new ACL at once to every session (its next
+        PUBLISH, SUBSCRIBE and delivery). Returns False if a file could not be read or
+        parsed: what it held before stays in force (never nothing: that would let
+        everyone in) and the error is logged; the other files are still reloaded."""
+        ok = self.login.reload()
+        for tls in self._tls:
+            try:
+                tls.reload()
+            except ConfigError as e:
+                log.error("reload: %s; the TLS files read before stay in force", e)
+                ok = False
+            else:
+                log.info("reload: TLS files of %s read again", tls.listener.url)
+        return ok
 
     def auth_summary(self) -> str:
         """How clients are authenticated, for the start-up line."""

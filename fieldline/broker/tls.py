@@ -1,6 +1,7 @@
-"""The server-side SSLContext of an mqtts or wss listener, and the client certificate
-a connection presented (``PeerCertificate``), which the broker can take as the client's
-identity (``use_identity_as_username``) and hands to plug-ins' ``authenticate``."""
+"""The server-side SSLContext of an mqtts or wss listener (``ListenerTls``: read again
+on reload), and the client certificate a connection presented (``PeerCertificate``),
+which the broker can take as the client's identity (``use_identity_as_username``) and
+hands to plug-ins' ``authenticate``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from .config import ConfigError, Listener
 def server_context(listener: Listener) -> ssl.SSLContext:
     """An SSLContext presenting ``listener.cert``/``key``. With ``ca``, client
     certificates are checked against it: required with ``require_certificate``,
-    otherwise checked when a client sends one. Raises ConfigError naming the file
+    otherwise checked when a client sends one; with ``crl`` too, a certificate that
+    a revocation list there names is refused. Raises ConfigError naming the file
     that cannot be read or used."""
     assert listener.cert and listener.key
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -34,7 +36,40 @@ def server_context(listener: Listener) -> ssl.SSLContext:
                 f"{listener.url}: cannot load ca {listener.ca}: {_reason(e)}"
             ) from None
         ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
+    if listener.crl:
+        try:
+            ctx.load_verify_locations(cafile=listener.crl)
+        except OSError as e:  # ssl.SSLError included
+            raise ConfigError(
+                f"{listener.url}: cannot load crl {listener.crl}: {_reason(e)}"
+            ) from None
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+class ListenerTls:
+    """The TLS side of one listener: ``context`` is the SSLContext its server was
+    created with, ``reload()`` reads the listener's files again for the connections
+    that come after.
+
+    asyncio keeps the context a server was created with, so that one stays, and for
+    each handshake its SNI callback (which OpenSSL calls on every ClientHello, with
+    no name when the client sent none) hands the connection the current context:
+    its certificate, CA and revocation lists. Connections already open keep theirs."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.context = self._current = server_context(listener)
+        self.context.sni_callback = self._switch
+
+    def _switch(self, conn: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        if self._current is not ctx:
+            conn.context = self._current
+
+    def reload(self) -> None:
+        """Read cert, key, ca and crl again. Raises ConfigError (the files read
+        before stay in force)."""
+        self._current = server_context(self.listener)
 
 
 class PeerCertificate:
