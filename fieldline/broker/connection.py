@@ -165,7 +165,7 @@ class Connection(asyncio.Protocol):
         elif t == _DISCONNECT:
             self._ending(ev.reason_code)
             if ev.reason_code != _DISCONNECT_WITH_WILL:
-                self.will = None  # MQTT-3.1.2-10: a normal DISCONNECT discards the Will
+                self.broker.discard_will(self)  # MQTT-3.1.2-10
         elif t == _AUTH:
             self.broker.login.on_auth(self, ev)
 

@@ -3,8 +3,11 @@
 What is kept: retained messages; and for each persistent session (3.1.1 clean session
 0, 5.0 Session Expiry Interval above 0) its subscriptions, its expiry deadline, the
 QoS 1/2 messages queued for it and those in flight to it (packet id, PUBLISH or PUBREL
-state), and the ids of QoS 2 messages it sent that were accepted and not yet released.
-Wills and QoS 0 messages are not kept. Times are stored as wall-clock deadlines
+state), and the ids of QoS 2 messages it sent that were accepted and not yet released;
+and the Will of every connection that has one, until it is published or discarded,
+so that a broker that stops or dies with clients connected publishes their Wills when
+it starts again (``wills``; a Will waiting for its delay keeps its deadline). QoS 0
+messages are not kept. Times are stored as wall-clock deadlines
 (``time.time()``), so a Message Expiry Interval or a Session Expiry Interval keeps
 running while the broker is down.
 
@@ -48,7 +51,7 @@ from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from fieldline.mqtt import SERVER, Publish, PubRel, Session, Subscription
+from fieldline.mqtt import SERVER, Publish, PubRel, Session, Subscription, Will
 
 from .config import FULL
 from .message import Delivery, Message
@@ -82,6 +85,9 @@ CREATE TABLE IF NOT EXISTS inflight(
     retain INT, props TEXT, PRIMARY KEY(client_id, packet_id));
 CREATE TABLE IF NOT EXISTS rx2(
     client_id TEXT, packet_id INT, PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wills(
+    client_id TEXT PRIMARY KEY, topic TEXT, payload BLOB, qos INT, retain INT, props TEXT,
+    username TEXT, due REAL);
 """
 
 _PUT_RETAINED = "INSERT OR REPLACE INTO retained VALUES(?,?,?,?,?)"
@@ -96,8 +102,11 @@ _DEL_INFLIGHT = "DELETE FROM inflight WHERE client_id=? AND packet_id=?"
 _PUT_RX2 = "INSERT OR REPLACE INTO rx2 VALUES(?,?)"
 _DEL_RX2 = "DELETE FROM rx2 WHERE client_id=? AND packet_id=?"
 _PUT_META = "INSERT OR REPLACE INTO meta VALUES(?,?)"
-_TABLES = ("meta", "retained", "sessions", "subscriptions", "queue", "inflight", "rx2")
-_DEL_CLIENT = [f"DELETE FROM {table} WHERE client_id=?" for table in _TABLES[2:]]
+_PUT_WILL = "INSERT OR REPLACE INTO wills VALUES(?,?,?,?,?,?,?,?)"
+_DEL_WILL = "DELETE FROM wills WHERE client_id=?"
+_SESSION_TABLES = ("sessions", "subscriptions", "queue", "inflight", "rx2")
+_TABLES = ("meta", "retained", *_SESSION_TABLES, "wills")
+_DEL_CLIENT = [f"DELETE FROM {table} WHERE client_id=?" for table in _SESSION_TABLES]
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -162,6 +171,8 @@ class Persistence:
         self._soon = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._broker: Broker | None = None
+        # client id -> (Will, user name, wall-clock deadline or None) as in the file.
+        self.wills: dict[str, tuple[Will, str | None, float | None]] = {}
         self._rewrite = False  # a commit failed: write everything again
         self.loaded: dict[str, int] = {}
 
@@ -256,11 +267,16 @@ class Persistence:
                 left = max(0.0, lost + expiry - wall)
                 cs.expiry_timer = broker.loop.call_later(left, broker._end_session, cs)
             broker.sessions.add(cs)
+        q = "SELECT client_id, topic, payload, qos, retain, props, username, due FROM wills"
+        for cid, topic, payload, qos, retain, props, username, due in db.execute(q):
+            will = Will(topic, payload, qos, bool(retain), _unprops(props))
+            self.wills[cid] = (will, username, due)
         db.execute("COMMIT")
         self.loaded = {
             "sessions": len(broker.sessions),
             "retained": len(router.retained),
             "expired_sessions": gone,
+            "wills": len(self.wills),
         }
 
     def _session(
@@ -335,6 +351,23 @@ class Persistence:
                                              self._wall(m.expires_at))))  # fmt: skip
         else:
             self.ops.append((_DEL_RETAINED, (m.topic,)))
+
+    def will(
+        self, client_id: str, will: Will, username: str | None, due: float | None = None
+    ) -> None:
+        """``client_id``'s connection has ``will``: kept until ``will_gone``. ``due``:
+        the wall-clock time it is published (None: when the connection ends)."""
+        self.wills[client_id] = (will, username, due)
+        self.ops.append((_PUT_WILL, (client_id, will.topic, will.payload, will.qos,
+                                     int(will.retain), _props(will.properties), username,
+                                     due)))  # fmt: skip
+
+    def will_gone(self, client_id: str, will: Will) -> None:
+        """``will`` was published or discarded. (A client id's newer Will stays.)"""
+        kept = self.wills.get(client_id)
+        if kept is not None and kept[0] is will:
+            del self.wills[client_id]
+            self.ops.append((_DEL_WILL, (client_id,)))
 
     def connected(self, cs: ClientSession) -> None:
         """A connection was accepted on ``cs``: it is persistent from now on if its
@@ -446,6 +479,8 @@ class Persistence:
                 self.connected(cs)
                 assert cs.saved is not None
                 cs.saved.pending2 = sv.pending2
+        for client_id, (will, username, due) in list(self.wills.items()):
+            self.will(client_id, will, username, due)
         ops.append((_PUT_META, ("refused", b.refused_connections)))
         ops.append((_PUT_META, ("schema", SCHEMA_VERSION)))
 

@@ -10,16 +10,19 @@ import inspect
 import logging
 import socket
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fieldline.mqtt import (
+    SERVER,
     Connect,
     LocalProtocolError,
     Publish,
     RemoteProtocolError,
+    Session,
     Subscribe,
     Unsubscribe,
     Will,
@@ -159,6 +162,8 @@ class Broker:
             self.persist.load(self)
         try:
             await self.plugins.start(self)
+            if self.persist is not None:
+                self._restore_wills(self.persist)
             for listener, ctx in zip(listeners, contexts, strict=True):
                 self._servers.append(await self._listen(listener, ctx))
             if metrics is not None:
@@ -207,7 +212,8 @@ class Broker:
 
     async def stop(self) -> None:
         """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
-        Wills of closed connections are not published: the broker is going away. Waits
+        Wills of closed connections are not published now: the broker is going away
+        (with persistence they are when it starts again: ``_restore_wills``). Waits
         for the plug-ins' notifications still running (hook_timeout at most), then
         calls their ``stop()`` (before the persistence file is closed: what they
         publish is kept)."""
@@ -352,6 +358,8 @@ class Broker:
                 # Back before the Will Delay Interval passed: no Will (MQTT-3.1.3-9).
                 old.will_timer.cancel()
                 old.will_timer = None
+                if self.persist is not None and old.pending_will is not None:
+                    self.persist.will_gone(client_id, old.pending_will)
                 old.pending_will = None
         now = self.loop.time()
         resume = old.session if old is not None and old.session.resumable(now) else None
@@ -371,6 +379,8 @@ class Broker:
             self.persist.connected(cs)
         conn.client = cs
         conn.will = p.will
+        if p.will is not None and self.persist is not None:
+            self.persist.will(client_id, p.will, p.username)
         conn.username = p.username
         conn.start_keepalive()
         conn.pump()
@@ -622,6 +632,8 @@ class Broker:
             else:
                 cs.pending_will = will
                 cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
+                if self.persist is not None:
+                    self.persist.will(cs.client_id, will, cs.username, time.time() + delay)
         if e == 0:
             self._end_session(cs)
         elif e != NEVER and not self._stopping:
@@ -668,7 +680,43 @@ class Broker:
                 cs.conn.pump_soon()
         return len(deliveries)
 
+    def discard_will(self, conn: Connection) -> None:
+        """A normal DISCONNECT on ``conn``: its Will is not published (MQTT-3.1.2-10)."""
+        will, conn.will = conn.will, None
+        if will is not None and self.persist is not None and conn.client is not None:
+            self.persist.will_gone(conn.client.client_id, will)
+
+    def _restore_wills(self, persist: Persistence) -> None:
+        """The Wills of connections open when the broker last stopped or died: each is
+        published after its Will Delay Interval, counted from now (or from when its
+        connection ended, if it was waiting already), or when its session ends if that
+        is sooner (3.1.3.2.2); a client back before then cancels it (MQTT-3.1.3-9)."""
+        wall = time.time()
+        now = self.loop.time()
+        for client_id, (will, username, due) in list(persist.wills.items()):
+            cs = self.sessions.get(client_id)
+            if due is None:
+                delay = float((will.properties or {}).get("will_delay_interval", 0))
+            else:
+                delay = due - wall
+            if cs is not None and cs.expiry_timer is not None:
+                delay = min(delay, cs.expiry_timer.when() - now)
+            if cs is not None and delay > 0:
+                cs.pending_will = will
+                cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
+                if due is None:
+                    persist.will(client_id, will, username, wall + delay)
+                continue
+            if cs is None:  # its session ended with the connection
+                cs = ClientSession(client_id, Session(SERVER))
+                cs.username = username
+                if self.acl is not None:
+                    cs.permissions = self.acl.permissions(username, client_id)
+            self._publish_will(cs, will)
+
     def _publish_will(self, cs: ClientSession, will: Will) -> None:
+        if self.persist is not None:
+            self.persist.will_gone(cs.client_id, will)
         perms = cs.permissions
         if perms is not None and not perms.can_write(will.topic):
             log.info("client id %r: Will on %r denied by the ACL", cs.client_id, will.topic)
