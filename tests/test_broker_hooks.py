@@ -539,6 +539,12 @@ def test_a_hook_that_raises_is_logged_and_the_client_keeps_working(
             c.close()
             notes.calls.wait("on_disconnect")
             assert connect(broker.port, 5, "fine") == OK  # the broker is fine too
+            errors = broker.call(broker.broker.stats)["plugin_errors"]
+            # on_connect and on_disconnect raise for "fine" too; counted once each so far.
+            assert errors["Boom.authenticate"] == 2
+            assert errors["Boom.authorize_publish"] == errors["Boom.authorize_subscribe"] == 1
+            assert errors["Boom.on_connect"] >= 2 and errors["Boom.on_message"] == 1
+            assert "Notes.on_connect" not in errors
     text = caplog.text
     for hook in ("authenticate", "authorize_publish", "authorize_subscribe", "on_connect"):
         assert f"plug-in Boom.{hook} raised" in text
@@ -577,6 +583,9 @@ def test_a_hanging_authenticate_is_refused_0x88_after_hook_timeout(
                 hung.join(WAIT)
                 assert result == [SERVER_UNAVAILABLE]  # 3.1.1: return code 3, the same
                 assert time.monotonic() - t0 >= timeout
+            stats = broker.call(broker.broker.stats)
+            assert stats["plugin_timeouts"] == {"Hang.authenticate": 2}
+            assert stats["plugin_errors"] == {}
     assert "plug-in Hang.authenticate took over 1s: refused" in caplog.text
     assert "user 'hang': refused, server unavailable" in caplog.text
 

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_broker import WAIT, Raw, running
@@ -250,6 +251,25 @@ def test_metrics_after_traffic(metrics_broker: BrokerThread) -> None:
     assert value("inflight_messages") >= 0
     sub.close()
     pub.disconnect()
+
+
+def test_metrics_count_plugin_failures() -> None:
+    class Flaky:
+        def authorize_publish(self, client_id: str, username: Any, topic: str, *a: Any) -> None:
+            if topic == "boom":
+                raise RuntimeError("broke")
+
+    for b in running(metrics_port=0, sys_interval=0, plugins=[Flaky()]):
+        assert b.broker.metrics is not None
+        c = Raw(b.port, "c")
+        assert c.publish("boom", b"", 1).reason_code == 0x80
+        assert c.publish("boom", b"", 1).reason_code == 0x80
+        assert c.publish("fine", b"", 1).reason_code < 0x80
+        got = samples(scrape(b.broker.metrics.port)[1])
+        labels = (("hook", "authorize_publish"), ("plugin", "Flaky"))
+        assert got[("fieldline_broker_plugin_errors_total", labels)] == 2
+        assert not [k for k in got if k[0] == "fieldline_broker_plugin_timeouts_total"]
+        c.close()
 
 
 def test_metrics_http(metrics_broker: BrokerThread) -> None:

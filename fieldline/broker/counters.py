@@ -59,8 +59,10 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     (their payloads), sent, sent_qos, sent_bytes (the same for PUBLISHes to clients),
     bytes_in, bytes_out (every packet byte read and written), denied, clients_maximum,
     inflight (QoS 1/2 messages sent and not yet acknowledged), offline (sessions
-    without a connection), and dropped_total, expired_total, rate_limited_total
-    (those of ended sessions included: they never go down while the broker runs)."""
+    without a connection), dropped_total, expired_total, rate_limited_total
+    (those of ended sessions included: they never go down while the broker runs), and
+    plugin_errors, plugin_timeouts (dicts: ``"Class.hook"`` -> calls that raised or
+    took over ``hook_timeout``)."""
     c = broker.counters
     c.maximum = max(c.maximum, out["connected"])
     out["connections_total"] = c.connections
@@ -80,3 +82,6 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     out["dropped_total"] = out["dropped"] + c.ended_dropped
     out["expired_total"] = out["expired"] + c.ended_expired
     out["rate_limited_total"] = out["rate_limited"] + c.ended_rate_limited
+    plugins = broker.plugins
+    out["plugin_errors"] = {f"{p}.{h}": n for (p, h), n in sorted(plugins.errors.items())}
+    out["plugin_timeouts"] = {f"{p}.{h}": n for (p, h), n in sorted(plugins.timeouts.items())}

@@ -100,6 +100,20 @@ class Plugins:
         ]
         self._notes: set[asyncio.Task[None]] = set()
         self._started: list[object] = []  # whose stop() is owed, in start order
+        # (plug-in class name, hook name) -> calls that raised / took over ``timeout``.
+        self.errors: dict[tuple[str, str], int] = {}
+        self.timeouts: dict[tuple[str, str], int] = {}
+
+    def _raised(self, label: str, name: str, outcome: str) -> None:
+        # Logged with the traceback of the exception being handled, and counted.
+        log.exception("plug-in %s.%s raised%s", label, name, outcome)
+        key = (label, name)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def _late(self, label: str, name: str, outcome: str) -> None:
+        log.warning("plug-in %s.%s took over %gs: %s", label, name, self.timeout, outcome)
+        key = (label, name)
+        self.timeouts[key] = self.timeouts.get(key, 0) + 1
 
     def has(self, name: str) -> bool:
         """Whether any plug-in has the hook ``name``."""
@@ -157,7 +171,7 @@ class Plugins:
             try:
                 result = hook(*args)
             except Exception:
-                log.exception("plug-in %s.%s raised: refused", label, name)
+                self._raised(label, name, ": refused")
                 return failure
             if inspect.isawaitable(result):
                 return self._decide_later(name, args, refusal, failure, codes, i, result)
@@ -184,16 +198,16 @@ class Plugins:
                 try:
                     result = hook(*args)
                 except Exception:
-                    log.exception("plug-in %s.%s raised: refused", label, name)
+                    self._raised(label, name, ": refused")
                     return failure
             if inspect.isawaitable(result):
                 try:
                     result = await asyncio.wait_for(result, self.timeout)
                 except TimeoutError:
-                    log.warning("plug-in %s.%s took over %gs: refused", label, name, self.timeout)
+                    self._late(label, name, "refused")
                     return failure
                 except Exception:
-                    log.exception("plug-in %s.%s raised: refused", label, name)
+                    self._raised(label, name, ": refused")
                     return failure
             verdict = _verdict(label, name, result, refusal, failure, codes)
             if verdict is not None:
@@ -219,10 +233,10 @@ class Plugins:
                 if inspect.isawaitable(result):
                     result = await asyncio.wait_for(result, self.timeout)
             except TimeoutError:
-                log.warning("plug-in %s.auth took over %gs: refused", label, self.timeout)
+                self._late(label, AUTH, "refused")
                 return i, SERVER_UNAVAILABLE, None
             except Exception:
-                log.exception("plug-in %s.auth raised: refused", label)
+                self._raised(label, AUTH, ": refused")
                 return i, SERVER_UNAVAILABLE, None
             code, data = _auth_answer(label, result)
             if code is not None:
@@ -264,9 +278,9 @@ class Plugins:
             try:
                 await self._call(hook)
             except TimeoutError:
-                log.warning("plug-in %s.stop took over %gs: cancelled", label, self.timeout)
+                self._late(label, STOP, "cancelled")
             except Exception:
-                log.exception("plug-in %s.stop raised", label)
+                self._raised(label, STOP, "")
 
     async def _call(self, hook: Hook, *args: Any) -> None:
         result = hook(*args)
@@ -282,7 +296,7 @@ class Plugins:
             try:
                 result = hook(*args)
             except Exception:
-                log.exception("plug-in %s.%s raised", label, name)
+                self._raised(label, name, "")
                 continue
             if inspect.isawaitable(result):
                 task = asyncio.get_running_loop().create_task(self._note(label, name, result))
@@ -293,9 +307,9 @@ class Plugins:
         try:
             await asyncio.wait_for(pending, self.timeout)
         except TimeoutError:
-            log.warning("plug-in %s.%s took over %gs: cancelled", label, name, self.timeout)
+            self._late(label, name, "cancelled")
         except Exception:
-            log.exception("plug-in %s.%s raised", label, name)
+            self._raised(label, name, "")
 
     async def drain(self) -> None:
         """Wait for the notifications still running (each has ``timeout`` at most)."""

@@ -108,6 +108,14 @@ class BrokerCollector:
                       st["rate_limited_total"])  # fmt: skip
         yield counter("publish_denied", "PUBLISHes refused: ACL, plug-in or $SYS topic",
                       st["denied"])  # fmt: skip
+        for key, doc in (
+            ("plugin_errors", "Plug-in hook calls that raised"),
+            ("plugin_timeouts", "Plug-in hook calls that took over hook_timeout"),
+        ):
+            family = CounterMetricFamily(PREFIX + key, doc, labels=["plugin", "hook"])
+            for label, n in st[key].items():
+                family.add_metric(label.rsplit(".", 1), n)
+            yield family
 
 
 class MetricsServer:
