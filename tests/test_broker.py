@@ -73,6 +73,8 @@ class Raw:
         will: Any = None,
         properties: dict[str, Any] | None = None,
         auto_flush: bool = True,
+        username: str | None = None,
+        password: bytes | None = None,
         **session: Any,
     ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
@@ -80,8 +82,8 @@ class Raw:
         self.auto_flush = auto_flush
         self.early: list[Publish] = []  # deliveries read while waiting for an ack
         connect = Connect(
-            client_id, clean_start, keep_alive, will=will, protocol_level=version,
-            properties=properties,
+            client_id, clean_start, keep_alive, username, password, will=will,
+            protocol_level=version, properties=properties,
         )  # fmt: skip
         self.session.connect(connect, time.monotonic())
         self.flush()

@@ -21,7 +21,7 @@ from test_broker import WAIT, Raw, running
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError
 from fieldline.broker.acl import Acl, covers
 from fieldline.broker.configfile import apply_flags, config_from_dict
-from fieldline.mqtt import Client, PublishRefused, Will
+from fieldline.mqtt import Client, PublishRefused, Subscription, Will
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -340,3 +340,68 @@ def test_paho_v311(broker: BrokerThread) -> None:
     finally:
         alice.close()
         bob.close()
+
+
+# -- a session that changes hands, an ACL that changes ------------------------------------
+
+
+def _drain_to_marker(c: Raw, marker: str) -> list[str]:
+    """Topics ``c`` receives up to its own message on ``marker`` (it may read it)."""
+    c.publish(marker, b"", 1)
+    topics: list[str] = []
+    while True:
+        (m,) = c.messages(1)
+        if m.topic == marker:
+            return topics
+        topics.append(m.topic)
+
+
+def test_another_user_resuming_a_session_gets_none_of_its_unreadable_messages(
+    broker: BrokerThread,
+) -> None:
+    expiry = {"session_expiry_interval": 300}
+    alice = Raw(broker.port, "handed-over", 5, clean_start=False, properties=expiry,
+                auto_flush=False, username="alice")  # fmt: skip
+    alice.subscribe(Subscription("tenants/alice/#", 1))
+    pub = Raw(broker.port, "alice-pub", 5, username="alice")
+    pub.publish("tenants/alice/in-flight", b"1", 1)
+    (m,) = alice.messages(1)  # received, never acknowledged: in flight
+    assert m.topic == "tenants/alice/in-flight"
+    alice.close()
+    pub.publish("tenants/alice/queued", b"2", 1)  # queued for the offline session
+    # bob takes the client id: he may not read tenants/alice/#.
+    bob = Raw(broker.port, "handed-over", 5, clean_start=False, properties=expiry,
+              username="bob")  # fmt: skip
+    assert bob.connack.session_present
+    bob.subscribe(Subscription("clients/handed-over/#", 1))
+    assert _drain_to_marker(bob, "clients/handed-over/marker") == []
+    # alice back on it: what bob could not read was dropped, not kept for her.
+    bob.close()
+    alice = Raw(broker.port, "handed-over", 5, clean_start=False, properties=expiry,
+                username="alice")  # fmt: skip
+    alice.subscribe(Subscription("tenants/alice/marker", 1))
+    assert _drain_to_marker(alice, "tenants/alice/marker") == []
+    alice.close()
+    pub.close()
+
+
+def test_a_reloaded_acl_applies_to_what_is_already_queued(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    expiry = {"session_expiry_interval": 300}
+    for b in running(acl_file=str(acl)):
+        sub = Raw(b.port, "subscriber", 5, clean_start=False, properties=expiry,
+                  username="alice")  # fmt: skip
+        sub.subscribe(Subscription("tenants/alice/#", 1))
+        sub.close()
+        pub = Raw(b.port, "p", 5, username="alice")
+        pub.publish("tenants/alice/before", b"x", 1)
+        acl.write_text(ACL.replace("topic readwrite tenants/%u/#", "topic write tenants/%u/#"))
+        assert b.call(b.broker.reload) is True
+        sub = Raw(b.port, "subscriber", 5, clean_start=False, properties=expiry,
+                  username="alice")  # fmt: skip
+        sub.subscribe(Subscription("clients/subscriber/#", 1))
+        assert _drain_to_marker(sub, "clients/subscriber/m") == []
+        assert b.call(b.broker.stats)["dropped"] == 1
+        sub.close()
+        pub.close()

@@ -219,10 +219,14 @@ class Connection(asyncio.Protocol):
             d = q[0]
             if d.qos and s.inflight >= self.window:
                 break
+            stale = cs.seq_head < cs.recheck_until  # queued under other rights
             cs.dequeue()
             m = d.message
             if m.expires_at is not None and m.expired(now):
                 cs.expired += 1
+                continue
+            if stale and cs.permissions is not None and not cs.permissions.can_read(m.topic):
+                cs.dropped += 1  # no longer readable: another user, a reloaded ACL
                 continue
             props = m.outgoing_properties(now, d.subscription_ids) if v5 else None
             try:

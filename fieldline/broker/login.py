@@ -81,7 +81,7 @@ class Login:
             else:
                 self.broker.acl = acl
                 for cs in self.broker.sessions.sessions.values():
-                    cs.permissions = acl.permissions(cs.username, cs.client_id)
+                    cs.set_permissions(acl.permissions(cs.username, cs.client_id))
         log.log(logging.INFO if ok else logging.WARNING, "reload: %s", self.summary())
         return ok
 

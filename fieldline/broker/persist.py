@@ -298,7 +298,6 @@ class Persistence:
         cs = ClientSession(cid, s)
         cs.username = username
         acl = broker.acl
-        cs.permissions = None if acl is None else acl.permissions(username, cid)
         q = "SELECT filter, qos, no_local, rap, rh, sid FROM subscriptions WHERE client_id=?"
         for f, qos, no_local, rap, rh, sid in db.execute(q, (cid,)):
             entry = Entry(Subscription(f, qos, bool(no_local), bool(rap), rh), sid)
@@ -322,6 +321,8 @@ class Persistence:
         else:
             sv = Saved(first, first + len(rows))
         cs.seq_head, cs.seq_tail = first, first + len(rows)
+        # The ACL file may have changed while the broker was down: check the queue again.
+        cs.set_permissions(None if acl is None else acl.permissions(username, cid))
         q = "SELECT packet_id, ord, state, topic, payload, qos, retain, props FROM inflight "
         for pid, order, state, topic, payload, qos, retain, props in db.execute(
             q + "WHERE client_id=? ORDER BY ord", (cid,)

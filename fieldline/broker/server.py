@@ -30,7 +30,7 @@ from fieldline.mqtt import (
     validate_topic_name,
 )
 
-from .acl import Acl
+from .acl import Acl, Permissions
 from .config import NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .counters import Counters, add_stats
@@ -363,6 +363,8 @@ class Broker:
                 old.pending_will = None
         now = self.loop.time()
         resume = old.session if old is not None and old.session.resumable(now) else None
+        perms = None if self.acl is None else self.acl.permissions(p.username, client_id)
+        unreadable = 0 if resume is None or perms is None else _drop_unreadable(resume, perms)
         present = s.accept(answer or None, assigned, resume)
         if old is not None and present:
             cs = old
@@ -374,7 +376,8 @@ class Broker:
             self.sessions.add(cs)
         cs.conn = conn
         cs.username = p.username
-        cs.permissions = None if self.acl is None else self.acl.permissions(p.username, client_id)
+        cs.set_permissions(perms)  # the queue is checked again: maybe another user's now
+        cs.dropped += unreadable
         if self.persist is not None:
             self.persist.connected(cs)
         conn.client = cs
@@ -768,3 +771,17 @@ def _websocket_protocol() -> type[WebSocketProtocol]:
             f"ws and wss listeners need wsproto ({e}): pip install 'fieldline[ws]'"
         ) from None
     return WebSocketProtocol
+
+
+def _drop_unreadable(session: Session, perms: Permissions) -> int:
+    """Drop the PUBLISHes in flight on ``session`` (sent, not yet acknowledged) that a
+    client with ``perms`` may not read, before a connection resumes it and they are
+    sent again: the session may have been another user's. Returns how many."""
+    dropped = 0
+    for pid in list(session._order):
+        m = session._msgs[pid]
+        if isinstance(m, Publish) and not perms.can_read(m.topic):
+            session._order.remove(pid)
+            del session._msgs[pid]
+            dropped += 1
+    return dropped

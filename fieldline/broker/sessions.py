@@ -38,7 +38,9 @@ class ClientSession:
     yet); ``rate_limited``: its PUBLISHes dropped for ``max_publish_rate``.
     ``seq_head``, ``seq_tail``: sequence numbers of the first delivery in ``queue`` and
     of the next one queued; ``saved``: what the persistence file holds of it (None: not
-    persisted; see persist.py); ``username``: of its latest connection."""
+    persisted; see persist.py); ``username``: of its latest connection.
+    ``recheck_until``: deliveries with a sequence number below it were queued under
+    other ``permissions`` (``set_permissions``) and are checked again as they leave."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -58,7 +60,14 @@ class ClientSession:
         self.username: str | None = None
         self.seq_head = 0
         self.seq_tail = 0
+        self.recheck_until = 0
         self.saved: Saved | None = None
+
+    def set_permissions(self, permissions: Permissions | None) -> None:
+        """New rights: another user name on this session, or a reloaded ACL file. What
+        is queued was routed under the old ones: it is checked again as it leaves."""
+        self.permissions = permissions
+        self.recheck_until = self.seq_tail
 
     def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
         """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
