@@ -23,7 +23,7 @@ import pytest
 from storeproc import kv_writer, queue_writer
 from storeproc.child import Child, ChildDied
 
-from fieldline.store import CorruptError, Queue, Store
+from fieldline.store import CorruptError, Queue, Store, StoreError, StoreFullError
 
 MISSING = object()
 
@@ -665,3 +665,94 @@ def test_a_failed_write_on_micropython_moves_on_to_a_new_segment(
         assert sorted(s.list()) == sorted(confirmed)
         assert all(s.get(k)["pad"] == "x" * 900 for k in confirmed)
         assert s.stats()["damaged"] == []
+
+
+# -- found in review -------------------------------------------------------------------
+
+
+def test_reads_after_recovery_do_not_come_from_a_stale_buffer(tmp_path: Path) -> None:
+    # Replaying a replaced key reads the old record through a cached reader of the
+    # last segment; recovery then cuts a torn tail there and new records take its
+    # place. Once the segment rolls, reads must see those, not the reader's buffer.
+    s = Store(tmp_path, segment_size=4096, fsync=False)
+    s.put("a", 1)
+    s.put("a", 2)
+    s.put("c", "C" * 200)
+    s.close()
+    seg = tmp_path / "00000001.seg"
+    os.truncate(seg, seg.stat().st_size - 50)  # tear "c"
+    s = Store(tmp_path, segment_size=4096, fsync=False)
+    s.put("d", "D" * 200)  # where the torn "c" was
+    for i in range(40):
+        s.put(f"x{i}", "x" * 100)
+    assert s.stats()["segments"] >= 2
+    assert s.get("d") == "D" * 200 and s.get("a") == 2 and "c" not in s
+    s.close()
+
+
+class _NoTruncate:
+    """A file object that cannot shrink (as MicroPython's), otherwise the real one."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def truncate(self, *args: Any) -> None:
+        raise OSError(errno.EOPNOTSUPP, "cannot shrink")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def test_a_write_reported_as_failed_stays_failed_after_a_restart(tmp_path: Path) -> None:
+    # Where files cannot shrink, a failed write stays in the file. If it reached the
+    # file whole (the sync failed, say), a restart before any other write must not
+    # replay it: the store moves to a new segment at once, whose SEAL says where the
+    # valid records end.
+    s = Store(tmp_path)
+    s.put("a", 1)
+    log = s._log
+    log._active = _NoTruncate(log._active)
+    sync = log._sync
+
+    def failing_sync(f: Any) -> None:
+        log._sync = sync  # type: ignore[method-assign]
+        raise OSError(errno.EIO, "I/O error")
+
+    log._sync = failing_sync  # type: ignore[method-assign]
+    with pytest.raises(StoreFullError):
+        s.delete("a")
+    assert s.get("a") == 1
+    s.close()  # the power goes
+    s = Store(tmp_path)
+    assert s.get("a") == 1
+    s.close()
+
+
+def test_compaction_past_16_mib_is_refused_and_loses_nothing(tmp_path: Path) -> None:
+    s = Store(tmp_path, fsync=False)
+    value = "v" * (1 << 20)
+    for i in range(18):
+        s.put(f"k{i:02d}", value)
+    with pytest.raises(StoreError, match="exceed 16 MiB"):
+        s.compact()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    assert all(s.get(f"k{i:02d}") == value for i in range(18))
+    s.close()
+    s = Store(tmp_path, fsync=False)
+    assert len(s) == 18 and s.get("k17") == value
+    s.close()
+
+
+def test_a_ttl_past_the_year_2106_is_kept_until_then(tmp_path: Path) -> None:
+    s = Store(tmp_path)
+    s.put("long", 1, ttl=3e9)
+    s.close()
+    s = Store(tmp_path)
+    assert s.get("long") == 1
+    s.close()
+    q = Queue(tmp_path / "q")
+    q.append(b"x", ttl=3e9)
+    with pytest.raises(ValueError, match="ttl must be a positive number"):
+        q.append(b"y", ttl=-1)
+    assert q.peek(5) == [(1, b"x")]
+    q.close()

@@ -12,11 +12,12 @@ import os
 import struct
 from binascii import crc32
 
-from ._errors import StoreFullError
+from ._errors import StoreError, StoreFullError
 from ._log import (
     _H,
     _HEADER,
     _MAGIC,
+    _MAX_SEGMENT,
     _MAX_SLOTS,
     BASE,
     DEAD,
@@ -180,6 +181,9 @@ def scan(log, visit):
                     log.size -= size - end
                 else:  # MicroPython files cannot shrink: append elsewhere
                     roll = True
+    # Readers cached while replaying may hold bytes of a torn tail cut off above,
+    # or of a last segment that grows from here: read afresh from now on.
+    log._drop_readers()
     if log.nums and not roll:
         log._active = log._open(log.nums[-1])
     elif len(log.nums) < _MAX_SLOTS:
@@ -202,6 +206,11 @@ def compact(log, positions):
         for pos in positions:
             kind, flags, key, value, expires = log.read(pos)
             rec = encode(kind, flags & RAW, key, value, expires)
+            if off + len(rec) > _MAX_SEGMENT:
+                raise StoreError(
+                    "the live records exceed 16 MiB, what one compacted segment holds: "
+                    "delete some; the old segments are kept"
+                )
             _write(f, rec)
             new.append(off)
             off += len(rec)
@@ -210,6 +219,10 @@ def compact(log, positions):
         log._close(f)
         _discard(log, num)
         raise StoreFullError("compaction not written; the old segments are kept", e) from None
+    except StoreError:
+        log._close(f)
+        _discard(log, num)
+        raise
     log._close(f)
     log._commit(num)
     log._drop_readers()

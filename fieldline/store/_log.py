@@ -49,6 +49,21 @@ _READERS = 3  # segment files kept open for reading
 _SEAL = _H + 1 + 4  # bytes of a SEAL record
 
 
+def expiry(now, ttl):
+    """The expiry field for ``ttl`` seconds after ``now``: whole seconds, rounded
+    up, at most the field's largest value (the year 2106); 0 (never) for None.
+    Raises ValueError unless ``ttl`` is a positive number."""
+    if ttl is None:
+        return 0
+    if not ttl > 0:
+        raise ValueError("ttl must be a positive number of seconds")
+    t = now + ttl
+    if t >= DEAD:
+        return DEAD
+    e = int(t)
+    return e + 1 if e < t else e
+
+
 def encode(kind, flags, key, value, expires):
     """One record as bytes."""
     head = struct.pack("<BBBBII", _MAGIC, kind, flags, len(key), len(value), expires)
@@ -121,6 +136,8 @@ class Log:
     def __init__(self, path=None, segment_size=65536, fsync=True):
         if not 256 <= segment_size <= _MAX_SEGMENT:
             raise ValueError("segment_size must be 256 bytes to 16 MiB")
+        if path is not None and type(path) is not str:
+            path = str(path)  # a pathlib.Path, say
         self.path = path
         self.segment_size = segment_size
         self.fsync = fsync
@@ -245,32 +262,42 @@ class Log:
         self._last = (pos, rec)
         return rec
 
+    def worth_compacting(self, live, ratio):
+        """Whether to compact now, with ``live`` bytes of records in use: past 32
+        segments, or when the rest is ``ratio`` of the bytes on the medium. Never
+        when the live records would not fit one segment (16 MiB)."""
+        if live + _SEAL > _MAX_SEGMENT:
+            return False
+        size = self.size
+        return len(self.nums) > 32 or (size > self.segment_size and size - live >= ratio * size)
+
     # -- writing ----------------------------------------------------------
 
     def append(self, records, what):
         """Write ``records`` ((kind, flags, key, value, expires), ...) as one
         batch with one sync; return their positions. ``what`` names them in
         the StoreFullError raised if the write fails."""
-        roll = self._end >= self.segment_size or self._active is None or self._stale
-        if roll and len(self.nums) >= _MAX_SLOTS:
-            raise StoreError("too many segments; compact() the store")
         parts = []
-        positions = []
-        off = (_SEAL if self.nums else 0) if roll else self._end
-        slot = len(self.nums) if roll else len(self.nums) - 1
-        start = off
         n = len(records)
         for i in range(n):
             kind, flags, key, value, expires = records[i]
             if len(key) > 255:
                 raise StoreError("key longer than 255 bytes: %r" % key[:32])
-            rec = encode(kind, flags | (MORE if i < n - 1 else 0), key, value, expires)
-            positions.append(slot << 24 | off)
-            parts.append(rec)
-            off += len(rec)
-        if off > _MAX_SEGMENT:
-            raise StoreError("a batch of %d bytes does not fit a segment" % (off - start))
+            parts.append(encode(kind, flags | (MORE if i < n - 1 else 0), key, value, expires))
         data = b"".join(parts)
+        roll = self._end >= self.segment_size or self._active is None or self._stale
+        if not roll and self._end + len(data) > _MAX_SEGMENT:
+            roll = True  # it fits a segment of its own
+        if roll and _SEAL + len(data) > _MAX_SEGMENT:
+            raise StoreError("a batch of %d bytes does not fit a segment" % len(data))
+        if roll and len(self.nums) >= _MAX_SLOTS:
+            raise StoreError("too many segments; compact() the store")
+        off = (_SEAL if self.nums else 0) if roll else self._end
+        slot = len(self.nums) if roll else len(self.nums) - 1
+        positions = []
+        for rec in parts:
+            positions.append(slot << 24 | off)
+            off += len(rec)
         try:
             if roll:
                 self._new_segment()
@@ -294,6 +321,14 @@ class Log:
             self._active.truncate(self._end)  # type: ignore[union-attr]
         except Exception:
             self._stale = True
+            # And move on now, not at the next write: the new segment's SEAL says
+            # where the valid records end, so a restart before any other write
+            # does not replay what the caller was told was not written.
+            if len(self.nums) < _MAX_SLOTS:
+                try:
+                    self._new_segment()
+                except OSError:
+                    pass  # no room even for that: the next write tries again
 
     def close(self):
         self._drop_readers()

@@ -14,7 +14,7 @@ from array import array
 from binascii import hexlify, unhexlify
 
 from ._errors import QueueFull, StoreError
-from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left, bulk
+from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left, bulk, expiry
 
 DROP_OLDEST = "drop_oldest"
 REFUSE = "refuse"
@@ -145,10 +145,7 @@ class Queue:
                 self._next = seq + 1
 
     def _maybe_compact(self):
-        log = self._log
-        if len(log.nums) > 32 or (
-            log.size > log.segment_size and log.size - self.bytes >= self.compact_ratio * log.size
-        ):
+        if self._log.worth_compacting(self.bytes, self.compact_ratio):
             try:
                 self.compact()
             except StoreError:
@@ -161,11 +158,7 @@ class Queue:
         it is on the medium. Raises QueueFull (policy REFUSE) when full."""
         if type(value) is not bytes:
             value = bytes(value)
-        ttl = self.ttl if ttl is None else ttl
-        expires = 0
-        if ttl is not None:
-            t = self._clock() + ttl
-            expires = int(t) + (1 if int(t) < t else 0)
+        expires = expiry(self._clock(), self.ttl if ttl is None else ttl)
         length = 20 + len(value)
         records = []
         drop = []

@@ -10,7 +10,7 @@ import time
 
 from ._errors import CorruptError, EncodeError, StoreError
 from ._index import Index
-from ._log import DELETE, PUT, Log, bulk
+from ._log import DELETE, PUT, Log, bulk, expiry
 
 _MISSING = object()
 _INF = float("inf")
@@ -102,13 +102,7 @@ class Store:
             self._drop(self._index.remove(key))
 
     def _expires(self, ttl):
-        if ttl is None:
-            return 0
-        if not ttl > 0:
-            raise ValueError("ttl must be a positive number of seconds")
-        t = self._clock() + ttl
-        e = int(t)
-        return e + 1 if e < t else e
+        return expiry(self._clock(), ttl)
 
     def _dump(self, key, value):
         if not _plain(value):
@@ -128,11 +122,7 @@ class Store:
         self._maybe_compact()
 
     def _maybe_compact(self):
-        log = self._log
-        garbage = log.size - self._live_bytes
-        if len(log.nums) > 32 or (
-            log.size > log.segment_size and garbage >= self.compact_ratio * log.size
-        ):
+        if self._log.worth_compacting(self._live_bytes, self.compact_ratio):
             try:
                 self.compact()
             except StoreError:
