@@ -215,3 +215,31 @@ def test_server_keep_alive_and_session_expiry_caps() -> None:
         assert c.connack.properties["session_expiry_interval"] == 100
         assert c.session.keep_alive == 30
         c.close()
+
+
+def test_the_caps_hold_for_3_1_1_clients_and_at_disconnect() -> None:
+    with BrokerThread(max_keep_alive=30, max_session_expiry=1) as broker:
+        # 3.1.1 cannot be told a Server Keep Alive: refused, return code 2 (as Mosquitto).
+        for ka in (0, 31):
+            c = Raw(broker.port, f"ka-{ka}", 4, keep_alive=ka)
+            assert c.connack.reason_code == 2
+            c.close()
+        c = Raw(broker.port, "ka-ok", 4, keep_alive=30)
+        assert c.connack.reason_code == 0
+        c.close()
+        # A 3.1.1 persistent session would never end: the cap ends it.
+        c = Raw(broker.port, "v3", 4, clean_start=False, keep_alive=30)
+        c.close()
+        # A 5.0 DISCONNECT cannot lift the cap either (it asks for "never").
+        c = Raw(broker.port, "v5", 5, properties={"session_expiry_interval": 1})
+        c.session.disconnect(properties={"session_expiry_interval": NEVER})
+        c.flush()
+        c.close()
+        deadline = time.monotonic() + WAIT
+        while broker.call(broker.broker.stats)["sessions"]:
+            assert time.monotonic() < deadline, "sessions outlived max_session_expiry"
+            time.sleep(0.05)
+        for version, cid in ((4, "v3"), (5, "v5")):
+            c = Raw(broker.port, cid, version, clean_start=False, keep_alive=30)
+            assert not c.connack.session_present
+            c.close()

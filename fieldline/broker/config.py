@@ -166,11 +166,12 @@ class BrokerConfig:
     and counts them. ``max_write_buffer``: bytes written to a
     connection but not yet taken by the network, above which messages wait in the
     queue instead (a stalled reader cannot grow memory). ``max_session_expiry``: cap
-    on the Session Expiry Interval a client asks for (seconds; None: no cap).
-    ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get Server Keep
-    Alive; None: no cap). ``topic_alias_maximum``: aliases a 5.0 client may use
-    towards the broker. ``connect_timeout``: seconds a new connection has to finish
-    its TLS and WebSocket handshakes and send its CONNECT. ``max_publish_rate``:
+    on every session's expiry interval, 3.1.1 persistent ones included (seconds;
+    None: no cap). ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get
+    Server Keep Alive, 3.1.1 ones over it or at 0 are refused; None: no cap).
+    ``topic_alias_maximum``: aliases a 5.0 client may use towards the broker.
+    ``connect_timeout``: seconds a new connection has to finish its TLS and
+    WebSocket handshakes and send its CONNECT. ``max_publish_rate``:
     PUBLISHes a second each client may send (a token bucket holding one second's
     worth; 0: no limit); beyond it they are dropped, QoS 1/2 ones answered 0x97
     (3.1.1: acknowledged as usual). ``password_file``,

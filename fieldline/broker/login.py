@@ -37,6 +37,7 @@ _RE_AUTHENTICATE = 0x19
 _BAD_AUTHENTICATION_METHOD = 0x8C
 _SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
 _QUOTA_EXCEEDED = 0x97
+_CLIENT_IDENTIFIER_NOT_VALID = 0x85  # 3.1.1 return code 2, identifier rejected
 # The refusal codes a DISCONNECT may carry (MQTT 5.0 3.14.2.1), for a failed
 # re-authentication (MQTT-4.12.1-2).
 _DISCONNECT_REFUSALS = frozenset(
@@ -123,6 +124,17 @@ class Login:
                         reason_code=_QUOTA_EXCEEDED))  # fmt: skip
             # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
             s.reject(_QUOTA_EXCEEDED if p.protocol_level == _MQTT5 else _SERVER_UNAVAILABLE)
+            return
+        ka = self.broker.config.max_keep_alive
+        if ka is not None and p.protocol_level != _MQTT5 and not 0 < p.keep_alive <= ka:
+            # 3.1.1 has no Server Keep Alive to tell the client: refuse, as Mosquitto
+            # does (return code 2, identifier rejected), rather than keep a connection
+            # whose silence may last longer than the cap allows.
+            log.warning("%s client id %r: refused, Keep Alive %d not within max_keep_alive %d",
+                        conn.peer, p.client_id, p.keep_alive, ka,
+                        extra=fields(conn, client_id=p.client_id))  # fmt: skip
+            self.broker.counters.refuse(_CLIENT_IDENTIFIER_NOT_VALID)
+            s.reject(_CLIENT_IDENTIFIER_NOT_VALID)
             return
         listener = conn.listener
         cert = peer_certificate(conn.transport) if listener and listener.tls else None

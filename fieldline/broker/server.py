@@ -366,6 +366,7 @@ class Broker:
         perms = None if self.acl is None else self.acl.permissions(p.username, client_id)
         unreadable = 0 if resume is None or perms is None else _drop_unreadable(resume, perms)
         present = s.accept(answer or None, assigned, resume)
+        self._cap_expiry(s)
         if old is not None and present:
             cs = old
             cs.session = s
@@ -622,6 +623,7 @@ class Broker:
         self.plugins.notify(ON_DISCONNECT, cs.client_id, conn.reason)
         s = cs.session
         s.connection_lost(self.loop.time())
+        self._cap_expiry(s)  # a 5.0 DISCONNECT may have asked for more
         self.touch(cs)
         e = s.session_expiry_interval
         will = conn.will
@@ -682,6 +684,14 @@ class Broker:
             if kept and cs.conn is not None:
                 cs.conn.pump_soon()
         return len(deliveries)
+
+    def _cap_expiry(self, s: Session) -> None:
+        # max_session_expiry holds for every session: the interval a 5.0 client asks
+        # for at CONNECT (it is told) or at DISCONNECT, and a 3.1.1 persistent
+        # session's, which would never end (Mosquitto: persistent_client_expiration).
+        cap = self.config.max_session_expiry
+        if cap is not None and s.session_expiry_interval > cap:
+            s.session_expiry_interval = cap
 
     def discard_will(self, conn: Connection) -> None:
         """A normal DISCONNECT on ``conn``: its Will is not published (MQTT-3.1.2-10)."""
