@@ -1165,6 +1165,39 @@ def test_queued_message_too_large_after_reconnect():
     assert PubAck(pid, PACKET_TOO_LARGE) in p.cev and p.c.inflight == 0
 
 
+def test_queued_messages_over_connack_limits_fail():
+    # MQTT-3.2.2-11, -14: messages queued before the CONNACK are held to its
+    # Maximum QoS and Retain Available; those it forbids fail as PubAck events
+    # (as a queued message too large does) and the rest go out.
+    p = Pair(5, server={"maximum_qos": 1})
+    p.c.connect(Connect("dev1", protocol_level=5), 0)
+    q2 = p.c.publish("t", b"2", qos=2)
+    kept = p.c.publish("t", b"r", qos=1, retain=True)
+    ok = p.c.publish("t", b"1", qos=1)
+    p.c2s()
+    p.s.accept({"retain_available": 0})
+    p.run()
+    assert p.cev[1:] == [
+        PubAck(q2, QOS_NOT_SUPPORTED),
+        PubAck(kept, RETAIN_NOT_SUPPORTED),
+        PubAck(ok),
+    ]
+    assert [m.payload for m in delivered(p.sev)] == [b"1"] and p.c.inflight == 0
+
+
+def test_queued_messages_within_connack_limits_are_sent():
+    # The check spares what the CONNACK allows, and 3.1.1 has no such limits.
+    for v in VERSIONS:
+        p = Pair(v, server={"maximum_qos": 1})
+        p.c.connect(Connect("dev1", protocol_level=v), 0)
+        p.c.publish("t", b"1", qos=1, retain=True)
+        p.c2s()
+        p.s.accept()
+        p.run()
+        assert [m.payload for m in delivered(p.sev)] == [b"1"]
+        assert isinstance(p.cev[-1], PubAck) and p.cev[-1].reason_code == 0
+
+
 # -- subscribe ----------------------------------------------------------------
 
 

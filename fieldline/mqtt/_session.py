@@ -257,8 +257,10 @@ class Session:
         manual_ack, to be answered with ack()); PubAck,
         PubComp, or PubRec with reason >= 0x80 (one of our QoS 1/2 messages
         is complete; a PubAck with 0x95 also reports a queued message found
-        too large for the peer); Disconnect. A server session returns None
-        while a Connect or Auth awaits accept(), reject() or auth(). After EOF
+        too large for the peer, with 0x9B or 0x9A one queued before a
+        CONNACK whose Maximum QoS or Retain Available forbids it);
+        Disconnect. A server session returns None while a Connect or Auth
+        awaits accept(), reject() or auth(). After EOF
         and the last event, the session is IDLE as after connection_lost().
         Raises RemoteProtocolError (session now ERROR, answer queued)."""
         ev = self._events
@@ -464,7 +466,9 @@ class Session:
         """Send an application message. Returns the packet id, or None for QoS
         0. QoS 1/2 messages are kept until complete (event PubAck, PubComp,
         or failed PubRec) and wait in order while the peer's Receive Maximum
-        is reached or no connection is up. QoS 0 needs a connection.
+        is reached or no connection is up (those queued before the CONNACK
+        fail then if it forbids their QoS or retain: see next_event()). QoS 0
+        needs a connection.
         Raises LocalProtocolError: QoS 0 while not connected, QoS or retain
         the server does not offer (MQTT-3.2.2-11, -14: QOS_NOT_SUPPORTED,
         RETAIN_NOT_SUPPORTED), larger than the peer's Maximum Packet Size
@@ -714,9 +718,9 @@ class Session:
         if not present:
             self._discard()  # MQTT-3.2.2-5 (client), MQTT-3.1.2-4 (server)
         if self.version == _MQTT5:
-            from ._session5 import aliases
+            from ._session5 import _connected
 
-            aliases(self)
+            _connected(self)
         self._nsent = 0
         # MQTT-4.4.0-1: resend unacknowledged PUBLISH (DUP set) and PUBREL, in order.
         self._pump()

@@ -10,7 +10,7 @@ does not carry them.
 """
 
 from ._errors import LocalProtocolError, RemoteProtocolError
-from ._packets import Auth, Disconnect
+from ._packets import Auth, Disconnect, PubAck
 
 try:
     from micropython import const
@@ -31,6 +31,8 @@ _PROTOCOL_ERROR = const(0x82)
 _TOPIC_ALIAS_INVALID = const(0x94)
 _PUBLISH = const(3)
 _PACKET_TOO_LARGE = const(0x95)
+_RETAIN_NOT_SUPPORTED = const(0x9A)
+_QOS_NOT_SUPPORTED = const(0x9B)
 _MAX_PACKET_SIZE = const(268435460)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
@@ -74,11 +76,39 @@ def connect(s, packet):
     return e
 
 
-def aliases(s):
-    """Start the topic alias maps of a new connection (they never carry over)."""
+def _connected(s):
+    """Start a 5.0 connection (for Session._connected, before it sends what
+    waits): new topic alias maps, as they never carry over; and a client
+    fails the messages queued before this CONNACK that its Maximum QoS or
+    Retain Available forbid (MQTT-3.2.2-11, -14). Sending them would make
+    the server disconnect, so each ends as a PubAck event with 0x9B QoS not
+    supported or 0x9A Retain not supported, like a queued message too large
+    for the peer. Done once here, not per message in _pump: publish() checks
+    what it queues while connected, and resent messages (DUP) went out under
+    an earlier CONNACK, so their exchange must be finished."""
     s._rx_alias = {} if s.topic_alias_maximum else None
     if s.auto_alias and s.peer_topic_alias_maximum:
         s._tx_alias = {}
+    q = s._peer_qos
+    r = s._peer_retain
+    if q > 1 and r:  # the defaults; always so on a server
+        return
+    msgs = s._msgs
+    keep = []
+    for pid in s._order:
+        m = msgs[pid]
+        rc = 0
+        if m.type == _PUBLISH and not m.dup:
+            if m.qos > q:
+                rc = _QOS_NOT_SUPPORTED
+            elif m.retain and not r:
+                rc = _RETAIN_NOT_SUPPORTED
+        if rc:
+            del msgs[pid]
+            s._events.append(PubAck(pid, rc))
+        else:
+            keep.append(pid)
+    s._order = keep
 
 
 def peer_limits(s, p):
