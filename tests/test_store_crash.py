@@ -756,3 +756,33 @@ def test_a_ttl_past_the_year_2106_is_kept_until_then(tmp_path: Path) -> None:
         q.append(b"y", ttl=-1)
     assert q.peek(5) == [(1, b"x")]
     q.close()
+
+
+def test_a_batch_whose_first_page_was_lost_is_dropped_whole(tmp_path: Path) -> None:
+    # A power cut can keep a later page of a write and lose an earlier one: the
+    # records read after the hole are the rest of a batch whose start is gone,
+    # and none of them is applied. The write after it starts afresh.
+    s = Store(tmp_path, fsync=False)
+    s.put("before", 0)
+    start = os.path.getsize(tmp_path / "00000001.seg")
+    s.put_batch({f"k{i}": "v" * 500 for i in range(20)})
+    s.put("after", 1)
+    s.close()
+    seg = tmp_path / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    data[start : start + 4096] = bytes(4096)
+    seg.write_bytes(bytes(data))
+    with Store(tmp_path) as s:
+        assert sorted(s.list()) == ["after", "before"]
+        [(name, off, n)] = s.stats()["damaged"]  # the hole, up to the record after it
+        assert name == seg.name and off == start and n >= 4096
+
+
+def test_files_written_before_the_first_flag_still_read(tmp_path: Path) -> None:
+    # Records without FIRST (older files): with no damage every write is read.
+    from fieldline.store._log import MORE, PUT, encode
+
+    recs = [(0, b"a", b"1"), (MORE, b"b", b"2"), (0, b"c", b"3"), (0, b"d", b"4")]
+    (tmp_path / "00000001.seg").write_bytes(b"".join(encode(PUT, f, k, v, 0) for f, k, v in recs))
+    with Store(tmp_path, strict=True) as s:
+        assert {k: s.get(k) for k in s.list()} == {"a": 1, "b": 2, "c": 3, "d": 4}

@@ -21,6 +21,7 @@ from ._log import (
     _MAX_SLOTS,
     BASE,
     DEAD,
+    FIRST,
     MORE,
     PUT,
     RAW,
@@ -155,9 +156,16 @@ def scan(log, visit):
         damage = []  # type: list
         batch = []  # type: list
         limit = limits[slot]
+        nxt = slot << 24  # where the next record starts unless damage is in between
+        skip = False
         for r in walk(log, slot, damage, limit):
-            if batch and r[5] != batch[-1][5] + batch[-1][6]:
-                batch = []  # damage cut the batch short
+            if r[5] != nxt:  # damage before it: the batch it cut short is lost,
+                batch = []  # and so is the rest of a write whose start it took
+                skip = not r[1] & FIRST
+            nxt = r[5] + r[6]
+            if skip:
+                skip = bool(r[1] & MORE)
+                continue
             batch.append(r)
             if not r[1] & MORE:
                 for kind, flags, key, _, expires, pos, length in batch:
@@ -205,7 +213,7 @@ def compact(log, positions):
         off = len(base)
         for pos in positions:
             kind, flags, key, value, expires = log.read(pos)
-            rec = encode(kind, flags & RAW, key, value, expires)
+            rec = encode(kind, flags & RAW | FIRST, key, value, expires)
             if off + len(rec) > _MAX_SEGMENT:
                 raise StoreError(
                     "the live records exceed 16 MiB, what one compacted segment holds: "

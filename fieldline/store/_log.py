@@ -15,6 +15,14 @@ Record layout, little-endian (16-byte header, then key, then value)::
     2 u8  flags          12 u32 CRC32 of bytes 0-11, key and value
     3 u8  key length
 
+Flags: MORE, the next record belongs to the same write (a batch); RAW, the
+value is bytes, not JSON; FIRST, the record starts a write (a single record,
+a batch's first, every record a compaction copies). A power cut can keep a
+later page of a batch and lose an earlier one: after damage, recovery skips
+records up to one with FIRST, so the rest of a torn batch is never applied.
+Files written before FIRST existed have it nowhere; they read as before
+unless damaged, where the write after the damage is skipped.
+
 A position is ``slot << 24 | offset``: the segment's index in ``nums`` and the
 record's byte offset in it (segments stay under 16 MiB).
 
@@ -37,6 +45,7 @@ SEAL = 4  # first record of any other segment but the first: where the one befor
 
 MORE = 1  # flag: the next record belongs to the same batch
 RAW = 2  # flag: the value is bytes, not JSON
+FIRST = 4  # flag: the first record of a write
 
 DEAD = 0xFFFFFFFF  # a position that points nowhere
 
@@ -283,7 +292,8 @@ class Log:
             kind, flags, key, value, expires = records[i]
             if len(key) > 255:
                 raise StoreError("key longer than 255 bytes: %r" % key[:32])
-            parts.append(encode(kind, flags | (MORE if i < n - 1 else 0), key, value, expires))
+            flags |= (MORE if i < n - 1 else 0) | (0 if i else FIRST)
+            parts.append(encode(kind, flags, key, value, expires))
         data = b"".join(parts)
         roll = self._end >= self.segment_size or self._active is None or self._stale
         if not roll and self._end + len(data) > _MAX_SEGMENT:
