@@ -5,12 +5,13 @@ publish rate. Real sockets; the broker's own ``stats()`` says when an event happ
 from __future__ import annotations
 
 import math
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_broker import Closed, Raw, running
+from test_broker import WAIT, Closed, Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError
@@ -223,3 +224,26 @@ def test_limits_from_flags_override_the_file() -> None:
 def test_bad_limits_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         BrokerThread(**options)
+
+
+def test_a_client_that_never_reads_is_dropped_before_its_answers_pile_up() -> None:
+    # PINGRESPs (and acks) to a client that sends and never reads would pile up in
+    # the broker's memory: past max_write_buffer + max_packet_size (+64 KiB) unsent,
+    # the connection is dropped. A reading client next to it is not disturbed.
+    with BrokerThread("127.0.0.1", 0, max_write_buffer=16384, max_packet_size=4096) as b:
+        sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x00\x00\x03dev")  # CONNECT
+        pings = b"\xc0\x00" * 250_000  # 500 KB of PINGREQ
+        dropped = False
+        for _ in range(40):  # 20 MB at most
+            try:
+                sock.sendall(pings)
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+        sock.close()
+        assert dropped, "the broker kept reading from a client that reads nothing"
+        other = Raw(b.port, "reader")
+        assert other.publish("t", b"x", 1).reason_code < 0x80
+        other.close()

@@ -197,6 +197,19 @@ class Connection(asyncio.Protocol):
         if data and self.transport is not None and not self._ended:
             self.broker.counters.bytes_out += len(data)
             self.transport.write(data)
+            self._check_backlog(self.transport)
+
+    def _check_backlog(self, t: Any) -> None:
+        # Deliveries wait in the queue once max_write_buffer bytes are unsent, so
+        # beyond that, one largest packet and a margin only answers can pile up:
+        # acks and PINGRESPs to a client that sends and never reads. Its memory
+        # would grow with what it sends: drop the connection.
+        cfg = self.config
+        if t.get_write_buffer_size() > cfg.max_write_buffer + cfg.max_packet_size + 65536:
+            log.warning("%s %s: reads nothing of what it is sent; connection dropped",
+                        self.peer, self._name())  # fmt: skip
+            self._end()
+            t.abort()
 
     def pump(self) -> None:
         """Hand queued deliveries to the session while the client's window has room
@@ -247,6 +260,9 @@ class Connection(asyncio.Protocol):
         if chunks:
             c.bytes_out += sum(len(chunk) for chunk in chunks)
             t.writelines(chunks)
+            self._check_backlog(t)
+            if self._ended:
+                return
         if q and room <= 0 and not self._paused:
             # The kernel took what the room allowed without the transport
             # filling up, so no resume_writing() will come: go on next turn.
