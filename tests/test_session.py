@@ -41,6 +41,7 @@ from fieldline.mqtt._packets import (
     Subscription,
     UnsubAck,
     Unsubscribe,
+    Will,
 )
 from fieldline.mqtt._session import (
     CLIENT,
@@ -1274,6 +1275,24 @@ def test_311_empty_id_without_clean_session():
     assert decode_all(s.data_to_send(), 4) == [ConnAck(False, 2)]
     with pytest.raises(LocalProtocolError):
         Session(CLIENT, 4).connect(Connect("", False, protocol_level=4), 0)
+
+
+@pytest.mark.parametrize("v", VERSIONS)
+def test_will_qos_over_maximum_qos_refused(v):
+    # MQTT-3.2.2-12: a Will QoS above the server's Maximum QoS is refused,
+    # with CONNACK 0x9B in 5.0; 3.1.1 has no return code for it: just close.
+    s = Session(SERVER, maximum_qos=1)
+    will = Will("w", b"x", qos=2)
+    s.receive_data(encode(Connect("c", will=will, protocol_level=v), v), 0)
+    with pytest.raises(RemoteProtocolError) as ei:
+        s.next_event()
+    assert ei.value.reason_code == QOS_NOT_SUPPORTED and s.state == ERROR
+    assert decode_all(s.data_to_send(), v) == (
+        [ConnAck(False, QOS_NOT_SUPPORTED)] if v == 5 else []
+    )
+    s = Session(SERVER, maximum_qos=1)
+    s.receive_data(encode(Connect("c", will=Will("w", b"x", qos=1), protocol_level=v), v), 0)
+    assert isinstance(s.next_event(), Connect)
 
 
 # -- AUTH ----------------------------------------------------------------------

@@ -203,6 +203,7 @@ PROP_PLACE property %s not allowed here
 PROP_TOO_LONG %s is longer than 65535 bytes
 PROP_RANGE %s = %r out of range
 TOPIC_NOT_STR topic must be str, not %s
+WILL_QOS_OVER_MAX will QoS above the server's Maximum QoS
 """
 
 

@@ -30,6 +30,7 @@ _PINGREQ = const(12)
 _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
+_QOS_NOT_SUPPORTED = const(0x9B)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
@@ -37,6 +38,7 @@ _E_EMPTY_ID_NEEDS_CLEAN = const(63)
 _E_EXPIRY_WAS_0 = const(78)
 _E_EMPTY_ID_PASS_ASSIGNED = const(82)
 _E_NO_SUCH_REQUEST = const(83)
+_E_WILL_QOS_OVER_MAX = const(116)
 
 
 def _get(p, name, default=None):
@@ -153,6 +155,11 @@ def rx_connect(s, p):
         if not p.client_id and not p.clean_start:
             raise _remote(_E_EMPTY_ID_NEEDS_CLEAN, _CLIENT_IDENTIFIER_NOT_VALID)
     s._connect_expiry = s.session_expiry_interval = e
+    w = p.will
+    if w is not None and w.qos > s.maximum_qos:
+        # MQTT-3.2.2-12: refused, with CONNACK 0x9B in 5.0 (3.1.1 has no
+        # return code for it: the connection just closes).
+        raise _remote(_E_WILL_QOS_OVER_MAX, _QOS_NOT_SUPPORTED)
     return p
 
 
