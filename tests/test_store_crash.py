@@ -786,3 +786,24 @@ def test_files_written_before_the_first_flag_still_read(tmp_path: Path) -> None:
     (tmp_path / "00000001.seg").write_bytes(b"".join(encode(PUT, f, k, v, 0) for f, k, v in recs))
     with Store(tmp_path, strict=True) as s:
         assert {k: s.get(k) for k in s.list()} == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_a_record_inside_a_torn_payload_is_not_taken_for_one(tmp_path: Path) -> None:
+    # A torn append whose payload holds a well-formed record (a chunk of a
+    # segment file being uploaded, say): recovery stops at the torn header
+    # rather than resyncing into its value and replaying a phantom entry.
+    from fieldline.store._log import PUT, RAW, encode
+
+    q = Queue(tmp_path, fsync=False)
+    q.append(b"real")
+    inner = encode(PUT, RAW, struct.pack(">I", 4000000), b"PHANTOM", 0)
+    q.append(b"A" * 50 + inner + b"B" * 500)
+    q.close()
+    seg = tmp_path / "00000001.seg"
+    os.truncate(seg, seg.stat().st_size - 300)
+    with Queue(tmp_path) as q:
+        assert q.peek(10) == [(1, b"real")]
+        assert q.stats()["damaged"] == []
+        assert q.append(b"next") == 2
+    with Queue(tmp_path) as q:
+        assert q.peek(10) == [(1, b"real"), (2, b"next")]

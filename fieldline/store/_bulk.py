@@ -36,14 +36,17 @@ from ._log import (
 
 def _parse(f, off, size):
     # The record at off, checked: (kind, flags, key, value, expires, length),
-    # or None if it is torn or damaged.
+    # or None if it is torn or damaged; 0 if its header looks whole but says
+    # it runs past size (as a torn tail's does).
     if size - off < _H:
         return None
     f.seek(off)
     head = f.read(_H)
     magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-    if magic != _MAGIC or not 0 < kind < 5 or klen == 0 or off + _H + klen + vlen > size:
+    if magic != _MAGIC or not 0 < kind < 5 or klen == 0:
         return None
+    if off + _H + klen + vlen > size:
+        return 0
     body = f.read(klen + vlen)
     if crc32(body, crc32(head[:12])) & 0xFFFFFFFF != crc:
         return None
@@ -63,8 +66,26 @@ def _resync(f, off, size):
             off += len(chunk) - 1
             continue
         off += i
-        if _parse(f, off, size) is not None:
+        if _parse(f, off, size):
             return off
+
+
+def _ends_at(f, off, nxt):
+    # Whether the record at off, its length field damaged, ends at nxt: its
+    # CRC checks out with the length that would make it so.
+    f.seek(off)
+    head = bytearray(f.read(_H))
+    n = nxt - off - _H - head[3]
+    if n < 0:
+        return False
+    head[4:8] = struct.pack("<I", n)
+    crc = crc32(head[:12])
+    n += head[3]
+    while n:
+        chunk = f.read(min(512, n))
+        crc = crc32(chunk, crc)
+        n -= len(chunk)
+    return crc & 0xFFFFFFFF == struct.unpack("<I", head[12:])[0]
 
 
 def walk(log, slot, damage=None, end=None):
@@ -83,12 +104,18 @@ def walk(log, slot, damage=None, end=None):
     log.seg_size = size
     if end is not None and end < size:
         size = end
+    last = slot == len(log.nums) - 1
     try:
         off = 0
         while off < size:
             r = _parse(f, off, size)
-            if r is None:
+            if not r:
                 nxt = _resync(f, off, size)
+                # In the last segment a whole header that runs past the end
+                # is a torn tail: whatever looks like a record after it is in
+                # its value, unless it is its length alone that is damaged.
+                if r == 0 and last and nxt is not None and not _ends_at(f, off, nxt):
+                    nxt = None
                 if nxt is None:
                     break  # a torn tail: the write a crash cut short
                 if damage is not None:
@@ -120,7 +147,7 @@ def _firsts(log):
         f.seek(0, 2)
         r = _parse(f, 0, f.tell())
         log._close(f)
-        out.append(None if r is None else (r[0], r[3]))
+        out.append((r[0], r[3]) if r else None)
     return out
 
 
