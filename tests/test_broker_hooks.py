@@ -491,6 +491,32 @@ def test_a_will_is_a_message_too() -> None:
         )
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_will_asks_authorize_publish_too(asynchronous: bool) -> None:
+    class NoSecure:
+        def authorize_publish(self, client_id: str, user: Any, topic: str, *a: Any) -> Any:
+            verdict = False if topic.startswith("secure/") else None
+            if not asynchronous:
+                return verdict
+
+            async def later() -> Any:
+                return verdict
+
+            return later()
+
+    for broker in running(plugins=[NoSecure()]):
+        watcher = Raw(broker.port, "watcher")
+        watcher.subscribe(Subscription("#", 1))
+        for topic in ("secure/cmd", "open/cmd"):
+            c = Raw(broker.port, f"dies-{topic}", will=Will(topic, b"OPEN", 1, retain=True))
+            c.close()  # no DISCONNECT: the Will is due
+        (m,) = watcher.messages(1)
+        assert m.topic == "open/cmd"  # secure/cmd's came first, and was refused
+        assert broker.call(broker.broker.router.retained.copy).keys() == {"open/cmd"}
+        assert broker.call(broker.broker.stats)["denied"] == 1
+        watcher.close()
+
+
 # -- errors and timeouts -------------------------------------------------------------------
 
 

@@ -739,6 +739,26 @@ class Broker:
                      will.topic, extra={"client_id": cs.client_id,
                      "topic": will.topic})  # fmt: skip
             return
+        # A Will is a PUBLISH the client asked for in advance: the plug-ins that judge
+        # its PUBLISHes judge it too, as it goes.
+        verdict = self.plugins.authorize_publish(
+            cs.client_id, cs.username, will.topic, will.qos, will.retain
+        )
+        if inspect.isawaitable(verdict):
+            self.spawn(self._will_later(cs, will, verdict))
+        else:
+            self._send_will(cs, will, verdict)
+
+    async def _will_later(self, cs: ClientSession, will: Will, verdict: Awaitable[Verdict]) -> None:
+        self._send_will(cs, will, await verdict)
+
+    def _send_will(self, cs: ClientSession, will: Will, verdict: Verdict) -> None:
+        if verdict:
+            self.counters.denied += 1
+            log.info("client id %r: Will on %r refused by a plug-in (0x%02X)", cs.client_id,
+                     will.topic, verdict, extra={"client_id": cs.client_id,
+                     "topic": will.topic, "reason_code": verdict})  # fmt: skip
+            return
         props = will.properties
         if props and "will_delay_interval" in props:
             props = {k: v for k, v in props.items() if k != "will_delay_interval"}
