@@ -1349,6 +1349,29 @@ def test_auth_without_method():
     assert ei.value.reason_code == PROTOCOL_ERROR
 
 
+def test_auth_data_without_method_connect():
+    # 3.1.2.11.10: a Protocol Error, answered with CONNACK 0x82.
+    s = Session(SERVER)
+    c = Connect("c", protocol_level=5, properties={"authentication_data": b"secret"})
+    s.receive_data(encode(c, 5), 0)
+    with pytest.raises(RemoteProtocolError) as ei:
+        s.next_event()
+    assert ei.value.reason_code == PROTOCOL_ERROR and s.state == ERROR
+    assert decode_all(s.data_to_send(), 5) == [ConnAck(False, PROTOCOL_ERROR)]
+
+
+def test_auth_data_without_method_connack():
+    # 3.2.2.3.18: a Protocol Error, answered with DISCONNECT 0x82.
+    c = Session(CLIENT, 5)
+    c.connect(Connect("c", protocol_level=5), 0)
+    c.data_to_send()
+    c.receive_data(encode(ConnAck(False, 0, {"authentication_data": b"x"}), 5), 0)
+    with pytest.raises(RemoteProtocolError) as ei:
+        c.next_event()
+    assert ei.value.reason_code == PROTOCOL_ERROR and c.state == ERROR
+    assert decode_all(c.data_to_send(), 5) == [Disconnect(PROTOCOL_ERROR)]
+
+
 def test_auth_out_of_turn():
     p = Pair(5)
     p.connect(props={"authentication_method": "A"}, accept={})

@@ -204,6 +204,7 @@ PROP_TOO_LONG %s is longer than 65535 bytes
 PROP_RANGE %s = %r out of range
 TOPIC_NOT_STR topic must be str, not %s
 WILL_QOS_OVER_MAX will QoS above the server's Maximum QoS
+AUTH_DATA_NO_METHOD Authentication Data without Authentication Method
 """
 
 

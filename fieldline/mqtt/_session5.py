@@ -45,6 +45,7 @@ _E_AUTH_NOT_NOW = const(81)
 _E_ALIAS_RANGE = const(104)
 _E_ALIAS_NOT_SET = const(105)
 _E_AUTH_OUT_OF_TURN = const(106)
+_E_AUTH_DATA_NO_METHOD = const(117)
 
 
 def _get(p, name, default=None):
@@ -123,6 +124,9 @@ def _rx_connack(s, p):
     m = s._auth_method
     if m is not None and _get(p, "authentication_method") != m:
         raise RemoteProtocolError(_PROTOCOL_ERROR, _E_CONNACK_AUTH_METHOD)  # 4.12.0-5
+    d = p.properties
+    if d and "authentication_data" in d and "authentication_method" not in d:
+        raise RemoteProtocolError(_PROTOCOL_ERROR, _E_AUTH_DATA_NO_METHOD)  # 3.2.2.3.18
     peer_limits(s, p)
     s._peer_qos = _get(p, "maximum_qos", 2)
     s._peer_retain = _get(p, "retain_available", 1)

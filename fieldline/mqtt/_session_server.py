@@ -39,6 +39,7 @@ _E_EXPIRY_WAS_0 = const(78)
 _E_EMPTY_ID_PASS_ASSIGNED = const(82)
 _E_NO_SUCH_REQUEST = const(83)
 _E_WILL_QOS_OVER_MAX = const(116)
+_E_AUTH_DATA_NO_METHOD = const(117)
 
 
 def _get(p, name, default=None):
@@ -147,7 +148,9 @@ def rx_connect(s, p):
     s._clean = p.clean_start
     if v == _MQTT5:
         e = _get(p, "session_expiry_interval", 0)
-        s._auth_method = _get(p, "authentication_method")
+        m = s._auth_method = _get(p, "authentication_method")
+        if m is None and _get(p, "authentication_data") is not None:
+            raise _remote(_E_AUTH_DATA_NO_METHOD)  # 3.1.2.11.10: CONNACK 0x82
         peer_limits(s, p)
     else:
         e = 0 if p.clean_start else NEVER
