@@ -115,6 +115,22 @@ def test_expired_records_stay_gone_after_reopen(tmp_path: Path) -> None:
         assert s.list() == ["b"] and len(s) == 1
 
 
+def test_an_expired_key_is_not_there_to_delete(where: str | None) -> None:
+    # delete and delete_batch see expiry as get does: no True, no count, no
+    # DELETE written; the key is forgotten, so len() stops counting it.
+    clock = Clock()
+    s = Store(where, clock=clock)
+    s.put_batch({"a": 1, "b": 2, "c": 3}, ttl=5)
+    s.put("d", 4)
+    clock.now += 10
+    assert len(s) == 4  # not known to be expired until read
+    size = s.stats()["file_bytes"]
+    assert s.delete("a") is False
+    assert s.delete_batch(["b", "c", "d"]) == 1
+    assert s.stats()["file_bytes"] == size + 16 + 1  # the DELETE of d alone
+    assert len(s) == 0 and s.stats()["expired"] == 3
+
+
 def test_delete_and_purge(where: str | None) -> None:
     s = Store(where)
     s.put("a", 1)

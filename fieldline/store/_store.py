@@ -136,13 +136,17 @@ class Store:
             if self._index.get(key.encode()) is None:
                 return key
 
-    def _expired(self, pos, expires, now):
-        # True (and the record forgotten) if it has expired.
-        if expires and expires <= now:
-            self._drop(self._index.remove(self._log.read(pos)[2]))
-            self.expired += 1
-            return True
-        return False
+    def _find(self, k):
+        # The position of the record under key bytes k, or None if there is
+        # none or it has expired (then it is forgotten: gone for delete too).
+        pos = self._index.get(k)
+        if pos is not None:
+            expires = self._log.read(pos)[4]
+            if expires and expires <= self._clock():
+                self._drop(self._index.remove(k))
+                self.expired += 1
+                return None
+        return pos
 
     # -- the API ----------------------------------------------------------
 
@@ -157,20 +161,18 @@ class Store:
 
     def get(self, key, default=None):
         """The value under ``key``, or ``default`` if there is none (or it expired)."""
-        pos = self._index.get(_key(key))
+        pos = self._find(_key(key))
         if pos is None:
             return default
-        _, _, _, value, expires = self._log.read(pos)
-        if self._expired(pos, expires, self._clock()):
-            return default
-        return json.loads(value)
+        return json.loads(self._log.read(pos)[3])
 
     def __contains__(self, key):
         return self.get(key, _MISSING) is not _MISSING
 
     def delete(self, key=None, purge=False):
-        """Delete ``key``: True if it was there. ``delete(purge=True)`` deletes
-        everything in one atomic switch and returns how many records went."""
+        """Delete ``key``: True if it was there (an expired key was not).
+        ``delete(purge=True)`` deletes everything in one atomic switch and
+        returns how many records went, as ``len()`` counts them."""
         if purge:
             n = self._index.count
             bulk().compact(self._log, ())
@@ -178,7 +180,7 @@ class Store:
             self._live_bytes = 0
             return n
         k = _key(key)
-        if self._index.get(k) is None:
+        if self._find(k) is None:
             return False
         self._write([(DELETE, 0, k, b"", 0)], "deletion of key %r" % key)
         return True
@@ -206,7 +208,7 @@ class Store:
         records = []
         for key in keys:
             k = _key(key)
-            if self._index.get(k) is not None:
+            if self._find(k) is not None:
                 records.append((DELETE, 0, k, b"", 0))
         if records:
             self._write(records, "deletion of %d keys" % len(records))
@@ -248,6 +250,9 @@ class Store:
         }
 
     def __len__(self):
+        """The records in the index: one that has expired counts until a read,
+        a delete or ``cleanup()`` finds it so (knowing sooner means reading
+        every record)."""
         return self._index.count
 
     def close(self):
