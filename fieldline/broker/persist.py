@@ -246,7 +246,7 @@ class Persistence:
         for topic, payload, qos, props, expires in rows:
             m = Message(topic, payload, qos, True, _unprops(props), now)
             m.expires_at = loop_time(expires)
-            router.retained[topic] = m
+            router.retain(m)
         row = db.execute("SELECT value FROM meta WHERE key='refused'").fetchone()
         broker.refused_connections = int(row[0]) if row else 0
         sessions = db.execute("SELECT * FROM sessions").fetchall()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fieldline.mqtt import Subscription, SubscriptionTree, parse_shared, topic_matches
+from fieldline.mqtt import Subscription, SubscriptionTree, parse_shared
 
 from .message import Delivery, Message
+from .retained import Retained
 
 
 class Entry:
@@ -26,7 +27,8 @@ class Router:
 
     def __init__(self) -> None:
         self.tree = SubscriptionTree()
-        self.retained: dict[str, Message] = {}
+        self._retained = Retained()
+        self.retained = self._retained.messages  # topic -> Message: read it, retain() writes
         self._turn: dict[str, int] = {}  # shared filter -> round-robin counter
         self._members: dict[str, int] = {}  # shared filter -> number of subscribers
 
@@ -54,20 +56,13 @@ class Router:
         """Store a message published with RETAIN 1; an empty payload removes the retained
         message of its topic (MQTT-3.3.1-5, -6, -7)."""
         if message.payload:
-            self.retained[message.topic] = message
+            self._retained.put(message)
         else:
-            self.retained.pop(message.topic, None)
+            self._retained.remove(message.topic)
 
     def retained_for(self, topic_filter: str, now: float) -> list[Message]:
-        """Retained messages matching a (non-shared) filter, dropping expired ones.
-        Scans the store: fine for thousands of retained topics, a tree is for later."""
-        found = []
-        for topic, message in list(self.retained.items()):
-            if message.expired(now):
-                del self.retained[topic]
-            elif topic_matches(topic_filter, topic):
-                found.append(message)
-        return found
+        """Retained messages matching a (non-shared) filter, dropping expired ones."""
+        return self._retained.matching(topic_filter, now)
 
     def route(
         self,
