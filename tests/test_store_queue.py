@@ -69,6 +69,28 @@ def test_byte_bound(where: str | None) -> None:
     assert r.stats()["refused"] == 1 and len(r) == 1
 
 
+@pytest.mark.parametrize("policy", [DROP_OLDEST, REFUSE])
+def test_an_entry_larger_than_max_bytes_is_refused_up_front(where: str | None, policy: str) -> None:
+    # Dropping every entry would not make room for it: it is refused under
+    # either policy, and nothing is dropped or written.
+    q = Queue(where, max_bytes=1000, policy=policy)
+    with pytest.raises(QueueFull, match="exceeds max_bytes"):
+        q.append(b"X" * 981)  # 20 bytes of header and number: 1001
+    for i in range(10):
+        q.append(b"m%d" % i)
+    size = q.stats()["file_bytes"]
+    with pytest.raises(QueueFull, match="exceeds max_bytes"):
+        q.append(b"X" * 2000)
+    assert len(q) == 10 and q.stats()["file_bytes"] == size
+    assert q.stats()["dropped"] == 0 and q.stats()["refused"] == 2
+    if policy == DROP_OLDEST:
+        assert q.append(b"X" * 980) == 11  # exactly max_bytes: the rest is dropped
+        assert len(q) == 1 and q.stats()["dropped"] == 10
+    else:
+        with pytest.raises(QueueFull, match="queue full"):
+            q.append(b"X" * 980)  # it would fit an empty queue: full, not too large
+
+
 def test_refuse_policy_writes_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "q")
     q = Queue(path, max_entries=2, policy=REFUSE)

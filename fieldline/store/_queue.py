@@ -155,11 +155,16 @@ class Queue:
 
     def append(self, value, ttl=None):
         """Add ``value`` (bytes) at the end; return its sequence number once
-        it is on the medium. Raises QueueFull (policy REFUSE) when full."""
+        it is on the medium. Raises QueueFull (policy REFUSE) when full, and
+        under either policy for an entry larger than ``max_bytes`` alone
+        (20 bytes of it are the record's header and sequence number)."""
         if type(value) is not bytes:
             value = bytes(value)
         expires = expiry(self._clock(), self.ttl if ttl is None else ttl)
         length = 20 + len(value)
+        if self.max_bytes and length > self.max_bytes:  # dropping all would not make room
+            self.refused += 1
+            raise QueueFull("an entry of %d bytes exceeds max_bytes" % length)
         records = []
         drop = []
         n = self.count
