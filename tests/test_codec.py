@@ -650,6 +650,18 @@ def test_parser_topic_shortcut_never_mixes_topics(v: int) -> None:
     assert parser.next_packet() == good
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+@pytest.mark.parametrize("qos", [0, 1])
+@pytest.mark.parametrize("present", [b"+", b"a/#", b"a", b""])
+def test_publish_topic_past_the_end_is_malformed(v: int, qos: int, present: bytes) -> None:
+    # The topic length (10) runs past the packet: Malformed Packet, whatever
+    # the bytes that are there hold (a wildcard among them once gave 0x90).
+    data = bytes((0x30 | qos << 1, 2 + len(present))) + b"\x00\x0a" + present
+    with pytest.raises(RemoteProtocolError) as e:
+        decode(data, v)
+    assert e.value.reason_code == MALFORMED
+
+
 def test_packet_equality_and_repr_come_from_the_constructor_fields() -> None:
     p = Publish("a/b", b"x", 1, packet_id=3)
     assert p == Publish("a/b", b"x", 1, False, False, 3, {})  # {} and None: no properties

@@ -58,7 +58,6 @@ _E_PACKET_ID_0 = const(28)
 _E_PUBLISH_QOS_3 = const(37)
 _E_WILDCARD_IN_PUBLISH = const(38)
 _E_DUP_SET_ON_QOS0 = const(39)
-_E_PUBLISH_TOO_SHORT = const(40)
 _E_EMPTY_TOPIC_NO_ALIAS = const(41)
 _E_BYTES_AFTER_PROPS = const(42)
 _E_WRONG_LENGTH = const(43)
@@ -558,6 +557,10 @@ class Parser:
                 else:
                     # read_string, inlined; raw keeps the length for the match above.
                     e = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                    if e > len(buf):
+                        # Before the bytes there are judged: a wildcard in a
+                        # topic cut short must not make it 0x90.
+                        raise _malformed(_E_STRING_PAST_END)
                     raw = buf[i:e]
                     try:
                         if _CHECK_SURROGATES and _surrogate_at(raw[2:]):
@@ -570,7 +573,7 @@ class Parser:
                             raise _malformed(_E_NUL_IN_STRING)  # MQTT-1.5.4-2
                         # MQTT-3.3.2-2
                         raise RemoteProtocolError(_TOPIC_NAME_INVALID, _E_WILDCARD_IN_PUBLISH)
-                    if topic and e <= len(buf):  # not from a packet cut short
+                    if topic:
                         self._topic_raw = raw
                         self._topic = topic
                 if qos:
@@ -581,12 +584,10 @@ class Parser:
                 elif first & 8:
                     raise RemoteProtocolError(_PROTOCOL_ERROR, _E_DUP_SET_ON_QOS0)  # MQTT-3.3.1-2
                 else:
+                    # The topic ends within the packet (checked above);
+                    # reading past its end raises IndexError (the packet id
+                    # above, the property length below).
                     pid = None
-                    # Reading past the end raises IndexError (the packet id
-                    # above, the property length below): only 3.1.1 QoS 0
-                    # can end early unnoticed.
-                    if e > len(buf) and v != _MQTT5:
-                        raise _malformed(_E_PUBLISH_TOO_SHORT)
                 props = None
                 if v == _MQTT5:
                     if buf[e]:
