@@ -105,6 +105,30 @@ def test_refuse_policy_writes_nothing(tmp_path: Path) -> None:
     assert [v for _, v in q.peek(5)] == [b"b", b"c"]
 
 
+@pytest.mark.parametrize("policy", [DROP_OLDEST, REFUSE])
+def test_a_full_queue_forgets_expired_entries_first(where: str | None, policy: str) -> None:
+    # Expired entries at the head make room: REFUSE takes the new entry, and
+    # DROP_OLDEST counts them as expired, not dropped.
+    clock = Clock()
+    q = Queue(where, max_entries=3, policy=policy, clock=clock)
+    q.append(b"old0", ttl=5)
+    q.append(b"old1", ttl=5)
+    q.append(b"keep")
+    clock.now += 10
+    assert q.append(b"new0") == 4
+    assert q.stats()["expired"] == 1 and q.stats()["dropped"] == 0
+    assert q.stats()["refused"] == 0 and len(q) == 3
+    assert q.append(b"new1") == 5
+    assert q.stats()["expired"] == 2 and q.stats()["dropped"] == 0
+    if policy == REFUSE:  # the head is live now: full
+        with pytest.raises(QueueFull):
+            q.append(b"new2")
+        assert [v for _, v in q.peek(5)] == [b"keep", b"new0", b"new1"]
+    else:
+        assert q.append(b"new2") == 6 and q.stats()["dropped"] == 1
+        assert [v for _, v in q.peek(5)] == [b"new0", b"new1", b"new2"]
+
+
 def test_ttl_per_entry_and_default(where: str | None) -> None:
     clock = Clock()
     q = Queue(where, ttl=60, clock=clock)

@@ -160,7 +160,8 @@ class Queue:
         (20 bytes of it are the record's header and sequence number)."""
         if type(value) is not bytes:
             value = bytes(value)
-        expires = expiry(self._clock(), self.ttl if ttl is None else ttl)
+        now = self._clock()
+        expires = expiry(now, self.ttl if ttl is None else ttl)
         length = 20 + len(value)
         if self.max_bytes and length > self.max_bytes:  # dropping all would not make room
             self.refused += 1
@@ -171,16 +172,21 @@ class Queue:
         b = self.bytes
         i = self._head
         while (n >= self.max_entries or (self.max_bytes and b + length > self.max_bytes)) and n:
-            if self.policy == REFUSE:
-                self.refused += 1
-                raise QueueFull("queue full: %d entries, %d bytes" % (self.count, self.bytes))
             while self._pos[i] == DEAD:
                 i += 1
             seq = self._seqs[i]
-            drop.append(seq)
-            records.append((DELETE, 0, struct.pack(">I", seq), b"", 0))
             n -= 1
             b -= self._lens[seq]
+            e = self._log.read(self._pos[i])[4]
+            if e and e <= now:  # expired at the head: it makes room, no drop
+                self._forget(i)
+                self.expired += 1
+            elif self.policy == REFUSE:
+                self.refused += 1
+                raise QueueFull("queue full: %d entries, %d bytes" % (self.count, self.bytes))
+            else:
+                drop.append(seq)
+                records.append((DELETE, 0, struct.pack(">I", seq), b"", 0))
             i += 1
         seq = self._next
         records.append((PUT, RAW, struct.pack(">I", seq), value, expires))
