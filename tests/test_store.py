@@ -131,6 +131,15 @@ def test_an_expired_key_is_not_there_to_delete(where: str | None) -> None:
     assert len(s) == 0 and s.stats()["expired"] == 3
 
 
+def test_a_key_deleted_twice_in_one_batch_counts_once(where: str | None) -> None:
+    s = Store(where)
+    s.put_batch({"k": 1, "j": 2})
+    size = s.stats()["file_bytes"]
+    assert s.delete_batch(["k", "k", "j", "nope", "j"]) == 2
+    assert s.stats()["file_bytes"] == size + 2 * (16 + 1)  # one DELETE each
+    assert len(s) == 0 and s.list() == []
+
+
 def test_delete_and_purge(where: str | None) -> None:
     s = Store(where)
     s.put("a", 1)

@@ -34,6 +34,16 @@ def test_fifo_peek_and_ack(where: str | None) -> None:
     assert q.append(bytearray(b"next")) == 6  # numbers are never reused while held
 
 
+def test_a_number_acked_twice_in_one_call_counts_once(where: str | None) -> None:
+    q = Queue(where)
+    a = q.append(b"x")
+    b = q.append(b"y")
+    size = q.stats()["file_bytes"]
+    assert q.ack([b, a, b, a, 99]) == 2
+    assert q.stats()["file_bytes"] == size + 2 * (16 + 4)  # one DELETE each
+    assert len(q) == 0 and q.peek(5) == []
+
+
 def test_reopen_keeps_order_and_numbers(tmp_path: Path) -> None:
     path = str(tmp_path / "q")
     with Queue(path) as q:

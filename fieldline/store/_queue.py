@@ -221,13 +221,12 @@ class Queue:
 
     def ack(self, seqs):
         """Remove the entries ``seqs`` (one or a list), in one write; return
-        how many were there."""
+        how many were there (a number given twice counts once)."""
         if type(seqs) is int:
             seqs = (seqs,)
         found = []
-        for s in seqs:
-            i = self._find(s)
-            if i >= 0:
+        for s in sorted(set(seqs)):
+            if self._find(s) >= 0:
                 found.append(s)
         if found:
             self._log.append(

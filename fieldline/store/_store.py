@@ -204,11 +204,14 @@ class Store:
         return [self.get(k, default) for k in keys]
 
     def delete_batch(self, keys):
-        """Delete ``keys`` in one atomic write; return how many were there."""
+        """Delete ``keys`` in one atomic write; return how many were there
+        (a key given twice counts once)."""
         records = []
+        seen = set()
         for key in keys:
             k = _key(key)
-            if self._find(k) is not None:
+            if k not in seen and self._find(k) is not None:
+                seen.add(k)
                 records.append((DELETE, 0, k, b"", 0))
         if records:
             self._write(records, "deletion of %d keys" % len(records))
