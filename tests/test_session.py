@@ -22,6 +22,7 @@ from fieldline.mqtt._const import (
     RECEIVE_MAXIMUM_EXCEEDED,
     RETAIN_NOT_SUPPORTED,
     TOPIC_ALIAS_INVALID,
+    TOPIC_FILTER_INVALID,
 )
 from fieldline.mqtt._errors import LocalProtocolError, RemoteProtocolError
 from fieldline.mqtt._packets import (
@@ -1222,6 +1223,28 @@ def test_subscribe_unsubscribe(v):
     assert isinstance(ack, UnsubAck) and ack.packet_id == uid
     with pytest.raises(LocalProtocolError):
         p.s.suback(pid, [0, 0])  # already answered
+
+
+@pytest.mark.parametrize(
+    "call, code",
+    [
+        (lambda c: c.subscribe("a/#/b"), TOPIC_FILTER_INVALID),  # MQTT-4.7.1-1
+        (lambda c: c.subscribe("sport+"), TOPIC_FILTER_INVALID),  # MQTT-4.7.1-2
+        (lambda c: c.subscribe(""), TOPIC_FILTER_INVALID),  # MQTT-4.7.3-1
+        (lambda c: c.subscribe(["ok", "a#"]), TOPIC_FILTER_INVALID),
+        (lambda c: c.subscribe(Subscription("$share/g/a", no_local=True)), PROTOCOL_ERROR),
+        (lambda c: c.unsubscribe("a/#/b"), TOPIC_FILTER_INVALID),
+        (lambda c: c.unsubscribe(["ok", ""]), TOPIC_FILTER_INVALID),
+    ],
+)
+def test_client_refuses_invalid_filters(call, code):
+    # MQTT-3.8.3-4 for No Local on a shared subscription. Nothing is sent.
+    p = Pair(5)
+    p.connect()
+    with pytest.raises(LocalProtocolError) as ei:
+        call(p.c)
+    assert ei.value.reason_code == code
+    assert p.c.data_to_send() == b"" and p.c._pending == {}
 
 
 @pytest.mark.parametrize("v", VERSIONS)

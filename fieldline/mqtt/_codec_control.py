@@ -23,6 +23,7 @@ from ._codec import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import Auth, ConnAck, Disconnect, SubAck, UnsubAck
+from ._topic import validate_topic_filter
 
 try:
     from micropython import const
@@ -49,6 +50,7 @@ _E_BAD_KEEP_ALIVE = const(15)
 _E_SUBSCRIBE_EMPTY = const(19)
 _E_BAD_RETAIN_HANDLING = const(20)
 _E_OPTIONS_NEED_V5 = const(21)
+_E_NO_LOCAL_SHARED = const(47)
 _E_UNSUBSCRIBE_EMPTY = const(23)
 _E_AUTH_NEEDS_V5 = const(26)
 _E_V3_DISCONNECT_EMPTY = const(27)
@@ -115,6 +117,9 @@ def _e_subscribe(p, v):
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _SUBSCRIBE, v)
     for s in subs:
+        f = s.topic_filter
+        # MQTT-4.7.1-1, -2, 4.7.3-1: TOPIC_FILTER_INVALID, nothing sent.
+        validate_topic_filter(f)
         _check_qos(s.qos)
         opts = s.qos
         if s.no_local:
@@ -127,7 +132,9 @@ def _e_subscribe(p, v):
         opts |= rh << 4
         if v != _MQTT5 and opts > 3:
             raise LocalProtocolError(_PROTOCOL_ERROR, _E_OPTIONS_NEED_V5)
-        body += encode_string(s.topic_filter)
+        if opts & 4 and f.startswith("$share/"):
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_NO_LOCAL_SHARED)  # MQTT-3.8.3-4
+        body += encode_string(f)
         body.append(opts)
     return _frame(0x82, body)
 
@@ -138,6 +145,7 @@ def _e_unsubscribe(p, v):
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _UNSUBSCRIBE, v)
     for f in p.topic_filters:
+        validate_topic_filter(f)
         body += encode_string(f)
     return _frame(0xA2, body)
 
