@@ -63,6 +63,19 @@ def test_made_up_keys_are_unique_even_within_one_second(where: str | None) -> No
     assert [s.get(k) for k in keys] == list(range(300)) * 2
 
 
+def test_made_up_keys_do_not_repeat_when_the_counter_wraps(tmp_path: Path) -> None:
+    # 65537 keys within one second: the 16-bit counter wraps inside one batch.
+    # And with the clock stopped, a reopened store still finds a free key.
+    clock = Clock()
+    s = Store(tmp_path, clock=clock, fsync=False)
+    keys = s.put_batch(list(range(65537)))
+    assert len(set(keys)) == len(s) == 65537
+    assert s.get(keys[0]) == 0 and s.get(keys[-1]) == 65536
+    s.close()
+    with Store(tmp_path, clock=clock, fsync=False) as s:
+        assert s.put("new") not in keys and len(s) == 65538
+
+
 def test_values_json_cannot_carry_are_refused_and_nothing_is_written(where: str | None) -> None:
     s = Store(where)
     for bad in (b"bytes", {1: "int key"}, {"a": {1, 2}}, float("nan"), float("inf"), object()):

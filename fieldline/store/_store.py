@@ -73,6 +73,7 @@ class Store:
         self._index = Index(self._key_at)
         self._live_bytes = 0  # bytes of the records the index points at
         self._seq = 0
+        self._t = 0  # the second in the last made-up key
         self._now = clock()
         self.compactions = 0
         self.expired = 0
@@ -129,10 +130,17 @@ class Store:
                 pass  # no room to compact into: the store works on, compact() says why
 
     def _new_key(self):
+        # The clock's second and a 16-bit counter. When the counter wraps the
+        # key moves on to the next second, not back to a key already made (in
+        # this batch, or past the 65536 keys of a stopped clock).
         t = int(self._clock()) & 0xFFFFFFFF
+        if t > self._t:
+            self._t = t
         while True:
             self._seq = (self._seq + 1) & 0xFFFF
-            key = "%08x%04x" % (t, self._seq)
+            if not self._seq:
+                self._t += 1
+            key = "%08x%04x" % (self._t, self._seq)
             if self._index.get(key.encode()) is None:
                 return key
 
