@@ -807,3 +807,23 @@ def test_a_record_inside_a_torn_payload_is_not_taken_for_one(tmp_path: Path) -> 
         assert q.append(b"next") == 2
     with Queue(tmp_path) as q:
         assert q.peek(10) == [(1, b"real"), (2, b"next")]
+
+
+@pytest.mark.parametrize("cls", [Store, Queue])
+def test_opening_on_a_full_disk_raises_store_full_and_lets_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: type[Store] | type[Queue]
+) -> None:
+    # No room for the first segment: StoreFullError, not a bare OSError, and
+    # the folder's lock goes with the failed open, so a retry works.
+    import fieldline.store._log as log
+
+    def no_room(f: Any, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(log, "_write", no_room)
+        with pytest.raises(StoreFullError) as e:
+            cls(tmp_path)
+        assert e.value.errno == errno.ENOSPC
+    with cls(tmp_path) as s:
+        assert len(s) == 0

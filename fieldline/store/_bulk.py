@@ -222,7 +222,10 @@ def scan(log, visit):
     if log.nums and not roll:
         log._active = log._open(log.nums[-1])
     elif len(log.nums) < _MAX_SLOTS:
-        log._new_segment()
+        try:
+            log._new_segment()
+        except OSError as e:
+            raise StoreFullError("no room for a segment to write to", e) from None
 
 
 # -- compaction -----------------------------------------------------------------

@@ -166,11 +166,15 @@ class Log:
             except OSError:
                 pass
             self._lock = _lock(path)
-            for name in os.listdir(path):
-                if name.endswith(".tmp"):  # a compaction that did not finish
-                    os.remove(self._file(name))
-                elif name.endswith(".seg"):
-                    self.nums.append(int(name[:-4]))
+            try:
+                for name in os.listdir(path):
+                    if name.endswith(".tmp"):  # a compaction that did not finish
+                        os.remove(self._file(name))
+                    elif name.endswith(".seg"):
+                        self.nums.append(int(name[:-4]))
+            except BaseException:
+                self.close()
+                raise
             self.nums.sort()
 
     # -- files or RAM -----------------------------------------------------

@@ -89,9 +89,13 @@ class Queue:
         self.compactions = 0
         self._next = 1
         self._now = clock()
-        bulk().scan(self._log, self._replay)
-        self._trim()
-        self._maybe_compact()
+        try:
+            bulk().scan(self._log, self._replay)
+            self._trim()
+            self._maybe_compact()
+        except BaseException:
+            self.close()  # and its lock: a retry must not find the folder taken
+            raise
 
     # -- internals --------------------------------------------------------
 

@@ -77,13 +77,16 @@ class Store:
         self._now = clock()
         self.compactions = 0
         self.expired = 0
-        bulk().scan(self._log, self._replay)
-        self._index.merge()
-        if strict and self._log.damage:
+        try:
+            bulk().scan(self._log, self._replay)
+            self._index.merge()
             damage = self._log.damage
-            self.close()
-            raise CorruptError("damaged segments: %r" % (damage,), damage)
-        self._maybe_compact()
+            if strict and damage:
+                raise CorruptError("damaged segments: %r" % (damage,), damage)
+            self._maybe_compact()
+        except BaseException:
+            self.close()  # and its lock: a retry must not find the folder taken
+            raise
 
     # -- internals --------------------------------------------------------
 
