@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fieldline.store import Store
 from fieldline.store._errors import QueryError, StoreError
 from fieldline.store._query import check, matches, needles, order
 
@@ -523,3 +524,10 @@ def test_needles_come_from_plain_string_equalities() -> None:
     assert sorted(needles(q)) == [b'"deep"', b'"temp"', b'"x"']
     assert needles({"s": 'quo"te'}) == [] and needles({"s": "caf\u00e9"}) == []
     assert needles({"s": "caf\xe9"}) == [] and needles({"s": {"$ne": "x"}}) == []
+    assert needles({"s": "a\x7fb"}) == []  # CPython's json writes DEL as \u007f
+
+
+def test_a_string_with_del_is_found_by_equality() -> None:
+    s = Store()
+    s.put("k", {"f": "a\x7fb"})
+    assert s.query({"f": "a\x7fb"}) == s.query({"f": {"$eq": "a\x7fb"}}) == [{"f": "a\x7fb"}]

@@ -182,11 +182,13 @@ def needles(query):
                 c = c.get("$eq")
             if isinstance(c, str):
                 b = c.encode()
-                # Printable ASCII without quote or backslash: JSON writes it as is.
+                # Printable ASCII without quote or backslash: JSON writes it as is
+                # (not DEL, which CPython's json writes as \u007f).
                 if (
                     len(b) == len(c)
                     and b"\\" not in b
                     and b'"' not in b
+                    and b"\x7f" not in b
                     and min(b, default=32) >= 32
                 ):
                     out.append(b'"' + b + b'"')
