@@ -531,3 +531,13 @@ def test_a_string_with_del_is_found_by_equality() -> None:
     s = Store()
     s.put("k", {"f": "a\x7fb"})
     assert s.query({"f": "a\x7fb"}) == s.query({"f": {"$eq": "a\x7fb"}}) == [{"f": "a\x7fb"}]
+
+
+def test_query_limit_is_checked_and_zero_is_none() -> None:
+    s = Store()
+    s.put_batch({"a": {"v": 1}, "b": {"v": 2}})
+    assert s.query({}, limit=0) == [] and s.query({}, limit=0, sort="v") == []
+    assert s.query({}, limit=1) == [{"v": 1}] and s.query({}, limit=1, sort="-v") == [{"v": 2}]
+    for bad in (-1, 1.0, True, "1"):
+        with pytest.raises(QueryError, match="limit must be an int"):
+            s.query({}, limit=bad)

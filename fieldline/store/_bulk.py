@@ -12,7 +12,7 @@ import os
 import struct
 from binascii import crc32
 
-from ._errors import StoreError, StoreFullError
+from ._errors import QueryError, StoreError, StoreFullError
 from ._log import (
     _H,
     _HEADER,
@@ -320,6 +320,8 @@ def query(store, query, limit, sort, keys):
     if query is None:
         query = {}
     check(query)
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise QueryError("limit must be an int >= 0 or None, not %r" % (limit,))
     need = needles(query)
     out = []
     found = _unexpired(store)
@@ -336,8 +338,8 @@ def query(store, query, limit, sort, keys):
                     break
     if sort is not None:
         out = order(out, sort)
-        if limit is not None:
-            out = out[:limit]
+    if limit is not None:
+        out = out[:limit]  # 0 is none at all (MongoDB's 0 means no limit: None here)
     return out if keys else [doc for _, doc in out]
 
 
