@@ -306,6 +306,7 @@ def test_damaged_record_in_the_middle(tmp_path: Path, segment: str, where: str) 
     with pytest.raises(CorruptError) as e:
         Store(str(folder), strict=True)
     assert seg.name in str(e.value)
+    assert e.value.segments == [seg.name] and e.value.args[1] == damage
     with Store(str(folder), segment_size=1024) as s:
         assert s.stats()["damaged"] == damage
         want = {k: v for w, items in enumerate(writes) if w != victim for k, v in items}

@@ -40,8 +40,14 @@ class StoreFullError(_and(OSError)):  # type: ignore[misc]
 
 class CorruptError(StoreError):
     """A segment has a damaged record in its middle (a CRC or length that does
-    not check out, followed by more data). The store opened anyway with every
-    record it could read; ``segments`` lists the damaged files."""
+    not check out, followed by more data). ``args[1]`` lists each damaged
+    region as (segment file, offset, length) and ``segments`` the damaged
+    files; ``Store(path)`` without ``strict=True`` opens with every record it
+    can read and reports the same list in ``stats()["damaged"]``."""
+
+    def __init__(self, what, damage):
+        super().__init__(what, damage)
+        self.segments = sorted(set([d[0] for d in damage]))
 
 
 class EncodeError(_and(TypeError)):  # type: ignore[misc]
