@@ -44,6 +44,15 @@ def test_a_number_acked_twice_in_one_call_counts_once(where: str | None) -> None
     assert len(q) == 0 and q.peek(5) == []
 
 
+def test_an_entry_is_bytes_or_a_buffer(where: str | None) -> None:
+    q = Queue(where)
+    for bad in (5, "text", [1, 2], None):
+        with pytest.raises(TypeError, match="a queue entry is bytes"):
+            q.append(bad)  # type: ignore[arg-type]
+    assert q.append(bytearray(b"ba")) == 1 and q.append(memoryview(b"mv")) == 2
+    assert q.peek(5) == [(1, b"ba"), (2, b"mv")] and q.stats()["file_bytes"] > 0
+
+
 def test_reopen_keeps_order_and_numbers(tmp_path: Path) -> None:
     path = str(tmp_path / "q")
     with Queue(path) as q:

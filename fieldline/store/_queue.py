@@ -158,11 +158,15 @@ class Queue:
     # -- the API ----------------------------------------------------------
 
     def append(self, value, ttl=None):
-        """Add ``value`` (bytes) at the end; return its sequence number once
-        it is on the medium. Raises QueueFull (policy REFUSE) when full, and
-        under either policy for an entry larger than ``max_bytes`` alone
-        (20 bytes of it are the record's header and sequence number)."""
+        """Add ``value`` (bytes, bytearray or memoryview: TypeError otherwise)
+        at the end; return its sequence number once it is on the medium.
+        Raises QueueFull (policy REFUSE) when full, and under either policy
+        for an entry larger than ``max_bytes`` alone (20 bytes of it are the
+        record's header and sequence number)."""
         if type(value) is not bytes:
+            # bytes(5) would be five zero bytes, bytes("x") a TypeError without a reason
+            if not isinstance(value, (bytearray, memoryview, bytes)):
+                raise TypeError("a queue entry is bytes, not %s" % type(value).__name__)
             value = bytes(value)
         now = self._clock()
         expires = expiry(now, self.ttl if ttl is None else ttl)
