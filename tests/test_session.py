@@ -1318,6 +1318,34 @@ def test_will_qos_over_maximum_qos_refused(v):
     assert isinstance(s.next_event(), Connect)
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+def test_held_connect_bounds_what_waits(v):
+    # Nothing is parsed while the Connect awaits accept(), so the parser's
+    # size check does not run: more than max_packet_size bytes waiting is
+    # refused with 0x95 (CONNACK 0x95 in 5.0), not buffered without end.
+    s = Session(SERVER, max_packet_size=1024)
+    s.receive_data(encode(Connect("c", protocol_level=v), v), 0)
+    assert isinstance(s.next_event(), Connect)
+    s.receive_data(b"\x30\xff\xff\xff\x2f" + b"\0" * 1000, 1)  # announces 100 MB
+    assert s.next_event() is None  # 1005 bytes wait: within the bound
+    s.receive_data(b"\0" * 1000, 1)
+    with pytest.raises(RemoteProtocolError) as ei:
+        s.next_event()
+    assert ei.value.reason_code == PACKET_TOO_LARGE and s.state == ERROR
+    assert s._parser.buffered() == 0
+    assert decode_all(s.data_to_send(), v) == ([ConnAck(False, PACKET_TOO_LARGE)] if v == 5 else [])
+
+
+def test_closed_session_bounds_what_waits():
+    p = Pair(5, server={"max_packet_size": 100})
+    p.connect()
+    p.s.disconnect()
+    p.s.receive_data(b"\0" * 101, 1)
+    with pytest.raises(RemoteProtocolError) as ei:
+        p.s.next_event()
+    assert ei.value.reason_code == PACKET_TOO_LARGE and p.s._parser.buffered() == 0
+
+
 # -- AUTH ----------------------------------------------------------------------
 
 

@@ -205,6 +205,7 @@ PROP_RANGE %s = %r out of range
 TOPIC_NOT_STR topic must be str, not %s
 WILL_QOS_OVER_MAX will QoS above the server's Maximum QoS
 AUTH_DATA_NO_METHOD Authentication Data without Authentication Method
+HELD_OVER_MAX %d bytes wait unread, over the Maximum Packet Size
 """
 
 

@@ -262,7 +262,9 @@ class Session:
         Disconnect. A server session returns None while a Connect or Auth
         awaits accept(), reject() or auth(). After EOF
         and the last event, the session is IDLE as after connection_lost().
-        Raises RemoteProtocolError (session now ERROR, answer queued)."""
+        Raises RemoteProtocolError (session now ERROR, answer queued); also
+        PACKET_TOO_LARGE when, while nothing is read (awaiting accept(), or
+        CLOSED), more than max_packet_size bytes wait."""
         ev = self._events
         while True:
             if ev:
@@ -271,6 +273,12 @@ class Session:
             if st >= _CLOSED or self._hold or self.role == _CLIENT and st == _IDLE:
                 if self._eof and st != _IDLE:
                     self.connection_lost()
+                elif self._parser.buffered() > self.max_packet_size:
+                    # Nothing is parsed now, so nothing checks packet sizes:
+                    # bound what waits instead (rare: loads on demand).
+                    from ._session_fail import overflow
+
+                    overflow(self)
                 return None
             try:
                 p = self._parser.next_packet()

@@ -4,7 +4,7 @@ Imported by ``Session._fail`` on first use: a rare path, so a device keeps
 it out of RAM until a peer misbehaves.
 """
 
-from ._codec import encode
+from ._codec import Parser, encode
 from ._errors import MQTTError, RemoteProtocolError
 from ._packets import ConnAck, Disconnect
 
@@ -22,10 +22,12 @@ _MQTT311 = const(4)
 _MQTT5 = const(5)
 _UNSUPPORTED_PROTOCOL_VERSION = const(0x84)
 _KEEP_ALIVE_TIMEOUT = const(0x8D)
+_PACKET_TOO_LARGE = const(0x95)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_KEEP_ALIVE_EXPIRED = const(62)
+_E_HELD_OVER_MAX = const(118)
 
 # 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
 V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
@@ -57,3 +59,16 @@ def timeout(s):
     raise RemoteProtocolError."""
     fail(s, _KEEP_ALIVE_TIMEOUT)
     raise RemoteProtocolError(_KEEP_ALIVE_TIMEOUT, _E_KEEP_ALIVE_EXPIRED)
+
+
+def overflow(s):
+    """Session.next_event() reads nothing while a server awaits accept() or
+    after CLOSED, so the parser's check of each packet's size does not run,
+    and a peer that kept sending would fill memory: more than
+    max_packet_size bytes waiting fails with PACKET_TOO_LARGE (CONNACK 0x95
+    in 5.0 before accepting). The bytes are dropped. Raises
+    RemoteProtocolError."""
+    n = s._parser.buffered()
+    fail(s, _PACKET_TOO_LARGE)
+    s._parser = Parser(s.version, s.max_packet_size)
+    raise RemoteProtocolError(_PACKET_TOO_LARGE, (_E_HELD_OVER_MAX, n))
