@@ -12,7 +12,7 @@ import os
 import struct
 from binascii import crc32
 
-from ._errors import QueryError, StoreError, StoreFullError
+from ._errors import CorruptError, QueryError, StoreError, StoreFullError
 from ._log import (
     _H,
     _HEADER,
@@ -172,10 +172,11 @@ def _limits(log):
     return limits
 
 
-def scan(log, visit):
+def scan(log, visit, strict=False):
     """Call ``visit(kind, flags, key, pos, length, expires)`` for every
     complete record of ``log``, oldest first, then make the log ready to
-    append. A batch whose last record is missing is skipped as a whole."""
+    append. A batch whose last record is missing is skipped as a whole.
+    ``strict``: raise CorruptError at the end if a segment is damaged."""
     limits = _limits(log)
     last = len(log.nums) - 1
     roll = False
@@ -226,6 +227,11 @@ def scan(log, visit):
             log._new_segment()
         except OSError as e:
             raise StoreFullError("no room for a segment to write to", e) from None
+    d = log.damage
+    if strict and d:
+        e = CorruptError("damaged segments: %r" % (d,), d)
+        e.segments = sorted(set([x[0] for x in d]))
+        raise e
 
 
 # -- compaction -----------------------------------------------------------------

@@ -45,9 +45,7 @@ class CorruptError(StoreError):
     files; ``Store(path)`` without ``strict=True`` opens with every record it
     can read and reports the same list in ``stats()["damaged"]``."""
 
-    def __init__(self, what, damage):
-        super().__init__(what, damage)
-        self.segments = sorted(set([d[0] for d in damage]))
+    segments = []  # type: list
 
 
 class EncodeError(_and(TypeError)):  # type: ignore[misc]

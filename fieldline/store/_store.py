@@ -8,7 +8,7 @@ store's footprint grows by about 8 bytes a record, not by the data.
 import json
 import time
 
-from ._errors import CorruptError, EncodeError, StoreError
+from ._errors import EncodeError, StoreError
 from ._index import Index
 from ._log import DELETE, PUT, Log, bulk, expiry
 
@@ -78,11 +78,8 @@ class Store:
         self.compactions = 0
         self.expired = 0
         try:
-            bulk().scan(self._log, self._replay)
+            bulk().scan(self._log, self._replay, strict)
             self._index.merge()
-            damage = self._log.damage
-            if strict and damage:
-                raise CorruptError("damaged segments: %r" % (damage,), damage)
             self._maybe_compact()
         except BaseException:
             self.close()  # and its lock: a retry must not find the folder taken
