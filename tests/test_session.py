@@ -1346,6 +1346,24 @@ def test_closed_session_bounds_what_waits():
     assert ei.value.reason_code == PACKET_TOO_LARGE and p.s._parser.buffered() == 0
 
 
+def test_server_cannot_disconnect_before_connack():
+    # MQTT-3.14.0-1: no DISCONNECT before a successful CONNACK; reject() it is.
+    s = Session(SERVER)
+    s.receive_data(encode(Connect("c", protocol_level=5), 5), 0)
+    s.next_event()
+    with pytest.raises(LocalProtocolError) as ei:
+        s.disconnect(0x80)
+    assert ei.value.reason_code == PROTOCOL_ERROR
+    assert s.state == CONNECTING and s.data_to_send() == b""
+    s.reject(0x80)
+    assert decode_all(s.data_to_send(), 5) == [ConnAck(False, 0x80)]
+    # A client may leave before its CONNACK.
+    c = Session(CLIENT)
+    c.connect(Connect("c"), 0)
+    c.disconnect()
+    assert c.state == CLOSED
+
+
 # -- AUTH ----------------------------------------------------------------------
 
 

@@ -509,8 +509,10 @@ class Session:
         """Send DISCONNECT (5.0 server too; a 3.1.1 server has none, so it
         only closes) and move to CLOSED: then close the connection. A client
         may change the Session Expiry Interval here, but not from 0
-        (MQTT-3.14.2-2). Returns None. Raises LocalProtocolError."""
-        self._need(None, _C | _K)
+        (MQTT-3.14.2-2). A server only once connected: before its CONNACK it
+        answers with reject() (MQTT-3.14.0-1). Returns None. Raises
+        LocalProtocolError."""
+        self._need(None, _K if self.role else _C | _K)
         if properties or self.role == _SERVER:
             from ._session5 import disconnect
 
