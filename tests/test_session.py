@@ -1364,6 +1364,21 @@ def test_server_cannot_disconnect_before_connack():
     assert c.state == CLOSED
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+@pytest.mark.parametrize("code", [0, 0x18, 0x7F])
+def test_reject_needs_a_failure_code(v, code):
+    # A success CONNACK then a close would leave the client thinking it is in.
+    s = Session(SERVER)
+    s.receive_data(encode(Connect("c", protocol_level=v), v), 0)
+    s.next_event()
+    with pytest.raises(LocalProtocolError) as ei:
+        s.reject(code)
+    assert ei.value.reason_code == PROTOCOL_ERROR
+    assert s.state == CONNECTING and s.data_to_send() == b""
+    s.reject(NOT_AUTHORIZED)
+    assert decode_all(s.data_to_send(), v) == [ConnAck(False, NOT_AUTHORIZED if v == 5 else 5)]
+
+
 # -- AUTH ----------------------------------------------------------------------
 
 

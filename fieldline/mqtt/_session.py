@@ -447,7 +447,8 @@ class Session:
         """Server: refuse the CONNECT with a CONNACK carrying ``reason_code``
         (5.0 code >= 0x80; mapped to a 3.1.1 return code, e.g. 0x87 -> 5).
         The session is then CLOSED: send data_to_send() and close. Returns
-        None. Raises LocalProtocolError if not awaiting a CONNECT answer."""
+        None. Raises LocalProtocolError if not awaiting a CONNECT answer or
+        the code is a success code (< 0x80)."""
         from ._session_server import reject
 
         reject(self, reason_code, properties)

@@ -40,6 +40,7 @@ _E_EMPTY_ID_PASS_ASSIGNED = const(82)
 _E_NO_SUCH_REQUEST = const(83)
 _E_WILL_QOS_OVER_MAX = const(116)
 _E_AUTH_DATA_NO_METHOD = const(117)
+_E_REJECT_WITH_SUCCESS = const(119)
 
 
 def _get(p, name, default=None):
@@ -94,6 +95,10 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
 
 def reject(s, reason_code, properties=None):
     s._need(_SERVER, _C)
+    if reason_code < 0x80:
+        # A success code would tell the client it is connected, then close
+        # (MQTT-3.2.2-7 pairs closing with a code of 0x80 or more).
+        raise _local(_PROTOCOL_ERROR, (_E_REJECT_WITH_SUCCESS, reason_code))
     if s.version != _MQTT5:
         reason_code = V3_CODES.get(reason_code, 5)
         properties = None
