@@ -229,9 +229,11 @@ class Log:
         num = self.nums[-1] + 1 if self.nums else 1
         seal = encode(SEAL, 0, b"-", struct.pack("<I", self._end), 0) if self.nums else b""
         f = self._open(num, "wb")
-        _write(f, seal)
-        self._sync(f)
-        self._close(f)
+        try:
+            _write(f, seal)
+            self._sync(f)
+        finally:
+            self._close(f)  # a board has few file handles: none may leak
         self._commit(num)
         self.nums.append(num)
         if self._active is not None:
