@@ -206,3 +206,9 @@ def test_a_queue_refuses_what_it_cannot_hold() -> None:
     q = Queue(None)
     with pytest.raises(StoreError, match="does not fit"):
         q.append(b"x" * (1 << 24))
+
+
+def test_bounds_must_be_above_zero(tmp_path: Path) -> None:
+    for bad in ({"max_entries": 0}, {"max_bytes": 0}, {"max_entries": -1}):
+        with pytest.raises(ValueError, match="must be above 0"):
+            Queue(tmp_path / "q", **bad)  # type: ignore[arg-type]
