@@ -517,6 +517,28 @@ def test_a_will_asks_authorize_publish_too(asynchronous: bool) -> None:
         watcher.close()
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_on_reload_is_called_after_a_reload(asynchronous: bool) -> None:
+    class Keys:
+        def __init__(self) -> None:
+            self.reloads = threading.Event()
+
+        def on_reload(self) -> Any:
+            if not asynchronous:
+                self.reloads.set()
+                return None
+
+            async def later() -> None:
+                self.reloads.set()
+
+            return later()
+
+    keys = Keys()
+    for broker in running(plugins=[keys]):
+        assert broker.call(broker.broker.reload) is True
+        assert keys.reloads.wait(WAIT)
+
+
 # -- errors and timeouts -------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Plug-ins: objects whose optional methods the broker calls where it decides something
 (``authenticate``, ``auth`` for MQTT 5.0 enhanced authentication, ``authorize_publish``,
 ``authorize_subscribe``), after the fact
-(``on_connect``, ``on_disconnect``, ``on_message``), and when it starts and stops
+(``on_connect``, ``on_disconnect``, ``on_message``, ``on_reload`` after SIGHUP or
+``Broker.reload()``: where a plug-in reads its own files again), and when it starts and stops
 (``start(broker)``, ``stop()``: where a plug-in opens and closes what it needs, such as
 a database, and may publish with ``broker.publish()``). See docs/broker.md, Plug-ins.
 
@@ -53,6 +54,7 @@ AUTHORIZE_SUBSCRIBE = "authorize_subscribe"
 ON_CONNECT = "on_connect"
 ON_DISCONNECT = "on_disconnect"
 ON_MESSAGE = "on_message"
+ON_RELOAD = "on_reload"
 START = "start"
 STOP = "stop"
 HOOKS = (
@@ -63,6 +65,7 @@ HOOKS = (
     ON_CONNECT,
     ON_DISCONNECT,
     ON_MESSAGE,
+    ON_RELOAD,
 )
 
 # Reason codes (MQTT 5.0 numbering; the broker maps them for 3.1.1 clients).

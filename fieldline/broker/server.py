@@ -38,6 +38,7 @@ from .hooks import (
     ON_CONNECT,
     ON_DISCONNECT,
     ON_MESSAGE,
+    ON_RELOAD,
     Plugins,
     Verdict,
     load_plugins,
@@ -308,6 +309,7 @@ class Broker:
                 ok = False
             else:
                 log.info("reload: TLS files of %s read again", tls.listener.url)
+        self.plugins.notify(ON_RELOAD)  # their own files, if they have any
         return ok
 
     def auth_summary(self) -> str:
