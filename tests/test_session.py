@@ -260,6 +260,20 @@ def test_unsupported_protocol_version_answered_in_311():
     assert decode_all(s.data_to_send(), 4) == [ConnAck(False, 1)]
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+def test_bad_protocol_name_answered_in_the_connects_format(v):
+    # MQTT-3.1.2-1, -2: a level we speak with a wrong protocol name gets
+    # CONNACK 0x84 in that level's format (3.1.1: return code 1).
+    s = Session(SERVER)
+    s.receive_data(encode(Connect("a", protocol_level=v), v).replace(b"MQTT", b"MQTX"), 0)
+    with pytest.raises(RemoteProtocolError) as ei:
+        s.next_event()
+    assert ei.value.reason_code == 0x84
+    out = s.data_to_send()
+    assert out == (bytes.fromhex("2003008400") if v == 5 else bytes.fromhex("20020001"))
+    assert decode_all(out, v) == [ConnAck(False, 0x84 if v == 5 else 1)]
+
+
 def test_server_holds_events_until_accept():
     p = Pair()
     p.c.connect(Connect("a"), 0)

@@ -295,7 +295,7 @@ class Session:
                 # The peer broke the protocol (rare: loads on demand).
                 from ._session_fail import fail
 
-                fail(self, e.reason_code)
+                fail(self, e)
                 raise
             if p is not None:
                 return p

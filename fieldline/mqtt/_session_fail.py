@@ -33,16 +33,25 @@ _E_HELD_OVER_MAX = const(118)
 V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
 
 
-def fail(s, code):
+def fail(s, e):
     """Move Session ``s`` to ERROR and queue the answer that carries the
-    reason ``code``, if this version and state have one."""
+    reason code of the RemoteProtocolError ``e``, if this version and state
+    have one."""
+    code = e.reason_code
     st = s.state
     s.state = _ERROR
     s._hold = False
     v = s.version
     try:
         if s.role == _SERVER and st == _IDLE and code == _UNSUPPORTED_PROTOCOL_VERSION:
-            s._put(encode(ConnAck(False, 1), _MQTT311))  # MQTT-3.1.2-2
+            # MQTT-3.1.2-2. The CONNECT's level is the detail's last value
+            # (_codec_server._d_connect): a 5.0 one with a wrong protocol
+            # name gets a 5.0 CONNACK, any other 3.1.1's return code 1.
+            m = e.message
+            if type(m) is tuple and m[-1] == _MQTT5:
+                s._put(encode(ConnAck(False, code), _MQTT5))
+            else:
+                s._put(encode(ConnAck(False, 1), _MQTT311))
         elif s.role == _SERVER and st == _CONNECTING:
             if v != _MQTT5:
                 code = V3_CODES.get(code)
@@ -57,8 +66,9 @@ def fail(s, code):
 def timeout(s):
     """Keep Alive ran out (Session.tick()): fail with KEEP_ALIVE_TIMEOUT and
     raise RemoteProtocolError."""
-    fail(s, _KEEP_ALIVE_TIMEOUT)
-    raise RemoteProtocolError(_KEEP_ALIVE_TIMEOUT, _E_KEEP_ALIVE_EXPIRED)
+    e = RemoteProtocolError(_KEEP_ALIVE_TIMEOUT, _E_KEEP_ALIVE_EXPIRED)
+    fail(s, e)
+    raise e
 
 
 def overflow(s):
@@ -68,7 +78,7 @@ def overflow(s):
     max_packet_size bytes waiting fails with PACKET_TOO_LARGE (CONNACK 0x95
     in 5.0 before accepting). The bytes are dropped. Raises
     RemoteProtocolError."""
-    n = s._parser.buffered()
-    fail(s, _PACKET_TOO_LARGE)
+    e = RemoteProtocolError(_PACKET_TOO_LARGE, (_E_HELD_OVER_MAX, s._parser.buffered()))
+    fail(s, e)
     s._parser = Parser(s.version, s.max_packet_size)
-    raise RemoteProtocolError(_PACKET_TOO_LARGE, (_E_HELD_OVER_MAX, n))
+    raise e
