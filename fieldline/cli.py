@@ -147,9 +147,9 @@ def _broker(args: argparse.Namespace) -> int:
     from fieldline.broker.persist import PersistenceError
     from fieldline.broker.run import run
 
-    try:
+    def read() -> BrokerConfig:
         config = load_config(args.config) if args.config else BrokerConfig()
-        config = apply_flags(
+        return apply_flags(
             config,
             host=args.host,
             port=args.port,
@@ -177,7 +177,9 @@ def _broker(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             event_loop=args.event_loop,
         )
-        run(config)
+
+    try:
+        run(read(), read if args.config else None)
     except ConfigError as e:
         print(f"fieldline broker: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from test_broker import WAIT, running
 from test_broker_auth import BAD_CREDENTIALS, OK, connect, password_file
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Client, PublishRefused
+from fieldline.mqtt import Client, ConnectionRefused, PublishRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -172,3 +172,74 @@ def test_sighup_rereads_the_files(
     assert proc.wait(WAIT) == 0
     errors = (tmp_path / "stderr").read_text()
     assert f"{passwd}:1: user 'alice'" in errors and "stays in force" in errors
+
+
+# -- the configuration file -----------------------------------------------------------------
+
+QUOTA_EXCEEDED = 0x97
+
+
+def anonymous(port: int) -> int:
+    """Connect anonymously; 0 or the refusal's reason code."""
+    c = Client("127.0.0.1", port, reconnect=False)
+    try:
+        c.connect(timeout=WAIT)
+    except ConnectionRefused as e:
+        return e.reason_code
+    c.disconnect()
+    return OK
+
+
+def test_reload_with_new_settings_applies_the_limits_and_keeps_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dataclasses import replace
+
+    with caplog.at_level("INFO", logger="fieldline.broker"):
+        for b in running(max_connections=10, hook_timeout=5.0):
+            first = Client("127.0.0.1", b.port, client_id="first")
+            first.connect(timeout=WAIT)
+            new = replace(b.broker.config, max_connections=1, hook_timeout=2.0, port=1)
+            assert b.call(b.broker.reload, new) is True
+            assert b.broker.config.max_connections == 1 and b.broker.plugins.timeout == 2.0
+            assert b.broker.config.port != 1  # listeners stay as they started
+            assert anonymous(b.port) == QUOTA_EXCEEDED  # one is connected
+            first.disconnect()
+    assert "reload: port changed; it takes effect at the next start" in caplog.text
+    assert "max_connections = 1" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_rereads_the_configuration_file(tmp_path: Path) -> None:
+    toml = tmp_path / "broker.toml"
+    toml.write_text("port = 0\nmax_connections = 10\n")
+    stderr = (tmp_path / "stderr").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fieldline", "broker", "--config", str(toml)],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = read_until(proc.stdout, "mqtt://127.0.0.1:")
+        port = int(line.split("mqtt://127.0.0.1:")[1].split()[0])
+        read_until(proc.stdout, "Ctrl-C stops it")
+        with Client("127.0.0.1", port, client_id="one"):
+            assert anonymous(port) == OK
+            toml.write_text("port = 0\nmax_connections = 1\n")
+            proc.send_signal(signal.SIGHUP)
+            assert "reloaded" in read_until(proc.stdout, "fieldline broker: reload")
+            assert anonymous(port) == QUOTA_EXCEEDED
+            toml.write_text("port = 0\nmax_connections = [\n")  # not TOML
+            proc.send_signal(signal.SIGHUP)
+            line = read_until(proc.stdout, "fieldline broker: reload")
+            assert "reload failed, old settings kept" in line
+            assert anonymous(port) == QUOTA_EXCEEDED  # still 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        stderr.close()
+    assert "not valid TOML" in (tmp_path / "stderr").read_text()

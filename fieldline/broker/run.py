@@ -1,5 +1,6 @@
 """Run a broker until SIGINT or SIGTERM: what ``fieldline broker`` does. SIGHUP
-re-reads the password, ACL and TLS files (``Broker.reload``), as it does for Mosquitto.
+re-reads the configuration file and the password, ACL and TLS files
+(``Broker.reload``), as it does for Mosquitto.
 
 The event loop is uvloop's when it is installed (``event_loop = "auto"``): it
 makes each connection cheaper for the broker (docs/benchmarks.md), and the
@@ -8,6 +9,7 @@ broker needs nothing but asyncio's API from it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +17,8 @@ from typing import Any
 from .config import BrokerConfig, ConfigError
 from .logs import configure
 from .server import Broker
+
+log = logging.getLogger("fieldline.broker")
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -36,10 +40,11 @@ def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
-def run(config: BrokerConfig) -> None:
-    """``serve(config=config)`` on the event loop ``config.event_loop`` names."""
+def run(config: BrokerConfig, reread: Callable[[], BrokerConfig] | None = None) -> None:
+    """``serve(config=config, reread=reread)`` on the event loop ``config.event_loop``
+    names."""
     with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
-        runner.run(serve(config=config))
+        runner.run(serve(config=config, reread=reread))
 
 
 async def serve(
@@ -47,10 +52,12 @@ async def serve(
     port: int | None = None,
     *,
     config: BrokerConfig | None = None,
+    reread: Callable[[], BrokerConfig] | None = None,
     **options: Any,
 ) -> None:
     """Start a broker (arguments as for ``Broker``), print one line per listener, and
-    run until SIGINT or SIGTERM, then close every connection and return. Raises
+    run until SIGINT or SIGTERM, then close every connection and return. SIGHUP
+    reloads; ``reread()`` gives the settings again for it (raises ConfigError). Raises
     OSError if an address cannot be bound, ConfigError if a TLS file cannot be used,
     PersistenceError if the persistence file cannot be used."""
     broker = Broker(host, port, config=config, **options)
@@ -62,7 +69,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     hup = getattr(signal, "SIGHUP", None)  # not on Windows
     if hup is not None:
-        loop.add_signal_handler(hup, _reload, broker)
+        loop.add_signal_handler(hup, _reload, broker, reread)
     for listener in broker.listening:
         print(f"fieldline broker: MQTT 3.1.1 and 5.0 on {listener.describe()}", flush=True)
     if broker.metrics is not None:
@@ -80,10 +87,17 @@ async def serve(
     print("fieldline broker: stopped", flush=True)
 
 
-def _reload(broker: Broker) -> None:
+def _reload(broker: Broker, reread: Callable[[], BrokerConfig] | None) -> None:
     # One line either way, so an operator (or a test) sees that the signal arrived;
     # what failed is in the log.
-    if broker.reload():
+    config = None
+    if reread is not None:
+        try:
+            config = reread()
+        except ConfigError as e:
+            log.error("reload: %s; the settings read before stay in force", e)
+    ok = broker.reload(config) and (reread is None or config is not None)
+    if ok:
         print(f"fieldline broker: reloaded, {broker.auth_summary()}", flush=True)
     else:
         print("fieldline broker: reload failed, old settings kept (see the log)", flush=True)

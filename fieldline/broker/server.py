@@ -6,6 +6,7 @@ gets a message; the session store keeps what outlives a connection."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import socket
@@ -54,6 +55,12 @@ from .router import Entry, Router
 from .sessions import ClientSession, SessionStore
 from .sysinfo import SysTopics, is_sys_topic
 from .tls import ListenerTls
+
+# Settings a reload does not change: what the broker set up when it started.
+RESTART_ONLY = (
+    "host", "port", "listeners", "plugins", "plugin", "persistence", "durability",
+    "persist_interval", "sys_interval", "metrics_port", "log_format", "event_loop",
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from .websocket import WebSocketProtocol
@@ -291,7 +298,7 @@ class Broker:
         if self.persist is not None:
             self.persist.touch(cs)
 
-    def reload(self) -> bool:
+    def reload(self, config: BrokerConfig | None = None) -> bool:
         """Read the password file, the ACL file and the TLS listeners' files (cert,
         key, ca, crl) again (``fieldline broker`` does on SIGHUP; call on the broker's
         loop), so users, rules, certificates and revocations change without a
@@ -299,7 +306,15 @@ class Broker:
         apply from the next connection, the new ACL at once to every session (its next
         PUBLISH, SUBSCRIBE and delivery). Returns False if a file could not be read or
         parsed: what it held before stays in force (never nothing: that would let
-        everyone in) and the error is logged; the other files are still reloaded."""
+        everyone in) and the error is logged; the other files are still reloaded.
+
+        ``config``: the settings read again too (``fieldline broker --config``
+        passes its file's, flags laid over): the limits and the file names apply
+        from now on (a connection's own limits, such as its Maximum Packet Size, from
+        its next CONNECT); what only a start can change (``RESTART_ONLY``: listeners,
+        persistence, plug-ins, ...) is kept, with a warning if it differs."""
+        if config is not None:
+            self._take_config(config)
         ok = self.login.reload()
         for tls in self._tls:
             try:
@@ -311,6 +326,20 @@ class Broker:
                 log.info("reload: TLS files of %s read again", tls.listener.url)
         self.plugins.notify(ON_RELOAD)  # their own files, if they have any
         return ok
+
+    def _take_config(self, new: BrokerConfig) -> None:
+        old = self.config
+        kept = {name: getattr(old, name) for name in RESTART_ONLY}
+        for name, value in kept.items():
+            if getattr(new, name) != value:
+                log.warning("reload: %s changed; it takes effect at the next start", name)
+        self.config = cfg = replace(new, **kept)
+        names = [f.name for f in dataclasses.fields(cfg)]
+        changed = [n for n in names if getattr(cfg, n) != getattr(old, n)]
+        if changed:
+            log.info("reload: %s", ", ".join(f"{n} = {getattr(cfg, n)!r}" for n in changed))
+        self.plugins.timeout = cfg.hook_timeout
+        logging.getLogger("fieldline").setLevel(cfg.log_level.upper())
 
     def auth_summary(self) -> str:
         """How clients are authenticated, for the start-up line."""
