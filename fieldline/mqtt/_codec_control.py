@@ -23,7 +23,6 @@ from ._codec import (
 )
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._packets import Auth, ConnAck, Disconnect, SubAck, UnsubAck
-from ._topic import validate_topic_filter
 
 try:
     from micropython import const
@@ -116,6 +115,10 @@ def _e_subscribe(p, v):
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_SUBSCRIBE_EMPTY)  # MQTT-3.8.3-3
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _SUBSCRIBE, v)
+    # Imported here, not with this module: a device that never subscribes
+    # (CONNECT and DISCONNECT load this module too) never loads _topic.
+    from ._topic import validate_topic_filter
+
     for s in subs:
         f = s.topic_filter
         # MQTT-4.7.1-1, -2, 4.7.3-1: TOPIC_FILTER_INVALID, nothing sent.
@@ -144,6 +147,8 @@ def _e_unsubscribe(p, v):
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_UNSUBSCRIBE_EMPTY)
     body = bytearray(_packet_id(p.packet_id))
     body += _encode_props(p.properties, _UNSUBSCRIBE, v)
+    from ._topic import validate_topic_filter
+
     for f in p.topic_filters:
         validate_topic_filter(f)
         body += encode_string(f)
