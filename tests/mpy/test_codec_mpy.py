@@ -268,6 +268,8 @@ MALFORMED = [
     (5, "40 03 00 01 92", 0x82),  # reason code not valid for PUBACK
     (4, "f0 00", 0x82),  # AUTH in 3.1.1
     (None, "c0 00", 0x82),  # server: first packet is not CONNECT (MQTT-3.1.0-1)
+    (5, "30 03 00 0a 2b", 0x81),  # topic runs past the packet, "+" in what is there
+    (4, "32 05 00 0a 61 2f 23", 0x81),
 ]
 
 
@@ -330,6 +332,11 @@ def test_encode_errors():
         (5, Connect("c", properties={"receive_maximum": 0}), 0x82),
         (5, Subscribe(1, []), 0x82),
         (4, Auth(), 0x82),
+        (5, Subscribe(1, [Subscription("a/#/b")]), 0x8F),  # MQTT-4.7.1-1
+        (4, Subscribe(1, [Subscription("sport+")]), 0x8F),  # MQTT-4.7.1-2
+        (5, Subscribe(1, [Subscription("")]), 0x8F),  # MQTT-4.7.3-1
+        (5, Subscribe(1, [Subscription("$share/g/a", no_local=True)]), 0x82),  # MQTT-3.8.3-4
+        (5, Unsubscribe(1, ["ok", "a/#/b"]), 0x8F),
     ]
     for v, p, code in cases:
         e = mpytest.raises(LocalProtocolError, encode, p, v)

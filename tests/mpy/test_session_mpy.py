@@ -178,3 +178,46 @@ def test_manual_ack_refused_and_receive_maximum():
         raise AssertionError("no error")
     except RemoteProtocolError as e:
         assert e.reason_code == 0x93  # ids 2 and 3 still unanswered
+
+
+def test_queued_messages_over_connack_limits_fail():
+    # MQTT-3.2.2-11, -14: queued before a CONNACK that forbids them, they
+    # fail as PubAck events; the rest go out.
+    c = Session(CLIENT, 5)
+    s = Session(SERVER, maximum_qos=1)
+    cev = []  # type: list
+    sev = []  # type: list
+    c.connect(Connect("dev", protocol_level=5), 0)
+    q2 = c.publish("t", b"2", 2)
+    r = c.publish("t", b"r", 1, True)
+    ok = c.publish("t", b"1", 1)
+    s.receive_data(c.data_to_send(), 0)
+    _drain(s, sev)
+    s.accept({"retain_available": 0})
+    _run(c, s, cev, sev)
+    assert cev[1:] == [PubAck(q2, 0x9B), PubAck(r, 0x9A), PubAck(ok)], cev
+    assert _pubs(sev) == [b"1"] and c.inflight == 0
+
+
+def test_server_failures_answer_in_the_connects_format():
+    # A 5.0 CONNECT with a wrong protocol name: CONNACK 0x84 in 5.0 format.
+    s = Session(SERVER)
+    s.receive_data(encode(Connect("a", protocol_level=5), 5).replace(b"MQTT", b"MQTX"), 0)
+    try:
+        s.next_event()
+        raise AssertionError("no error")
+    except RemoteProtocolError as e:
+        assert e.reason_code == 0x84
+    assert s.data_to_send() == b"\x20\x03\x00\x84\x00"
+    # While a CONNECT awaits accept(), more than max_packet_size bytes
+    # waiting is refused (0x95) rather than buffered.
+    s = Session(SERVER, max_packet_size=100)
+    s.receive_data(encode(Connect("a", protocol_level=5), 5), 0)
+    assert isinstance(s.next_event(), Connect)
+    s.receive_data(b"\x30\xff\xff\xff\x2f" + b"\0" * 100, 0)
+    try:
+        s.next_event()
+        raise AssertionError("no error")
+    except RemoteProtocolError as e:
+        assert e.reason_code == 0x95 and s.state == ERROR
+    assert s.data_to_send() == b"\x20\x03\x00\x95\x00"
