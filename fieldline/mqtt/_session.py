@@ -630,6 +630,8 @@ class Session:
             return _rx_ack(self, p, m)
         if t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
+            if self.role == _CLIENT:
+                rel.message = m  # type: ignore[attr-defined]  # until PUBCOMP, for _discard
             self._send(rel)
             return None
         i = self._order.index(pid)

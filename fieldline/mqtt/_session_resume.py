@@ -35,13 +35,17 @@ def _discard(s):
     kept, see _session_ack). A client does not drop its application
     messages, though: those not yet acknowledged go out again as new
     messages (DUP 0) in the new session, so a broker that lost the session
-    costs at most a duplicate, never a loss. A QoS 2 message the broker
-    already took (PUBREC came) is complete: reported as PubComp."""
+    costs at most a duplicate, never a loss. That holds for a QoS 2 message
+    whose PUBREC came but whose PUBCOMP did not, too: a broker may deliver
+    it only on our PUBREL (Mosquitto does), which the lost session took
+    with it."""
     keep = []
     client = s.role == _CLIENT
     msgs = s._msgs
     for pid in s._order:
         m = msgs[pid]
+        if client and m.type == _PUBREL:
+            m = msgs[pid] = getattr(m, "message", None) or m  # the PUBLISH again
         if client and m.type == _PUBLISH:
             m.dup = False
             keep.append(pid)
