@@ -1042,6 +1042,26 @@ def test_server_keepalive_timeout(v):
     assert ei.value.reason_code == KEEP_ALIVE_TIMEOUT and p.s.state == ERROR
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+def test_bytes_that_make_no_packet_do_not_keep_a_connection_alive(v):
+    # MQTT-3.1.2-24: a Control Packet within 1.5 x Keep Alive, not a byte: a peer
+    # trickling one byte of a packet at a time must still time out.
+    p = Pair(v)
+    p.connect(keep_alive=10)
+    ping = encode(PingReq(), v)
+    p.s.receive_data(ping[:1], 9)
+    assert p.s.next_event() is None and p.s.next_deadline() == 15
+    with pytest.raises(RemoteProtocolError) as ei:
+        p.s.tick(15)
+    assert ei.value.reason_code == KEEP_ALIVE_TIMEOUT
+    # A whole packet does move the deadline.
+    q = Pair(v)
+    q.connect(keep_alive=10)
+    q.s.receive_data(ping, 9)
+    q.s.next_event()
+    assert q.s.next_deadline() == 24
+
+
 def test_server_keep_alive_overrides():
     # MQTT-3.2.2-21
     p = Pair(5)

@@ -245,8 +245,6 @@ class Session:
             return
         if self.role == _CLIENT and self.state == _IDLE:
             raise _local(_PROTOCOL_ERROR, _E_RECEIVE_BEFORE_CONNECT)
-        self._last_rx = now
-        self._ping_at = None  # any byte shows the peer is alive
         self._parser.feed(data)
 
     def next_event(self):
@@ -286,6 +284,10 @@ class Session:
                     if self._eof:
                         self.connection_lost()
                     return None
+                # A whole packet shows the peer alive (MQTT-3.1.2-24), not a
+                # byte: one byte per Keep Alive must not hold a connection.
+                self._last_rx = self._now
+                self._ping_at = None
                 t = 3 * p.type
                 if not _RX[t + self.role] & (1 << st):
                     raise _remote((_E_UNEXPECTED_TYPE, p.type))
