@@ -605,3 +605,17 @@ def test_loop_start_survives_a_burst_of_publishes(mosquitto: Mosquitto, version:
         c.publish("burst", b"last", qos=1)  # waits for its PUBACK, so the rest went out
     finally:
         c.disconnect()
+
+
+def test_loop_start_before_connect(mosquitto: Mosquitto, version: int) -> None:
+    # The I/O thread once found nothing to drive and ended with "not
+    # connected"; every later wait then failed.
+    c = client(mosquitto, version)
+    c.loop_start()
+    try:
+        c.connect()
+        c.subscribe("early", qos=1)
+        assert c.publish("early", b"1", qos=1) is not None
+        assert c.recv(WAIT).payload == b"1"
+    finally:
+        c.disconnect()

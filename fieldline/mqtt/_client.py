@@ -88,6 +88,7 @@ class Client(BaseClient):
         with self._lock:
             self._load_stored()
             self._open(self.connack is None, self._deadline(timeout))
+            self._notify()  # a loop_start() thread waiting for a first connection
         return self.connack
 
     def disconnect(self, reason_code=0, properties=None, timeout=None):

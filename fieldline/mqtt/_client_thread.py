@@ -106,6 +106,12 @@ def _route(c, msg):
 def _run_io(c):
     with c._lock:
         while not c._closing:
+            if c._retry_at is None:
+                # loop_start() before the first connect(): nothing to drive
+                # yet, and _io() would end the thread with "not connected".
+                # connect() runs on its caller's thread and notifies us.
+                c._cond.wait(1.0)
+                continue
             try:
                 c._io(1.0)
             except (MQTTError, OSError) as e:  # down for good (OSError: why it broke)
