@@ -619,3 +619,25 @@ def test_loop_start_before_connect(mosquitto: Mosquitto, version: int) -> None:
         assert c.recv(WAIT).payload == b"1"
     finally:
         c.disconnect()
+
+
+def test_disconnect_from_a_callback_under_loop_start(mosquitto: Mosquitto, version: int) -> None:
+    # stop() cleared the callback queue under the callback thread's feet:
+    # it crashed with AttributeError after the callback returned.
+    errors: list[BaseException | None] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda a: errors.append(a.exc_value)
+    c = client(mosquitto, version)
+    c.connect()
+    c.loop_start()
+    call_thread = c._call_thread
+    try:
+        c.subscribe("bye", qos=1, callback=lambda m: c.disconnect())
+        c.publish("bye", b"x", qos=1, timeout=0)
+        call_thread.join(WAIT)
+        assert not call_thread.is_alive()
+        assert errors == []
+        assert not c.is_connected
+    finally:
+        threading.excepthook = old_hook
+        c.disconnect()

@@ -122,8 +122,9 @@ def _run_io(c):
 
 
 def _run_calls(c):
+    calls = c._calls  # stop() clears c._calls, maybe from a callback of ours
     while True:
-        item = c._calls.get()
+        item = calls.get()
         if item is None:
             return
         fn, arg = item
