@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, MosquittoFactory, ProxyFactory
-from fakebroker import CONNECT, connack, prop, recv, send
+from fakebroker import CONNECT, PUBLISH, connack, prop, recv, send
 from paho_peer import PahoPeer
 
 from fieldline.mqtt import (
@@ -641,3 +641,42 @@ def test_disconnect_from_a_callback_under_loop_start(mosquitto: Mosquitto, versi
     finally:
         threading.excepthook = old_hook
         c.disconnect()
+
+
+@pytest.mark.parametrize("call", ["recv", "publish", "messages"])
+def test_disconnect_wakes_a_waiting_thread(
+    fake_broker: FakeBrokerFactory, version: int, call: str
+) -> None:
+    # A thread waiting on the loop_start() thread slept out its whole timeout
+    # (messages(): forever) when another thread called disconnect(). The
+    # broker here never acks and never sends a message.
+    published = threading.Event()
+    ok = connack(0, properties=b"" if version == 5 else None)
+    broker = fake_broker(
+        [recv(CONNECT), send(ok), recv(PUBLISH, timeout=WAIT), lambda conn: published.set()]
+    )
+    c = Client(broker.host, broker.port, version=version, timeout=60)
+    c.connect()
+    c.loop_start()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            if call == "recv":
+                c.recv(60)
+            elif call == "publish":
+                c.publish("quiet", b"x", qos=1, timeout=60)
+            else:
+                for _ in c.messages():
+                    pass
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=wait, daemon=True)
+    t.start()
+    if call == "publish":
+        assert published.wait(WAIT)  # so it waits for the PUBACK now
+    c.disconnect(timeout=1)
+    t.join(WAIT)
+    assert not t.is_alive(), "the waiter was not woken"
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionLost)

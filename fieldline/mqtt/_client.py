@@ -300,10 +300,13 @@ class Client(BaseClient):
         it) until ``ready()`` is true. Call with the lock held."""
         while not ready():
             left = self._left(deadline, what)
-            if self._elsewhere(self._io_thread):
-                if not self._io_thread.is_alive():
+            t = self._io_thread
+            if self._elsewhere(t):
+                if not t.is_alive():
                     raise self._error or ConnectionLost(0x80, "the loop thread ended")
                 self._cond.wait(left)
+                if self._io_thread is not t and not ready():  # disconnect(), loop_stop()
+                    raise self._error or ConnectionLost(0x80, "the loop thread stopped")
             else:
                 self._io(left)
 

@@ -50,11 +50,16 @@ def stop(c):
         c._cond.notify_all()  # an I/O thread paused for room waits here, not on the socket
     if c._elsewhere(c._io_thread):
         c._io_thread.join()
+    with c._lock:
+        # Waiters (recv(), publish(), a callback's publish() too) give up
+        # now rather than at their timeout: Client._wait() sees the thread
+        # gone. Before joining the callback thread, which may be one of them.
+        c._io_thread = None
+        c._cond.notify_all()
     c._calls.put(None)
     if c._elsewhere(c._call_thread):
         c._call_thread.join()
     with c._lock:
-        c._io_thread = None
         c._calls = None
         for s in c._wake:
             s.close()
