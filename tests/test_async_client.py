@@ -258,3 +258,26 @@ def test_many_concurrent_publishers_share_a_small_queue(mosquitto: Mosquitto, ve
             assert got == {b"%d" % i for i in range(300)}
 
     arun(main())
+
+
+def test_a_plain_callback_that_raises_keeps_the_connection(
+    mosquitto: Mosquitto, version: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The exception once ended the connection task silently: nothing was
+    # read any more, so the next publish() waited out its timeout.
+    async def main() -> None:
+        async with aclient(mosquitto, version, timeout=3) as c:
+
+            def bad(m: Publish) -> None:
+                raise ValueError("bug in a callback")
+
+            await c.subscribe("bad", qos=1, callback=bad)
+            await c.subscribe("good", qos=1)
+            stream = c.messages("good")
+            await c.publish("bad", b"x", qos=1)
+            assert await c.publish("good", b"y", qos=1) is not None
+            assert (await stream.__anext__()).payload == b"y"
+            assert c._task is not None and not c._task.done()
+
+    arun(main())
+    assert "bug in a callback" in capsys.readouterr().err

@@ -564,7 +564,15 @@ class AsyncClient(BaseClient):
         self._inbox_event.set()
 
     def _call(self, fn, arg):
-        r = fn(arg)
+        # Runs on the connection task: a callback's bug must not end it (no
+        # more reading, keepalive or reconnecting), as on Client's thread.
+        try:
+            r = fn(arg)
+        except Exception as e:
+            import sys
+
+            print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
+            return
         if r is not None and hasattr(r, "send"):  # a coroutine: run it as a task
             if id(arg) in self._holds:  # a message: it keeps its place until the task ends
                 self._hold(arg)
