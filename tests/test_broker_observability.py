@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -443,3 +444,30 @@ def test_cli_metrics_port_in_use() -> None:
         proc = run_cli("--port", "0", "--metrics-port", str(taken))
         out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 1 and "fieldline broker: " in err, err
+
+
+def test_stop_closes_a_scrape_left_half_way() -> None:
+    # A scraper that sent half a request must not hold the broker's shutdown.
+    b = BrokerThread("127.0.0.1", 0, metrics_port=0, sys_interval=0).start()
+    assert b.broker.metrics is not None
+    idle = socket.create_connection(("127.0.0.1", b.broker.metrics.port), timeout=WAIT)
+    idle.sendall(b"GET /metr")
+    b.stop()
+    idle.settimeout(3)  # well under the 10 s the server gives a request
+    assert idle.recv(100) == b""  # closed by the stop
+    idle.close()
+
+
+def test_clients_maximum_counts_every_peak() -> None:
+    for b in running(sys_interval=0):
+        clients = [Raw(b.port, f"peak-{i}") for i in range(4)]
+        for c in clients[1:]:
+            c.close()
+        # Wait for the three to go without reading stats(), which once sampled the
+        # maximum: it must have counted the peak by itself.
+        deadline = time.monotonic() + WAIT
+        while b.call(b.broker.connections.__len__) != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert b.call(b.broker.stats)["clients_maximum"] == 4
+        clients[0].close()

@@ -243,3 +243,16 @@ def test_sighup_rereads_the_configuration_file(tmp_path: Path) -> None:
         proc.wait()
         stderr.close()
     assert "not valid TOML" in (tmp_path / "stderr").read_text()
+
+
+def test_a_file_the_new_settings_drop_is_dropped(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    acl = tmp_path / "acl"
+    acl.write_text("topic read allowed/#\n")
+    for b in running(acl_file=str(acl)):
+        with Client("127.0.0.1", b.port, client_id="c") as c:
+            assert c.subscribe("secret/x", qos=1) == [0x87]
+            assert b.call(b.broker.reload, replace(b.broker.config, acl_file=None)) is True
+            assert b.broker.acl is None
+            assert c.subscribe("secret/x", qos=1) == [1]  # no ACL file: no rules

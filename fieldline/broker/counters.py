@@ -23,9 +23,8 @@ class Counters:
     ``sent``: PUBLISHes sent to clients, by QoS; ``sent_bytes``: their payload bytes.
     ``bytes_in`` / ``bytes_out``: every byte read from and written to clients (MQTT
     packets, before TLS or WebSocket framing). ``denied``: PUBLISHes refused (ACL,
-    plug-in, ``$SYS``). ``maximum``: the most
-    clients connected at once, as seen by ``stats()`` (Mosquitto counts it the same
-    way). ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
+    plug-in, ``$SYS``). ``online``: clients connected now; ``maximum``: the most
+    connected at once. ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
     sessions that ended."""
 
     def __init__(self) -> None:
@@ -38,6 +37,7 @@ class Counters:
         self.bytes_in = 0
         self.bytes_out = 0
         self.denied = 0
+        self.online = 0
         self.maximum = 0
         self.ended_dropped = 0
         self.ended_expired = 0
@@ -64,7 +64,6 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     plugin_errors, plugin_timeouts (dicts: ``"Class.hook"`` -> calls that raised or
     took over ``hook_timeout``)."""
     c = broker.counters
-    c.maximum = max(c.maximum, out["connected"])
     out["connections_total"] = c.connections
     out["refused"] = dict(c.refused)
     out["received"] = sum(c.received)

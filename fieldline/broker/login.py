@@ -73,16 +73,23 @@ class Login:
                 if self.broker.passwords is not None:
                     passwords.share_limit(self.broker.passwords)
                 self.broker.passwords = passwords
+        elif self.broker.passwords is not None:  # the configuration dropped the file
+            self.broker.passwords = None
+        acl = self.broker.acl
         if cfg.acl_file:
             try:
                 acl = Acl.load(cfg.acl_file)
             except ConfigError as e:
                 log.error("reload: %s; the ACL read before stays in force", e)
                 ok = False
-            else:
-                self.broker.acl = acl
-                for cs in self.broker.sessions.sessions.values():
-                    cs.set_permissions(acl.permissions(cs.username, cs.client_id))
+        else:
+            acl = None  # the configuration dropped it (or never had one)
+        if acl is not self.broker.acl:
+            self.broker.acl = acl
+            for cs in self.broker.sessions.sessions.values():
+                cs.set_permissions(
+                    None if acl is None else acl.permissions(cs.username, cs.client_id)
+                )
         log.log(logging.INFO if ok else logging.WARNING, "reload: %s", self.summary())
         return ok
 

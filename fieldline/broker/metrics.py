@@ -133,6 +133,7 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(broker))
         self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()  # connections being served
         self.host = broker.config.host
         self.port = broker.config.metrics_port or 0
 
@@ -148,12 +149,24 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     async def close(self) -> None:
+        """Stop listening and close the connections still open: a scraper that sent
+        half a request must not hold the broker's shutdown (Python 3.12's
+        ``wait_closed()`` waits for every connection)."""
         server, self._server = self._server, None
         if server is not None:
             server.close()
+            for writer in list(self._open):
+                writer.close()
             await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open.add(writer)
+        try:
+            await self._respond(reader, writer)
+        finally:
+            self._open.discard(writer)
+
+    async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _REQUEST_TIMEOUT)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):

@@ -228,12 +228,12 @@ class Broker:
         self._stopping = True
         if self.sys is not None:
             self.sys.stop()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()  # first: no new MQTT connection while the rest winds down
         if self.metrics is not None:
             await self.metrics.close()
             self.metrics = None
-        servers, self._servers = self._servers, []
-        for server in servers:
-            server.close()
         for conn in list(self.connections):
             conn.close(_SERVER_SHUTTING_DOWN)
         for task in list(self._checks):
@@ -420,6 +420,10 @@ class Broker:
         conn.start_keepalive()
         conn.pump()
         self.counters.connections += 1
+        c = self.counters
+        c.online += 1
+        if c.online > c.maximum:
+            c.maximum = c.online
         log.info("%s client id %r connected (MQTT %s%s)", conn.peer, client_id,
                  "5.0" if v5 else "3.1.1", ", session present" if present else "",
                  extra=fields(conn, protocol=p.protocol_level))  # fmt: skip
@@ -648,6 +652,7 @@ class Broker:
         if cs is None or cs.conn is not conn:
             return  # never accepted, or taken over already
         cs.conn = None
+        self.counters.online -= 1
         reason = "" if conn.reason is None else f" (0x{conn.reason:02X})"
         log.info("%s client id %r disconnected%s", conn.peer, cs.client_id, reason,
                  extra=fields(conn, reason_code=conn.reason))  # fmt: skip
