@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Mosquitto, MosquittoFactory, ProxyFactory, arun
+from conftest import FakeBrokerFactory, Mosquitto, MosquittoFactory, ProxyFactory, arun
+from fakebroker import CONNECT, connack, pause, recv, send
 from paho_peer import PahoPeer
 
 from fieldline.mqtt import (
@@ -281,3 +282,37 @@ def test_a_plain_callback_that_raises_keeps_the_connection(
 
     arun(main())
     assert "bug in a callback" in capsys.readouterr().err
+
+
+def test_a_peer_that_stops_reading_is_detected(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # Once the socket's buffer was full, the connection task waited in
+    # drain() for ever: the keepalive timeout never fired, so a half-open
+    # peer was never noticed. Now a write may wait 1.5 x keepalive.
+    ok = connack(0, properties=b"" if version == 5 else None)
+    broker = fake_broker([recv(CONNECT), send(ok), pause(3 * WAIT)])  # then reads nothing
+
+    async def main() -> None:
+        c = AsyncClient(
+            broker.host, broker.port, version=version, keepalive=1, timeout=WAIT, reconnect=False
+        )
+        lost: list[BaseException | None] = []
+        gone = asyncio.Event()
+
+        def on_disconnect(e: BaseException | None) -> None:
+            lost.append(e)
+            gone.set()
+
+        c.on_disconnect = on_disconnect
+        await c.connect()
+        for _ in range(20):  # far more than the socket buffers hold
+            await c.publish("big", b"x" * 1_000_000)
+        await asyncio.wait_for(gone.wait(), WAIT)
+        assert not c.is_connected
+        assert isinstance(lost[0], ConnectionLost)
+        with pytest.raises(ConnectionLost):
+            await c.publish("big", b"y", qos=1)
+        await c.disconnect(timeout=1)
+
+    arun(main())

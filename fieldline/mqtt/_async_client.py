@@ -261,10 +261,27 @@ class AsyncClient(BaseClient):
             async with self._wlock:
                 try:
                     w.write(data)
-                    await w.drain()
+                    await self._drain(w)
                 except OSError as e:
                     if not quiet:
                         raise ConnectionLost(0x80, "connection lost while writing") from e
+
+    async def _drain(self, w):
+        """Wait until the socket's buffer has room, at most as long as a
+        silent broker may live (1.5 x keepalive, else ``timeout``): a
+        half-open peer that stops reading would otherwise hold the writer,
+        and with it the keepalive timer, for ever. Past that the connection
+        is lost: aborted, so that the reading task sees it too, and OSError."""
+        k = self.keepalive
+        try:
+            await _within(k * 1.5 if k else self.timeout, w.drain())
+        except asyncio.TimeoutError:
+            t = getattr(w, "transport", None)  # CPython: close() would wait to flush
+            if t is not None:
+                t.abort()
+            else:
+                w.close()
+            raise OSError("the network stalled: nothing could be written") from None
 
     async def _send_soon(self, quiet):
         """Get the queued bytes written, coalescing: on CPython, publishes
@@ -280,7 +297,7 @@ class AsyncClient(BaseClient):
             w = self._w
             if w is not None:
                 try:
-                    await w.drain()  # waits only while the socket's buffer is full
+                    await self._drain(w)  # waits only while the socket's buffer is full
                 except OSError as e:
                     if not quiet:
                         raise ConnectionLost(0x80, "connection lost while writing") from e
