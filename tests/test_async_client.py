@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, MosquittoFactory, ProxyFactory, arun
-from fakebroker import CONNECT, connack, pause, recv, send
+from fakebroker import CONNECT, close, connack, pause, recv, send
 from paho_peer import PahoPeer
 
 from fieldline.mqtt import (
@@ -314,5 +314,28 @@ def test_a_peer_that_stops_reading_is_detected(
         with pytest.raises(ConnectionLost):
             await c.publish("big", b"y", qos=1)
         await c.disconnect(timeout=1)
+
+    arun(main())
+
+
+def test_streams_end_when_the_connection_is_lost_for_good(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # With reconnect=False a lost connection never comes back, yet
+    # `async for` over messages() waited for ever.
+    ok = connack(0, properties=b"" if version == 5 else None)
+    broker = fake_broker([recv(CONNECT), send(ok), close()])
+
+    async def main() -> None:
+        c = AsyncClient(broker.host, broker.port, version=version, timeout=WAIT, reconnect=False)
+        await c.connect()
+
+        async def drain(stream: Any) -> list[Publish]:
+            return [m async for m in stream]
+
+        for stream in (c.messages(), c.messages("some/#")):
+            with pytest.raises(ConnectionLost):
+                await asyncio.wait_for(drain(stream), WAIT)
+        await c.disconnect()
 
     arun(main())

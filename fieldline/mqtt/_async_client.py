@@ -72,8 +72,12 @@ class _Stream:
 
     async def __anext__(self):
         while not self._queue:
-            if self._client._closing:
+            c = self._client
+            if c._closing:
                 raise StopAsyncIteration
+            if c._r is None and not c.reconnect and c._task is not None:
+                # lost for good: the connection task has ended or is ending
+                raise c._error or ConnectionLost(0x80, "the connection was lost")
             self._event.clear()
             await self._event.wait()
         message = self._queue.take()
@@ -164,10 +168,6 @@ class AsyncClient(BaseClient):
                 await t
             except BaseException:  # CancelledError is a BaseException on CPython
                 pass
-        self._inbox_event.set()
-        for r in self._routes:
-            if isinstance(r[1], _Stream):
-                r[1]._event.set()
         self._wake_all()
 
     async def _open(self, first, timeout):
@@ -250,6 +250,10 @@ class AsyncClient(BaseClient):
         if final:
             for ev in self._room:
                 ev.set()
+            self._inbox_event.set()  # messages() streams end (or raise the error)
+            for r in self._routes:
+                if isinstance(r[1], _Stream):
+                    r[1]._event.set()
 
     async def _flush(self, quiet=False):
         """Write what the session queued. A broken connection is left to the
@@ -563,7 +567,8 @@ class AsyncClient(BaseClient):
     def messages(self, topic_filter=None):
         """An async iterator over incoming messages: those matching
         ``topic_filter`` (subscribe to it first), or with None those no
-        callback or filtered stream takes. Ends when the client disconnects.
+        callback or filtered stream takes. Ends when the client disconnects;
+        raises the error when the connection is lost for good (no reconnect).
         A QoS 1/2 message is acknowledged as it is returned (unless
         ``manual_ack``); close() a filtered stream no longer read."""
         return _Stream(self, topic_filter)
