@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -380,9 +381,9 @@ def test_adapter_pending_and_recv(ws_peer: Callable[[Callable[[WsPeer], None]], 
     try:
         assert ws.pending() == 0
         ws.sendall(b"hello")
-        data = ws.recv(1)
+        data = b""
         while len(data) < 6:
-            data += ws.recv(3)
+            data += ws.recv(3) or b""  # None: a read with no MQTT bytes (the ping)
         assert data == b"abcdef"
         assert ws.pending() == 1  # the close, not yet reported
         assert ws.recv(10) == b""
@@ -394,6 +395,41 @@ def test_adapter_pending_and_recv(ws_peer: Callable[[Callable[[WsPeer], None]], 
     req = peer.request
     assert req is not None and req.target == "/mqtt" and peer.pongs == []
     assert req.host == f"127.0.0.1:{peer.port}"
+
+
+def test_a_ping_alone_keeps_the_blocking_client_going(
+    ws_peer: Callable[[Callable[[WsPeer], None]], WsPeer],
+) -> None:
+    # A Ping with no MQTT bytes after it once kept WebSocket.recv() reading
+    # until the socket's timeout, and the connection was dropped.
+    pinged = threading.Event()
+
+    def script(peer: WsPeer) -> None:
+        peer.accept()
+        peer.read_packet()  # CONNECT
+        peer.send(BytesMessage(data=connack(4)))
+        peer.send(Ping(b"hb"))
+        pinged.set()
+        assert peer.read_packet() == publish0("after", b"ping", 4)
+        assert peer.pongs == [b"hb"]
+        assert peer.read_packet()[0] == 0xE0  # DISCONNECT
+        peer.wait_close()
+        peer.send(CloseConnection(1000))
+
+    peer = ws_peer(script)
+    c = Client(
+        peer.host, peer.port, version=4, transport="websockets", reconnect=False, timeout=WAIT
+    )
+    c.connect()
+    assert pinged.wait(WAIT)
+    start = time.monotonic()
+    for _ in range(3):
+        c.loop(0.2)  # reads the ping: returns without waiting out the timeout
+    assert time.monotonic() - start < WAIT / 2
+    assert c.is_connected
+    c.publish("after", b"ping")
+    c.disconnect()
+    peer.check()
 
 
 class HttpAnswer:

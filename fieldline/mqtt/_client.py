@@ -213,8 +213,9 @@ class Client(BaseClient):
                     self._flush()  # acknowledgements given since the last round
                     if self._readable(sock, timeout):
                         data = sock.recv(4096)
-                        s.receive_data(data if data is not None else b"", self._now())
-                        self._events()
+                        if data is not None:  # None: no MQTT bytes yet (a WebSocket ping)
+                            s.receive_data(data, self._now())
+                            self._events()
                 elif self._droppable():
                     self._drop_held()  # no place yet, and reading must go on
                     self._events()

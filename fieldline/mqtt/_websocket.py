@@ -212,12 +212,14 @@ class WebSocket:
     def sendall(self, data: bytes) -> None:
         self._sock.sendall(self._core.frame(data))
 
-    def recv(self, n: int) -> bytes:
-        """Up to ``n`` MQTT bytes. Waits (the socket's timeout) until a
-        frame's payload arrives: a read that held only a ping or part of a
-        frame header has nothing to return yet, and ``b""`` would mean EOF."""
+    def recv(self, n: int) -> bytes | None:
+        """Up to ``n`` MQTT bytes, after at most one read of the socket
+        (which waits, the socket's timeout); ``b""`` at the end. None when
+        that read held no MQTT bytes (a ping, part of a frame), as a
+        non-blocking socket says "nothing yet": waiting on for MQTT bytes
+        would hold the client, and its keepalive, until the timeout."""
         core = self._core
-        while not core.buffer and not core.closed:
+        if not core.buffer and not core.closed:
             data = self._sock.recv(_READ)
             out = core.feed(data)
             if out:
@@ -228,6 +230,8 @@ class WebSocket:
                         raise
             if not data:
                 core.closed = True
+            elif not core.buffer and not core.closed:
+                return None
         return core.take(n)
 
     def pending(self) -> int:
