@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from fakebroker import (
     MALFORMED_REMAINING_LENGTH,
     connack,
     expect_close,
+    pause,
     prop,
     recv,
     send,
@@ -296,3 +299,36 @@ def test_v5_reauthentication(fake_broker: FakeBrokerFactory, kind: str) -> None:
     assert answers == [b"nonce-2"]
     assert b"again" in conn.packets[1] and conn.packets[1][2] == 0x19
     assert b"answer-2" in conn.packets[2] and conn.packets[2][2] == 0x18
+
+
+def test_a_stalled_write_under_loop_start_is_connection_lost(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # A peer that stops reading: the I/O thread's sendall() blocked for the
+    # whole socket timeout holding the lock, then failed with a bare
+    # TimeoutError. Now it gives up after 1.5 x keepalive, as ConnectionLost.
+    ok = connack(0, properties=b"" if version == 5 else None)
+    broker = fake_broker([recv(CONNECT), send(ok), pause(3 * WAIT)])  # then reads nothing
+    c = Client(
+        broker.host, broker.port, version=version, keepalive=1, timeout=WAIT, reconnect=False
+    )
+    lost: list[BaseException | None] = []
+    gone = threading.Event()
+
+    def on_disconnect(e: BaseException | None) -> None:
+        lost.append(e)
+        gone.set()
+
+    c.on_disconnect = on_disconnect
+    c.connect()
+    c.loop_start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConnectionLost):
+            for _ in range(200):  # far more than the socket buffers hold
+                c.publish("big", b"x" * 1_000_000)
+        assert gone.wait(WAIT)
+        assert isinstance(lost[0], ConnectionLost)
+        assert time.monotonic() - start < WAIT  # the socket timeout is WAIT
+    finally:
+        c.disconnect(timeout=1)

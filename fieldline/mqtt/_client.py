@@ -167,6 +167,11 @@ class Client(BaseClient):
             p.register(self._wake[0], select.POLLIN)
         w = getattr(sock, "sendall", None)
         self._write = w if w is not None else sock.write
+        settimeout = getattr(sock, "settimeout", None)
+        if settimeout is not None and self.keepalive:
+            # A write blocked by a stalled network (lock held) gives up when
+            # keepalive would have noticed the silence, not after ``timeout``.
+            settimeout(min(self.timeout, self.keepalive * 1.5))
 
     def _close(self, error):
         sock = self._sock
@@ -193,7 +198,10 @@ class Client(BaseClient):
     def _flush(self):
         data = self.session.data_to_send()
         if data and self._sock is not None:
-            self._write(data)
+            try:
+                self._write(data)
+            except OSError as e:  # a timeout too: waiters get ConnectionLost
+                raise ConnectionLost(0x80, "connection lost while writing") from e
 
     def _io(self, timeout):
         """Wait up to ``timeout`` s for bytes, handle all that arrived, run
@@ -228,7 +236,7 @@ class Client(BaseClient):
         except (OSError, MQTTError) as e:
             try:
                 self._flush()  # a DISCONNECT carrying the reason code
-            except OSError:
+            except MQTTError:
                 pass
             self._lost(e)
             return
@@ -489,7 +497,7 @@ class Client(BaseClient):
         else:
             try:
                 self._flush()
-            except OSError as e:
+            except MQTTError as e:
                 self._lost(e)
 
     def _put(self, queue, msg):
