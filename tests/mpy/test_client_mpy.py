@@ -67,6 +67,28 @@ def test_async_client_5():
     asyncio.run(_async_roundtrip(5))
 
 
+async def _async_raising_callback():
+    # A plain callback that raises is logged; the connection task goes on.
+    host, port = need_broker()
+    t = _topic(5)
+    async with AsyncClient(host, port, timeout=10) as c:
+
+        def bad(m):
+            raise ValueError("bug in a callback")
+
+        await c.subscribe(t + "/bad", qos=1, callback=bad)
+        await c.subscribe(t + "/good", qos=1)
+        stream = c.messages(t + "/good")
+        await c.publish(t + "/bad", b"x", qos=1)
+        await c.publish(t + "/good", b"y", qos=1)
+        assert (await stream.__anext__()).payload == b"y"
+
+
+def test_async_callback_that_raises():
+    need_broker()
+    asyncio.run(_async_raising_callback())
+
+
 def test_closed_port_raises_oserror():
     host, port = need_broker()
     # Port 1 on loopback: nothing listens there.
