@@ -653,6 +653,28 @@ def test_a_failed_commit_refuses_the_publish_and_the_next_rewrites_all(
         assert kept(b.call(b.broker.stats)) == before
 
 
+def test_a_failed_commit_does_not_make_a_qos2_message_come_twice(tmp_path: Path) -> None:
+    # Routed before its commit failed: refusing it would make the publisher's resend a
+    # second delivery. It is accepted; the next commit writes it.
+    options: dict[str, Any] = {"persistence": str(tmp_path / "broker.db"), "durability": "full"}
+    with BrokerThread(**options) as b:
+        store = b.broker.persist
+        assert store is not None
+        failing = threading.Event()
+        commit = store._commit
+        store._commit = lambda db, ops: False if failing.is_set() else commit(db, ops)  # type: ignore[method-assign]
+        sub = Peer(b.port, "s", 5)
+        sub.subscribe(Subscription("q2/#", 2), Subscription("marker", 1))
+        pub = Peer(b.port, "p", 5)
+        failing.set()
+        assert pub.publish("q2/once", b"x", 2).reason_code == 0
+        failing.clear()
+        got = [m.topic for m in until_marker(sub, "marker")]
+        assert got == ["q2/once"]
+        sub.close()
+        pub.close()
+
+
 def test_the_toml_keys_through_the_command(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     config = tmp_path / "conf" / "broker.toml"

@@ -508,14 +508,17 @@ class Broker:
     def _answer(self, cs: ClientSession, packet_id: int, qos: int, reason_code: int) -> None:
         # A client's QoS 1/2 PUBLISH is answered now or, with durability "full", once
         # the commit holding its effects is done (all answers wait, so they keep the
-        # order of the PUBLISHes: MQTT-4.6.0-2). A failed commit refuses it (0x80).
+        # order of the PUBLISHes: MQTT-4.6.0-2). A failed commit refuses a QoS 1 one
+        # (0x80: the publisher learns the disk failed; a resend is a duplicate QoS 1
+        # allows). A QoS 2 one was routed already, and the next commit writes it: a
+        # refusal would make its resend a second delivery, so it is accepted.
         store = self.persist
         if store is None or not store.full:
             self.ack(cs, packet_id, reason_code)
             return
 
         def answer(ok: bool) -> None:
-            code = reason_code if ok else _UNSPECIFIED_ERROR
+            code = reason_code if ok or qos == 2 else _UNSPECIFIED_ERROR
             conn = cs.conn
             if self.ack(cs, packet_id, code) and conn is not None:
                 conn.pump()
