@@ -20,7 +20,7 @@ from test_broker import WAIT, running
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError, Listener
 from fieldline.broker.configfile import apply_flags, config_from_dict
 from fieldline.broker.passwords import Passwords, hash_password, parse_hash, verify_password
-from fieldline.mqtt import Client, NotAuthorized
+from fieldline.mqtt import Client, ConnectionRefused, NotAuthorized
 
 ROOT = Path(__file__).resolve().parent.parent
 OK, BAD_CREDENTIALS, NOT_AUTHORIZED = 0, 0x86, 0x87
@@ -123,7 +123,7 @@ def connect(port: int, version: int, username: str | None, password: str | None)
     c = Client("127.0.0.1", port, version=version, username=username, password=pw)
     try:
         c.connect(timeout=WAIT)
-    except NotAuthorized as e:
+    except ConnectionRefused as e:  # NotAuthorized among them
         return e.reason_code
     c.disconnect()
     return OK

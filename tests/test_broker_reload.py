@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -18,7 +19,7 @@ from test_broker import WAIT, running
 from test_broker_auth import BAD_CREDENTIALS, OK, connect, password_file
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Client, ConnectionRefused, PublishRefused
+from fieldline.mqtt import Client, PublishRefused
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -109,27 +110,34 @@ def test_reload_of_passwords_in_process(tmp_path: Path) -> None:
 # -- SIGHUP to `fieldline broker` ---------------------------------------------------------
 
 
-@pytest.fixture
-def broker_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
-    """``python -m fieldline broker`` with a password file (alice: old) and an ACL file,
-    its stderr in a file; yields the process, the password file and the ACL file."""
-    passwd = password_file(tmp_path / "passwd", alice="old")
-    acl = tmp_path / "acl"
-    acl.write_text(ACL_BEFORE)
-    stderr = (tmp_path / "stderr").open("w")
-    args = ["--port", "0", "--password-file", str(passwd), "--acl-file", str(acl)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fieldline", "broker", *args],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+@contextmanager
+def broker_cli(tmp_path: Path, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``python -m fieldline broker ARGS``, its stdout piped, its stderr in
+    ``tmp_path/stderr``; killed on the way out if still running."""
+    with (tmp_path / "stderr").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fieldline", "broker", *args],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
     try:
-        yield proc, passwd, acl
+        yield proc
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        stderr.close()
+
+
+@pytest.fixture
+def broker_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
+    """``python -m fieldline broker`` with a password file (alice: old) and an ACL file;
+    yields the process, the password file and the ACL file."""
+    passwd = password_file(tmp_path / "passwd", alice="old")
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_BEFORE)
+    args = ["--port", "0", "--password-file", str(passwd), "--acl-file", str(acl)]
+    with broker_cli(tmp_path, *args) as proc:
+        yield proc, passwd, acl
 
 
 def read_until(out: IO[str], text: str) -> str:
@@ -181,13 +189,7 @@ QUOTA_EXCEEDED = 0x97
 
 def anonymous(port: int) -> int:
     """Connect anonymously; 0 or the refusal's reason code."""
-    c = Client("127.0.0.1", port, reconnect=False)
-    try:
-        c.connect(timeout=WAIT)
-    except ConnectionRefused as e:
-        return e.reason_code
-    c.disconnect()
-    return OK
+    return connect(port, 5, None, None)
 
 
 def test_reload_with_new_settings_applies_the_limits_and_keeps_the_rest(
@@ -213,13 +215,7 @@ def test_reload_with_new_settings_applies_the_limits_and_keeps_the_rest(
 def test_sighup_rereads_the_configuration_file(tmp_path: Path) -> None:
     toml = tmp_path / "broker.toml"
     toml.write_text("port = 0\nmax_connections = 10\n")
-    stderr = (tmp_path / "stderr").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fieldline", "broker", "--config", str(toml)],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
+    with broker_cli(tmp_path, "--config", str(toml)) as proc:
         assert proc.stdout is not None
         line = read_until(proc.stdout, "mqtt://127.0.0.1:")
         port = int(line.split("mqtt://127.0.0.1:")[1].split()[0])
@@ -237,11 +233,6 @@ def test_sighup_rereads_the_configuration_file(tmp_path: Path) -> None:
             assert anonymous(port) == QUOTA_EXCEEDED  # still 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        stderr.close()
     assert "not valid TOML" in (tmp_path / "stderr").read_text()
 
 

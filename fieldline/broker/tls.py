@@ -29,22 +29,20 @@ def server_context(listener: Listener) -> ssl.SSLContext:
             f"{_reason(e)}"
         ) from None
     if listener.ca:
-        try:
-            ctx.load_verify_locations(cafile=listener.ca)
-        except OSError as e:  # ssl.SSLError included
-            raise ConfigError(
-                f"{listener.url}: cannot load ca {listener.ca}: {_reason(e)}"
-            ) from None
+        _verify_with(ctx, listener, "ca", listener.ca)
         ctx.verify_mode = ssl.CERT_REQUIRED if listener.require_certificate else ssl.CERT_OPTIONAL
     if listener.crl:
-        try:
-            ctx.load_verify_locations(cafile=listener.crl)
-        except OSError as e:  # ssl.SSLError included
-            raise ConfigError(
-                f"{listener.url}: cannot load crl {listener.crl}: {_reason(e)}"
-            ) from None
+        _verify_with(ctx, listener, "crl", listener.crl)
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return ctx
+
+
+def _verify_with(ctx: ssl.SSLContext, listener: Listener, key: str, path: str) -> None:
+    # CA certificates and revocation lists load the same way (PEM, into the store).
+    try:
+        ctx.load_verify_locations(cafile=path)
+    except OSError as e:  # ssl.SSLError included
+        raise ConfigError(f"{listener.url}: cannot load {key} {path}: {_reason(e)}") from None
 
 
 class ListenerTls:
