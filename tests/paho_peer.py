@@ -6,6 +6,7 @@ await events instead of sleeping.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from typing import Any
@@ -30,10 +31,16 @@ class PahoPeer:
         self.client.on_message = lambda c, u, m: self.messages.put(m)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda *a: self._connected.set()
+        # paho's own log, kept short, so a failure says how far it got.
+        self.log: collections.deque[str] = collections.deque(maxlen=50)
+        self.client.on_log = lambda c, u, level, text: self.log.append(text)
         self.client.connect(host, port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(WAIT):
-            raise TimeoutError("paho did not connect")
+            self.client.loop_stop()
+            raise TimeoutError(
+                f"paho did not connect to {host}:{port}; its log:\n" + "\n".join(self.log)
+            )
 
     def subscribe(self, topic: str, qos: int = 0) -> None:
         self._subscribed.clear()
