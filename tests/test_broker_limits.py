@@ -192,13 +192,75 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert (slow.take(0.0), slow.take(1.0), slow.take(2.0)) == (True, False, True)
 
 
+# -- max_subscriptions and max_topic_aliases_out -----------------------------------------
+
+
+@pytest.mark.parametrize(("version", "refused"), [(5, 0x97), (4, 0x80)])
+def test_subscriptions_beyond_max_subscriptions_are_refused_per_filter(
+    version: int, refused: int
+) -> None:
+    # 5.0: 0x97 Quota exceeded; 3.1.1 has one failure code, 0x80. A filter the session
+    # holds already may be subscribed again (its options replaced) at the limit; room
+    # made by UNSUBSCRIBE can be used again.
+    for broker in running(max_subscriptions=3):
+        c = Raw(broker.port, "greedy", version)
+        assert c.subscribe("a", "b").reason_codes == [0, 0]
+        ack = c.subscribe(Subscription("c", 1), "d", Subscription("a", 1))
+        assert ack.reason_codes == [1, refused, 1]
+        assert broker.call(broker.broker.stats)["subscriptions"] == 3
+        c.publish("d", b"not subscribed", 0)
+        c.publish("c", b"subscribed", 1)
+        assert [m.topic for m in c.messages(1)] == ["c"]
+        c.session.unsubscribe("b")
+        c.flush()
+        c.next()  # UNSUBACK
+        assert c.subscribe("d").reason_codes == [0]
+        c.close()
+
+
+def test_max_subscriptions_zero_means_no_limit() -> None:
+    for broker in running(max_subscriptions=0):
+        c = Raw(broker.port, "many")
+        filters = [f"f/{i}" for i in range(1100)]  # beyond the default of 1000
+        assert c.subscribe(*filters).reason_codes == [0] * 1100
+        c.close()
+
+
+def test_the_broker_assigns_at_most_max_topic_aliases_out_aliases() -> None:
+    # The client takes 1000 aliases, the broker gives at most 2: the topics after
+    # the first two arrive by name every time. (The client's session rejects an
+    # alias above its own maximum, MQTT-3.3.2-10, so a smaller client maximum
+    # caps the broker too: see the second client.)
+    for broker in running(max_topic_aliases_out=2):
+        big = Raw(broker.port, "big", topic_alias_maximum=1000)
+        small = Raw(broker.port, "small", topic_alias_maximum=1)
+        for c in (big, small):
+            c.subscribe("al/#")
+        pub = Raw(broker.port, "pub")
+        for _ in range(2):
+            for i in range(5):
+                pub.publish(f"al/{i}", b"x", 1)
+        topics = [f"al/{i}" for i in range(5)] * 2
+        for c, n in ((big, 2), (small, 1)):
+            assert [m.topic for m in c.messages(10)] == topics
+            aliases = c.session._rx_alias  # what the broker told this client
+            assert sorted(aliases) == list(range(1, n + 1))
+            c.close()
+        pub.close()
+
+
 # -- configuration -----------------------------------------------------------------------
 
 
 def test_limits_from_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broker.toml"
-    path.write_text("max_queued_bytes = 65536\nmax_connections = 0\nmax_publish_rate = 100\n")
+    path.write_text(
+        "max_queued_bytes = 65536\nmax_connections = 0\nmax_publish_rate = 100\n"
+        "max_subscriptions = 50\nmax_topic_aliases_out = 8\n"
+    )
     cfg = load_config(path)
+    assert (cfg.max_subscriptions, cfg.max_topic_aliases_out) == (50, 8)
+    assert (BrokerConfig().max_subscriptions, BrokerConfig().max_topic_aliases_out) == (1000, 64)
     assert (cfg.max_queued_bytes, cfg.max_connections) == (65536, 0)
     assert cfg.max_publish_rate == 100.0 and isinstance(cfg.max_publish_rate, float)
 
@@ -219,6 +281,8 @@ def test_limits_from_flags_override_the_file() -> None:
         ({"max_connections": -1}, "max_connections must be 0"),
         ({"max_publish_rate": -1.0}, "max_publish_rate must be 0"),
         ({"max_publish_rate": math.nan}, "max_publish_rate must be 0"),
+        ({"max_subscriptions": -1}, "max_subscriptions must be 0"),
+        ({"max_topic_aliases_out": 65536}, "max_topic_aliases_out must be 0"),
     ],
 )
 def test_bad_limits_are_refused(options: dict[str, Any], message: str) -> None:

@@ -170,6 +170,11 @@ class BrokerConfig:
     None: no cap). ``max_keep_alive``: cap on the client's Keep Alive (5.0 clients get
     Server Keep Alive, 3.1.1 ones over it or at 0 are refused; None: no cap).
     ``topic_alias_maximum``: aliases a 5.0 client may use towards the broker.
+    ``max_topic_aliases_out``: aliases the broker gives topics it sends a 5.0 client
+    (also capped by the client's Topic Alias Maximum; 0: none). Each holds a topic
+    for the life of the connection, so the cap bounds that memory.
+    ``max_subscriptions``: subscriptions a session may hold; beyond it a SUBSCRIBE's
+    new filters are refused (5.0: 0x97 Quota exceeded; 3.1.1: 0x80; 0: no limit).
     ``connect_timeout``: seconds a new connection has to finish its TLS and
     WebSocket handshakes and send its CONNECT. ``max_publish_rate``:
     PUBLISHes a second each client may send (a token bucket holding one second's
@@ -208,6 +213,8 @@ class BrokerConfig:
     max_session_expiry: int | None = None
     max_keep_alive: int | None = None
     topic_alias_maximum: int = 16
+    max_topic_aliases_out: int = 64
+    max_subscriptions: int = 1000
     connect_timeout: float = 10.0
     max_publish_rate: float = 0.0
     password_file: str | None = None
@@ -236,6 +243,10 @@ class BrokerConfig:
             raise ConfigError("max_queued_bytes must be at least 1")
         if self.max_connections < 0:
             raise ConfigError("max_connections must be 0 (no limit) or more")
+        if self.max_subscriptions < 0:
+            raise ConfigError("max_subscriptions must be 0 (no limit) or more")
+        if not 0 <= self.max_topic_aliases_out <= 65535:
+            raise ConfigError("max_topic_aliases_out must be 0 (none) to 65535")
         if not 0 <= self.max_publish_rate < math.inf:  # TOML has nan and inf
             raise ConfigError("max_publish_rate must be 0 (no limit) or more")
         if self.allow_anonymous is False and not self.password_file:

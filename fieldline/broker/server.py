@@ -396,6 +396,10 @@ class Broker:
         resume = old.session if old is not None and old.session.resumable(now) else None
         perms = None if self.acl is None else self.acl.permissions(p.username, client_id)
         unreadable = 0 if resume is None or perms is None else _drop_unreadable(resume, perms)
+        # The client's Topic Alias Maximum caps the aliases we assign (MQTT-3.3.2-9);
+        # ours caps the table of topics they hold for the life of the connection.
+        if s.peer_topic_alias_maximum > cfg.max_topic_aliases_out:
+            s.peer_topic_alias_maximum = cfg.max_topic_aliases_out
         present = s.accept(answer or None, assigned, resume)
         self._cap_expiry(s)
         if old is not None and present:
@@ -604,13 +608,22 @@ class Broker:
         now = self.loop.time()
         sid = (p.properties or {}).get("subscription_identifier", 0)
         perms = cs.permissions
+        limit = self.config.max_subscriptions
         codes = []
         retained: list[Delivery] = []
         for sub, verdict in zip(p.subscriptions, verdicts, strict=True):
+            f = sub.topic_filter
+            full = limit and len(cs.subscriptions) >= limit
+            if not verdict and full and f not in cs.subscriptions:
+                # A new filter beyond max_subscriptions (replacing one is always fine):
+                # each costs the broker memory and matching time for as long as it lasts.
+                verdict = _QUOTA_EXCEEDED
+                log.info("%s client id %r: SUBSCRIBE to %r refused, max_subscriptions (%d) "
+                         "reached", conn.peer, cs.client_id, f, limit, extra=fields(conn,
+                         topic=f, reason_code=_QUOTA_EXCEEDED))  # fmt: skip
             if verdict:
                 codes.append(verdict if v5 else _UNSPECIFIED_ERROR)  # 3.1.1: 0x80, failure
                 continue
-            f = sub.topic_filter
             entry = Entry(sub, sid)
             existed = self.router.subscribe(cs.client_id, entry)
             cs.subscriptions[f] = entry
