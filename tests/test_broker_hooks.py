@@ -21,6 +21,7 @@ from test_broker_auth import paho_connect, password_file
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError
 from fieldline.broker.configfile import config_from_dict, load_config
 from fieldline.broker.hooks import Plugins
+from fieldline.broker.server import MAX_HOOK_HOPS
 from fieldline.mqtt import Client, ConnectionRefused, PubAck, SubAck, Subscription, Will
 
 OK, UNSPECIFIED, BAD_CREDENTIALS, NOT_AUTHORIZED, SERVER_UNAVAILABLE = 0, 0x80, 0x86, 0x87, 0x88
@@ -474,6 +475,51 @@ def test_notifications(notes_class: type[Notes]) -> None:
     # for the notification.
     assert calls.of("on_disconnect")[-1] == ("n3", 0x8B)
     second.close()
+
+
+class Relay:
+    """A plug-in that republishes: ``in/X`` goes on as ``out/X`` (a bridge, say), and
+    ``loop/X`` as ``loop/X`` again with a ``+`` added (a bug: it hears itself)."""
+
+    def start(self, broker: Any) -> None:
+        self.broker = broker
+
+    def on_message(self, client_id: str, topic: str, payload: bytes, qos: int, *a: Any) -> None:
+        if topic.startswith("in/"):
+            self.broker.publish("out/" + topic[3:], payload, qos, properties={"user_property":
+                                [("relayed-from", topic)]})  # fmt: skip
+        elif topic.startswith("loop/"):
+            self.broker.publish(topic, payload + b"+", qos)
+
+
+class AsyncRelay(Relay):
+    async def on_message(self, *args: Any) -> None:  # type: ignore[override]
+        await asyncio.sleep(0)
+        super().on_message(*args)
+
+
+@pytest.mark.parametrize("relay_class", [Relay, AsyncRelay], ids=["sync", "async"])
+def test_a_plugin_publishing_from_on_message(relay_class: type[Relay]) -> None:
+    # broker.publish() from on_message is routed after the message notified, not
+    # inside it: a loop of republishes neither recurses (RecursionError) nor runs on
+    # forever, but stops after MAX_HOOK_HOPS republishes (plain and async hooks).
+    for broker in running(plugins=[relay_class()]):
+        sub = Raw(broker.port, "sub")
+        sub.subscribe(Subscription("in/#", 1), Subscription("out/#", 1), "loop/#")
+        pub = Raw(broker.port, "pub")
+        assert pub.publish("in/a", b"1", 1).reason_code == OK
+        got = sub.messages(2)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [("in/a", b"1", 1), ("out/a", b"1", 1)]
+        assert got[1].properties == {"user_property": [("relayed-from", "in/a")]}
+        pub.publish("loop/x", b"x", 0)
+        got = sub.messages(1 + MAX_HOOK_HOPS)
+        assert [m.payload for m in got] == [b"x" + b"+" * i for i in range(1 + MAX_HOOK_HOPS)]
+        assert sub.quiet()  # the chain was cut
+        assert broker.call(broker.broker.stats)["plugin_errors"] == {}
+        assert pub.publish("in/b", b"2", 1).reason_code == OK  # all still works
+        assert [m.topic for m in sub.messages(2)] == ["in/b", "out/b"]
+        sub.close()
+        pub.close()
 
 
 def test_a_will_is_a_message_too() -> None:

@@ -13,9 +13,10 @@ _HOP_ONLY = ("topic_alias", "subscription_identifier")
 class Message:
     """A PUBLISH (or a Will) as the broker routes it: ``properties`` without the per-hop
     ones, ``expires_at`` the loop time its Message Expiry Interval runs out (None: never),
-    ``sender`` the publishing client id ("" for the broker itself)."""
+    ``sender`` the publishing client id ("" for the broker itself), ``hops`` how many
+    plug-in ``on_message`` hooks published it in a chain (0: not published by one)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender")
+    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender", "hops")
 
     def __init__(
         self,
@@ -26,12 +27,14 @@ class Message:
         properties: dict[str, Any] | None,
         now: float,
         sender: str = "",
+        hops: int = 0,
     ) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
         self.sender = sender
+        self.hops = hops
         self.expires_at: float | None = None
         if properties:
             properties = {k: v for k, v in properties.items() if k not in _HOP_ONLY}

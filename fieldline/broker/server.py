@@ -13,7 +13,9 @@ import socket
 import ssl
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -79,6 +81,14 @@ _SESSION_TAKEN_OVER = 0x8E
 _TOPIC_FILTER_INVALID = 0x8F
 _QUOTA_EXCEEDED = 0x97
 
+# A message published from a plug-in's on_message hook is routed after the one being
+# notified, and a chain of them (a hook republishing what it hears, or two hooks
+# answering each other) is cut after MAX_HOOK_HOPS: beyond it broker.publish() drops
+# the message with a warning. _HOOK_HOPS is the chain length a publish() would make:
+# set while on_message runs, and copied by asyncio into the task of an async hook.
+MAX_HOOK_HOPS = 8
+_HOOK_HOPS: ContextVar[int] = ContextVar("fieldline_broker_hook_hops", default=0)
+
 
 class Broker:
     """An MQTT 3.1.1 and 5.0 broker, in memory or kept in an SQLite file
@@ -122,6 +132,8 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._tls: list[ListenerTls] = []
         self._stopping = False
+        self._routing = False  # inside _route(): a nested one waits in _later
+        self._later: deque[Message] = deque()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
 
     @property
@@ -265,10 +277,20 @@ class Broker:
         properties: dict[str, Any] | None = None,
     ) -> None:
         """Publish from inside the broker (call on its event loop). Raises
-        LocalProtocolError for an invalid topic name."""
+        LocalProtocolError for an invalid topic name. Called from a plug-in's
+        ``on_message`` hook, the message is routed once the one being notified is
+        (not inside it: no recursion), and a chain of such publishes longer than
+        ``MAX_HOOK_HOPS`` is dropped with a warning (a plug-in that hears its own
+        messages would loop)."""
         validate_topic_name(topic)
+        hops = _HOOK_HOPS.get()
+        if hops > MAX_HOOK_HOPS:
+            log.warning("broker.publish() to %r from an on_message hook, %d deep: dropped, "
+                        "a plug-in loop? (MAX_HOOK_HOPS %d)", topic, hops, MAX_HOOK_HOPS,
+                        extra={"topic": topic})  # fmt: skip
+            return
         now = self.loop.time()
-        self._route(Message(topic, payload, qos, retain, properties, now))
+        self._route(Message(topic, payload, qos, retain, properties, now, hops=hops))
 
     def stats(self) -> dict[str, Any]:
         """Counts: sessions, connected, queued, queued_bytes, dropped, expired,
@@ -699,8 +721,24 @@ class Broker:
     # -- internals ----------------------------------------------------------------
 
     def _route(self, m: Message) -> int:
-        """Retain ``m`` if flagged, queue it for every matching session; returns how
-        many sessions it matched (0: no matching subscribers)."""
+        """Retain ``m`` if flagged, queue it for every matching session, tell the
+        plug-ins; returns how many sessions it matched (0: no matching subscribers).
+        Called again while it runs (an on_message hook publishes, or ends a client
+        whose Will goes), it queues ``m`` to go after the current one and returns 0."""
+        if self._routing:
+            self._later.append(m)
+            return 0
+        self._routing = True
+        try:
+            matched = self._route_one(m)
+            later = self._later
+            while later:
+                self._route_one(later.popleft())
+        finally:
+            self._routing = False
+        return matched
+
+    def _route_one(self, m: Message) -> int:
         if m.retain:
             self.router.retain(m)
             if self.persist is not None:
@@ -708,7 +746,13 @@ class Broker:
         matched = self._deliver(m)
         if self.plugins.has(ON_MESSAGE):
             props = m.outgoing_properties(self.loop.time(), None)
-            self.plugins.notify(ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props)
+            hops = _HOOK_HOPS.set(m.hops + 1)  # what the hooks publish is one hop further
+            try:
+                self.plugins.notify(
+                    ON_MESSAGE, m.sender, m.topic, m.payload, m.qos, m.retain, props
+                )
+            finally:
+                _HOOK_HOPS.reset(hops)
         return matched
 
     def _deliver(self, m: Message) -> int:
