@@ -135,6 +135,40 @@ def test_message_expiry_drops_queued_and_decrements_forwarded(broker: BrokerThre
     c.close()
 
 
+@pytest.mark.parametrize("takeover", [False, True], ids=["reconnect", "takeover"])
+def test_a_resent_message_carries_the_expiry_interval_left(
+    broker: BrokerThread, takeover: bool
+) -> None:
+    # MQTT-3.3.2-6 holds for a resend too: QoS 1 and 2 messages sent, never acked,
+    # go again (DUP) when the session resumes, carrying the interval left then, as
+    # does a message first sent then (queued while the client was away).
+    props = {"session_expiry_interval": 60}
+    c = Raw(broker.port, "x", clean_start=False, properties=props, auto_flush=False)
+    c.subscribe(Subscription("exp/#", 2))
+    publish = broker.broker.publish
+    expiring = {"message_expiry_interval": 10}
+    broker.call(publish, "exp/1", b"qos 1", 1, False, expiring)
+    broker.call(publish, "exp/2", b"qos 2", 2, False, expiring)
+    first = c.messages(2)
+    assert [m.properties["message_expiry_interval"] for m in first] == [10, 10]
+    if not takeover:
+        c.close()  # no PUBACK, no PUBREC sent
+        wait_for(broker, "connected", 0)
+        broker.call(publish, "exp/queued", b"first sent later", 1, False, expiring)
+    time.sleep(1.5)  # what is under test is time passing while the messages wait
+    again = Raw(broker.port, "x", clean_start=False, properties=props)
+    assert again.connack.session_present
+    got = again.messages(2 if takeover else 3)
+    assert [(m.topic, m.dup) for m in got[:2]] == [("exp/1", True), ("exp/2", True)]
+    if not takeover:
+        assert (got[2].topic, got[2].dup) == ("exp/queued", False)
+    for m in got:
+        assert 5 <= m.properties["message_expiry_interval"] <= 9, m
+    assert again.quiet(0.2)
+    again.close()
+    c.close()
+
+
 def test_puback_reason_is_success(broker: BrokerThread) -> None:
     c = Raw(broker.port, "p")
     ack = c.publish("nobody/listens", b"x", 1)

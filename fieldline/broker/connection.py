@@ -243,10 +243,12 @@ class Connection(asyncio.Protocol):
                 continue
             props = m.outgoing_properties(now, d.subscription_ids) if v5 else None
             try:
-                s.publish(m.topic, m.payload, d.qos, d.retain, props)
+                pid = s.publish(m.topic, m.payload, d.qos, d.retain, props)
             except LocalProtocolError:
                 cs.dropped += 1  # larger than the client's Maximum Packet Size (MQTT-3.1.2-25)
                 continue
+            if pid is not None and v5:
+                cs.sent(pid, m.expires_at)  # a resend carries the time left then
             data = s.data_to_send()
             room -= len(data)
             chunks.append(data)

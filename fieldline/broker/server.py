@@ -418,6 +418,8 @@ class Broker:
         resume = old.session if old is not None and old.session.resumable(now) else None
         perms = None if self.acl is None else self.acl.permissions(p.username, client_id)
         unreadable = 0 if resume is None or perms is None else _drop_unreadable(resume, perms)
+        if resume is not None and old is not None and old.expiry:
+            old.refresh_expiry(now)  # before accept() sends them again
         # The client's Topic Alias Maximum caps the aliases we assign (MQTT-3.3.2-9);
         # ours caps the table of topics they hold for the life of the connection.
         if s.peer_topic_alias_maximum > cfg.max_topic_aliases_out:

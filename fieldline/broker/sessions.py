@@ -11,10 +11,11 @@ count of messages and of payload bytes) and a drop policy with counters.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from fieldline.mqtt import Session, Will
+from fieldline.mqtt import Publish, Session, Will
 
 from .acl import Permissions
 from .config import DROP_OLDEST, BrokerConfig
@@ -40,7 +41,9 @@ class ClientSession:
     of the next one queued; ``saved``: what the persistence file holds of it (None: not
     persisted; see persist.py); ``username``: of its latest connection.
     ``recheck_until``: deliveries with a sequence number below it were queued under
-    other ``permissions`` (``set_permissions``) and are checked again as they leave."""
+    other ``permissions`` (``set_permissions``) and are checked again as they leave.
+    ``expiry``: packet id -> loop time the Message Expiry Interval of the PUBLISH sent
+    under it runs out, for the resend (``sent``, ``refresh_expiry``)."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -62,6 +65,7 @@ class ClientSession:
         self.seq_tail = 0
         self.recheck_until = 0
         self.saved: Saved | None = None
+        self.expiry: dict[int, float] = {}
 
     def set_permissions(self, permissions: Permissions | None) -> None:
         """New rights: another user name on this session, or a reloaded ACL file. What
@@ -99,6 +103,35 @@ class ClientSession:
         self.queued_bytes -= len(d.message.payload)
         self.seq_head += 1
         return d
+
+    def sent(self, packet_id: int, expires_at: float | None) -> None:
+        """A QoS 1/2 PUBLISH went out under ``packet_id``; its Message Expiry Interval
+        runs out at loop time ``expires_at`` (None: never)."""
+        table = self.expiry
+        if expires_at is None:
+            if table:
+                table.pop(packet_id, None)  # the id's earlier message is complete
+            return
+        table[packet_id] = expires_at
+        if len(table) > 2 * self.session.inflight + 16:
+            msgs = self.session._msgs  # forget the messages completed since
+            for pid in [pid for pid in table if pid not in msgs]:
+                del table[pid]
+
+    def refresh_expiry(self, now: float) -> None:
+        """The session resumes: give each PUBLISH in flight the Message Expiry Interval
+        left at ``now`` before it is sent again (MQTT-3.3.2-6: the value sent is the
+        one received minus the time the message waited in the server). One already
+        run out gets 1: its delivery started, so it is still sent (MQTT-4.4.0-1)."""
+        msgs = self.session._msgs
+        for pid, expires_at in list(self.expiry.items()):
+            p = msgs.get(pid)
+            if not isinstance(p, Publish):  # complete, or a QoS 2 one at PUBREL
+                del self.expiry[pid]
+                continue
+            props = dict(p.properties) if p.properties else {}
+            props["message_expiry_interval"] = max(1, math.ceil(expires_at - now))
+            p.properties = props
 
     def clear_queue(self) -> None:
         self.queue.clear()
