@@ -230,6 +230,10 @@ class AsyncClient(BaseClient):
         w = self._w
         self._r = self._w = None
         self._up.clear()
+        # The session learns it at once, not after wait_closed(): an ack
+        # given meanwhile is then kept for the broker's resend, not queued
+        # for a transport that is gone.
+        self.session.connection_lost(self._now())
         if w is not None:
             try:
                 w.close()
@@ -258,10 +262,15 @@ class AsyncClient(BaseClient):
     async def _flush(self, quiet=False):
         """Write what the session queued. A broken connection is left to the
         connection task to notice (it reconnects); with ``quiet`` nothing is
-        raised, else ConnectionLost."""
-        data = self.session.data_to_send()
+        raised, else ConnectionLost, also for a transport found closing
+        (``_alive()``)."""
         w = self._w
-        if data and w is not None:
+        if not self._alive():
+            if w is not None and not quiet:
+                raise ConnectionLost(0x80, "the connection was lost")
+            return
+        data = self.session.data_to_send()
+        if data:
             async with self._wlock:
                 try:
                     w.write(data)
@@ -269,6 +278,36 @@ class AsyncClient(BaseClient):
                 except OSError as e:
                     if not quiet:
                         raise ConnectionLost(0x80, "connection lost while writing") from e
+
+    def _alive(self):
+        """True while the connection's transport takes bytes. One that is
+        closing (a write or read failed, the peer reset it, _drain() aborted
+        it) drops what is written to it without a word on CPython, and the
+        connection task may not have seen it yet: waiting for room, reading
+        is paused. Found here, that is connection loss at once, before an
+        acknowledgement is lost with it: the session goes IDLE, so that an
+        answer given from now on is kept and sent when the broker sends the
+        message again on the next connection (not delivered twice), and the
+        connection task is woken to close and reconnect."""
+        w = self._w
+        if w is None:
+            return False
+        closing = getattr(w, "is_closing", None)  # MicroPython's streams have none
+        if closing is None or not closing():
+            return True
+        self._lost()
+        return False
+
+    def _lost(self):
+        # The connection is gone; the connection task closes it and reconnects.
+        s = self.session
+        if s.state:  # not IDLE yet
+            s.connection_lost(self._now())
+        self._up.clear()
+        t = getattr(self._w, "transport", None)
+        if t is not None:
+            t.abort()  # the reader sees it now, also if close() waits to flush
+        self._space.set()  # a connection task paused for room
 
     async def _drain(self, w):
         """Wait until the socket's buffer has room, at most as long as a
@@ -310,10 +349,14 @@ class AsyncClient(BaseClient):
 
     def _write_now(self):
         self._unsent = 0
+        if not self._alive():
+            return
         data = self.session.data_to_send()
-        w = self._w
-        if data and w is not None:
-            w.write(data)  # errors surface on the reading side: it reconnects
+        if data:
+            try:
+                self._w.write(data)  # CPython: errors surface on the reading side
+            except OSError:  # MicroPython writes at once: the connection is gone
+                self._lost()
 
     # -- the connection task ----------------------------------------------------------
 
@@ -343,6 +386,7 @@ class AsyncClient(BaseClient):
 
     async def _io(self):
         s = self.session
+        self._alive()  # before a held message is handed over and answered
         if not self._events():  # nothing left over from the last read
             if self._paused():
                 if not self._droppable():
@@ -352,6 +396,10 @@ class AsyncClient(BaseClient):
                 if not self._has_room():
                     self._drop_held()  # and reading must go on
                 return
+            # Answers to packets that were no event (a resend we had
+            # answered already, a PUBREL, left over after the CONNACK) go
+            # out now, not after the next bytes come.
+            await self._flush()
             d = s.next_deadline()
             data = None
             r = self._r
@@ -367,6 +415,8 @@ class AsyncClient(BaseClient):
             if data is not None:
                 if not data:
                     raise ConnectionLost(0x80, "the broker closed the connection")
+                if s.state < _CONNECTING:  # _lost() while we read
+                    raise ConnectionLost(0x80, "the connection was lost")
                 s.receive_data(data, self._now())
                 self._events()
         if self._held is None:
@@ -400,6 +450,7 @@ class AsyncClient(BaseClient):
         # The application took ``message`` from a stream (``more``: what is
         # left there), or its callback finished: let go, and get the ack
         # written: at once, or with the others of a backlog being read.
+        self._alive()  # a dead connection is lost before the answer is given
         self._release(message)
         if message.qos:
             if more:
@@ -428,6 +479,7 @@ class AsyncClient(BaseClient):
         as ``Client.ack`` (a plain method: it only queues the answer, which is
         written soon). Returns True, or False when there is nothing to
         acknowledge."""
+        self._alive()  # a dead connection is lost before the answer is given
         done = self._answer(message)
         if done:
             self._write_soon()
