@@ -139,7 +139,8 @@ class AsyncClient(BaseClient):
     async def connect(self, timeout=None):
         """Connect and return the ConnAck; a task then keeps the connection
         (and reconnects if ``reconnect``). Raises ConnectionRefused (or
-        NotAuthorized), MQTTTimeout, OSError."""
+        NotAuthorized), MQTTTimeout, OSError, ConnectionLost (the connection
+        broke before it was ready)."""
         self._closing = False
         loop = asyncio.get_event_loop()
         self._loop = loop if hasattr(loop, "call_soon") else None
@@ -191,14 +192,18 @@ class AsyncClient(BaseClient):
                 s.receive_data(data, self._now())
                 self._events()
                 await self._flush()  # e.g. our AUTH answer
+            e = self._accepted()
+            if e is not None:
+                raise e
+            # Restoring the subscriptions can still fail (too large for the
+            # broker's Maximum Packet Size, or not written): the attempt
+            # failed, is closed here and counted once by _run(). It once
+            # escaped with the transport open, and was counted again when
+            # _io() found that connection dead.
+            await self._flush()
         except BaseException:
             await self._close(None)
             raise
-        e = self._accepted()
-        if e is not None:
-            await self._close(None)
-            raise e
-        await self._flush()
         self._up.set()
         if self.on_connect is not None:
             self._call(self.on_connect, self.connack)
