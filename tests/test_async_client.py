@@ -13,6 +13,7 @@ from paho_peer import PahoPeer
 from fieldline.mqtt import (
     AsyncClient,
     ConnectionLost,
+    LocalProtocolError,
     NotAuthorized,
     PacketTooLarge,
     Publish,
@@ -337,5 +338,56 @@ def test_streams_end_when_the_connection_is_lost_for_good(
             with pytest.raises(ConnectionLost):
                 await asyncio.wait_for(drain(stream), WAIT)
         await c.disconnect()
+
+    arun(main())
+
+
+def test_connect_while_connected_raises_and_keeps_the_connection(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int
+) -> None:
+    # A second connect() once dialled a new connection, whose CONNECT the
+    # session refused: it closed the new transport and left the old one open,
+    # unreferenced, its task still reading it, the client no longer connected.
+    # Now it raises LocalProtocolError, as Client.connect() does, before it
+    # touches anything: the first connection stays up, the only one.
+    proxy = tcp_proxy(mosquitto)
+
+    async def main() -> None:
+        async with AsyncClient(proxy.host, proxy.port, version=version, timeout=WAIT) as c:
+            with pytest.raises(LocalProtocolError):
+                await c.connect()
+            assert c.is_connected
+            assert await c.publish("again", b"x", qos=1) is not None
+            assert proxy.accepted.value == 1
+        await proxy.closed.wait_async(1, WAIT)
+        assert proxy.active == 0
+
+    arun(main())
+
+
+def test_connect_while_waiting_to_reconnect_reconnects_now(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int
+) -> None:
+    # The connection task waiting out its backoff once stayed, beside the new
+    # one connect() starts: two tasks reading one connection. It is replaced.
+    proxy = tcp_proxy(mosquitto)
+
+    async def main() -> None:
+        c = AsyncClient(
+            proxy.host, proxy.port, version=version, timeout=WAIT, backoff_min=60, backoff_max=60
+        )
+        down = asyncio.Event()
+        c.on_disconnect = lambda e: down.set()
+        await c.connect()
+        waiting = c._task
+        await asyncio.to_thread(proxy.drop)
+        await asyncio.wait_for(down.wait(), WAIT)
+        await c.connect()
+        assert waiting is not None and waiting.done()
+        assert c.is_connected
+        assert await c.publish("again", b"x", qos=1) is not None
+        await c.disconnect()
+        await proxy.closed.wait_async(2, WAIT)
+        assert proxy.active == 0
 
     arun(main())

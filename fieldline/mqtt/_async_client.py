@@ -13,7 +13,7 @@ import asyncio
 
 from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published
 from ._client_inbox import Fifo, clock
-from ._errors import MQTTError
+from ._errors import LocalProtocolError, MQTTError
 
 try:
     from micropython import const
@@ -112,6 +112,7 @@ class AsyncClient(BaseClient):
         self._r = self._w = None
         self._task = None
         self._closing = False
+        self._opening = False  # a connect() call is making its connection
         self._waiters = {}  # packet id -> _Waiter
         self._inbox_event = asyncio.Event()
         self._up = asyncio.Event()  # set while connected
@@ -138,15 +139,27 @@ class AsyncClient(BaseClient):
 
     async def connect(self, timeout=None):
         """Connect and return the ConnAck; a task then keeps the connection
-        (and reconnects if ``reconnect``). Raises ConnectionRefused (or
-        NotAuthorized), MQTTTimeout, OSError, ConnectionLost (the connection
-        broke before it was ready)."""
-        self._closing = False
-        loop = asyncio.get_event_loop()
-        self._loop = loop if hasattr(loop, "call_soon") else None
-        self._load_stored()
-        await self._open(self.connack is None, self._t(timeout))
-        self._task = asyncio.create_task(self._run())
+        (and reconnects if ``reconnect``). While the connection is down and
+        that task waits to reconnect, connect() reconnects now instead.
+        Raises LocalProtocolError while a connection is up or being made
+        (disconnect() first), as ``Client.connect`` does; ConnectionRefused
+        (or NotAuthorized), MQTTTimeout, OSError, ConnectionLost (the
+        connection broke before it was ready)."""
+        if self._w is not None or self._opening:
+            # A second connection would leave this one's transport open,
+            # with its task still reading it.
+            raise LocalProtocolError(0x82, "already connected: disconnect() first")
+        self._opening = True
+        try:
+            await self._stop_task()  # one waiting to reconnect: replaced by this call
+            self._closing = False
+            loop = asyncio.get_event_loop()
+            self._loop = loop if hasattr(loop, "call_soon") else None
+            self._load_stored()
+            await self._open(self.connack is None, self._t(timeout))
+            self._task = asyncio.create_task(self._run())
+        finally:
+            self._opening = False
         return self.connack
 
     async def disconnect(self, reason_code=0, properties=None, timeout=None):
@@ -161,6 +174,10 @@ class AsyncClient(BaseClient):
             except (OSError, MQTTError, asyncio.TimeoutError):
                 pass
         await self._close(None)
+        await self._stop_task()
+        self._wake_all()
+
+    async def _stop_task(self):
         t = self._task
         self._task = None
         if t is not None and t is not _current_task():
@@ -169,7 +186,6 @@ class AsyncClient(BaseClient):
                 await t
             except BaseException:  # CancelledError is a BaseException on CPython
                 pass
-        self._wake_all()
 
     async def _open(self, first, timeout):
         try:
