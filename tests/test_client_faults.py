@@ -306,7 +306,10 @@ def test_a_stalled_write_under_loop_start_is_connection_lost(
 ) -> None:
     # A peer that stops reading: the I/O thread's sendall() blocked for the
     # whole socket timeout holding the lock, then failed with a bare
-    # TimeoutError. Now it gives up after 1.5 x keepalive, as ConnectionLost.
+    # TimeoutError. Now publish() queues until max_unsent bytes wait, then
+    # (BLOCK) waits for room, and the I/O thread ends the connection after
+    # 1.5 x keepalive as ConnectionLost, which the waiting publish() raises.
+    # tests/test_client_thread.py has the rest.
     ok = connack(0, properties=b"" if version == 5 else None)
     broker = fake_broker([recv(CONNECT), send(ok), pause(3 * WAIT)])  # then reads nothing
     c = Client(

@@ -9,10 +9,12 @@ backoff delay, when ``reconnect`` is on; unacknowledged QoS 1/2 messages are
 then resent by the session, and subscriptions restored if the broker lost
 them.
 
-``loop_start()`` (CPython) moves the reading into a background thread, as
-paho does, with two differences: callbacks run on a second thread, so a slow
-callback never delays PINGREQ, and a callback may itself call publish() and
-wait for the ack without deadlocking.
+``loop_start()`` (CPython) moves the reading and writing into a background
+thread, as paho does: publish() then queues its bytes and returns (QoS 0),
+so a network that stops taking bytes never holds the caller. Two
+differences: callbacks run on a second thread, so a slow callback never
+delays PINGREQ, and a callback may itself call publish() and wait for the
+ack without deadlocking.
 """
 
 from time import sleep
@@ -32,6 +34,8 @@ except ImportError:  # CPython
 _CONNECTING = const(1)
 _CONNECTED = const(2)
 
+_threads = None  # the _client_thread module, once a loop_start() loaded it (CPython)
+
 
 class NoLock:
     # Stands in for the lock until loop_start() makes a real one.
@@ -47,7 +51,9 @@ class Client(BaseClient):
 
     ``with Client(...) as c:`` connects and disconnects. Every blocking call
     takes ``timeout`` (seconds; default the client's ``timeout``) and raises
-    MQTTTimeout when it passes.
+    MQTTTimeout when it passes. Under ``loop_start()`` at most ``max_unsent``
+    bytes (an attribute to set; default 1 MiB) wait to be written; beyond,
+    publish() follows ``queue_policy``.
     """
 
     def __init__(self, *args, **kwargs):
@@ -66,6 +72,7 @@ class Client(BaseClient):
         self._wake = None  # socketpair: user threads wake the I/O thread
         self._wake_sent = False
         self._calls = None  # callbacks waiting for the callback thread
+        self._unsent = b""  # loop_start(): bytes the I/O thread has yet to write
 
     # -- connection -------------------------------------------------------------
 
@@ -169,8 +176,8 @@ class Client(BaseClient):
         self._write = w if w is not None else sock.write
         settimeout = getattr(sock, "settimeout", None)
         if settimeout is not None and self.keepalive:
-            # A write blocked by a stalled network (lock held) gives up when
-            # keepalive would have noticed the silence, not after ``timeout``.
+            # A write blocked by a stalled network gives up when keepalive
+            # would have noticed the silence, not after ``timeout``.
             settimeout(min(self.timeout, self.keepalive * 1.5))
 
     def _close(self, error):
@@ -178,6 +185,8 @@ class Client(BaseClient):
         self._sock = None
         self._poller = None
         if sock is not None:
+            if self._unsent:  # loop_start(): bytes the I/O thread could not write
+                error = _threads.last_words(self, sock, error)
             try:
                 sock.close()
             except OSError:
@@ -197,6 +206,12 @@ class Client(BaseClient):
 
     def _flush(self):
         data = self.session.data_to_send()
+        if self._io_thread is not None:  # the I/O thread writes (_client_thread.poll())
+            self._unsent += data
+            return
+        if self._unsent:  # left unwritten by loop_stop(): goes first
+            data = bytes(self._unsent) + data
+            self._unsent = b""
         if data and self._sock is not None:
             try:
                 self._write(data)
@@ -264,9 +279,7 @@ class Client(BaseClient):
             return True
         ms = int(min(timeout, 60.0) * 1000)
         if self._io_thread is not None:
-            from ._client_thread import poll
-
-            ready = poll(self, ms)
+            ready = _threads.poll(self, ms)
         else:
             ready = self._poller.poll(ms)
         return bool(ready) and self._sock is sock
@@ -286,10 +299,12 @@ class Client(BaseClient):
             self._retry_later()
 
     def _sleep(self, seconds):
-        if self._cond is not None:
-            self._cond.wait(seconds)
-        else:
+        if self._cond is None:
             sleep(seconds)
+        elif self._unsent and self._sock is not None:  # reading paused, writing not
+            _threads.poll(self, int(seconds * 1000), False)
+        else:
+            self._cond.wait(seconds)
 
     def _deadline(self, timeout):
         return clock() + (self.timeout if timeout is None else timeout)
@@ -309,13 +324,8 @@ class Client(BaseClient):
         it) until ``ready()`` is true. Call with the lock held."""
         while not ready():
             left = self._left(deadline, what)
-            t = self._io_thread
-            if self._elsewhere(t):
-                if not t.is_alive():
-                    raise self._error or ConnectionLost(0x80, "the loop thread ended")
-                self._cond.wait(left)
-                if self._io_thread is not t and not ready():  # disconnect(), loop_stop()
-                    raise self._error or ConnectionLost(0x80, "the loop thread stopped")
+            if self._elsewhere(self._io_thread):
+                _threads.wait(self, ready, left)
             else:
                 self._io(left)
 
@@ -332,6 +342,8 @@ class Client(BaseClient):
         deadline = self._deadline(timeout or None)  # timeout=0 still waits for room
         with self._lock:
             s = self.session
+            if self._io_thread is not None:
+                _threads.room(self, deadline)
             if not qos:
                 self._until_up(deadline)
             elif s.inflight >= self.max_queued and not self._full_queue():
@@ -486,14 +498,7 @@ class Client(BaseClient):
     def _kick(self):
         # Get queued bytes written: by the I/O thread, or now.
         if self._elsewhere(self._io_thread):
-            if self._held is not None:  # paused: waits on the condition, not the socket
-                self._cond.notify_all()
-            if not self._wake_sent:  # one wake-up per round of the I/O thread
-                self._wake_sent = True
-                try:
-                    self._wake[1].send(b"\x00")
-                except OSError:  # full: the I/O thread is waking up anyway
-                    pass
+            _threads.kick(self)
         else:
             try:
                 self._flush()
@@ -524,16 +529,15 @@ class Client(BaseClient):
     def loop_start(self):
         """Run the connection on a background thread (and callbacks on a
         second one) until loop_stop() or disconnect()."""
-        from ._client_thread import start
+        global _threads
+        from . import _client_thread as _threads
 
-        start(self)
+        _threads.start(self)
 
     def loop_stop(self):
         """Stop the loop_start() threads (the connection stays open)."""
         if self._io_thread is not None:
-            from ._client_thread import stop
-
-            stop(self)
+            _threads.stop(self)
 
     def _elsewhere(self, thread):
         # True if loop_start() runs ``thread`` and this is another thread.
