@@ -419,8 +419,10 @@ class AsyncClient(BaseClient):
                 return
             # Answers to packets that were no event (a resend we had
             # answered already, a PUBREL, left over after the CONNACK) go
-            # out now, not after the next bytes come.
-            await self._flush()
+            # out now, not after the next bytes come; with publishes of this
+            # turn of the loop, if a coalesced write is due (_send_soon()).
+            if not self._unsent:
+                await self._flush()
             d = s.next_deadline()
             data = None
             r = self._r
