@@ -21,7 +21,7 @@ from time import sleep
 
 from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published
 from ._client_inbox import clock
-from ._errors import MQTTError
+from ._errors import LocalProtocolError, MQTTError
 
 try:
     from micropython import const
@@ -90,9 +90,14 @@ class Client(BaseClient):
     def connect(self, timeout=None):
         """Connect and return the ConnAck. Raises ConnectionRefused (or its
         subclass NotAuthorized) with the broker's reason code, MQTTTimeout,
-        or OSError when the broker cannot be reached."""
+        or OSError when the broker cannot be reached; LocalProtocolError
+        while connected (disconnect() first)."""
         self._closing = False
         with self._lock:
+            if self._sock is not None:
+                # A second dial would leave this connection open, or close
+                # it when the new one failed.
+                raise LocalProtocolError(0x82, "already connected: disconnect() first")
             self._load_stored()
             self._open(self.connack is None, self._deadline(timeout))
             self._notify()  # a loop_start() thread waiting for a first connection
@@ -129,15 +134,19 @@ class Client(BaseClient):
                 if self._sock is None:
                     raise self._error or ConnectionLost(0x80, "closed before CONNACK")
                 self._io(self._left(deadline, "CONNACK"))
+            e = self._accepted()
+            if e is not None:
+                raise e
+            # Restoring the subscriptions can still fail (too large for the
+            # broker's Maximum Packet Size, or not written): the attempt
+            # failed, is closed here and counted once by _redial().
+            self._flush()
         except BaseException:
+            if self._sock is not sock:  # not attached yet
+                sock.close()
             self._close(None)
             raise
-        e = self._accepted()
-        if e is not None:
-            self._close(None)
-            raise e
         self._retry_at = 0
-        self._flush()
         if self.on_connect is not None:
             self._call(self.on_connect, self.connack)
 
@@ -197,9 +206,11 @@ class Client(BaseClient):
         self._notify()
 
     def _lost(self, error):
-        # The connection broke: close it and plan the next attempt.
+        # The connection broke: close it and plan the next attempt. One
+        # that breaks before its CONNACK is counted by _redial(), not here.
+        was_up = self._was_up
         self._close(error)
-        if self.reconnect and self._retry_at is not None and not self._closing:
+        if was_up and self.reconnect and self._retry_at is not None and not self._closing:
             self._retry_later()
 
     # -- I/O --------------------------------------------------------------------

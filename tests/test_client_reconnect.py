@@ -1,0 +1,77 @@
+"""The blocking Client across connections: the backoff between reconnect
+attempts, and connect() while connected. The AsyncClient's counterparts are
+in test_async_client_faults.py and test_async_client.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import FakeBrokerFactory, Mosquitto
+from fakebroker import FakeConnection, connack
+
+from fieldline.mqtt import Client, LocalProtocolError
+
+WAIT = 10.0
+
+
+def test_a_failed_attempt_counts_once_in_the_backoff(fake_broker: FakeBrokerFactory) -> None:
+    # Connection 1 is accepted, then lost. Connection 2 is accepted with a
+    # Maximum Packet Size too small for the SUBSCRIBE that restores our
+    # subscription, so that attempt fails after its CONNACK; connections 3
+    # and 4 close before their CONNACK. Each failed attempt once counted
+    # twice (the escaped failure left the socket open, or the loss was
+    # counted on reading EOF and again by the redial), so the delays after
+    # connections 1-4 were 2, 4, 8, 16 x backoff_min, not 1, 2, 4, 8 x
+    # (their upper half jittered).
+    m = 0.2
+    accepted: dict[int, float] = {}
+    closed: dict[int, float] = {}
+
+    def subscribed(conn: FakeConnection) -> None:
+        conn.recv_packet()  # CONNECT
+        conn.send(connack(0, properties=b""))
+        pid = conn.recv_packet()[2:4]  # SUBSCRIBE
+        conn.send(b"\x90\x04" + pid + b"\x00\x00")  # SUBACK: no properties, granted QoS 0
+        conn.close()
+
+    def too_small(conn: FakeConnection) -> None:
+        accepted[conn.index] = time.monotonic()
+        conn.recv_packet()
+        conn.send(connack(0, properties=b"\x27" + (16).to_bytes(4, "big")))
+        closed[conn.index] = time.monotonic()
+        conn.close()
+
+    def refuse(conn: FakeConnection) -> None:
+        accepted[conn.index] = time.monotonic()
+        conn.recv_packet()
+        closed[conn.index] = time.monotonic()
+        conn.close()
+
+    broker = fake_broker(subscribed, too_small, refuse)
+    c = Client(broker.host, broker.port, keepalive=0, timeout=WAIT, backoff_min=m, backoff_max=60)
+    c.connect()
+    assert c.subscribe("a/topic/filter/longer/than/sixteen/bytes") == [0]
+    deadline = time.monotonic() + 3 * WAIT
+    while broker.accepted.value < 6 and time.monotonic() < deadline:
+        c.loop(0.1)
+    c.disconnect()
+    assert broker.accepted.value >= 6
+    for n, d in ((1, m), (2, 2 * m), (3, 4 * m), (4, 8 * m)):
+        gap = accepted[n + 1] - closed[n]
+        assert d / 2 - 0.05 <= gap < d + 0.1, f"delay after connection {n}: {gap:.2f} s, not {d} s"
+
+
+def test_connect_while_connected_is_refused_and_keeps_the_connection(
+    mosquitto: Mosquitto, version: int
+) -> None:
+    # A second dial once replaced the live socket's CONNECT state, and its
+    # failure path closed the connection that was up.
+    c = Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+    c.connect()
+    with pytest.raises(LocalProtocolError) as e:
+        c.connect()
+    assert e.value.reason_code == 0x82
+    assert c.is_connected
+    c.publish("t/still/up", b"x", qos=1)  # acknowledged, else it raises
+    c.disconnect()
