@@ -1,16 +1,18 @@
 """The blocking Client across connections: the backoff between reconnect
-attempts, and connect() while connected. The AsyncClient's counterparts are
-in test_async_client_faults.py and test_async_client.py."""
+attempts, which CONNECT resumes the session (with the AsyncClient too), and
+connect() while connected. The AsyncClient's counterparts are in
+test_async_client_faults.py and test_async_client.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
-from conftest import FakeBrokerFactory, Mosquitto
-from fakebroker import FakeConnection, connack
+from conftest import FakeBrokerFactory, Mosquitto, arun
+from fakebroker import FakeConnection, connack, prop
 
-from fieldline.mqtt import Client, LocalProtocolError
+from fieldline.mqtt import AsyncClient, Client, ConnectionLost, LocalProtocolError
 
 WAIT = 10.0
 
@@ -60,6 +62,67 @@ def test_a_failed_attempt_counts_once_in_the_backoff(fake_broker: FakeBrokerFact
     for n, d in ((1, m), (2, 2 * m), (3, 4 * m), (4, 8 * m)):
         gap = accepted[n + 1] - closed[n]
         assert d / 2 - 0.05 <= gap < d + 0.1, f"delay after connection {n}: {gap:.2f} s, not {d} s"
+
+
+def clean_start(connect: bytes) -> bool:
+    # CONNECT: fixed header, Remaining Length, "\x00\x04MQTT", level, flags.
+    return bool(connect[connect.index(b"MQTT") + 5] & 0x02)
+
+
+def test_a_connect_after_a_failed_attempt_still_resumes_the_session(
+    fake_broker: FakeBrokerFactory, kind: str
+) -> None:
+    # MQTT 5.0, clean_start=True with a session expiry: only the first
+    # CONNECT starts clean and takes the client id the broker assigns;
+    # later ones resume that session. An attempt that failed before its
+    # CONNACK once made the next connect() count as a first again: clean
+    # start, no client id, and the session the broker kept (its queued
+    # messages) was thrown away.
+    def first(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=prop(0x12, b"auto-1")))
+        conn.close()
+
+    def fail(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.close()
+
+    def resume(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, session_present=True, properties=b""))
+
+    broker = fake_broker(first, fail, resume)
+    opts = dict(version=5, session_expiry=60, reconnect=False, keepalive=0, timeout=WAIT)
+
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        deadline = time.monotonic() + WAIT
+        while c.is_connected and time.monotonic() < deadline:
+            c.loop(0.1)  # until connection 1 ends
+        with pytest.raises((ConnectionLost, OSError)):
+            c.connect()  # connection 2 fails before its CONNACK
+        assert c.connect().session_present
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            down = asyncio.Event()
+            a.on_disconnect = lambda error: down.set()
+            await a.connect()
+            await asyncio.wait_for(down.wait(), WAIT)  # connection 1 ends
+            with pytest.raises((ConnectionLost, OSError)):
+                await a.connect()  # connection 2 fails before its CONNACK
+            assert (await a.connect()).session_present
+            await a.disconnect()
+
+        arun(main())
+
+    connects = [conn.packets[0] for conn in broker.connections]
+    assert [clean_start(p) for p in connects] == [True, False, False]
+    assert b"auto-1" not in connects[0]
+    assert b"auto-1" in connects[1] and b"auto-1" in connects[2]
 
 
 def test_connect_while_connected_is_refused_and_keeps_the_connection(

@@ -156,7 +156,7 @@ class AsyncClient(BaseClient):
             loop = asyncio.get_event_loop()
             self._loop = loop if hasattr(loop, "call_soon") else None
             self._load_stored()
-            await self._open(self.connack is None, self._t(timeout))
+            await self._open(not self._resume, self._t(timeout))
             self._task = asyncio.create_task(self._run())
         finally:
             self._opening = False

@@ -99,7 +99,7 @@ class Client(BaseClient):
                 # it when the new one failed.
                 raise LocalProtocolError(0x82, "already connected: disconnect() first")
             self._load_stored()
-            self._open(self.connack is None, self._deadline(timeout))
+            self._open(not self._resume, self._deadline(timeout))
             self._notify()  # a loop_start() thread waiting for a first connection
         return self.connack
 

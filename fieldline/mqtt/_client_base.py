@@ -273,6 +273,7 @@ class BaseClient(Inbox):
         self._routes = []  # [filter, callable or list] in subscription order
         self._attempt = 0  # reconnect attempts since the last success
         self._was_up = False  # a CONNACK accepted this connection
+        self._resume = False  # one was accepted once: later CONNECTs resume the session
         self._responses = {}  # correlation data -> response (or its waiter), for request()
         self._reply_topic = None
         self._requests_sent = 0
@@ -402,6 +403,7 @@ class BaseClient(Inbox):
             return refusal(ack)
         self._attempt = 0
         self._was_up = True
+        self._resume = True
         if not ack.session_present:
             self._restore()
         self._inbox_connected(ack.session_present)
