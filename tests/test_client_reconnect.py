@@ -1,7 +1,6 @@
-"""The blocking Client across connections: the backoff between reconnect
-attempts, which CONNECT resumes the session (with the AsyncClient too), and
-connect() while connected. The AsyncClient's counterparts are in
-test_async_client_faults.py and test_async_client.py."""
+"""Both clients across connections: the backoff between reconnect attempts,
+which CONNECT resumes the session, and (the blocking Client; the
+AsyncClient's is in test_async_client.py) connect() while connected."""
 
 from __future__ import annotations
 
@@ -17,7 +16,9 @@ from fieldline.mqtt import AsyncClient, Client, ConnectionLost, LocalProtocolErr
 WAIT = 10.0
 
 
-def test_a_failed_attempt_counts_once_in_the_backoff(fake_broker: FakeBrokerFactory) -> None:
+def test_a_failed_attempt_counts_once_in_the_backoff(
+    fake_broker: FakeBrokerFactory, kind: str
+) -> None:
     # Connection 1 is accepted, then lost. Connection 2 is accepted with a
     # Maximum Packet Size too small for the SUBSCRIBE that restores our
     # subscription, so that attempt fails after its CONNACK; connections 3
@@ -51,14 +52,27 @@ def test_a_failed_attempt_counts_once_in_the_backoff(fake_broker: FakeBrokerFact
         conn.close()
 
     broker = fake_broker(subscribed, too_small, refuse)
-    c = Client(broker.host, broker.port, keepalive=0, timeout=WAIT, backoff_min=m, backoff_max=60)
-    c.connect()
-    assert c.subscribe("a/topic/filter/longer/than/sixteen/bytes") == [0]
-    deadline = time.monotonic() + 3 * WAIT
-    while broker.accepted.value < 6 and time.monotonic() < deadline:
-        c.loop(0.1)
-    c.disconnect()
-    assert broker.accepted.value >= 6
+    opts = dict(keepalive=0, timeout=WAIT, backoff_min=m, backoff_max=60)
+    topic = "a/topic/filter/longer/than/sixteen/bytes"
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        assert c.subscribe(topic) == [0]
+        deadline = time.monotonic() + 3 * WAIT
+        while broker.accepted.value < 6 and time.monotonic() < deadline:
+            c.loop(0.1)
+        c.disconnect()
+        assert broker.accepted.value >= 6
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            await a.connect()
+            assert await a.subscribe(topic) == [0]
+            await broker.accepted.wait_async(6, 3 * WAIT)
+            await a.disconnect()
+
+        arun(main())
     for n, d in ((1, m), (2, 2 * m), (3, 4 * m), (4, 8 * m)):
         gap = accepted[n + 1] - closed[n]
         assert d / 2 - 0.05 <= gap < d + 0.1, f"delay after connection {n}: {gap:.2f} s, not {d} s"
