@@ -354,6 +354,9 @@ class BaseClient(Inbox):
     def _publish(self, topic, payload, qos, retain, properties):
         """Session.publish(), with the message recorded by ``persistence``;
         too large for the broker raises PacketTooLarge."""
+        # An earlier run's messages go first, and are read before put()
+        # stores this one, which pending() would otherwise return as theirs.
+        self._load_stored()
         try:
             pid = self.session.publish(topic, payload, qos, retain, properties)
         except LocalProtocolError as e:
