@@ -4,11 +4,14 @@ which error a later call reports. Each test names the fault it guards."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
-from conftest import Mosquitto, arun
+from conftest import FakeBrokerFactory, Mosquitto, arun
+from fakebroker import FakeConnection, connack
 
-from fieldline.mqtt import AsyncClient, Client, MQTTTimeout
+from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTTimeout
 
 WAIT = 10.0
 
@@ -79,3 +82,44 @@ def test_a_message_queued_before_the_first_connect_goes_out_once(
         assert drain(sub, 0.5) == [b"earlier run", b"offline", b"online"]
     assert store.live == {}
     assert sorted(store.done_keys) == [1, 2, 3]
+
+
+def test_disconnect_wakes_a_call_waiting_for_a_connection(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # AsyncClient: while the client waits out a reconnect delay, a QoS 0
+    # publish() and a subscribe() wait for the connection to come back.
+    # disconnect() woke the waiters for acks, room in the queue and
+    # streams, but not these: they slept out their whole timeout and then
+    # raised MQTTTimeout, not ConnectionLost.
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    broker = fake_broker(accept_then_close)
+
+    async def main() -> None:
+        c = AsyncClient(
+            broker.host, broker.port, version=version, keepalive=0, backoff_min=60, timeout=WAIT
+        )
+        down = asyncio.Event()
+        c.on_disconnect = lambda error: down.set()
+        await c.connect()
+        await asyncio.wait_for(down.wait(), WAIT)  # now waiting 30-60 s to reconnect
+        waiters = [
+            asyncio.create_task(c.publish("review/q0", b"x", qos=0, timeout=60)),
+            asyncio.create_task(c.subscribe("review/#", qos=1, timeout=60)),
+        ]
+        await asyncio.sleep(0)  # both wait for the connection now
+        start = time.monotonic()
+        await c.disconnect()
+        done, _ = await asyncio.wait(waiters, timeout=WAIT)
+        assert len(done) == 2, "a waiter slept on after disconnect()"
+        for t in waiters:
+            assert isinstance(t.exception(), ConnectionLost)
+        assert time.monotonic() - start < WAIT
+
+    arun(main())

@@ -273,6 +273,9 @@ class AsyncClient(BaseClient):
             if final or w.request:
                 w.event.set()
         if final:
+            if not self._up.is_set():  # wakes _until_up(), which finds no connection
+                self._up.set()
+                self._up.clear()
             for ev in self._room:
                 ev.set()
             self._inbox_event.set()  # messages() streams end (or raise the error)
@@ -561,12 +564,15 @@ class AsyncClient(BaseClient):
                 return ack.reason_codes
 
     async def _until_up(self, t):
-        if self._closing or not self.reconnect:
-            raise self._error or ConnectionLost(0x80, "not connected")
-        try:
-            await _within(t, self._up.wait())
-        except asyncio.TimeoutError:
-            raise MQTTTimeout(0x80, "timed out waiting for a connection") from None
+        deadline = clock() + t
+        while not self.is_connected:
+            # Also after _wake_all() woke us: the client closed for good.
+            if self._closing or not self.reconnect:
+                raise self._error or ConnectionLost(0x80, "not connected")
+            try:
+                await _within(max(0.0, deadline - clock()), self._up.wait())
+            except asyncio.TimeoutError:
+                raise MQTTTimeout(0x80, "timed out waiting for a connection") from None
 
     async def _make_room(self, t):
         s = self.session
