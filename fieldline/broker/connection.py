@@ -247,8 +247,11 @@ class Connection(asyncio.Protocol):
             except LocalProtocolError:
                 cs.dropped += 1  # larger than the client's Maximum Packet Size (MQTT-3.1.2-25)
                 continue
-            if pid is not None and v5:
-                cs.sent(pid, m.expires_at)  # a resend carries the time left then
+            if pid is not None:
+                if v5:
+                    cs.sent(pid, m.expires_at)  # a resend carries the time left then
+                if d.share is not None or cs.shared:
+                    cs.sent_shared(pid, d)  # another member's if the session ends
             data = s.data_to_send()
             room -= len(data)
             chunks.append(data)

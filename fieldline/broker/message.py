@@ -67,14 +67,22 @@ class Message:
 class Delivery:
     """One message on its way to one session: at ``qos`` (the lower of the message's and
     the subscription's), with the RETAIN flag ``retain`` and the matching subscriptions'
-    identifiers."""
+    identifiers. ``share``: the shared subscription (``$share/...`` filter) it was
+    picked for, None for the session's own subscriptions: if the session ends before
+    it is delivered, another member of the group gets it (4.8.2)."""
 
-    __slots__ = ("message", "qos", "retain", "subscription_ids")
+    __slots__ = ("message", "qos", "retain", "subscription_ids", "share")
 
     def __init__(
-        self, message: Message, qos: int, retain: bool, subscription_ids: list[int]
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: list[int],
+        share: str | None = None,
     ) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.subscription_ids = subscription_ids
+        self.share = share

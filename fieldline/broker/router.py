@@ -104,12 +104,44 @@ class Router:
                 members = [m for m in members if may_read(m[0])]
                 if not members:
                     continue
-            up = [m for m in members if online(m[0])] or members
-            turn = self._turn.get(topic_filter, 0)
-            self._turn[topic_filter] = turn + 1
-            client_id, entry = up[turn % len(up)]
-            o = entry.options
-            ids = [entry.subscription_id] if entry.subscription_id else []
-            retain = message.retain and o.retain_as_published
-            out.append((client_id, Delivery(message, min(mqos, o.qos), retain, ids)))
+            out.append(self._pick(topic_filter, members, message, online))
         return out
+
+    def reroute(
+        self,
+        delivery: Delivery,
+        online: Callable[[str], bool],
+        may_read: Callable[[str], bool] | None = None,
+    ) -> tuple[str, Delivery] | None:
+        """Another delivery of ``delivery``'s message to the shared subscription group
+        it came through (``delivery.share``), for a member whose session ended with it
+        undelivered (4.8.2): to the group's next member in turn, online ones first.
+        None if the group has no member left (that ``may_read``)."""
+        share = delivery.share
+        assert share is not None
+        message = delivery.message
+        members = [
+            (client_id, entry)
+            for topic_filter, client_id, entry in self.tree.match(message.topic)
+            if topic_filter == share and (may_read is None or may_read(client_id))
+        ]
+        if not members:
+            return None
+        return self._pick(share, members, message, online)
+
+    def _pick(
+        self,
+        topic_filter: str,
+        members: list[tuple[str, Entry]],
+        message: Message,
+        online: Callable[[str], bool],
+    ) -> tuple[str, Delivery]:
+        up = [m for m in members if online(m[0])] or members
+        turn = self._turn.get(topic_filter, 0)
+        self._turn[topic_filter] = turn + 1
+        client_id, entry = up[turn % len(up)]
+        o = entry.options
+        ids = [entry.subscription_id] if entry.subscription_id else []
+        retain = message.retain and o.retain_as_published
+        qos = min(message.qos, o.qos)
+        return client_id, Delivery(message, qos, retain, ids, topic_filter)

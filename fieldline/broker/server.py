@@ -760,28 +760,47 @@ class Broker:
     def _deliver(self, m: Message) -> int:
         """Queue ``m`` for every matching session whose ACL lets it read the topic;
         returns how many (the $SYS topics publish through this, not retained here)."""
-        cfg = self.config
-        get = self.sessions.get
-        may_read = None
-        if self.acl is not None:
-            topic = m.topic
-
-            def may_read(client_id: str) -> bool:
-                cs = get(client_id)
-                perms = None if cs is None else cs.permissions
-                return perms is not None and perms.can_read(topic)
-
-        deliveries = self.router.route(m, self.sessions.online, may_read)
+        deliveries = self.router.route(m, self.sessions.online, self._may_read(m.topic))
         for client_id, d in deliveries:
-            cs = get(client_id)
-            if cs is None:
-                continue
-            kept = cs.enqueue(d, cfg)
-            if cs.saved is not None:
-                self.touch(cs)  # its queue, or its count of dropped messages
-            if kept and cs.conn is not None:
-                cs.conn.pump_soon()
+            self._enqueue(client_id, d)
         return len(deliveries)
+
+    def _may_read(self, topic: str) -> Callable[[str], bool] | None:
+        """With an ACL: whether a client id may receive messages on ``topic``."""
+        if self.acl is None:
+            return None
+        get = self.sessions.get
+
+        def may_read(client_id: str) -> bool:
+            cs = get(client_id)
+            perms = None if cs is None else cs.permissions
+            return perms is not None and perms.can_read(topic)
+
+        return may_read
+
+    def _enqueue(self, client_id: str, d: Delivery) -> None:
+        cs = self.sessions.get(client_id)
+        if cs is None:
+            return
+        kept = cs.enqueue(d, self.config)
+        if cs.saved is not None:
+            self.touch(cs)  # its queue, or its count of dropped messages
+        if kept and cs.conn is not None:
+            cs.conn.pump_soon()
+
+    def _reroute(self, undelivered: list[Delivery]) -> None:
+        """A session ended holding these deliveries for shared subscriptions: each goes
+        to another member of its group (4.8.2: "If the Client's Session terminates
+        before the Client reconnects, the Server SHOULD send the Application Message to
+        another Client that is subscribed to the same Shared Subscription")."""
+        now = self.loop.time()
+        for d in undelivered:
+            m = d.message
+            if m.expired(now):
+                continue
+            picked = self.router.reroute(d, self.sessions.online, self._may_read(m.topic))
+            if picked is not None:
+                self._enqueue(*picked)
 
     def _cap_expiry(self, s: Session) -> None:
         # max_session_expiry holds for every session: the interval a 5.0 client asks
@@ -880,14 +899,18 @@ class Broker:
         cs.cancel_timers()
         if will is not None and not self._stopping:
             self._publish_will(cs, will)
+        undelivered = [] if self._stopping else cs.undelivered_shared()
         for f in cs.subscriptions:
             self.router.unsubscribe(cs.client_id, f)
         cs.subscriptions.clear()
         cs.clear_queue()
+        cs.shared.clear()
         self.counters.session_ended(cs)
         if self.persist is not None:
             self.persist.ended(cs)
         self.sessions.remove(cs)
+        if undelivered:
+            self._reroute(undelivered)
 
 
 def _websocket_protocol() -> type[WebSocketProtocol]:

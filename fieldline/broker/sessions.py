@@ -43,7 +43,10 @@ class ClientSession:
     ``recheck_until``: deliveries with a sequence number below it were queued under
     other ``permissions`` (``set_permissions``) and are checked again as they leave.
     ``expiry``: packet id -> loop time the Message Expiry Interval of the PUBLISH sent
-    under it runs out, for the resend (``sent``, ``refresh_expiry``)."""
+    under it runs out, for the resend (``sent``, ``refresh_expiry``).
+    ``shared``: packet id -> the QoS 1 delivery for a shared subscription sent under it,
+    which another member of the group gets if the session ends unacknowledged
+    (``sent_shared``, ``undelivered_shared``)."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -66,6 +69,7 @@ class ClientSession:
         self.recheck_until = 0
         self.saved: Saved | None = None
         self.expiry: dict[int, float] = {}
+        self.shared: dict[int, Delivery] = {}
 
     def set_permissions(self, permissions: Permissions | None) -> None:
         """New rights: another user name on this session, or a reloaded ACL file. What
@@ -117,6 +121,30 @@ class ClientSession:
             msgs = self.session._msgs  # forget the messages completed since
             for pid in [pid for pid in table if pid not in msgs]:
                 del table[pid]
+
+    def sent_shared(self, packet_id: int, delivery: Delivery) -> None:
+        """A QoS 1/2 PUBLISH went out under ``packet_id`` for ``delivery``: remember it
+        if it is a QoS 1 one for a shared subscription."""
+        table = self.shared
+        if delivery.share is None or delivery.qos != 1:
+            if table:
+                table.pop(packet_id, None)  # the id's earlier message is complete
+            return
+        table[packet_id] = delivery
+        if len(table) > 2 * self.session.inflight + 16:
+            msgs = self.session._msgs  # forget the messages completed since
+            for pid in [pid for pid in table if pid not in msgs]:
+                del table[pid]
+
+    def undelivered_shared(self) -> list[Delivery]:
+        """The deliveries for shared subscriptions this session has not completed, for
+        its group's other members when it ends (4.8.2): the QoS 1 ones in flight, then
+        those still queued. A QoS 2 one in flight stays: its delivery started, and no
+        other member may get it (MQTT-4.8.2-5)."""
+        msgs = self.session._msgs
+        out = [d for pid, d in self.shared.items() if isinstance(msgs.get(pid), Publish)]
+        out += [d for d in self.queue if d.share is not None]
+        return out
 
     def refresh_expiry(self, now: float) -> None:
         """The session resumes: give each PUBLISH in flight the Message Expiry Interval

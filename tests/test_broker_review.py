@@ -1,0 +1,90 @@
+"""Conformance fixes from a review of the broker against MQTT 3.1.1, 5.0 and Mosquitto:
+each test names the rule it checks and fails without its fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_broker import Raw, running
+
+from fieldline.broker import BrokerThread
+from fieldline.mqtt import Subscription
+
+# On uvloop (the default when installed) and on asyncio's own loop.
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
+
+@pytest.fixture
+def broker() -> Iterator[BrokerThread]:
+    yield from running()
+
+
+def _publish(broker: BrokerThread, topic: str, payloads: list[bytes], qos: int) -> None:
+    for payload in payloads:
+        broker.call(broker.broker.publish, topic, payload, qos)
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_shared_member_leaving_hands_its_unacked_qos1_messages_to_the_group(
+    broker: BrokerThread, version: int
+) -> None:
+    # 4.8.2: a member's session ends with QoS 1 messages in flight (unacknowledged)
+    # and queued behind its Receive Maximum: the group's other member gets them.
+    slow = Raw(broker.port, "slow", version, auto_flush=False, receive_maximum=1)
+    slow.subscribe(Subscription("$share/g/jobs", 1))
+    slow.flush()
+    fast = Raw(broker.port, "fast", version)
+    fast.subscribe(Subscription("$share/g/jobs", 1))
+    sent = [b"%d" % i for i in range(6)]
+    _publish(broker, "jobs", sent, 1)
+    (in_flight,) = slow.messages(1)  # never acknowledged (auto_flush=False)
+    slow.close()  # clean session: it ends now
+    got = [m.payload for m in fast.messages(6)]
+    assert sorted(got) == sent  # each exactly once, the slow member's included
+    assert in_flight.payload in got
+    assert fast.quiet()
+    fast.close()
+
+
+def test_shared_member_leaving_keeps_a_qos2_message_it_started(broker: BrokerThread) -> None:
+    # MQTT-4.8.2-5: a QoS 2 message whose delivery started goes to no other member;
+    # those still queued for the member had not started and do go to the group.
+    slow = Raw(broker.port, "slow", auto_flush=False, receive_maximum=1)
+    slow.subscribe(Subscription("$share/g/jobs", 2))
+    slow.flush()
+    fast = Raw(broker.port, "fast")
+    fast.subscribe(Subscription("$share/g/jobs", 2))
+    sent = [b"%d" % i for i in range(6)]
+    _publish(broker, "jobs", sent, 2)
+    (in_flight,) = slow.messages(1)  # no PUBREC
+    slow.close()
+    got = [m.payload for m in fast.messages(5)]
+    assert sorted(got + [in_flight.payload]) == sent
+    assert fast.quiet()
+    fast.close()
+
+
+def test_shared_member_with_a_persistent_session_keeps_its_messages(
+    broker: BrokerThread,
+) -> None:
+    # 4.8.2: the broker may wait for the member to come back; only when its session
+    # ends do its messages go to another member.
+    props = {"session_expiry_interval": 60}
+    slow = Raw(broker.port, "slow", auto_flush=False, receive_maximum=1, properties=props)
+    slow.subscribe(Subscription("$share/g/jobs", 1))
+    slow.flush()
+    fast = Raw(broker.port, "fast")
+    fast.subscribe(Subscription("$share/g/jobs", 1))
+    sent = [b"%d" % i for i in range(4)]
+    _publish(broker, "jobs", sent, 1)
+    (first,) = slow.messages(1)
+    theirs = [m.payload for m in fast.messages(2)]
+    slow.close()
+    assert fast.quiet()
+    back = Raw(broker.port, "slow", clean_start=False, properties=props)
+    mine = [m.payload for m in back.messages(2)]  # the one in flight again, then the next
+    assert first.payload in mine
+    assert sorted(mine + theirs) == sent
+    back.close()
+    fast.close()
