@@ -11,7 +11,7 @@ from typing import Any
 from conftest import FakeBrokerFactory, Mosquitto, arun
 from fakebroker import FakeConnection, connack
 
-from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTTimeout
+from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError, MQTTTimeout
 
 WAIT = 10.0
 
@@ -123,3 +123,67 @@ def test_disconnect_wakes_a_call_waiting_for_a_connection(
         assert time.monotonic() - start < WAIT
 
     arun(main())
+
+
+def test_a_call_after_disconnect_reports_no_stale_failure(
+    fake_broker: FakeBrokerFactory, version: int, kind: str
+) -> None:
+    # Connection 1 is lost; the first reconnect attempt is refused (not
+    # authorized, say the credentials were being rotated); the second one
+    # succeeds. After disconnect(), a publish() raised that old refusal,
+    # NotAuthorized, as if the credentials were wrong now: ``_error`` (why
+    # the last connection ended) outlived the connection that succeeded.
+    refused = connack(5) if version == 4 else connack(0x87, properties=b"")
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    def refuse(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(refused)
+        conn.close()
+
+    def accept(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+
+    broker = fake_broker(accept_then_close, refuse, accept)
+    opts: dict[str, Any] = dict(version=version, keepalive=0, backoff_min=0.05, timeout=WAIT)
+    error: BaseException | None = None
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        connacks: list[object] = []
+        c.on_connect = connacks.append
+        c.connect()
+        deadline = time.monotonic() + WAIT
+        while len(connacks) < 2 and time.monotonic() < deadline:
+            c.loop(0.1)
+        assert len(connacks) == 2
+        broker.accepted.wait(3, WAIT)
+        c.disconnect()
+        try:
+            c.publish("review/after", b"x")
+        except MQTTError as e:
+            error = e
+    else:
+
+        async def main() -> BaseException | None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            up = asyncio.Event()
+            a.on_connect = lambda connack: up.set()
+            await a.connect()
+            up.clear()
+            await asyncio.wait_for(up.wait(), WAIT)  # the third connection
+            await broker.accepted.wait_async(3, WAIT)
+            await a.disconnect()
+            try:
+                await a.publish("review/after", b"x")
+            except MQTTError as e:
+                return e
+            return None
+
+        error = arun(main())
+    assert type(error) is ConnectionLost, repr(error)

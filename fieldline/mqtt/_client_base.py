@@ -407,6 +407,7 @@ class BaseClient(Inbox):
         self._attempt = 0
         self._was_up = True
         self._resume = True
+        self._error = None  # why an earlier connection or attempt failed: over now
         if not ack.session_present:
             self._restore()
         self._inbox_connected(ack.session_present)
