@@ -88,3 +88,22 @@ def test_shared_member_with_a_persistent_session_keeps_its_messages(
     assert sorted(mine + theirs) == sent
     back.close()
     fast.close()
+
+
+def test_a_wildcard_filter_thousands_of_levels_deep_finds_its_retained_message(
+    broker: BrokerThread,
+) -> None:
+    # A topic may have thousands of levels (up to 65535 bytes): the retained store's
+    # walk of a wildcard filter that deep raised RecursionError on the event loop, and
+    # the subscriber's connection died without its SUBACK.
+    topic = "/".join(["a"] * 1500)
+    p = Raw(broker.port, "p")
+    p.publish(topic, b"deep", 1, retain=True)
+    c = Raw(broker.port, "c")
+    for f in ("/".join(["+"] * 1500), "/".join(["a"] * 1499) + "/+", "a/+/" + topic[4:]):
+        ack = c.subscribe(Subscription(f, 1))
+        assert ack.reason_codes == [1]
+        (m,) = c.messages(1)
+        assert (m.topic, m.payload, m.retain) == (topic, b"deep", True)
+    p.close()
+    c.close()

@@ -55,7 +55,7 @@ class Retained:
             found = [m for m in (self.messages.get(topic_filter),) if m is not None]
         else:
             found = []
-            _walk(self._root, topic_filter.split("/"), 0, found)
+            _walk(self._root, topic_filter.split("/"), found)
         live = []
         for m in found:
             if m.expired(now):
@@ -65,28 +65,35 @@ class Retained:
         return live
 
 
-def _walk(node: Node, levels: list[str], i: int, out: list[Message]) -> None:
-    if i == len(levels):
-        if node[1] is not None:
-            out.append(node[1])
-        return
-    level = levels[i]
-    if level == "#":
-        if node[1] is not None and i > 0:
-            out.append(node[1])  # "a/#" matches "a" too (4.7.1.2)
-        for name, child in node[0].items():
-            if i == 0 and name[:1] == "$":
-                continue
-            _everything(child, out)
-    elif level == "+":
-        for name, child in node[0].items():
-            if i == 0 and name[:1] == "$":
-                continue
-            _walk(child, levels, i + 1, out)
-    else:
-        child = node[0].get(level)
-        if child is not None:
-            _walk(child, levels, i + 1, out)
+def _walk(root: Node, levels: list[str], out: list[Message]) -> None:
+    # Iterative, with a stack of (node, level index): a filter may have thousands of
+    # levels (a topic of up to 65535 bytes, retained that deep, matches one), and
+    # recursing once per level would raise RecursionError on the event loop.
+    stack: list[tuple[Node, int]] = [(root, 0)]
+    n = len(levels)
+    while stack:
+        node, i = stack.pop()
+        if i == n:
+            if node[1] is not None:
+                out.append(node[1])
+            continue
+        level = levels[i]
+        if level == "#":
+            if node[1] is not None and i > 0:
+                out.append(node[1])  # "a/#" matches "a" too (4.7.1.2)
+            for name, child in node[0].items():
+                if i == 0 and name[:1] == "$":
+                    continue
+                _everything(child, out)
+        elif level == "+":
+            for name, child in node[0].items():
+                if i == 0 and name[:1] == "$":
+                    continue
+                stack.append((child, i + 1))
+        else:
+            child = node[0].get(level)
+            if child is not None:
+                stack.append((child, i + 1))
 
 
 def _everything(node: Node, out: list[Message]) -> None:
