@@ -8,8 +8,9 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from conftest import FakeBrokerFactory, Mosquitto, arun
-from fakebroker import FakeConnection, connack
+from fakebroker import PUBLISH, FakeConnection, connack
 
 from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError, MQTTTimeout
 
@@ -187,3 +188,44 @@ def test_a_call_after_disconnect_reports_no_stale_failure(
 
         error = arun(main())
     assert type(error) is ConnectionLost, repr(error)
+
+
+def test_connect_after_a_final_loss_under_loop_start(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # reconnect=False under loop_start(): the connection is lost, calls fail
+    # with ConnectionLost, and the application connects again itself (as
+    # paho users do). The loop thread had ended with the loss, and
+    # loop_start() does nothing while it is set: connect() succeeded, but
+    # nothing drove the new connection, and every later call raised the
+    # old ConnectionLost at once. Now the thread waits for the next
+    # connect(), as it does for the first.
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    def ack_publishes(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        while True:
+            p = conn.recv_packet(timeout=None)
+            if p[0] >> 4 == PUBLISH:
+                pid = p[4 + int.from_bytes(p[2:4], "big") : 6 + int.from_bytes(p[2:4], "big")]
+                conn.send(b"\x40\x02" + pid)
+
+    broker = fake_broker(accept_then_close, ack_publishes)
+    c = Client(
+        broker.host, broker.port, version=version, reconnect=False, keepalive=0, timeout=WAIT
+    )
+    c.connect()
+    c.loop_start()
+    try:
+        with pytest.raises(ConnectionLost):
+            c.publish("review/t", b"x", timeout=WAIT)  # until the loss is final
+        c.connect()
+        assert c.publish("review/t", b"y", qos=1) is not None
+    finally:
+        c.disconnect()

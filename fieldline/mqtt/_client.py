@@ -100,7 +100,9 @@ class Client(BaseClient):
                 raise LocalProtocolError(0x82, "already connected: disconnect() first")
             self._load_stored()
             self._open(not self._resume, self._deadline(timeout))
-            self._notify()  # a loop_start() thread waiting for a first connection
+            if self._io_thread is not None:
+                self._ended = False  # calls wait for the loop thread again
+            self._notify()  # a loop_start() thread waiting for a connection
         return self.connack
 
     def disconnect(self, reason_code=0, properties=None, timeout=None):

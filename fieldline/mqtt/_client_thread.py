@@ -41,7 +41,7 @@ def start(c):
     c._wake_sent = False
     c._unsent = bytearray(c._unsent)  # what an earlier loop_stop() left goes first
     c._stuck = None  # since when queued bytes wait and the socket takes none
-    c._ended = False  # the I/O thread ended: the connection is down for good
+    c._ended = False  # the connection is down for good (until a connect())
     if c._poller is not None:
         c._poller.register(c._wake[0], select.POLLIN)
     c._calls = queue.SimpleQueue()
@@ -201,7 +201,7 @@ def wait(c, ready, left):
     # drives the connection and notifies the condition at every round.
     t = c._io_thread
     if c._ended or not t.is_alive():
-        raise c._error or ConnectionLost(0x80, "the loop thread ended")
+        raise c._error or ConnectionLost(0x80, "the connection was lost")
     c._cond.wait(left)
     if c._io_thread is not t and not ready():  # disconnect(), loop_stop()
         raise c._error or ConnectionLost(0x80, "the loop thread stopped")
@@ -232,18 +232,18 @@ def _run_io(c):
     with c._lock:
         while not c._closing:
             if c._retry_at is None:
-                # loop_start() before the first connect(): nothing to drive
-                # yet, and _io() would end the thread with "not connected".
-                # connect() runs on its caller's thread and notifies us.
+                # loop_start() before the first connect(), or after the
+                # connection was lost for good: nothing to drive, and _io()
+                # would raise "not connected". connect() runs on its
+                # caller's thread and notifies us; we drive what it opens.
                 c._cond.wait(1.0)
                 continue
             try:
                 c._io(1.0)
             except (MQTTError, OSError) as e:  # down for good (OSError: why it broke)
                 c._error = e
-                c._ended = True  # waiters woken now may still find the thread alive
-                c._cond.notify_all()
-                return
+                c._ended = True  # waiters fail at once, until a connect() succeeds
+                c._retry_at = None  # wait for that connect(), as for the first
             c._cond.notify_all()
 
 
