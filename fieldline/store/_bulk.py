@@ -155,7 +155,8 @@ def _limits(log):
     # A compaction cut short by a crash leaves old segments behind its new
     # one: delete those older than the newest segment that starts with a
     # BASE record, as the compaction would have. Then: per segment, where
-    # its valid records end as the next one's SEAL says.
+    # its valid records end as the next one's SEAL says; a SEAL with no
+    # segment before it means that one is lost: damage.
     firsts = _firsts(log)
     for slot in range(len(firsts) - 1, 0, -1):
         if firsts[slot] is not None and firsts[slot][0] == BASE:
@@ -164,11 +165,16 @@ def _limits(log):
             log.nums = log.nums[slot:]
             firsts = firsts[slot:]
             break
-    limits = []
-    for slot in range(1, len(firsts)):
+    nums = log.nums
+    limits = [None] * len(nums)
+    for slot in range(len(nums)):
         r = firsts[slot]
-        limits.append(struct.unpack("<I", r[1])[0] if r and r[0] == SEAL else None)
-    limits.append(None)
+        if r and r[0] == SEAL:
+            end = struct.unpack("<I", r[1])[0]
+            if slot and nums[slot - 1] == nums[slot] - 1:
+                limits[slot - 1] = end
+            else:  # the segment it follows is gone, and the records it held
+                log.damage.append((_name(nums[slot] - 1), 0, end))
     return limits
 
 

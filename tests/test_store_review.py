@@ -1,0 +1,73 @@
+"""fieldline.store: bugs found in review, each with the test that shows it.
+
+Real files on disk; the damage is done to them by hand, as a failing medium
+or file system would do it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fieldline.store import CorruptError, Store
+
+
+def segment_names(folder: Path) -> list[str]:
+    return sorted(n for n in os.listdir(folder) if n.endswith(".seg"))
+
+
+# -- a segment file that is gone -------------------------------------------------------------
+
+
+def three_segments(folder: Path) -> dict[str, str]:
+    """A store whose second segment is short and whose first is long: a big
+    record ends the first segment, two small ones fill the second, one small
+    one starts the third. Returns what it holds."""
+    want = {}
+    with Store(str(folder), segment_size=256, fsync=False) as s:
+        for key, value in [
+            ("a1", "x" * 10),
+            ("a2", "x" * 10),
+            ("a3", "L" * 600),  # segment 1 ends well past segment 2's end
+            ("b1", "y" * 200),
+            ("b2", "y" * 10),
+            ("c1", "z" * 10),
+        ]:
+            s.put(key, value)
+            want[key] = value
+    names = segment_names(folder)
+    assert names == ["00000001.seg", "00000002.seg", "00000003.seg"], names
+    assert (folder / names[0]).stat().st_size > (folder / names[1]).stat().st_size
+    return want
+
+
+def test_a_missing_middle_segment_is_reported_and_its_neighbours_are_read(tmp_path: Path) -> None:
+    # A segment file lost from the middle (a file system repair, a bad block
+    # under its directory entry): the records it held are gone, and that is
+    # damage, not silence. The segment after it starts with a record saying
+    # where *the lost one* ends; it must not be applied to the one before it,
+    # whose records past that offset would vanish unreported.
+    folder = tmp_path / "kv"
+    want = three_segments(folder)
+    lost_len = (folder / "00000002.seg").stat().st_size
+    os.remove(folder / "00000002.seg")
+    with Store(str(folder)) as s:
+        assert {k: s.get(k) for k in s.list()} == {k: v for k, v in want.items() if k[0] != "b"}
+        assert s.stats()["damaged"] == [("00000002.seg", 0, lost_len)]
+    with pytest.raises(CorruptError) as e:
+        Store(str(folder), strict=True)
+    assert e.value.segments == ["00000002.seg"]
+
+
+def test_a_missing_first_segment_is_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "kv"
+    want = three_segments(folder)
+    lost_len = (folder / "00000001.seg").stat().st_size
+    os.remove(folder / "00000001.seg")
+    with Store(str(folder)) as s:
+        assert {k: s.get(k) for k in s.list()} == {k: v for k, v in want.items() if k[0] != "a"}
+        assert s.stats()["damaged"] == [("00000001.seg", 0, lost_len)]
+    with pytest.raises(CorruptError):
+        Store(str(folder), strict=True)
