@@ -107,3 +107,24 @@ def test_a_wildcard_filter_thousands_of_levels_deep_finds_its_retained_message(
         assert (m.topic, m.payload, m.retain) == (topic, b"deep", True)
     p.close()
     c.close()
+
+
+def test_a_subscribe_repeating_a_filter_does_not_hold_up_the_broker() -> None:
+    # MQTT-3.8.4-5: each filter of a SUBSCRIBE is handled as if subscribed alone, so
+    # one repeating "#" gets the retained messages again each time, and all but what
+    # the queue holds are dropped. Making them all first stalled the event loop (here
+    # 20 million deliveries): the SUBACK and every other client waited.
+    with BrokerThread(max_queued_messages=100) as broker:
+        for i in range(1000):
+            broker.call(broker.broker.publish, f"r/{i}", b"x", 1, True)
+        c = Raw(broker.port, "greedy")
+        ack = c.subscribe(*[Subscription("#", 1)] * 20000)
+        assert ack.reason_codes == [1] * 20000
+        other = Raw(broker.port, "other")  # the broker still answers others
+        assert other.connack.reason_code == 0
+        got = c.messages(100)  # what the queue holds: the last 100 (drop_oldest)
+        assert all(m.retain for m in got)
+        assert c.quiet()
+        assert broker.call(broker.broker.stats)["dropped"] == 20000 * 1000 - 100
+        c.close()
+        other.close()

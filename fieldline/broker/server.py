@@ -34,7 +34,7 @@ from fieldline.mqtt import (
 )
 
 from .acl import Acl, Permissions
-from .config import NONE, BrokerConfig, ConfigError, Listener
+from .config import DROP_OLDEST, NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
 from .counters import Counters, add_stats
 from .hooks import (
@@ -634,7 +634,10 @@ class Broker:
         perms = cs.permissions
         limit = self.config.max_subscriptions
         codes = []
-        retained: list[Delivery] = []
+        # The retained messages each filter gets, with its QoS and identifiers; found
+        # once per distinct filter (a SUBSCRIBE may repeat one many times).
+        retained: list[tuple[list[Message], int, list[int]]] = []
+        found_for: dict[str, list[Message]] = {}
         for sub, verdict in zip(p.subscriptions, verdicts, strict=True):
             f = sub.topic_filter
             full = limit and len(cs.subscriptions) >= limit
@@ -658,19 +661,47 @@ class Broker:
             # Retained messages on subscribe (MQTT-3.3.1-9 and -10, retain handling),
             # never to a shared subscription (4.8.2).
             if (rh == 0 or rh == 1 and not existed) and not f.startswith("$share/"):
-                ids = [sid] if sid else []
-                found = self.router.retained_for(f, now)
-                if self.sys is not None:
-                    found += self.sys.retained_for(f)
-                for m in found:
-                    if perms is not None and not perms.can_read(m.topic):
-                        continue
-                    retained.append(Delivery(m, min(m.qos, sub.qos), True, list(ids)))
+                found = found_for.get(f)
+                if found is None:
+                    found = self.router.retained_for(f, now)
+                    if self.sys is not None:
+                        found += self.sys.retained_for(f)
+                    if perms is not None:
+                        found = [m for m in found if perms.can_read(m.topic)]
+                    found_for[f] = found
+                if found:
+                    retained.append((found, sub.qos, [sid] if sid else []))
         conn.session.suback(p.packet_id, codes)
-        for d in retained:
-            cs.enqueue(d, self.config)
+        self._queue_retained(cs, retained)
         self.touch(cs)
         conn.pump()
+
+    def _queue_retained(
+        self, cs: ClientSession, retained: list[tuple[list[Message], int, list[int]]]
+    ) -> None:
+        """Queue the retained messages a SUBSCRIBE's filters found (MQTT-3.3.1-9, -10),
+        each at the lower of its QoS and its filter's. Those beyond what the queue
+        holds, which it would drop at once (the first ones with drop_oldest, the last
+        with drop_new), are counted as dropped without being made: a SUBSCRIBE that
+        repeats "#" thousands of times must not cost that many times every retained
+        message, holding up the event loop and every other client."""
+        cfg = self.config
+        total = sum(len(found) for found, _, _ in retained)
+        extra = total - cfg.max_queued_messages
+        if extra > 0:
+            cs.dropped += extra
+            total -= extra
+        skip = extra if extra > 0 and cfg.queue_policy == DROP_OLDEST else 0
+        for found, qos, ids in retained:
+            if skip >= len(found):
+                skip -= len(found)
+                continue
+            for m in found[skip : total + skip]:
+                cs.enqueue(Delivery(m, min(m.qos, qos), True, list(ids)), cfg)
+            total -= len(found) - skip
+            skip = 0
+            if total <= 0:
+                break
 
     def on_unsubscribe(self, conn: Connection, p: Unsubscribe) -> None:
         cs = conn.client
