@@ -7,6 +7,7 @@ or file system would do it.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,21 @@ def test_a_missing_first_segment_is_reported(tmp_path: Path) -> None:
         assert s.stats()["damaged"] == [("00000001.seg", 0, lost_len)]
     with pytest.raises(CorruptError):
         Store(str(folder), strict=True)
+
+
+# -- put_batch with an OrderedDict -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [OrderedDict, defaultdict])
+def test_put_batch_takes_any_dict_as_key_value_pairs(tmp_path: Path, cls: type) -> None:
+    # On MicroPython a plain dict keeps no order, so an OrderedDict is how a
+    # batch is written in a chosen order. put_batch took anything but a plain
+    # dict for a list of values: it stored the *keys* as values under made-up
+    # keys, and returned those.
+    items = cls()
+    items["b"] = {"n": 2}
+    items["a"] = {"n": 1}
+    with Store(str(tmp_path / "kv")) as s:
+        assert s.put_batch(items) == ["b", "a"]
+        assert s.list() == ["b", "a"]
+        assert s.get("a") == {"n": 1} and s.get("b") == {"n": 2}

@@ -198,7 +198,7 @@ class Store:
         ``items`` is a dict of key -> value, or a list of values (keys are
         made up). Returns the keys."""
         expires = self._expires(ttl)
-        if type(items) is dict:
+        if isinstance(items, dict):  # an OrderedDict too: a board's ordered batch
             pairs = list(items.items())
         else:
             pairs = [(self._new_key(), v) for v in items]

@@ -109,6 +109,19 @@ def test_batches_and_queries():
     _rm(path)
 
 
+def test_put_batch_in_order_with_an_ordered_dict():
+    # The way to a batch in a chosen order where dicts keep none; it used to
+    # be taken for a list of values (its keys stored under made-up keys).
+    from collections import OrderedDict
+
+    s = Store()
+    items = OrderedDict()
+    for k in ("z", "a", "m"):
+        items[k] = {"k": k}
+    assert s.put_batch(items) == ["z", "a", "m"]
+    assert s.list() == ["z", "a", "m"] and s.get("a") == {"k": "a"}
+
+
 def test_reopen_and_compaction():
     path = _folder()
     s = Store(path, segment_size=1024)
