@@ -282,7 +282,6 @@ def compact(log, positions):
     log._active = log._open(num)
     log._end = off
     log.size = off
-    log.damage = []
     for n in old:  # a crash here leaves some: the BASE record says to ignore them
         log._remove(n)
     return new

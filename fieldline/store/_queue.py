@@ -153,7 +153,7 @@ class Queue:
     def _maybe_compact(self):
         if self._log.worth_compacting(self.bytes, self.compact_ratio):
             try:
-                self.compact()
+                bulk().compact_queue(self)  # not compact(): the damage report stays
             except StoreError:
                 pass
 
@@ -252,8 +252,10 @@ class Queue:
         return len(found)
 
     def compact(self):
-        """Rewrite the entries still queued into a fresh segment."""
+        """Rewrite the entries still queued into a fresh segment (and drop
+        ``stats()["damaged"]``, which automatic compactions keep)."""
         bulk().compact_queue(self)
+        self._log.damage = []
 
     def __len__(self):
         return self.count

@@ -125,7 +125,7 @@ class Store:
     def _maybe_compact(self):
         if self._log.worth_compacting(self._live_bytes, self.compact_ratio):
             try:
-                self.compact()
+                bulk().compact_store(self)  # not compact(): the damage report stays
             except StoreError:
                 pass  # no room to compact into: the store works on, compact() says why
 
@@ -243,8 +243,10 @@ class Store:
         return n
 
     def compact(self):
-        """Rewrite the live records into a fresh segment and drop the old ones."""
+        """Rewrite the live records into a fresh segment and drop the old ones
+        (and ``stats()["damaged"]``, which automatic compactions keep)."""
         bulk().compact_store(self)
+        self._log.damage = []
 
     def stats(self):
         log = self._log
