@@ -5,6 +5,7 @@ which error a later call reports. Each test names the fault it guards."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -220,11 +221,14 @@ def test_connect_after_a_final_loss_under_loop_start(
     c = Client(
         broker.host, broker.port, version=version, reconnect=False, keepalive=0, timeout=WAIT
     )
+    lost = threading.Event()
+    c.on_disconnect = lambda error: lost.set()
     c.connect()
     c.loop_start()
     try:
+        assert lost.wait(WAIT)
         with pytest.raises(ConnectionLost):
-            c.publish("review/t", b"x", timeout=WAIT)  # until the loss is final
+            c.publish("review/t", b"x", timeout=WAIT)  # once the loss is final
         c.connect()
         assert c.publish("review/t", b"y", qos=1) is not None
     finally:
