@@ -233,3 +233,38 @@ def test_connect_after_a_final_loss_under_loop_start(
         assert c.publish("review/t", b"y", qos=1) is not None
     finally:
         c.disconnect()
+
+
+def test_a_stream_outlives_the_unsubscribe_of_its_filter(
+    mosquitto: Mosquitto, version: int
+) -> None:
+    # messages(filter) routes a filter to a stream; subscribe() and
+    # unsubscribe() decide what the broker sends. unsubscribe() of the
+    # same filter once dropped the stream's route with the callbacks': the
+    # messages it still held kept their places for good (close() no longer
+    # found the stream), and the stream was no longer woken when the client
+    # disconnected, so ``async for`` over it hung for ever.
+    async def main() -> None:
+        c = AsyncClient(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+        await c.connect()
+        await c.subscribe("review/s/#", qos=1)
+        stream = c.messages("review/s/#")
+        for n in range(2):
+            await c.publish(f"review/s/{n}", b"%d" % n, qos=1)
+        assert (await asyncio.wait_for(stream.__anext__(), WAIT)).payload == b"0"
+        while c.inbox_size < 1:  # until message 1 waits in the stream
+            await asyncio.sleep(0.01)
+        await c.unsubscribe("review/s/#")
+        stream.close()  # its unread message gives up its place
+        assert c.inbox_size == 0
+
+        stream = c.messages("review/t/#")
+        await c.subscribe("review/t/#", qos=1)
+        await c.unsubscribe("review/t/#")
+        waiting = asyncio.create_task(stream.__anext__())
+        await asyncio.sleep(0)  # it waits for a message now
+        await c.disconnect()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, WAIT)
+
+    arun(main())

@@ -60,7 +60,7 @@ class _Stream:
         self._queue = client._inbox if topic_filter is None else Fifo()
         self._event = client._inbox_event if topic_filter is None else asyncio.Event()
         if topic_filter is not None:
-            client._routes.append([topic_filter, self])
+            client._routes.append([topic_filter, self, None])  # unsubscribe() keeps it
 
     def __call__(self, message):  # a route target
         self._client._hold(message)

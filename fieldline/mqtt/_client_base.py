@@ -270,7 +270,7 @@ class BaseClient(Inbox):
             manual_ack=True,
         )
         self._subs = {}  # topic filter -> (Subscription, properties), restored on reconnect
-        self._routes = []  # [filter, callable or list] in subscription order
+        self._routes = []  # [filter, callable or list(, None)] in subscription order
         self._attempt = 0  # reconnect attempts since the last success
         self._was_up = False  # a CONNACK accepted this connection
         self._resume = False  # one was accepted once: later CONNECTs resume the session
@@ -332,7 +332,12 @@ class BaseClient(Inbox):
             filters = [filters]
         for f in filters:
             self._subs.pop(f, None)
-        self._routes = [r for r in self._routes if r[0] not in filters or isinstance(r[1], list)]
+        # Only subscribe()'s callbacks go with their filter: the application's
+        # own list, or a messages() stream (a route of three items), is its
+        # to close, and must still end when the client disconnects.
+        self._routes = [
+            r for r in self._routes if r[0] not in filters or len(r) > 2 or isinstance(r[1], list)
+        ]
         return filters
 
     def _restore(self):
@@ -470,9 +475,10 @@ class BaseClient(Inbox):
 
     def _route(self, msg):
         taken = False
-        for f, target in self._routes:
-            if topic_matches(f, msg.topic):
+        for r in self._routes:  # [filter, target] or, for a stream, [filter, target, None]
+            if topic_matches(r[0], msg.topic):
                 taken = True
+                target = r[1]
                 if isinstance(target, list):
                     target.append(msg)  # the application's own list
                 else:
