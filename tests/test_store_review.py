@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from fieldline.store import CorruptError, Queue, Store
+from fieldline.store import CorruptError, Queue, Store, StoreError
 
 
 def segment_names(folder: Path) -> list[str]:
@@ -146,3 +146,48 @@ def test_damage_found_at_open_is_reported_after_an_automatic_compaction(
         assert db.stats()["damaged"] == damage
         db.compact()  # on purpose: the caller has what it needs from the report
         assert db.stats()["damaged"] == []
+
+
+# -- a closed store or queue ---------------------------------------------------------------------
+
+
+def test_a_closed_store_refuses_what_would_touch_the_folder(tmp_path: Path) -> None:
+    # close() lets go of the folder's lock, but a put on the closed Store still
+    # succeeded: it started a new segment behind the back of the Store that
+    # opened the folder next, whose confirmed writes then vanished at the next
+    # open (cut off by that segment's SEAL); a purge on the closed Store wiped
+    # them all. Now anything that would read or write the folder raises.
+    folder = str(tmp_path / "kv")
+    old = Store(folder)
+    old.put("a", 1)
+    old.close()
+    with Store(folder) as s:
+        s.put("b", 2)
+        with pytest.raises(StoreError, match="closed"):
+            old.put("x", 1)
+        with pytest.raises(StoreError, match="closed"):
+            old.delete(purge=True)
+        with pytest.raises(StoreError, match="closed"):
+            old.get("a")
+        with pytest.raises(StoreError, match="closed"):
+            old.list()
+        s.put("c", 3)
+    with Store(folder) as s:
+        assert {k: s.get(k) for k in s.list()} == {"a": 1, "b": 2, "c": 3}
+    old.close()  # twice is fine
+
+
+def test_a_closed_queue_refuses_appends(tmp_path: Path) -> None:
+    folder = str(tmp_path / "q")
+    old = Queue(folder)
+    old.append(b"one")
+    old.close()
+    with Queue(folder) as q:
+        q.append(b"two")
+        with pytest.raises(StoreError, match="closed"):
+            old.append(b"ghost")
+        with pytest.raises(StoreError, match="closed"):
+            old.peek()
+        q.append(b"three")
+    with Queue(folder) as q:
+        assert [v for _, v in q.peek(10)] == [b"one", b"two", b"three"]

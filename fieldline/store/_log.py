@@ -142,6 +142,8 @@ class Log:
     """Append-only segments in the folder ``path``, or in RAM when ``path`` is
     None (same format, nothing survives a restart)."""
 
+    closed = False
+
     def __init__(self, path=None, segment_size=65536, fsync=True):
         if not 256 <= segment_size <= _MAX_SEGMENT:
             raise ValueError("segment_size must be 256 bytes to 16 MiB")
@@ -183,6 +185,10 @@ class Log:
         return self.path + "/" + name
 
     def _open(self, num, mode="r+b"):
+        # Every file opens here: once closed (and the lock let go), a write
+        # would go behind the back of whoever opened the folder next.
+        if self.closed:
+            raise StoreError("closed")
         if self._mem is not None:
             if mode == "wb":
                 from io import BytesIO
@@ -347,6 +353,7 @@ class Log:
                     pass  # no room even for that: the next write tries again
 
     def close(self):
+        self.closed = True
         self._drop_readers()
         if self._active is not None:
             self._close(self._active)
