@@ -268,3 +268,44 @@ def test_a_stream_outlives_the_unsubscribe_of_its_filter(
             await asyncio.wait_for(waiting, WAIT)
 
     arun(main())
+
+
+def test_connect_during_a_reconnect_delay_under_loop_start(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # The loop_start() thread waits out a reconnect delay; the application
+    # calls connect() itself. While connect() waited for its CONNACK (the
+    # lock let go), the loop thread woke, found the new socket and polled
+    # it too: the shared poll object raised "concurrent poll() invocation"
+    # (RuntimeError) and the loop thread died, leaving the new connection
+    # undriven. Now the loop thread stands aside while connect() runs.
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    def ack_publishes(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.pause(1.5)  # connect() waits for the CONNACK meanwhile
+        conn.send(ok)
+        while True:
+            p = conn.recv_packet(timeout=None)
+            if p[0] >> 4 == PUBLISH:
+                at = 4 + int.from_bytes(p[2:4], "big")
+                conn.send(b"\x40\x02" + p[at : at + 2])
+
+    broker = fake_broker(accept_then_close, ack_publishes)
+    c = Client(broker.host, broker.port, version=version, keepalive=0, backoff_min=60, timeout=WAIT)
+    lost = threading.Event()
+    c.on_disconnect = lambda error: lost.set()
+    c.connect()
+    c.loop_start()
+    try:
+        assert lost.wait(WAIT)  # the loop thread now waits 30-60 s to reconnect
+        c.connect()
+        assert c.publish("review/t", b"y", qos=1) is not None
+        assert c._io_thread is not None and c._io_thread.is_alive()
+    finally:
+        c.disconnect()

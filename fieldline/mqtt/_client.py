@@ -99,7 +99,16 @@ class Client(BaseClient):
                 # it when the new one failed.
                 raise LocalProtocolError(0x82, "already connected: disconnect() first")
             self._load_stored()
-            self._open(not self._resume, self._deadline(timeout))
+            # A loop_start() thread waiting out a reconnect delay stands aside
+            # (as before a first connect()) rather than drive the socket that
+            # _open() reads with the lock let go; it goes on after a failure.
+            retry_at = self._retry_at
+            self._retry_at = None
+            try:
+                self._open(not self._resume, self._deadline(timeout))
+            except BaseException:
+                self._retry_at = retry_at
+                raise
             if self._io_thread is not None:
                 self._ended = False  # calls wait for the loop thread again
             self._notify()  # a loop_start() thread waiting for a connection
