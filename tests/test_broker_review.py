@@ -4,9 +4,11 @@ each test names the rule it checks and fails without its fix."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from test_broker import Raw, running
+from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
 from fieldline.mqtt import Subscription
@@ -128,3 +130,27 @@ def test_a_subscribe_repeating_a_filter_does_not_hold_up_the_broker() -> None:
         assert broker.call(broker.broker.stats)["dropped"] == 20000 * 1000 - 100
         c.close()
         other.close()
+
+
+def test_shared_member_whose_session_expires_hands_its_queue_to_the_group(
+    tmp_path: Path,
+) -> None:
+    # 4.8.2: messages queued for an offline member wait for it while its session
+    # lasts; when the session expires first, the group's other member gets them (here
+    # through the expiry timer, with the queues kept in a persistence file).
+    with BrokerThread(persistence=str(tmp_path / "b.db")) as broker:
+        for client_id, expiry in (("away", 1), ("here", 60)):
+            c = Raw(broker.port, client_id, properties={"session_expiry_interval": expiry})
+            c.subscribe(Subscription("$share/g/jobs", 1))
+            c.close()
+        wait_for(broker, "connected", 0)
+        sent = [b"%d" % i for i in range(4)]
+        _publish(broker, "jobs", sent, 1)  # both offline: two queued for each
+        assert broker.call(broker.broker.stats)["queued"] == 4
+        here = Raw(
+            broker.port, "here", clean_start=False, properties={"session_expiry_interval": 60}
+        )
+        got = [m.payload for m in here.messages(4)]  # its own two, then away's at expiry
+        assert sorted(got) == sent
+        assert here.quiet()
+        here.close()
