@@ -191,3 +191,17 @@ def test_a_closed_queue_refuses_appends(tmp_path: Path) -> None:
         q.append(b"three")
     with Queue(folder) as q:
         assert [v for _, v in q.peek(10)] == [b"one", b"two", b"three"]
+
+
+# -- a queue's default ttl -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+def test_a_queue_refuses_a_bad_default_ttl_when_made(tmp_path: Path, ttl: int) -> None:
+    # Queue(ttl=0) was accepted, and then every append raised ValueError: as the
+    # clients' persistence=, each QoS 1/2 publish failed deep inside, long
+    # after the mistake. A TTL is checked where it is given, as put's is.
+    with pytest.raises(ValueError, match="ttl"):
+        Queue(str(tmp_path / "q"), ttl=ttl)
+    with Queue(str(tmp_path / "q"), ttl=60) as q:  # and the folder is not left locked
+        assert q.append(b"x") == 1

@@ -72,6 +72,7 @@ class Queue:
             raise ValueError("policy must be DROP_OLDEST or REFUSE")
         if not max_entries > 0 or max_bytes is not None and not max_bytes > 0:
             raise ValueError("max_entries and max_bytes must be above 0")
+        expiry(0, ttl)  # a bad ttl fails here, not at every append
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.policy = policy
