@@ -154,3 +154,17 @@ def test_shared_member_whose_session_expires_hands_its_queue_to_the_group(
         assert sorted(got) == sent
         assert here.quiet()
         here.close()
+
+
+def test_retained_messages_of_a_wildcard_filter_come_in_the_order_their_topics_were_made(
+    broker: BrokerThread,
+) -> None:
+    # The order the recursive walk gave before 8ad5d12 (not a spec rule, but devices
+    # reading "config/+" at start-up saw it, so the iterative walk keeps it).
+    topics = [f"config/{i}" for i in range(10)]
+    for t in topics:
+        broker.call(broker.broker.publish, t, t.encode(), 1, True)
+    c = Raw(broker.port, "c")
+    c.subscribe(Subscription("config/+", 1))
+    assert [m.topic for m in c.messages(10)] == topics
+    c.close()

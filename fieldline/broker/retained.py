@@ -86,7 +86,9 @@ def _walk(root: Node, levels: list[str], out: list[Message]) -> None:
                     continue
                 _everything(child, out)
         elif level == "+":
-            for name, child in node[0].items():
+            # Pushed last first, so they come off the stack in the order they were made
+            # (the order a recursive walk gave).
+            for name, child in reversed(node[0].items()):
                 if i == 0 and name[:1] == "$":
                     continue
                 stack.append((child, i + 1))
