@@ -309,3 +309,55 @@ def test_connect_during_a_reconnect_delay_under_loop_start(
         assert c._io_thread is not None and c._io_thread.is_alive()
     finally:
         c.disconnect()
+
+
+def test_a_failed_connect_during_a_reconnect_delay_keeps_reconnecting(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # AsyncClient, reconnect=True: connect() while the connection task
+    # waits out a reconnect delay replaces that task and reconnects at
+    # once. When that attempt failed (the broker still down), the task was
+    # gone for good: the client never reconnected by itself again, and
+    # everything waiting for the connection waited in vain.
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    def fail(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.close()
+
+    def accept(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+
+    broker = fake_broker(accept_then_close, fail, accept)
+
+    async def main() -> None:
+        c = AsyncClient(
+            broker.host, broker.port, version=version, keepalive=0, backoff_min=0.2, timeout=WAIT
+        )
+        up = asyncio.Event()
+        manual: list[asyncio.Task[Any]] = []
+
+        async def connect_now() -> None:
+            with pytest.raises(ConnectionLost):
+                await c.connect()  # connection 2: closed before its CONNACK
+
+        def on_disconnect(error: BaseException | None) -> None:
+            if not manual:  # the task is about to wait out its delay
+                manual.append(asyncio.create_task(connect_now()))
+
+        c.on_disconnect = on_disconnect
+        c.on_connect = lambda connack: up.set()
+        await c.connect()
+        up.clear()
+        await asyncio.wait_for(up.wait(), WAIT)  # connection 3, by the client itself
+        await manual[0]
+        await broker.accepted.wait_async(3, WAIT)
+        await c.disconnect()
+
+    arun(main())

@@ -150,13 +150,22 @@ class AsyncClient(BaseClient):
             # with its task still reading it.
             raise LocalProtocolError(0x82, "already connected: disconnect() first")
         self._opening = True
+        waiting = self._task is not None and self.reconnect  # to reconnect, after a loss
         try:
             await self._stop_task()  # one waiting to reconnect: replaced by this call
             self._closing = False
             loop = asyncio.get_event_loop()
             self._loop = loop if hasattr(loop, "call_soon") else None
             self._load_stored()
-            await self._open(not self._resume, self._t(timeout))
+            try:
+                await self._open(not self._resume, self._t(timeout))
+            except BaseException:
+                if waiting and not self._closing:
+                    # The replaced task's job is not done: a failed attempt
+                    # (or a cancelled one) must not end the reconnecting.
+                    self._retry_later()
+                    self._task = asyncio.create_task(self._run())
+                raise
             self._task = asyncio.create_task(self._run())
         finally:
             self._opening = False
