@@ -205,3 +205,34 @@ def test_a_queue_refuses_a_bad_default_ttl_when_made(tmp_path: Path, ttl: int) -
         Queue(str(tmp_path / "q"), ttl=ttl)
     with Queue(str(tmp_path / "q"), ttl=60) as q:  # and the folder is not left locked
         assert q.append(b"x") == 1
+
+
+# -- a queue whose damaged entry held a record of another store --------------------------------
+
+
+def test_a_queue_opens_when_damage_uncovers_a_record_inside_a_payload(tmp_path: Path) -> None:
+    # An entry's payload holds a record of a key-value store (a segment file
+    # being uploaded in chunks), and the power cut lost the entry's first page
+    # but kept a later one. Recovery steps over the damage to the next
+    # well-formed record, which is the one inside the payload; its key is not
+    # a queue's 4-byte sequence number, and the Queue failed to open at all
+    # (struct.error), with every entry in it out of reach. A record that is no
+    # queue entry is now passed over: the damage is reported, the rest read.
+    from fieldline.store._log import FIRST, PUT, encode
+
+    folder = tmp_path / "q"
+    with Queue(str(folder), fsync=False) as q:
+        q.append(b"before")
+        inner = encode(PUT, FIRST, b"sensor-1", b'{"t": 21.5}', 0)
+        q.append(b"A" * 5000 + inner + b"B" * 100)
+        q.append(b"after")
+    seg = folder / "00000001.seg"
+    data = bytearray(seg.read_bytes())
+    start = data.index(b"A" * 16) - 20  # the entry's header
+    data[start : start + 4096] = bytes(4096)
+    seg.write_bytes(bytes(data))
+    with Queue(str(folder)) as q:
+        assert q.peek(10) == [(1, b"before"), (3, b"after")]
+        [(name, off, _), *_] = q.stats()["damaged"]
+        assert (name, off) == (seg.name, start)
+        assert q.append(b"next") == 4

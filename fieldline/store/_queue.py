@@ -141,6 +141,8 @@ class Queue:
             self._head = 0
 
     def _replay(self, kind, flags, key, pos, length, expires):
+        if len(key) != 4:  # no entry: what recovery found in a payload after damage
+            return
         seq = _seq(key)
         if kind == PUT and not (expires and expires <= self._now):
             self._add(seq, pos, length)
