@@ -361,3 +361,31 @@ def test_a_failed_connect_during_a_reconnect_delay_keeps_reconnecting(
         await c.disconnect()
 
     arun(main())
+
+
+def test_request_from_a_callback_under_loop_start(mosquitto: Mosquitto) -> None:
+    # A callback that makes a request() (a command handler asking another
+    # service) runs on the loop_start() callback thread. The response was
+    # routed to that same thread, behind the callback waiting for it: every
+    # such request() timed out. The I/O thread now hands a response that a
+    # request() waits for to its waiter at once.
+    server = Client(mosquitto.host, mosquitto.port, timeout=WAIT)
+    caller = Client(mosquitto.host, mosquitto.port, timeout=WAIT)
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def on_command(msg: Any) -> None:
+        try:
+            outcome.append(caller.request("review/rpc", b"?", timeout=WAIT).payload)
+        except BaseException as e:
+            outcome.append(e)
+        done.set()
+
+    with server, caller:
+        server.subscribe("review/rpc", qos=1, callback=lambda req: server.respond(req, b"pong"))
+        server.loop_start()
+        caller.loop_start()
+        caller.subscribe("review/cmd", qos=1, callback=on_command)
+        caller.publish("review/cmd", b"go", qos=1)
+        assert done.wait(2 * WAIT)
+        assert outcome == [b"pong"]

@@ -541,6 +541,8 @@ class Client(BaseClient):
 
     def _route(self, msg):
         if self._calls is not None and self._elsewhere(self._call_thread):
+            if self._responses:  # a request() may wait on the callback thread itself
+                _threads.response(self, msg)
             self._hold(msg)  # its place stays taken while it waits for the callback thread
             self._calls.put((None, msg))  # routed there
         else:

@@ -217,6 +217,18 @@ def _woken(c):
         pass
 
 
+def response(c, msg):
+    # Client._route() on the I/O thread: a response that a request() waits
+    # for goes to its waiter now, not only through the callback thread,
+    # which may be the very thread waiting for it (a request() made in a
+    # callback). Its route there finds it answered already.
+    d = msg.properties
+    corr = d.get("correlation_data") if d else None
+    if corr in c._responses and msg.topic == c._reply_topic:
+        c._responses[corr] = msg
+        c._notify()
+
+
 def _route(c, msg):
     # On the callback thread: routes a message that the I/O thread read and
     # queued as (None, message), holding its place meanwhile.
