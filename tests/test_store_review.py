@@ -236,3 +236,20 @@ def test_a_queue_opens_when_damage_uncovers_a_record_inside_a_payload(tmp_path: 
         [(name, off, _), *_] = q.stats()["damaged"]
         assert (name, off) == (seg.name, start)
         assert q.append(b"next") == 4
+
+
+# -- a queue's compact_ratio -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0, 1, 1.5, -0.5])
+def test_a_queue_checks_compact_ratio_as_the_store_does(tmp_path: Path, ratio: float) -> None:
+    # Store refused a compact_ratio outside (0, 1); Queue took any. With 0 a
+    # queue past one segment rewrote every entry at every append and ack (on a
+    # board, flash worn out by a typo); with 1 or more only the 32-segment
+    # limit ever compacted it.
+    with pytest.raises(ValueError, match="compact_ratio"):
+        Queue(str(tmp_path / "q"), compact_ratio=ratio)
+    with pytest.raises(ValueError, match="compact_ratio"):
+        Store(str(tmp_path / "kv"), compact_ratio=ratio)
+    with Queue(str(tmp_path / "q"), compact_ratio=0.25) as q:  # the folder was let go
+        assert q.append(b"x") == 1

@@ -140,13 +140,18 @@ def _name(num, suffix=".seg"):
 
 class Log:
     """Append-only segments in the folder ``path``, or in RAM when ``path`` is
-    None (same format, nothing survives a restart)."""
+    None (same format, nothing survives a restart). ``ratio``: the share of
+    garbage at which ``worth_compacting`` says yes (the owner's compact_ratio,
+    checked here for the Store and the Queue alike)."""
 
     closed = False
 
-    def __init__(self, path=None, segment_size=65536, fsync=True):
+    def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:
             raise ValueError("segment_size must be 256 bytes to 16 MiB")
+        if not 0 < ratio < 1:
+            raise ValueError("compact_ratio must be between 0 and 1")
+        self.ratio = ratio
         if path is not None and type(path) is not str:
             path = str(path)  # a pathlib.Path, say
         self.path = path
@@ -283,14 +288,16 @@ class Log:
         self._last = (pos, rec)
         return rec
 
-    def worth_compacting(self, live, ratio):
+    def worth_compacting(self, live):
         """Whether to compact now, with ``live`` bytes of records in use: past 32
-        segments, or when the rest is ``ratio`` of the bytes on the medium. Never
-        when the live records would not fit one segment (16 MiB)."""
+        segments, or when the rest is ``ratio`` of the bytes on the medium.
+        Never when the live records would not fit one segment (16 MiB)."""
         if live + _SEAL > _MAX_SEGMENT:
             return False
         size = self.size
-        return len(self.nums) > 32 or (size > self.segment_size and size - live >= ratio * size)
+        return len(self.nums) > 32 or (
+            size > self.segment_size and size - live >= self.ratio * size
+        )
 
     # -- writing ----------------------------------------------------------
 

@@ -77,9 +77,8 @@ class Queue:
         self.max_bytes = max_bytes
         self.policy = policy
         self.ttl = ttl
-        self.compact_ratio = compact_ratio
         self._clock = clock
-        self._log = Log(path, segment_size, fsync)
+        self._log = Log(path, segment_size, fsync, compact_ratio)
         self._seqs = array("I")
         self._pos = array("I")
         self._head = 0  # entries before it are all gone
@@ -154,7 +153,7 @@ class Queue:
                 self._next = seq + 1
 
     def _maybe_compact(self):
-        if self._log.worth_compacting(self.bytes, self.compact_ratio):
+        if self._log.worth_compacting(self.bytes):
             try:
                 bulk().compact_queue(self)  # not compact(): the damage report stays
             except StoreError:

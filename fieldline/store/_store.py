@@ -64,12 +64,9 @@ class Store:
         strict=False,
         clock=time.time,
     ):
-        if not 0 < compact_ratio < 1:
-            raise ValueError("compact_ratio must be between 0 and 1")
         self.path = path
-        self.compact_ratio = compact_ratio
         self._clock = clock
-        self._log = Log(path, segment_size, fsync)
+        self._log = Log(path, segment_size, fsync, compact_ratio)
         self._index = Index(self._key_at)
         self._live_bytes = 0  # bytes of the records the index points at
         self._seq = 0
@@ -123,7 +120,7 @@ class Store:
         self._maybe_compact()
 
     def _maybe_compact(self):
-        if self._log.worth_compacting(self._live_bytes, self.compact_ratio):
+        if self._log.worth_compacting(self._live_bytes):
             try:
                 bulk().compact_store(self)  # not compact(): the damage report stays
             except StoreError:
