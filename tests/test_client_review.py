@@ -5,13 +5,14 @@ which error a later call reports. Each test names the fault it guards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from typing import Any
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, arun
-from fakebroker import PUBLISH, FakeConnection, connack
+from fakebroker import PUBLISH, SUBSCRIBE, FakeConnection, connack
 
 from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError, MQTTTimeout
 
@@ -389,3 +390,70 @@ def test_request_from_a_callback_under_loop_start(mosquitto: Mosquitto) -> None:
         caller.publish("review/cmd", b"go", qos=1)
         assert done.wait(2 * WAIT)
         assert outcome == [b"pong"]
+
+
+def test_a_restore_cut_off_is_sent_again_on_a_resumed_session(
+    fake_broker: FakeBrokerFactory, version: int, kind: str
+) -> None:
+    # The broker lost the session (connection 2: session present 0), so the
+    # client subscribes again; the connection ends before the SUBACK. On
+    # connection 3 the broker resumes the session that connection 2 made
+    # (session present 1), which may lack the subscription: the client
+    # once took the flag's word for it and never subscribed again, so the
+    # subscription was gone for good without a word.
+    props = b"" if version == 5 else None
+
+    def subscribed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=props))
+        pid = conn.recv_packet()[2:4]
+        conn.send(b"\x90\x04" + pid + b"\x00\x01" if version == 5 else b"\x90\x03" + pid + b"\x01")
+        conn.pause(0.2)
+        conn.close()
+
+    def lost_then_cut_off(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=props))
+        conn.recv_packet()  # the SUBSCRIBE that restores it: no SUBACK
+        conn.close()
+
+    def resumed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, session_present=True, properties=props))
+
+    broker = fake_broker(subscribed, lost_then_cut_off, resumed)
+    opts: dict[str, Any] = dict(
+        client_id="restorer",
+        version=version,
+        clean_start=version == 5,
+        session_expiry=3600,
+        keepalive=0,
+        backoff_min=0.05,
+        timeout=WAIT,
+    )
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        c.subscribe("review/r", qos=1)
+        deadline = time.monotonic() + WAIT
+        while len(broker.connections) < 3 and time.monotonic() < deadline:
+            c.loop(0.1)
+        third = broker.connection(2)
+        while third.packets_received.value < 2 and time.monotonic() < deadline:
+            c.loop(0.1)
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            await a.connect()
+            await a.subscribe("review/r", qos=1)
+            await broker.accepted.wait_async(3, WAIT)
+            with contextlib.suppress(TimeoutError):
+                await broker.connection(2).packets_received.wait_async(2, 2.0)
+            await a.disconnect()
+
+        arun(main())
+    third = broker.connection(2)
+    types = [p[0] >> 4 for p in third.packets]
+    assert SUBSCRIBE in types, types

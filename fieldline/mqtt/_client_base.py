@@ -274,6 +274,7 @@ class BaseClient(Inbox):
         self._attempt = 0  # reconnect attempts since the last success
         self._was_up = False  # a CONNACK accepted this connection
         self._resume = False  # one was accepted once: later CONNECTs resume the session
+        self._restoring = set()  # ids of the SUBSCRIBEs of _restore() not acknowledged yet
         self._responses = {}  # correlation data -> response (or its waiter), for request()
         self._reply_topic = None
         self._requests_sent = 0
@@ -352,7 +353,7 @@ class BaseClient(Inbox):
             else:
                 groups.append(([s], props))
         for subs, props in groups:
-            self.session.subscribe(subs, props)
+            self._restoring.add(self.session.subscribe(subs, props))
 
     # -- persistence of QoS 1/2 messages -----------------------------------------
 
@@ -413,7 +414,10 @@ class BaseClient(Inbox):
         self._was_up = True
         self._resume = True
         self._error = None  # why an earlier connection or attempt failed: over now
-        if not ack.session_present:
+        if not ack.session_present or self._restoring:
+            # A restore cut off before its SUBACK: the session the broker
+            # resumes now is the one it started then, maybe without them.
+            self._restoring = set()
             self._restore()
         self._inbox_connected(ack.session_present)
         return None
@@ -468,6 +472,8 @@ class BaseClient(Inbox):
             else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
                 if t < _SUBACK:
                     self._unstore(ev.packet_id)
+                elif self._restoring:
+                    self._restoring.discard(ev.packet_id)
                 self._complete(ev.packet_id, ev)
         return handled
 
