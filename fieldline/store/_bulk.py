@@ -266,12 +266,10 @@ def compact(log, positions):
             off += len(rec)
         log._sync(f)
     except OSError as e:
-        log._close(f)
-        _discard(log, num)
+        _discard(log, num, f)
         raise StoreFullError("compaction not written; the old segments are kept", e) from None
     except StoreError:
-        log._close(f)
-        _discard(log, num)
+        _discard(log, num, f)
         raise
     log._close(f)
     log._commit(num)
@@ -287,7 +285,13 @@ def compact(log, positions):
     return new
 
 
-def _discard(log, num):
+def _discard(log, num, f):
+    # Closing flushes what the buffer holds, which fails as the writes did (a
+    # full disk): that must not escape, nor keep the .tmp file.
+    try:
+        log._close(f)
+    except OSError:
+        pass
     if log._mem is not None:
         log._mem.pop(num, None)
     else:
