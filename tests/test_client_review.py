@@ -457,3 +457,23 @@ def test_a_restore_cut_off_is_sent_again_on_a_resumed_session(
     third = broker.connection(2)
     types = [p[0] >> 4 for p in third.packets]
     assert SUBSCRIBE in types, types
+
+
+def test_close_ends_a_stream_being_iterated(mosquitto: Mosquitto, version: int) -> None:
+    # A task iterates a messages() stream; another closes it (shutting the
+    # consumer down). close() took the stream off its route but did not
+    # wake it: the iteration waited for ever, even after disconnect(),
+    # which wakes only the streams still routed.
+    async def main() -> None:
+        c = AsyncClient(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+        await c.connect()
+        for topic_filter in ("review/c/#", None):
+            stream = c.messages(topic_filter)
+            waiting = asyncio.create_task(stream.__anext__())
+            await asyncio.sleep(0)  # it waits for a message now
+            stream.close()
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(waiting, WAIT)
+        await c.disconnect()
+
+    arun(main())

@@ -54,6 +54,8 @@ class _Stream:
     """``async for message in client.messages(filter)``: the messages
     matching ``filter`` from now on (None: those no callback or stream takes)."""
 
+    _closed = False  # close() was called: the iteration ends
+
     def __init__(self, client, topic_filter):
         self._client = client
         self._filter = topic_filter
@@ -71,9 +73,9 @@ class _Stream:
         return self
 
     async def __anext__(self):
-        while not self._queue:
+        while not self._queue or self._closed:
             c = self._client
-            if c._closing:
+            if c._closing or self._closed:
                 raise StopAsyncIteration
             if c._r is None and not c.reconnect and c._task is not None:
                 # lost for good: the connection task has ended or is ending
@@ -85,7 +87,10 @@ class _Stream:
         return message
 
     def close(self):
-        """Stop routing messages here; those not read yet give up their places."""
+        """Stop routing messages here; those not read yet give up their
+        places, and an iteration waiting for the next one ends."""
+        self._closed = True
+        self._event.set()
         c = self._client
         routes = c._routes
         for r in routes:
