@@ -335,3 +335,58 @@ def test_a_compaction_without_room_leaves_the_write_that_triggered_it_alone(
             assert [v.split(b":")[:2] for _, v in q.peek(100)] == [
                 [b"1", b"%d" % i] for i in range(260, 300)
             ]
+
+
+AMPLIFY_CHILD = r"""
+import json, resource, signal, sys
+from fieldline.store import Queue, Store
+
+folder, kind, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def written():
+    with open("/proc/self/io") as f:
+        return int([line for line in f if line.startswith("wchar")][0].split()[1])
+
+
+opts = dict(segment_size=4096, compact_ratio=0.3, fsync=False)
+db = Store(folder, **opts) if kind == "store" else Queue(folder, **opts)
+n = 0
+for i in range(400):
+    if i == 100:  # by now the garbage calls for a compaction there is no room for
+        start, n = written(), 0
+    if kind == "store":
+        db.put("k%d" % (i % 40), [i, "x" * 200])
+    else:
+        db.append(b"x" * 200)
+        if len(db) > 40:
+            db.ack(db.peek()[0][0])
+    n += 1
+print(json.dumps({"per_write": (written() - start) / n, "compactions": db.stats()["compactions"]}))
+db.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["store", "queue"])
+def test_a_compaction_without_room_is_not_retried_at_every_write(tmp_path: Path, kind: str) -> None:
+    # Near a full medium (here: no file past 8,000 bytes, so a compaction of the
+    # ~10 KB of live records cannot be written) every write that left the
+    # garbage share above compact_ratio tried the compaction again: it wrote a
+    # .tmp file until the medium refused, and deleted it. That is some 8 KB
+    # written for each put of 240 bytes, on flash that wears out. After a
+    # failed compaction the next attempt now waits for the log to grow by a
+    # segment.
+    folder = tmp_path / kind
+    out = subprocess.run(
+        [sys.executable, "-c", AMPLIFY_CHILD, str(folder), kind, "8000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["compactions"] == 0
+    assert got["per_write"] < 1200, got  # each write ~240 bytes, plus an attempt now and then

@@ -280,6 +280,7 @@ def compact(log, positions):
     log._active = log._open(num)
     log._end = off
     log.size = off
+    log.retry = 0
     for n in old:  # a crash here leaves some: the BASE record says to ignore them
         log._remove(n)
     return new
@@ -287,7 +288,10 @@ def compact(log, positions):
 
 def _discard(log, num, f):
     # Closing flushes what the buffer holds, which fails as the writes did (a
-    # full disk): that must not escape, nor keep the .tmp file.
+    # full disk): that must not escape, nor keep the .tmp file. Automatic
+    # compaction waits for a segment more before it tries again: on a full
+    # medium each write would otherwise write a doomed .tmp file.
+    log.retry = log.size + log.segment_size
     try:
         log._close(f)
     except OSError:

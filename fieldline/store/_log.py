@@ -145,6 +145,7 @@ class Log:
     checked here for the Store and the Queue alike)."""
 
     closed = False
+    retry = 0  # no automatic compaction before the log is this big (one failed)
 
     def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:
@@ -292,7 +293,7 @@ class Log:
         """Whether to compact now, with ``live`` bytes of records in use: past 32
         segments, or when the rest is ``ratio`` of the bytes on the medium.
         Never when the live records would not fit one segment (16 MiB)."""
-        if live + _SEAL > _MAX_SEGMENT:
+        if live + _SEAL > _MAX_SEGMENT or self.size < self.retry:
             return False
         size = self.size
         return len(self.nums) > 32 or (
