@@ -11,10 +11,17 @@ import time
 from typing import Any
 
 import pytest
-from conftest import FakeBrokerFactory, Mosquitto, arun
+from conftest import FakeBrokerFactory, Mosquitto, ProxyFactory, arun
 from fakebroker import PUBLISH, SUBSCRIBE, FakeConnection, connack
 
-from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError, MQTTTimeout
+from fieldline.mqtt import (
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    LocalProtocolError,
+    MQTTError,
+    MQTTTimeout,
+)
 
 WAIT = 10.0
 
@@ -477,3 +484,44 @@ def test_close_ends_a_stream_being_iterated(mosquitto: Mosquitto, version: int) 
         await c.disconnect()
 
     arun(main())
+
+
+def test_an_invalid_subscribe_does_not_poison_reconnects(
+    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int, kind: str
+) -> None:
+    # subscribe() remembered its filters (to restore them when the broker
+    # loses the session) before they were checked. An invalid one raised
+    # LocalProtocolError, as it should, but stayed remembered: every later
+    # reconnection (clean start here, so the broker has no session) sent
+    # it again, failed, and the client never reconnected again.
+    proxy = tcp_proxy(mosquitto)
+    opts: dict[str, Any] = dict(version=version, backoff_min=0.05, timeout=WAIT)
+    with Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT) as peer:
+        if kind == "blocking":
+            c = Client(proxy.host, proxy.port, **opts)
+            c.connect()
+            with pytest.raises(LocalProtocolError):
+                c.subscribe("review/#/bad", qos=1)
+            c.subscribe("review/ok", qos=1)
+            proxy.drop()
+            c.subscribe("review/ok2", qos=1)  # once reconnected (or it raises)
+            peer.publish("review/ok", b"restored", qos=1)
+            assert c.recv(WAIT).payload == b"restored"
+            c.disconnect()
+        else:
+
+            async def main() -> None:
+                a = AsyncClient(proxy.host, proxy.port, **opts)
+                stream = a.messages()
+                await a.connect()
+                with pytest.raises(LocalProtocolError):
+                    await a.subscribe("review/#/bad", qos=1)
+                await a.subscribe("review/ok", qos=1)
+                proxy.drop()
+                await a.subscribe("review/ok2", qos=1)  # once reconnected
+                peer.publish("review/ok", b"restored", qos=1)
+                msg = await asyncio.wait_for(stream.__anext__(), WAIT)
+                assert msg.payload == b"restored"
+                await a.disconnect()
+
+            arun(main())

@@ -25,8 +25,9 @@ connection ended) and ``_retry_at`` (when to reconnect).
 """
 
 from ._client_inbox import Inbox, clock
+from ._codec import encode
 from ._errors import LocalProtocolError, MQTTError
-from ._packets import Connect, Subscription
+from ._packets import Connect, Subscribe, Subscription
 from ._session import CLIENT, Session
 from ._topic import topic_matches
 
@@ -323,6 +324,10 @@ class BaseClient(Inbox):
             elif isinstance(s, tuple):
                 s = Subscription(*s)
             out.append(s)
+        # Checked before they are remembered: an invalid filter, QoS or
+        # property raises LocalProtocolError here, not at every reconnect.
+        encode(Subscribe(1, out, properties), self.version)
+        for s in out:
             self._subs[s.topic_filter] = (s, properties)
             if callback is not None:
                 self._routes.append([s.topic_filter, callback])
