@@ -525,3 +525,73 @@ def test_an_invalid_subscribe_does_not_poison_reconnects(
                 await a.disconnect()
 
             arun(main())
+
+
+def test_a_subscribe_that_timed_out_offline_is_sent_on_a_resumed_session(
+    fake_broker: FakeBrokerFactory, version: int, kind: str
+) -> None:
+    # subscribe() while the client waits to reconnect times out: it raises
+    # MQTTTimeout but remembers the subscription, to restore it. It was
+    # restored only if the broker had lost the session; on a resumed one
+    # (session present 1) it was never sent, though its callback and
+    # route stayed: the subscription silently half-existed.
+    props = b"" if version == 5 else None
+
+    def subscribed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=props))
+        pid = conn.recv_packet()[2:4]
+        conn.send(b"\x90\x04" + pid + b"\x00\x01" if version == 5 else b"\x90\x03" + pid + b"\x01")
+        conn.close()
+
+    def resumed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, session_present=True, properties=props))
+
+    broker = fake_broker(subscribed, resumed)
+    opts: dict[str, Any] = dict(
+        client_id="late",
+        version=version,
+        clean_start=version == 5,
+        session_expiry=3600,
+        keepalive=0,
+        backoff_min=2.0,
+        timeout=WAIT,
+    )
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        lost: list[BaseException | None] = []
+        c.on_disconnect = lost.append
+        c.connect()
+        c.subscribe("review/a", qos=1)
+        deadline = time.monotonic() + WAIT
+        while not lost and time.monotonic() < deadline:
+            c.loop(0.1)
+        with pytest.raises(MQTTTimeout):
+            c.subscribe("review/b", qos=1, timeout=0.1)  # the delay is 1-2 s
+        while broker.accepted.value < 2 and time.monotonic() < deadline:
+            c.loop(0.1)
+        second = broker.connection(1)
+        while second.packets_received.value < 2 and time.monotonic() < deadline:
+            c.loop(0.1)
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            down = asyncio.Event()
+            a.on_disconnect = lambda error: down.set()
+            await a.connect()
+            await a.subscribe("review/a", qos=1)
+            await asyncio.wait_for(down.wait(), WAIT)
+            with pytest.raises(MQTTTimeout):
+                await a.subscribe("review/b", qos=1, timeout=0.1)  # the delay is 1-2 s
+            await broker.accepted.wait_async(2, WAIT)
+            with contextlib.suppress(TimeoutError):
+                await broker.connection(1).packets_received.wait_async(2, 2.0)
+            await a.disconnect()
+
+        arun(main())
+    second = broker.connection(1)
+    subscribes = [p for p in second.packets if p[0] >> 4 == SUBSCRIBE]
+    assert len(subscribes) == 1 and b"review/b" in subscribes[0], second.packets

@@ -615,7 +615,11 @@ class AsyncClient(BaseClient):
         granted QoS, or a failure code >= 0x80, per filter). Arguments as
         for ``Client.subscribe``."""
         subs = self._remember(subscriptions, qos, properties, callback)
-        return await self._request(self.session.subscribe, subs, properties, timeout)
+        try:
+            return await self._request(self.session.subscribe, subs, properties, timeout)
+        except BaseException:  # a timeout, or cancelled
+            self._unconfirmed()
+            raise
 
     async def unsubscribe(self, topic_filters, properties=None, timeout=None):
         """Unsubscribe and wait for the UNSUBACK; returns its reason codes."""

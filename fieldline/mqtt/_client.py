@@ -395,7 +395,11 @@ class Client(BaseClient):
         these filters; other messages go to ``on_message`` or ``recv()``."""
         with self._lock:
             subs = self._remember(subscriptions, qos, properties, callback)
-            return self._request(self.session.subscribe, subs, properties, timeout)
+            try:
+                return self._request(self.session.subscribe, subs, properties, timeout)
+            except BaseException:  # a timeout, or cancelled
+                self._unconfirmed()
+                raise
 
     def unsubscribe(self, topic_filters, properties=None, timeout=None):
         """Unsubscribe and wait for the UNSUBACK; returns its reason codes

@@ -333,6 +333,12 @@ class BaseClient(Inbox):
                 self._routes.append([s.topic_filter, callback])
         return out
 
+    def _unconfirmed(self):
+        # subscribe() failed without a SUBACK (a timeout, the connection
+        # lost): its subscriptions stay remembered, so the next accepted
+        # connection sends them, whether or not the broker has the session.
+        self._restoring.add(0)  # no SUBACK carries id 0
+
     def _forget(self, filters):
         if isinstance(filters, str):
             filters = [filters]
