@@ -595,3 +595,56 @@ def test_a_subscribe_that_timed_out_offline_is_sent_on_a_resumed_session(
     second = broker.connection(1)
     subscribes = [p for p in second.packets if p[0] >> 4 == SUBSCRIBE]
     assert len(subscribes) == 1 and b"review/b" in subscribes[0], second.packets
+
+
+def test_loop_stop_during_a_reconnect_delay_keeps_reconnecting(
+    fake_broker: FakeBrokerFactory, version: int
+) -> None:
+    # loop_stop() while the loop thread waits out a reconnect delay: the
+    # thread ends, and the application drives the connection with loop()
+    # from then on, which must go on reconnecting. When loop_stop() set
+    # _closing just as the thread entered _redial(), that raised to end the
+    # thread, and the thread took it for a final loss: it cleared the
+    # reconnect plan, so loop() raised "not connected" for good. The race
+    # is made certain here by setting _closing at that very point.
+    ok = connack(0, properties=b"" if version == 5 else None)
+
+    def accept_then_close(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+        conn.close()
+
+    def accept(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(ok)
+
+    broker = fake_broker(accept_then_close, accept)
+    c = Client(
+        broker.host, broker.port, version=version, keepalive=0, backoff_min=0.6, timeout=WAIT
+    )
+    lost = threading.Event()
+    c.on_disconnect = lambda error: lost.set()
+    connacks: list[object] = []
+    c.on_connect = connacks.append
+    c.connect()
+    c.loop_start()
+    assert lost.wait(WAIT)
+    redial = c._redial
+
+    def raced(timeout: float) -> None:
+        del c._redial  # once
+        c._closing = True  # loop_stop() begins now
+        redial(timeout)
+
+    c._redial = raced  # type: ignore[method-assign]
+    thread = c._io_thread
+    assert thread is not None
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    c._closing = False
+    c.loop_stop()
+    deadline = time.monotonic() + WAIT
+    while len(connacks) < 2 and time.monotonic() < deadline:
+        c.loop(0.1)
+    assert c.is_connected
+    c.disconnect()

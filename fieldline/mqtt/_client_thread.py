@@ -253,6 +253,8 @@ def _run_io(c):
             try:
                 c._io(1.0)
             except (MQTTError, OSError) as e:  # down for good (OSError: why it broke)
+                if c._closing:  # loop_stop() made _redial() raise: only the thread ends
+                    break
                 c._error = e
                 c._ended = True  # waiters fail at once, until a connect() succeeds
                 c._retry_at = None  # wait for that connect(), as for the first
