@@ -648,3 +648,23 @@ def test_loop_stop_during_a_reconnect_delay_keeps_reconnecting(
         c.loop(0.1)
     assert c.is_connected
     c.disconnect()
+
+
+def test_loop_under_loop_start_waits_rather_than_drives(mosquitto: Mosquitto, version: int) -> None:
+    # loop() (and loop_forever()) while loop_start() runs: the caller's
+    # thread polled the socket that the loop thread polls too, and the
+    # shared poll object raised "concurrent poll() invocation" in one of
+    # them (a RuntimeError: in the loop thread, it died). Now loop() leaves
+    # the connection to the loop thread and waits.
+    c = Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+    c.connect()
+    c.loop_start()
+    try:
+        for _ in range(10):
+            c.loop(0.05)
+        assert c._io_thread is not None and c._io_thread.is_alive()
+        c.subscribe("review/l", qos=1)
+        assert c.publish("review/l", b"1", qos=1) is not None
+        assert c.recv(WAIT).payload == b"1"
+    finally:
+        c.disconnect()

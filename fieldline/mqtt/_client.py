@@ -512,9 +512,13 @@ class Client(BaseClient):
     def loop(self, timeout=1.0):
         """Handle the connection for up to ``timeout`` seconds (returns
         earlier once something was handled). Raises ConnectionLost when the
-        connection is down for good (reconnect off, or closed)."""
+        connection is down for good (reconnect off, or closed). Under
+        loop_start() the loop thread drives the connection: this waits."""
         with self._lock:
-            self._io(timeout)
+            if self._elsewhere(self._io_thread):
+                _threads.idle(self, timeout)  # two threads polling one socket would clash
+            else:
+                self._io(timeout)
 
     def loop_forever(self):
         """loop() until disconnect() is called."""

@@ -207,6 +207,16 @@ def wait(c, ready, left):
         raise c._error or ConnectionLost(0x80, "the loop thread stopped")
 
 
+def idle(c, seconds):
+    # Client.loop() on a thread other than the I/O thread: that thread
+    # drives the connection; wait until it has handled something (it
+    # notifies at every round), at most ``seconds``. Raises the error when
+    # the connection is down for good, as loop() does.
+    if c._ended:
+        raise c._error or ConnectionLost(0x80, "the connection was lost")
+    c._cond.wait(seconds)
+
+
 def _woken(c):
     # The I/O thread drains its wake-up socket; the next kick sends again.
     c._wake_sent = False
