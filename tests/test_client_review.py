@@ -668,3 +668,30 @@ def test_loop_under_loop_start_waits_rather_than_drives(mosquitto: Mosquitto, ve
         assert c.recv(WAIT).payload == b"1"
     finally:
         c.disconnect()
+
+
+def test_recv_from_a_callback_under_loop_start(mosquitto: Mosquitto, version: int) -> None:
+    # A callback (on the loop_start() callback thread) waits with recv()
+    # for a message that no callback takes. Such messages went to the
+    # inbox through that same callback thread, queued behind the callback
+    # waiting for them: recv() always timed out. The I/O thread now puts
+    # them in the inbox itself (no user code runs there).
+    c = Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+    outcome: list[object] = []
+    done = threading.Event()
+
+    def on_command(msg: Any) -> None:
+        try:
+            c.publish("review/follow", b"up", qos=1)
+            outcome.append(c.recv(WAIT).payload)
+        except BaseException as e:
+            outcome.append(e)
+        done.set()
+
+    with c:
+        c.loop_start()
+        c.subscribe("review/follow", qos=1)
+        c.subscribe("review/cmd", qos=1, callback=on_command)
+        c.publish("review/cmd", b"go", qos=1)
+        assert done.wait(2 * WAIT)
+        assert outcome == [b"up"]

@@ -551,6 +551,9 @@ class Client(BaseClient):
         if self._calls is not None and self._elsewhere(self._call_thread):
             if self._responses:  # a request() may wait on the callback thread itself
                 _threads.response(self, msg)
+            if _threads.inbox_only(self, msg):  # so may a recv(): no callback to run
+                BaseClient._route(self, msg)
+                return
             self._hold(msg)  # its place stays taken while it waits for the callback thread
             self._calls.put((None, msg))  # routed there
         else:

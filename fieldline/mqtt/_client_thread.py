@@ -25,6 +25,7 @@ from ._client import NoLock
 from ._client_base import RAISE, BaseClient, ConnectionLost, QueueFull
 from ._client_inbox import clock
 from ._errors import MQTTError
+from ._topic import topic_matches
 
 _CHUNK = 65536  # bytes handed to the socket at most per round
 MAX_UNSENT = 1 << 20  # Client.max_unsent unless set (not a class attribute: RAM on a board)
@@ -237,6 +238,19 @@ def response(c, msg):
     if corr in c._responses and msg.topic == c._reply_topic:
         c._responses[corr] = msg
         c._notify()
+
+
+def inbox_only(c, msg):
+    # Client._route() on the I/O thread: True if ``msg`` goes to the inbox
+    # only (no route, no on_message). The I/O thread then puts it there
+    # itself, running no user code: a callback waiting in recv() on the
+    # callback thread would otherwise keep it queued behind itself.
+    if c.on_message is not None:
+        return False
+    for r in c._routes:
+        if topic_matches(r[0], msg.topic):
+            return False
+    return True
 
 
 def _route(c, msg):
