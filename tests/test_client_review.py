@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, ProxyFactory, arun
-from fakebroker import PUBLISH, SUBSCRIBE, FakeConnection, connack
+from fakebroker import CONNECT, DISCONNECT, PUBLISH, SUBSCRIBE, FakeConnection, connack
 
 from fieldline.mqtt import (
     AsyncClient,
@@ -21,6 +21,7 @@ from fieldline.mqtt import (
     LocalProtocolError,
     MQTTError,
     MQTTTimeout,
+    PublishRefused,
 )
 
 WAIT = 10.0
@@ -695,3 +696,40 @@ def test_recv_from_a_callback_under_loop_start(mosquitto: Mosquitto, version: in
         c.publish("review/cmd", b"go", qos=1)
         assert done.wait(2 * WAIT)
         assert outcome == [b"up"]
+
+
+def test_a_resent_message_over_a_lowered_maximum_qos_fails(fake_broker: FakeBrokerFactory) -> None:
+    # MQTT 5.0: a QoS 2 message went out on connection 1; on connection 2
+    # the broker resumes the session but now announces Maximum QoS 1. The
+    # client resent the message anyway (DUP), which MQTT-3.2.2-11 forbids:
+    # a broker answers it with DISCONNECT 0x9B, and the client reconnected
+    # and resent it for ever. It now fails with 0x9B, as a message queued
+    # before such a CONNACK does.
+    def first(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=b""))
+        conn.recv_packet()  # the QoS 2 PUBLISH: no PUBREC
+        conn.close()
+
+    def lowered(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, session_present=True, properties=b"\x24\x01"))
+
+    broker = fake_broker(first, lowered)
+    c = Client(
+        broker.host,
+        broker.port,
+        client_id="q2",
+        session_expiry=60,
+        keepalive=0,
+        backoff_min=0.05,
+        timeout=WAIT,
+    )
+    c.connect()
+    with pytest.raises(PublishRefused) as e:
+        c.publish("review/q2", b"x", qos=2)
+    assert e.value.reason_code == 0x9B
+    c.disconnect()
+    second = broker.connection(1)
+    second.finished.wait(1, WAIT)
+    assert [p[0] >> 4 for p in second.packets] == [CONNECT, DISCONNECT]

@@ -80,13 +80,14 @@ def connect(s, packet):
 def _connected(s):
     """Start a 5.0 connection (for Session._connected, before it sends what
     waits): new topic alias maps, as they never carry over; and a client
-    fails the messages queued before this CONNACK that its Maximum QoS or
+    fails the messages waiting for this CONNACK that its Maximum QoS or
     Retain Available forbid (MQTT-3.2.2-11, -14). Sending them would make
     the server disconnect, so each ends as a PubAck event with 0x9B QoS not
     supported or 0x9A Retain not supported, like a queued message too large
-    for the peer. Done once here, not per message in _pump: publish() checks
-    what it queues while connected, and resent messages (DUP) went out under
-    an earlier CONNACK, so their exchange must be finished."""
+    for the peer. Resent PUBLISHes (DUP) too: a server that lowered its
+    limits while keeping the session would disconnect at each resend, for
+    ever; a PUBREL may still go. Done once here, not per message in _pump:
+    publish() checks what it queues while connected."""
     s._rx_alias = {} if s.topic_alias_maximum else None
     if s.auto_alias and s.peer_topic_alias_maximum:
         s._tx_alias = {}
@@ -99,7 +100,7 @@ def _connected(s):
     for pid in s._order:
         m = msgs[pid]
         rc = 0
-        if m.type == _PUBLISH and not m.dup:
+        if m.type == _PUBLISH:
             if m.qos > q:
                 rc = _QOS_NOT_SUPPORTED
             elif m.retain and not r:
