@@ -22,6 +22,7 @@ from fieldline.mqtt import (
     MQTTError,
     MQTTTimeout,
     PublishRefused,
+    Will,
 )
 
 WAIT = 10.0
@@ -733,3 +734,39 @@ def test_a_resent_message_over_a_lowered_maximum_qos_fails(fake_broker: FakeBrok
     second = broker.connection(1)
     second.finished.wait(1, WAIT)
     assert [p[0] >> 4 for p in second.packets] == [CONNECT, DISCONNECT]
+
+
+def test_disconnect_with_refused_properties_still_sends_disconnect(
+    fake_broker: FakeBrokerFactory, version: int, kind: str
+) -> None:
+    # disconnect(properties={"session_expiry_interval": 100}) on a
+    # connection whose CONNECT set none is a protocol error (MQTT-3.14.2-2).
+    # The client swallowed it and closed the socket without any DISCONNECT:
+    # the broker took that for a lost client and published the will, the
+    # opposite of what the application asked. Now a plain DISCONNECT still
+    # goes out, and disconnect() raises the LocalProtocolError once closed.
+    ok = connack(0, properties=b"" if version == 5 else None)
+    broker = fake_broker(lambda conn: (conn.recv_packet(), conn.send(ok)))
+    opts: dict[str, Any] = dict(
+        version=version, keepalive=0, timeout=WAIT, will=Will("review/will", b"gone")
+    )
+    bad = {"session_expiry_interval": 100}
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        with pytest.raises(LocalProtocolError):
+            c.disconnect(properties=bad)
+        assert not c.is_connected
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            await a.connect()
+            with pytest.raises(LocalProtocolError):
+                await a.disconnect(properties=bad)
+            assert not a.is_connected
+
+        arun(main())
+    conn = broker.connection(0)
+    conn.finished.wait(1, WAIT)
+    assert [p[0] >> 4 for p in conn.packets] == [CONNECT, DISCONNECT]

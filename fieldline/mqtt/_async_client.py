@@ -179,17 +179,22 @@ class AsyncClient(BaseClient):
     async def disconnect(self, reason_code=0, properties=None, timeout=None):
         """Send DISCONNECT and close; unacknowledged QoS 1/2 messages stay in
         the session for the next connect(). Open ``messages()`` iterators end.
-        A stalled network cannot hold it beyond ``timeout``."""
+        A stalled network cannot hold it beyond ``timeout``. Properties or a
+        reason code the protocol refuses raise LocalProtocolError, once a
+        plain DISCONNECT went out and the connection is closed."""
         self._closing = True
+        refused = None
         if self._w is not None:
             try:
-                self.session.disconnect(reason_code, properties)
+                refused = self._goodbye(reason_code, properties)
                 await _within(self._t(timeout), self._flush())
             except (OSError, MQTTError, asyncio.TimeoutError):
                 pass
         await self._close(None)
         await self._stop_task()
         self._wake_all()
+        if refused is not None:
+            raise refused
 
     async def _stop_task(self):
         t = self._task

@@ -118,13 +118,16 @@ class Client(BaseClient):
         """Send DISCONNECT (a will is then not published, unless 5.0 reason
         0x04) and close. QoS 1/2 messages still unacknowledged stay in the
         session for the next connect(). Stops a loop_start() thread. Writing
-        the DISCONNECT waits at most ``timeout``."""
+        the DISCONNECT waits at most ``timeout``. Properties or a reason code
+        the protocol refuses raise LocalProtocolError, once a plain
+        DISCONNECT went out and the connection is closed."""
         self._closing = True
         self.loop_stop()
+        refused = None
         with self._lock:
             if self._sock is not None:
                 try:
-                    self.session.disconnect(reason_code, properties)
+                    refused = self._goodbye(reason_code, properties)
                     settimeout = getattr(self._sock, "settimeout", None)
                     if settimeout is not None:  # a stalled network cannot hold us longer
                         settimeout(self.timeout if timeout is None else timeout)
@@ -132,6 +135,8 @@ class Client(BaseClient):
                 except (OSError, MQTTError):
                     pass
                 self._close(None)
+        if refused is not None:
+            raise refused
 
     def _open(self, first, deadline):
         sock = self._dial(deadline)

@@ -433,6 +433,23 @@ class BaseClient(Inbox):
         self._inbox_connected(ack.session_present)
         return None
 
+    def _goodbye(self, reason_code, properties):
+        """Queue the DISCONNECT. If the protocol refuses its properties (say a
+        Session Expiry Interval after a CONNECT with 0, MQTT-3.14.2-2) or its
+        reason code, a plain DISCONNECT goes out all the same, so that
+        closing does not look like a lost client and publish the will.
+        Returns that LocalProtocolError, for the caller to raise once closed,
+        or None."""
+        try:
+            self.session.disconnect(reason_code, properties)
+            return None
+        except LocalProtocolError as e:
+            try:
+                self.session.disconnect(reason_code)
+            except LocalProtocolError:
+                self.session.disconnect()  # raises too if no DISCONNECT may go now
+            return e
+
     def _closed(self, error):
         # The adapter closed the connection; ``error``: why it ended (None
         # when the application closed it), for on_disconnect if it was up.
