@@ -22,11 +22,14 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
     # Connection 1 is accepted, then lost. Connection 2 is accepted with a
     # Maximum Packet Size too small for the SUBSCRIBE that restores our
     # subscription, so that attempt fails after its CONNACK; connections 3
-    # and 4 close before their CONNACK. Each failed attempt once counted
-    # twice (the escaped failure left the socket open, or the loss was
-    # counted on reading EOF and again by the redial), so the delays after
-    # connections 1-4 were 2, 4, 8, 16 x backoff_min, not 1, 2, 4, 8 x
-    # (their upper half jittered).
+    # and 4 close before their CONNACK. After the loss the client waits
+    # backoff_min, then each failed attempt doubles the delay once: 2, 4,
+    # 8, 16 x backoff_min after connections 2-5 (their upper half
+    # jittered). Each failed attempt once counted twice (the escaped
+    # failure left the socket open, or the loss was counted on reading EOF
+    # and again by the redial); and the CONNACK of connection 2 once reset
+    # the count although that attempt failed, so a broker failing every
+    # attempt just after its CONNACK was redialled every backoff_min.
     m = 0.2
     accepted: dict[int, float] = {}
     closed: dict[int, float] = {}
@@ -73,7 +76,7 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
             await a.disconnect()
 
         arun(main())
-    for n, d in ((1, m), (2, 2 * m), (3, 4 * m), (4, 8 * m)):
+    for n, d in ((1, 2 * m), (2, 4 * m), (3, 8 * m), (4, 16 * m)):
         gap = accepted[n + 1] - closed[n]
         assert d / 2 - 0.05 <= gap < d + 0.1, f"delay after connection {n}: {gap:.2f} s, not {d} s"
 

@@ -770,3 +770,58 @@ def test_disconnect_with_refused_properties_still_sends_disconnect(
     conn = broker.connection(0)
     conn.finished.wait(1, WAIT)
     assert [p[0] >> 4 for p in conn.packets] == [CONNECT, DISCONNECT]
+
+
+def test_an_attempt_failing_after_its_connack_still_backs_off(
+    fake_broker: FakeBrokerFactory, kind: str
+) -> None:
+    # MQTT 5.0: after connection 1, the broker accepts each CONNECT with a
+    # Maximum Packet Size too small for the SUBSCRIBE that restores our
+    # subscription, so each attempt fails just after its CONNACK. The
+    # CONNACK reset the backoff before that failure, so the client
+    # reconnected every backoff_min for ever instead of backing off: the
+    # gaps before connections 2, 3, 4 were m, m, m, not m, 2m, 4m.
+    m = 0.2
+    accepted: dict[int, float] = {}
+    closed: dict[int, float] = {}
+
+    def subscribed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=b""))
+        pid = conn.recv_packet()[2:4]
+        conn.send(b"\x90\x04" + pid + b"\x00\x00")
+        closed[conn.index] = time.monotonic()
+        conn.close()
+
+    def too_small(conn: FakeConnection) -> None:
+        accepted[conn.index] = time.monotonic()
+        conn.recv_packet()
+        conn.send(connack(0, properties=b"\x27" + (16).to_bytes(4, "big")))
+        closed[conn.index] = time.monotonic()
+        conn.close()
+
+    broker = fake_broker(subscribed, too_small)
+    opts: dict[str, Any] = dict(keepalive=0, backoff_min=m, backoff_max=60, timeout=WAIT)
+    topic_filter = "a/topic/filter/longer/than/sixteen/bytes"
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        c.subscribe(topic_filter)
+        deadline = time.monotonic() + WAIT
+        while broker.accepted.value < 4 and time.monotonic() < deadline:
+            c.loop(0.05)
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            await a.connect()
+            await a.subscribe(topic_filter)
+            await broker.accepted.wait_async(4, WAIT)
+            await a.disconnect()
+
+        arun(main())
+    for n in (1, 2, 3):
+        d = m * (1 << (n - 1))
+        gap = accepted[n] - closed[n - 1]
+        assert d / 2 - 0.05 <= gap < d + 0.1, f"delay before connection {n + 1}: {gap:.2f} s"

@@ -239,6 +239,7 @@ class AsyncClient(BaseClient):
         except BaseException:
             await self._close(None)
             raise
+        self._attempt = 0  # this attempt succeeded: the backoff starts over
         self._up.set()
         if self.on_connect is not None:
             self._call(self.on_connect, self.connack)

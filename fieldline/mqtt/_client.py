@@ -163,6 +163,7 @@ class Client(BaseClient):
             self._close(None)
             raise
         self._retry_at = 0
+        self._attempt = 0  # this attempt succeeded: the backoff starts over
         if self.on_connect is not None:
             self._call(self.on_connect, self.connack)
 

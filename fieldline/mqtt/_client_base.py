@@ -416,12 +416,12 @@ class BaseClient(Inbox):
 
     def _accepted(self):
         """After the CONNACK: the exception for a refusal (the caller closes
-        and raises it), else None once the backoff is reset and the
-        subscriptions the broker lost are queued again."""
+        and raises it), else None once the subscriptions the broker lost are
+        queued again. The adapter resets the backoff (``_attempt``) only
+        when that and writing it succeeded: an attempt failing there counts."""
         ack = self.connack
         if ack.reason_code:
             return refusal(ack)
-        self._attempt = 0
         self._was_up = True
         self._resume = True
         self._error = None  # why an earlier connection or attempt failed: over now
