@@ -825,3 +825,55 @@ def test_an_attempt_failing_after_its_connack_still_backs_off(
         d = m * (1 << (n - 1))
         gap = accepted[n] - closed[n - 1]
         assert d / 2 - 0.05 <= gap < d + 0.1, f"delay before connection {n + 1}: {gap:.2f} s"
+
+
+def test_restoring_many_subscriptions_fits_the_maximum_packet_size(
+    fake_broker: FakeBrokerFactory, kind: str
+) -> None:
+    # MQTT 5.0, a broker with a small Maximum Packet Size: three SUBSCRIBEs
+    # of one filter each fit. When the broker lost the session, the client
+    # restored them in one SUBSCRIBE, too large for it: the attempt failed,
+    # and so did every later one, for ever. A restore too large at once now
+    # goes one subscription per SUBSCRIBE.
+    limit = b"\x27" + (48).to_bytes(4, "big")
+    filters = [f"review/restore/{n}/abcdefghij" for n in range(3)]
+
+    def serve(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=limit))
+        for _ in filters:
+            pid = conn.recv_packet()[2:4]
+            conn.send(b"\x90\x04" + pid + b"\x00\x01")
+        if conn.index == 0:
+            conn.close()
+
+    broker = fake_broker(serve)
+    opts: dict[str, Any] = dict(keepalive=0, backoff_min=0.05, timeout=WAIT)
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        for f in filters:
+            c.subscribe(f, qos=1)
+        deadline = time.monotonic() + WAIT
+        while len(broker.connections) < 2 and time.monotonic() < deadline:
+            c.loop(0.1)
+        second = broker.connection(1)
+        while second.packets_received.value < 4 and time.monotonic() < deadline:
+            c.loop(0.1)
+        c.disconnect()
+    else:
+
+        async def main() -> None:
+            a = AsyncClient(broker.host, broker.port, **opts)
+            await a.connect()
+            for f in filters:
+                await a.subscribe(f, qos=1)
+            await broker.accepted.wait_async(2, WAIT)
+            with contextlib.suppress(TimeoutError):
+                await broker.connection(1).packets_received.wait_async(4, WAIT)
+            await a.disconnect()
+
+        arun(main())
+    assert broker.accepted.value == 2
+    second = broker.connection(1)
+    assert [p[0] >> 4 for p in second.packets[:4]] == [CONNECT] + [SUBSCRIBE] * 3

@@ -364,7 +364,15 @@ class BaseClient(Inbox):
             else:
                 groups.append(([s], props))
         for subs, props in groups:
-            self._restoring.add(self.session.subscribe(subs, props))
+            try:
+                self._restoring.add(self.session.subscribe(subs, props))
+            except LocalProtocolError as e:
+                if e.reason_code != 0x95 or len(subs) < 2:
+                    raise
+                # Too large for the broker's Maximum Packet Size at once,
+                # though each subscribe() fitted: one SUBSCRIBE apiece.
+                for s in subs:
+                    self._restoring.add(self.session.subscribe(s, props))
 
     # -- persistence of QoS 1/2 messages -----------------------------------------
 
