@@ -5,6 +5,7 @@ device is back online. The device runs tests/storeproc/device.py."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from paho_peer import PahoPeer
 from storeproc.child import Child
 from storeproc.device import TOPIC, payload, properties
 
-from fieldline.store import Queue
+from fieldline.mqtt import Client
+from fieldline.store import REFUSE, Queue, QueueFull
 
 N = 25
 WAIT = 10.0
@@ -77,3 +79,26 @@ def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
     with Queue(folder) as q:
         assert len(q) == 0
         assert q.pending() == []
+
+
+def test_a_message_the_queue_refuses_is_not_sent(
+    mosquitto: Mosquitto, version: int, peer: PahoPeer, tmp_path: Path
+) -> None:
+    # A publish() whose persistence put() fails raises that error; the
+    # message once went out anyway (the session had queued it first), so an
+    # application that retried it sent it twice.
+    peer.subscribe("outbox/#", 1)
+    with Queue(str(tmp_path / "q"), max_entries=1, policy=REFUSE) as q:
+        c = Client(mosquitto.host, mosquitto.port, version=version, persistence=q, timeout=WAIT)
+        c.connect()
+        c.publish("outbox/1", b"1", qos=1, timeout=0)  # queued, not yet acknowledged
+        with pytest.raises(QueueFull):
+            c.publish("outbox/2", b"2", qos=1, timeout=0)
+        assert c.session.inflight == 1
+        deadline = time.monotonic() + WAIT
+        while len(q) and time.monotonic() < deadline:
+            c.loop(0.1)  # until message 1's PUBACK makes room
+        c.publish("outbox/3", b"3", qos=1)
+        c.disconnect()
+        assert len(q) == 0
+    assert [m.payload for m in peer.expect(2)] == [b"1", b"3"]

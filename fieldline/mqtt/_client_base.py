@@ -382,14 +382,21 @@ class BaseClient(Inbox):
         # An earlier run's messages go first, and are read before put()
         # stores this one, which pending() would otherwise return as theirs.
         self._load_stored()
+        # Stored before the session takes it: a put() that fails (a full
+        # queue, a full disk) raises with nothing sent, so the caller's
+        # retry cannot make a duplicate.
+        store = self.persistence if qos else None
+        key = store.put(topic, payload, qos, retain, properties) if store is not None else None
         try:
             pid = self.session.publish(topic, payload, qos, retain, properties)
-        except LocalProtocolError as e:
-            if e.reason_code == 0x95:
+        except BaseException as e:
+            if store is not None:
+                store.done(key)
+            if isinstance(e, LocalProtocolError) and e.reason_code == 0x95:
                 raise PacketTooLarge(e.reason_code, e.message) from None
             raise
-        if pid is not None and self.persistence is not None:
-            self._stored[pid] = self.persistence.put(topic, payload, qos, retain, properties)
+        if store is not None:
+            self._stored[pid] = key
         return pid
 
     def _full_queue(self):
