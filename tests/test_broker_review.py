@@ -3,6 +3,7 @@ each test names the rule it checks and fails without its fix."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from test_broker import Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Subscription
+from fieldline.mqtt import Connect, Subscription, encode
 
 # On uvloop (the default when installed) and on asyncio's own loop.
 pytestmark = pytest.mark.usefixtures("both_event_loops")
@@ -168,3 +169,31 @@ def test_retained_messages_of_a_wildcard_filter_come_in_the_order_their_topics_w
     c.subscribe(Subscription("config/+", 1))
     assert [m.topic for m in c.messages(10)] == topics
     c.close()
+
+
+def test_unsubscribe_of_an_invalid_filter_is_answered_as_subscribe_answers_it(
+    broker: BrokerThread,
+) -> None:
+    # UNSUBSCRIBE a/#/b: 0x8F (Topic Filter invalid), as SUBSCRIBE of it
+    # gets, not 0x11 (No subscription existed); the valid filter beside it
+    # is still removed. Sent as raw bytes: our own client refuses the filter.
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=10) as sock:
+        sock.sendall(bytes(encode(Connect("u", protocol_level=5), 5)))
+        connack = sock.recv(2)
+        assert connack[0] == 0x20
+        _recv_exactly(sock, connack[1])
+        sub = b"\x00\x03a/b\x00"
+        sock.sendall(b"\x82" + bytes([3 + len(sub)]) + b"\x00\x01\x00" + sub)
+        assert _recv_exactly(sock, 6) == b"\x90\x04\x00\x01\x00\x00"  # SUBACK, QoS 0
+        body = b"\x00\x02\x00" + b"\x00\x05a/#/b" + b"\x00\x03a/b"
+        sock.sendall(b"\xa2" + bytes([len(body)]) + body)
+        assert _recv_exactly(sock, 7) == b"\xb0\x05\x00\x02\x00\x8f\x00"  # UNSUBACK
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "the broker closed the connection"
+        data += chunk
+    return data

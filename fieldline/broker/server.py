@@ -708,6 +708,11 @@ class Broker:
         assert cs is not None
         codes = []
         for f in p.topic_filters:
+            try:
+                validate_topic_filter(f, True)
+            except RemoteProtocolError:  # as SUBSCRIBE answers it: no such filter can exist
+                codes.append(_TOPIC_FILTER_INVALID)
+                continue
             removed = self.router.unsubscribe(cs.client_id, f)
             cs.subscriptions.pop(f, None)
             if self.persist is not None:
