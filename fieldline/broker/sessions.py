@@ -111,26 +111,22 @@ class ClientSession:
     def sent(self, packet_id: int, expires_at: float | None) -> None:
         """A QoS 1/2 PUBLISH went out under ``packet_id``; its Message Expiry Interval
         runs out at loop time ``expires_at`` (None: never)."""
-        table = self.expiry
-        if expires_at is None:
-            if table:
-                table.pop(packet_id, None)  # the id's earlier message is complete
-            return
-        table[packet_id] = expires_at
-        if len(table) > 2 * self.session.inflight + 16:
-            msgs = self.session._msgs  # forget the messages completed since
-            for pid in [pid for pid in table if pid not in msgs]:
-                del table[pid]
+        self._note(self.expiry, packet_id, expires_at)
 
     def sent_shared(self, packet_id: int, delivery: Delivery) -> None:
         """A QoS 1/2 PUBLISH went out under ``packet_id`` for ``delivery``: remember it
         if it is a QoS 1 one for a shared subscription."""
-        table = self.shared
-        if delivery.share is None or delivery.qos != 1:
+        shared = delivery.share is not None and delivery.qos == 1
+        self._note(self.shared, packet_id, delivery if shared else None)
+
+    def _note(self, table: dict[int, Any], packet_id: int, value: Any) -> None:
+        # What a packet id in flight carries (None: nothing). Completed ids are
+        # forgotten in bulk once the table outgrows what can be in flight.
+        if value is None:
             if table:
                 table.pop(packet_id, None)  # the id's earlier message is complete
             return
-        table[packet_id] = delivery
+        table[packet_id] = value
         if len(table) > 2 * self.session.inflight + 16:
             msgs = self.session._msgs  # forget the messages completed since
             for pid in [pid for pid in table if pid not in msgs]:
