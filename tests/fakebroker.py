@@ -62,6 +62,11 @@ def connack(code: int = 0, session_present: bool = False, properties: bytes | No
     return bytes([CONNACK << 4]) + encode_varint(len(body)) + body
 
 
+def connack_ok(version: int, session_present: bool = False) -> bytes:
+    """The CONNACK accepting a client of protocol level ``version`` (4 or 5)."""
+    return connack(0, session_present, properties=b"" if version == 5 else None)
+
+
 def prop(pid: int, value: bytes) -> bytes:
     """A 5.0 property with a string or binary value: id, two-byte length, bytes."""
     return bytes([pid]) + len(value).to_bytes(2, "big") + value
@@ -226,6 +231,11 @@ def send(data: bytes) -> Step:
 def close() -> Step:
     """Close the connection (FIN)."""
     return lambda conn: conn.close()
+
+
+def accept_then_close(version: int) -> Script:
+    """A script: take the CONNECT, accept it, then close the connection."""
+    return [recv(CONNECT), send(connack_ok(version)), close()]
 
 
 def reset() -> Step:

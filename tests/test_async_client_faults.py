@@ -9,15 +9,11 @@ import threading
 from typing import Any
 
 from conftest import FakeBrokerFactory, arun
-from fakebroker import CONNECT, PUBACK, FakeConnection, connack, recv, reset, send
+from fakebroker import CONNECT, PUBACK, FakeConnection, connack_ok, recv, reset, send
 
 from fieldline.mqtt import AsyncClient, Publish, encode
 
 WAIT = 10.0
-
-
-def ok(version: int, session_present: bool = False) -> bytes:
-    return connack(0, session_present, properties=b"" if version == 5 else None)
 
 
 def publish(version: int, pid: int, payload: bytes, dup: bool = False) -> bytes:
@@ -48,14 +44,14 @@ def test_an_ack_given_after_the_transport_died_waits_for_the_resend(
     broker = fake_broker(
         [
             recv(CONNECT),
-            send(ok(version)),
+            send(connack_ok(version)),
             send(publish(version, 1, b"1") + publish(version, 2, b"2")),
             wait_for(go),
             reset(),
         ],
         [
             recv(CONNECT),
-            send(ok(version, session_present=True)),
+            send(connack_ok(version, session_present=True)),
             send(publish(version, 1, b"1", dup=True) + publish(version, 2, b"2", dup=True)),
         ],
     )

@@ -16,20 +16,22 @@ from fieldline.mqtt import AsyncClient, Client, ConnectionLost, LocalProtocolErr
 WAIT = 10.0
 
 
+@pytest.mark.parametrize("then", ["refuse", "too_small"])
 def test_a_failed_attempt_counts_once_in_the_backoff(
-    fake_broker: FakeBrokerFactory, kind: str
+    fake_broker: FakeBrokerFactory, kind: str, then: str
 ) -> None:
     # Connection 1 is accepted, then lost. Connection 2 is accepted with a
     # Maximum Packet Size too small for the SUBSCRIBE that restores our
-    # subscription, so that attempt fails after its CONNACK; connections 3
-    # and 4 close before their CONNACK. After the loss the client waits
-    # backoff_min, then each failed attempt doubles the delay once: 2, 4,
-    # 8, 16 x backoff_min after connections 2-5 (their upper half
-    # jittered). Each failed attempt once counted twice (the escaped
-    # failure left the socket open, or the loss was counted on reading EOF
-    # and again by the redial); and the CONNACK of connection 2 once reset
-    # the count although that attempt failed, so a broker failing every
-    # attempt just after its CONNACK was redialled every backoff_min.
+    # subscription, so that attempt fails just after its CONNACK; later
+    # connections do the same (``too_small``) or close before their CONNACK
+    # (``refuse``). After the loss the client waits backoff_min, then each
+    # failed attempt doubles the delay once: 1, 2, 4, 8, 16 x backoff_min
+    # after connections 1-5 (their upper half jittered). Each failed
+    # attempt once counted twice (the escaped failure left the socket open,
+    # or the loss was counted on reading EOF and again by the redial); and
+    # a CONNACK once reset the count although its attempt then failed, so
+    # a broker failing every attempt just after its CONNACK was redialled
+    # every backoff_min for ever.
     m = 0.2
     accepted: dict[int, float] = {}
     closed: dict[int, float] = {}
@@ -39,6 +41,7 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
         conn.send(connack(0, properties=b""))
         pid = conn.recv_packet()[2:4]  # SUBSCRIBE
         conn.send(b"\x90\x04" + pid + b"\x00\x00")  # SUBACK: no properties, granted QoS 0
+        closed[conn.index] = time.monotonic()
         conn.close()
 
     def too_small(conn: FakeConnection) -> None:
@@ -54,7 +57,7 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
         closed[conn.index] = time.monotonic()
         conn.close()
 
-    broker = fake_broker(subscribed, too_small, refuse)
+    broker = fake_broker(subscribed, too_small, refuse if then == "refuse" else too_small)
     opts = dict(keepalive=0, timeout=WAIT, backoff_min=m, backoff_max=60)
     topic = "a/topic/filter/longer/than/sixteen/bytes"
     if kind == "blocking":
@@ -76,9 +79,11 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
             await a.disconnect()
 
         arun(main())
-    for n, d in ((1, 2 * m), (2, 4 * m), (3, 8 * m), (4, 16 * m)):
+    for n, d in ((0, m), (1, 2 * m), (2, 4 * m), (3, 8 * m), (4, 16 * m)):
         gap = accepted[n + 1] - closed[n]
-        assert d / 2 - 0.05 <= gap < d + 0.1, f"delay after connection {n}: {gap:.2f} s, not {d} s"
+        assert d / 2 - 0.05 <= gap < d + 0.1, (
+            f"delay after connection {n + 1}: {gap:.2f} s, not {d} s"
+        )
 
 
 def clean_start(connect: bytes) -> bool:

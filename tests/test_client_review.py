@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, ProxyFactory, arun
-from fakebroker import CONNECT, DISCONNECT, PUBLISH, SUBSCRIBE, FakeConnection, connack
+from fakebroker import (
+    CONNECT,
+    DISCONNECT,
+    PUBLISH,
+    SUBSCRIBE,
+    FakeConnection,
+    accept_then_close,
+    connack,
+    connack_ok,
+)
 
 from fieldline.mqtt import (
     AsyncClient,
@@ -104,14 +113,7 @@ def test_disconnect_wakes_a_call_waiting_for_a_connection(
     # disconnect() woke the waiters for acks, room in the queue and
     # streams, but not these: they slept out their whole timeout and then
     # raised MQTTTimeout, not ConnectionLost.
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
-
-    broker = fake_broker(accept_then_close)
+    broker = fake_broker(accept_then_close(version))
 
     async def main() -> None:
         c = AsyncClient(
@@ -146,12 +148,7 @@ def test_a_call_after_disconnect_reports_no_stale_failure(
     # NotAuthorized, as if the credentials were wrong now: ``_error`` (why
     # the last connection ended) outlived the connection that succeeded.
     refused = connack(5) if version == 4 else connack(0x87, properties=b"")
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
+    ok = connack_ok(version)
 
     def refuse(conn: FakeConnection) -> None:
         conn.recv_packet()
@@ -162,7 +159,7 @@ def test_a_call_after_disconnect_reports_no_stale_failure(
         conn.recv_packet()
         conn.send(ok)
 
-    broker = fake_broker(accept_then_close, refuse, accept)
+    broker = fake_broker(accept_then_close(version), refuse, accept)
     opts: dict[str, Any] = dict(version=version, keepalive=0, backoff_min=0.05, timeout=WAIT)
     error: BaseException | None = None
     if kind == "blocking":
@@ -211,12 +208,7 @@ def test_connect_after_a_final_loss_under_loop_start(
     # nothing drove the new connection, and every later call raised the
     # old ConnectionLost at once. Now the thread waits for the next
     # connect(), as it does for the first.
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
+    ok = connack_ok(version)
 
     def ack_publishes(conn: FakeConnection) -> None:
         conn.recv_packet()
@@ -227,7 +219,7 @@ def test_connect_after_a_final_loss_under_loop_start(
                 pid = p[4 + int.from_bytes(p[2:4], "big") : 6 + int.from_bytes(p[2:4], "big")]
                 conn.send(b"\x40\x02" + pid)
 
-    broker = fake_broker(accept_then_close, ack_publishes)
+    broker = fake_broker(accept_then_close(version), ack_publishes)
     c = Client(
         broker.host, broker.port, version=version, reconnect=False, keepalive=0, timeout=WAIT
     )
@@ -289,12 +281,7 @@ def test_connect_during_a_reconnect_delay_under_loop_start(
     # it too: the shared poll object raised "concurrent poll() invocation"
     # (RuntimeError) and the loop thread died, leaving the new connection
     # undriven. Now the loop thread stands aside while connect() runs.
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
+    ok = connack_ok(version)
 
     def ack_publishes(conn: FakeConnection) -> None:
         conn.recv_packet()
@@ -306,7 +293,7 @@ def test_connect_during_a_reconnect_delay_under_loop_start(
                 at = 4 + int.from_bytes(p[2:4], "big")
                 conn.send(b"\x40\x02" + p[at : at + 2])
 
-    broker = fake_broker(accept_then_close, ack_publishes)
+    broker = fake_broker(accept_then_close(version), ack_publishes)
     c = Client(broker.host, broker.port, version=version, keepalive=0, backoff_min=60, timeout=WAIT)
     lost = threading.Event()
     c.on_disconnect = lambda error: lost.set()
@@ -329,12 +316,7 @@ def test_a_failed_connect_during_a_reconnect_delay_keeps_reconnecting(
     # once. When that attempt failed (the broker still down), the task was
     # gone for good: the client never reconnected by itself again, and
     # everything waiting for the connection waited in vain.
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
+    ok = connack_ok(version)
 
     def fail(conn: FakeConnection) -> None:
         conn.recv_packet()
@@ -344,7 +326,7 @@ def test_a_failed_connect_during_a_reconnect_delay_keeps_reconnecting(
         conn.recv_packet()
         conn.send(ok)
 
-    broker = fake_broker(accept_then_close, fail, accept)
+    broker = fake_broker(accept_then_close(version), fail, accept)
 
     async def main() -> None:
         c = AsyncClient(
@@ -609,18 +591,13 @@ def test_loop_stop_during_a_reconnect_delay_keeps_reconnecting(
     # thread, and the thread took it for a final loss: it cleared the
     # reconnect plan, so loop() raised "not connected" for good. The race
     # is made certain here by setting _closing at that very point.
-    ok = connack(0, properties=b"" if version == 5 else None)
-
-    def accept_then_close(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(ok)
-        conn.close()
+    ok = connack_ok(version)
 
     def accept(conn: FakeConnection) -> None:
         conn.recv_packet()
         conn.send(ok)
 
-    broker = fake_broker(accept_then_close, accept)
+    broker = fake_broker(accept_then_close(version), accept)
     c = Client(
         broker.host, broker.port, version=version, keepalive=0, backoff_min=0.6, timeout=WAIT
     )
@@ -745,7 +722,7 @@ def test_disconnect_with_refused_properties_still_sends_disconnect(
     # the broker took that for a lost client and published the will, the
     # opposite of what the application asked. Now a plain DISCONNECT still
     # goes out, and disconnect() raises the LocalProtocolError once closed.
-    ok = connack(0, properties=b"" if version == 5 else None)
+    ok = connack_ok(version)
     broker = fake_broker(lambda conn: (conn.recv_packet(), conn.send(ok)))
     opts: dict[str, Any] = dict(
         version=version, keepalive=0, timeout=WAIT, will=Will("review/will", b"gone")
@@ -770,61 +747,6 @@ def test_disconnect_with_refused_properties_still_sends_disconnect(
     conn = broker.connection(0)
     conn.finished.wait(1, WAIT)
     assert [p[0] >> 4 for p in conn.packets] == [CONNECT, DISCONNECT]
-
-
-def test_an_attempt_failing_after_its_connack_still_backs_off(
-    fake_broker: FakeBrokerFactory, kind: str
-) -> None:
-    # MQTT 5.0: after connection 1, the broker accepts each CONNECT with a
-    # Maximum Packet Size too small for the SUBSCRIBE that restores our
-    # subscription, so each attempt fails just after its CONNACK. The
-    # CONNACK reset the backoff before that failure, so the client
-    # reconnected every backoff_min for ever instead of backing off: the
-    # gaps before connections 2, 3, 4 were m, m, m, not m, 2m, 4m.
-    m = 0.2
-    accepted: dict[int, float] = {}
-    closed: dict[int, float] = {}
-
-    def subscribed(conn: FakeConnection) -> None:
-        conn.recv_packet()
-        conn.send(connack(0, properties=b""))
-        pid = conn.recv_packet()[2:4]
-        conn.send(b"\x90\x04" + pid + b"\x00\x00")
-        closed[conn.index] = time.monotonic()
-        conn.close()
-
-    def too_small(conn: FakeConnection) -> None:
-        accepted[conn.index] = time.monotonic()
-        conn.recv_packet()
-        conn.send(connack(0, properties=b"\x27" + (16).to_bytes(4, "big")))
-        closed[conn.index] = time.monotonic()
-        conn.close()
-
-    broker = fake_broker(subscribed, too_small)
-    opts: dict[str, Any] = dict(keepalive=0, backoff_min=m, backoff_max=60, timeout=WAIT)
-    topic_filter = "a/topic/filter/longer/than/sixteen/bytes"
-    if kind == "blocking":
-        c = Client(broker.host, broker.port, **opts)
-        c.connect()
-        c.subscribe(topic_filter)
-        deadline = time.monotonic() + WAIT
-        while broker.accepted.value < 4 and time.monotonic() < deadline:
-            c.loop(0.05)
-        c.disconnect()
-    else:
-
-        async def main() -> None:
-            a = AsyncClient(broker.host, broker.port, **opts)
-            await a.connect()
-            await a.subscribe(topic_filter)
-            await broker.accepted.wait_async(4, WAIT)
-            await a.disconnect()
-
-        arun(main())
-    for n in (1, 2, 3):
-        d = m * (1 << (n - 1))
-        gap = accepted[n] - closed[n - 1]
-        assert d / 2 - 0.05 <= gap < d + 0.1, f"delay before connection {n + 1}: {gap:.2f} s"
 
 
 def test_restoring_many_subscriptions_fits_the_maximum_packet_size(
