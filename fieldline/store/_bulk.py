@@ -202,9 +202,11 @@ def scan(log, visit, strict=False):
                 continue
             batch.append(r)
             if not r[1] & MORE:
-                for kind, flags, key, _, expires, pos, length in batch:
+                for kind, flags, key, value, expires, pos, length in batch:
                     if kind < BASE:
                         visit(kind, flags, key, pos, length, expires)
+                    elif kind == BASE and len(value) == 4:  # older files: empty
+                        log.mark = max(log.mark, struct.unpack("<I", value)[0])
                 batch = []
         num = log.nums[slot]
         if limit is not None and log.tail < limit:  # lost at the end, not torn
@@ -243,14 +245,16 @@ def scan(log, visit, strict=False):
 # -- compaction -----------------------------------------------------------------
 
 
-def compact(log, positions):
+def compact(log, positions, mark=0):
     """Copy the records at ``positions`` (in order) to a new segment, switch
-    to it, delete the old ones; return the records' new positions."""
+    to it, delete the old ones; return the records' new positions. ``mark``
+    (a queue's next sequence number) goes in the new segment's BASE record:
+    the records that held it may all be gone."""
     num = log.nums[-1] + 1
     f = log._open(num, "wb")
     new = []
     try:
-        base = encode(BASE, 0, b"-", b"", 0)
+        base = encode(BASE, 0, b"-", struct.pack("<I", mark) if mark else b"", 0)
         _write(f, base)
         off = len(base)
         for pos in positions:
@@ -386,7 +390,7 @@ def compact_queue(queue):
     """``Queue.compact``: the entries still queued into a fresh segment."""
     pos = queue._pos
     old = [pos[i] for i in range(queue._head, len(pos)) if pos[i] != DEAD]
-    new = compact(queue._log, old)
+    new = compact(queue._log, old, queue._next)
     j = 0
     for i in range(queue._head, len(pos)):
         if pos[i] != DEAD:

@@ -41,6 +41,7 @@ from ._errors import StoreError, StoreFullError
 PUT = 1
 DELETE = 2
 BASE = 3  # first record of a compacted segment: every older segment is superseded
+# (its value: empty, or a queue's next sequence number, u32 little-endian)
 SEAL = 4  # first record of any other segment but the first: where the one before ends
 
 MORE = 1  # flag: the next record belongs to the same batch
@@ -146,6 +147,7 @@ class Log:
 
     closed = False
     retry = 0  # no automatic compaction before the log is this big (one failed)
+    mark = 0  # the owner's number found at open (a queue's next sequence number)
 
     def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:

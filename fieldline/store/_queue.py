@@ -93,6 +93,10 @@ class Queue:
         self._now = clock()
         try:
             bulk().scan(self._log, self._replay)
+            # Where a compaction left no record of the numbers used, its BASE
+            # record keeps the next one: a number is never handed out twice.
+            if self._log.mark > self._next:
+                self._next = self._log.mark
             self._trim()
             self._maybe_compact()
         except BaseException:
