@@ -236,8 +236,11 @@ class Connection(asyncio.Protocol):
             cs.dequeue()
             m = d.message
             if m.expires_at is not None and m.expired(now):
-                cs.expired += 1
-                continue
+                # Interval 0 (3.3.2.3.3): alive only in the first pump after it was
+                # queued, where its delivery starts at once; not after waiting.
+                if not m.at_once or d.pump != cs.pumps:
+                    cs.expired += 1
+                    continue
             if stale and cs.permissions is not None and not cs.permissions.can_read(m.topic):
                 cs.dropped += 1  # no longer readable: another user, a reloaded ACL
                 continue
@@ -257,6 +260,7 @@ class Connection(asyncio.Protocol):
             chunks.append(data)
             sent[d.qos] += 1
             sent_bytes += len(m.payload)
+        cs.pumps += 1  # what an interval 0 message queued before this pump missed expired
         data = s.data_to_send()  # anything else queued (acks, SUBACK)
         if data:
             chunks.append(data)

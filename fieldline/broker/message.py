@@ -13,10 +13,15 @@ _HOP_ONLY = ("topic_alias", "subscription_identifier")
 class Message:
     """A PUBLISH (or a Will) as the broker routes it: ``properties`` without the per-hop
     ones, ``expires_at`` the loop time its Message Expiry Interval runs out (None: never),
-    ``sender`` the publishing client id ("" for the broker itself), ``hops`` how many
-    plug-in ``on_message`` hooks published it in a chain (0: not published by one)."""
+    ``at_once`` True when that interval is 0: it runs out as the message is routed, so
+    it goes only to sessions whose delivery starts then (``Delivery.pump``), ``sender``
+    the publishing client id ("" for the broker itself), ``hops`` how many plug-in
+    ``on_message`` hooks published it in a chain (0: not published by one)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "expires_at", "sender", "hops")
+    __slots__ = (
+        "topic", "payload", "qos", "retain", "properties", "expires_at", "at_once", "sender",
+        "hops",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -36,11 +41,13 @@ class Message:
         self.sender = sender
         self.hops = hops
         self.expires_at: float | None = None
+        self.at_once = False
         if properties:
             properties = {k: v for k, v in properties.items() if k not in _HOP_ONLY}
             interval = properties.pop("message_expiry_interval", None)
             if interval is not None:
                 self.expires_at = now + interval
+                self.at_once = not interval
         self.properties = properties or None
 
     def expired(self, now: float) -> bool:
@@ -52,12 +59,15 @@ class Message:
     ) -> dict[str, Any] | None:
         """The 5.0 properties to forward with at ``now``: the Message Expiry Interval
         lowered by the time spent in the broker (MQTT-3.3.2-6), the subscriber's
-        Subscription Identifiers (MQTT-3.3.4-3). Call only when not ``expired(now)``."""
+        Subscription Identifiers (MQTT-3.3.4-3). Call only when not ``expired(now)``,
+        or for an ``at_once`` message as its delivery starts."""
         props = self.properties
         if self.expires_at is None and not subscription_ids:
             return props
         out = dict(props) if props else {}
-        if self.expires_at is not None:
+        if self.at_once:
+            out["message_expiry_interval"] = 0  # 0 received, no time spent waiting
+        elif self.expires_at is not None:
             out["message_expiry_interval"] = max(1, math.ceil(self.expires_at - now))
         if subscription_ids:
             out["subscription_identifier"] = subscription_ids
@@ -69,9 +79,11 @@ class Delivery:
     the subscription's), with the RETAIN flag ``retain`` and the matching subscriptions'
     identifiers. ``share``: the shared subscription (``$share/...`` filter) it was
     picked for, None for the session's own subscriptions: if the session ends before
-    it is delivered, another member of the group gets it (4.8.2)."""
+    it is delivered, another member of the group gets it (4.8.2). ``pump``: for an
+    ``at_once`` message, the session's ``pumps`` count when it was queued: it may go
+    out only in the first pump after that, its delivery starting at once."""
 
-    __slots__ = ("message", "qos", "retain", "subscription_ids", "share")
+    __slots__ = ("message", "qos", "retain", "subscription_ids", "share", "pump")
 
     def __init__(
         self,
@@ -86,3 +98,4 @@ class Delivery:
         self.retain = retain
         self.subscription_ids = subscription_ids
         self.share = share
+        self.pump = -1

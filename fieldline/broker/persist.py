@@ -346,8 +346,8 @@ class Persistence:
 
     def retain(self, m: Message) -> None:
         """``m`` was published with RETAIN: store it, or (empty payload) remove the
-        retained message of its topic."""
-        if m.payload:
+        retained message of its topic (as ``Router.retain``: also an ``at_once`` one)."""
+        if m.payload and not m.at_once:
             self.ops.append((_PUT_RETAINED, (m.topic, m.payload, m.qos, _props(m.properties),
                                              self._wall(m.expires_at))))  # fmt: skip
         else:

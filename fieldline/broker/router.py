@@ -54,8 +54,10 @@ class Router:
 
     def retain(self, message: Message) -> None:
         """Store a message published with RETAIN 1; an empty payload removes the retained
-        message of its topic (MQTT-3.3.1-5, -6, -7)."""
-        if message.payload:
+        message of its topic (MQTT-3.3.1-5, -6, -7), and so does one whose Message
+        Expiry Interval is 0: it replaces the one before and has expired as it is
+        stored (3.3.2.3.3), so the topic keeps none."""
+        if message.payload and not message.at_once:
             self._retained.put(message)
         else:
             self._retained.remove(message.topic)

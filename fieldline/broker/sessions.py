@@ -46,7 +46,9 @@ class ClientSession:
     under it runs out, for the resend (``sent``, ``refresh_expiry``).
     ``shared``: packet id -> the QoS 1 delivery for a shared subscription sent under it,
     which another member of the group gets if the session ends unacknowledged
-    (``sent_shared``, ``undelivered_shared``)."""
+    (``sent_shared``, ``undelivered_shared``). ``pumps``: how many times its connection
+    tried to hand the queue to the session (``Connection.pump``), to tell a message
+    with a Message Expiry Interval of 0 whether its delivery starts at once."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -70,6 +72,7 @@ class ClientSession:
         self.saved: Saved | None = None
         self.expiry: dict[int, float] = {}
         self.shared: dict[int, Delivery] = {}
+        self.pumps = 0
 
     def set_permissions(self, permissions: Permissions | None) -> None:
         """New rights: another user name on this session, or a reloaded ACL file. What
@@ -82,9 +85,18 @@ class ClientSession:
         kept for an offline client (MQTT 5.0 3.1.2.4 lets the broker choose). Beyond
         ``config.max_queued_messages`` messages or ``config.max_queued_bytes`` payload
         bytes, ``config.queue_policy`` drops the oldest ones or the new one, and counts
-        each; a message larger than the byte limit on its own is always the one dropped."""
-        if self.conn is None and not delivery.qos:
-            return False
+        each; a message larger than the byte limit on its own is always the one dropped.
+        A message with a Message Expiry Interval of 0 is not kept for an offline client
+        (its delivery cannot start before the interval passed: MQTT-3.3.2-5), and
+        counted as expired."""
+        if self.conn is None:
+            if not delivery.qos:
+                return False
+            if delivery.message.at_once:
+                self.expired += 1
+                return False
+        if delivery.message.at_once:
+            delivery.pump = self.pumps  # it goes in the next pump, or never
         q = self.queue
         size = len(delivery.message.payload)
         max_count = config.max_queued_messages
