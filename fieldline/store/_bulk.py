@@ -346,19 +346,33 @@ def query(store, query, limit, sort, keys):
     if limit is not None and (type(limit) is not int or limit < 0):
         raise QueryError("limit must be an int >= 0 or None, not %r" % (limit,))
     need = needles(query)
-    out = []
-    found = _unexpired(store)
-    for key, value in found:
-        for n in need:
-            if n not in value:
-                break
-        else:
-            doc = json.loads(value)
-            if matches(doc, query):
-                out.append((key.decode(), doc))
-                if sort is None and limit is not None and len(out) >= limit:
-                    found.close()  # closes the segment file it has open
-                    break
+    out = []  # type: list
+    stop = sort is None and limit is not None
+    is_live = store._index.live
+    now = store._clock()
+    log = store._log
+    slot = 0
+    while slot < len(log.nums) and not (stop and len(out) >= limit):
+        recs = walk(log, slot)
+        try:
+            for kind, _, key, value, expires, pos, _ in recs:
+                if kind != PUT or not is_live(key, pos) or expires and expires <= now:
+                    continue
+                for n in need:
+                    if n not in value:
+                        break
+                else:
+                    doc = json.loads(value)
+                    if matches(doc, query):
+                        out.append((key.decode(), doc))
+                        if stop and len(out) >= limit:
+                            break
+        finally:
+            # Closes its segment file now: MicroPython never closes a generator
+            # it drops (nor the ones it iterates), so the file would stay open
+            # until a garbage collection.
+            recs.close()
+        slot += 1
     if sort is not None:
         out = order(out, sort)
     if limit is not None:
