@@ -3,16 +3,29 @@ and EMQX: each test names the rule it checks and fails without its fix."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from test_broker import WAIT, Raw, paho_client, paho_wait_connected, running
+from test_broker import WAIT, Raw, paho_client, paho_wait_connected, recv_exact, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import PubAck, Subscription
+from fieldline.mqtt import (
+    ConnAck,
+    Connect,
+    Disconnect,
+    LocalProtocolError,
+    PubAck,
+    Publish,
+    Subscription,
+    Will,
+    decode,
+    encode,
+)
 
 # On uvloop (the default when installed) and on asyncio's own loop.
 pytestmark = pytest.mark.usefixtures("both_event_loops")
@@ -107,3 +120,72 @@ def test_expiry_interval_0_is_not_retained(broker: BrokerThread) -> None:
     assert sub.quiet()
     sub.close()
     pub.close()
+
+
+# -- Response Topic with wildcards (MQTT-3.3.2-14) ---------------------------------------
+
+
+def _connect(port: int, connect: Connect) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(encode(connect, 5))
+    return sock
+
+
+def _read_packet(sock: socket.socket) -> Any:
+    """The next whole packet from ``sock``, decoded (5.0); None at EOF."""
+    head = recv_exact(sock, 2)
+    if not head:
+        return None
+    data, n, shift, i = head, head[1] & 0x7F, 7, 1
+    while data[i] & 0x80:  # a longer Remaining Length
+        data += recv_exact(sock, 1)
+        i += 1
+        n |= (data[i] & 0x7F) << shift
+        shift += 7
+    data += recv_exact(sock, n)
+    return decode(data, 5)
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+@pytest.mark.parametrize("response_topic", ["reply/+", "reply/#"])
+def test_publish_with_a_wildcard_response_topic_is_a_protocol_error(
+    broker: BrokerThread, qos: int, response_topic: str
+) -> None:
+    # MQTT-3.3.2-14: the Response Topic MUST NOT contain wildcards. Our codec does
+    # not check it (raw bytes here: our client would not send it); the broker
+    # answers DISCONNECT 0x82 Protocol Error, as Mosquitto does
+    # (mosquitto_property_check_all), and routes nothing.
+    sub = Raw(broker.port, "sub")
+    sub.subscribe(Subscription("req/#", 1))
+    sock = _connect(broker.port, Connect("pub", protocol_level=5))
+    with sock:
+        assert _read_packet(sock).reason_code == 0
+        props = {"response_topic": response_topic, "correlation_data": b"1"}
+        bad = Publish("req/x", b"q", qos, packet_id=qos or None, properties=props)
+        sock.sendall(encode(bad, 5))
+        answer = _read_packet(sock)
+        assert isinstance(answer, Disconnect) and answer.reason_code == 0x82
+        assert _read_packet(sock) is None  # then closed
+    assert sub.quiet()
+    sub.close()
+
+
+def test_will_with_a_wildcard_response_topic_is_refused(broker: BrokerThread) -> None:
+    # The Will Properties hold a Response Topic as a PUBLISH does (3.1.3.2.5,
+    # MQTT-3.3.2-14): CONNACK 0x82 Protocol Error, the connection closed, and no
+    # Will is ever published.
+    sub = Raw(broker.port, "sub")
+    sub.subscribe(Subscription("will/#", 1))
+    will = Will("will/x", b"gone", 1, properties={"response_topic": "reply/#"})
+    with _connect(broker.port, Connect("w", will=will, protocol_level=5)) as sock:
+        connack = _read_packet(sock)
+        assert isinstance(connack, ConnAck) and connack.reason_code == 0x82
+        assert _read_packet(sock) is None
+    assert sub.quiet()
+    assert broker.call(broker.broker.stats)["sessions"] == 1  # sub's only
+    sub.close()
+
+
+def test_broker_publish_refuses_a_wildcard_response_topic(broker: BrokerThread) -> None:
+    with pytest.raises(LocalProtocolError):
+        broker.call(broker.broker.publish, "req/x", b"q", 1, False, {"response_topic": "reply/+"})

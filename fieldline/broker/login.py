@@ -23,6 +23,7 @@ from .acl import Acl
 from .config import ConfigError
 from .hooks import AUTH, AUTHENTICATE, CONTINUE_AUTHENTICATION, SERVER_UNAVAILABLE, Verdict
 from .logs import fields
+from .message import wildcard_response_topic
 from .passwords import BAD_USER_NAME_OR_PASSWORD, NOT_AUTHORIZED, OK, Passwords
 from .tls import peer_certificate
 
@@ -35,6 +36,7 @@ log = logging.getLogger("fieldline.broker")
 _MQTT5 = 5
 _RE_AUTHENTICATE = 0x19
 _BAD_AUTHENTICATION_METHOD = 0x8C
+_PROTOCOL_ERROR = 0x82
 _SERVER_UNAVAILABLE = 0x88  # 3.1.1 return code 3
 _QUOTA_EXCEEDED = 0x97
 _CLIENT_IDENTIFIER_NOT_VALID = 0x85  # 3.1.1 return code 2, identifier rejected
@@ -49,6 +51,7 @@ _REFUSALS = {
     NOT_AUTHORIZED: "not authorized",
     SERVER_UNAVAILABLE: "server unavailable",
     _BAD_AUTHENTICATION_METHOD: "bad authentication method",
+    _PROTOCOL_ERROR: "protocol error (a wildcard in its Will's Response Topic)",
 }
 
 
@@ -122,6 +125,11 @@ class Login:
         hash or an enhanced authentication exchange has answered (the connection
         waits, its later packets unread)."""
         s = conn.session
+        if p.will is not None and wildcard_response_topic(p.will.properties):
+            # The Will's Response Topic is one as a PUBLISH's is (3.1.3.2.5): no
+            # wildcards (MQTT-3.3.2-14), a Protocol Error answered in the CONNACK.
+            self._refuse(conn, p, _PROTOCOL_ERROR)
+            return
         limit = self.broker.config.max_connections
         if limit and len(self.broker.connections) > limit:  # this connection is one of them
             self.broker.refused_connections += 1

@@ -10,6 +10,13 @@ from typing import Any
 _HOP_ONLY = ("topic_alias", "subscription_identifier")
 
 
+def wildcard_response_topic(properties: dict[str, Any] | None) -> bool:
+    """True if ``properties`` (of a PUBLISH or a Will) hold a Response Topic with a
+    wildcard: MQTT-3.3.2-14 forbids it, it is a topic name (3.3.2.3.5)."""
+    topic = properties.get("response_topic") if properties else None
+    return topic is not None and ("+" in topic or "#" in topic)
+
+
 class Message:
     """A PUBLISH (or a Will) as the broker routes it: ``properties`` without the per-hop
     ones, ``expires_at`` the loop time its Message Expiry Interval runs out (None: never),

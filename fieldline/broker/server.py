@@ -49,7 +49,7 @@ from .hooks import (
 from .limits import TokenBucket
 from .login import Login
 from .logs import fields
-from .message import Delivery, Message
+from .message import Delivery, Message, wildcard_response_topic
 from .metrics import MetricsServer
 from .passwords import Passwords
 from .persist import Persistence
@@ -74,6 +74,7 @@ _MQTT5 = 5
 _NO_MATCHING_SUBSCRIBERS = 0x10
 _NO_SUBSCRIPTION_EXISTED = 0x11
 _UNSPECIFIED_ERROR = 0x80
+_PROTOCOL_ERROR = 0x82
 _NOT_AUTHORIZED = 0x87
 _CLOSED = 3  # Session.state after a refusing 3.1.1 ack
 _SERVER_SHUTTING_DOWN = 0x8B
@@ -281,8 +282,11 @@ class Broker:
         ``on_message`` hook, the message is routed once the one being notified is
         (not inside it: no recursion), and a chain of such publishes longer than
         ``MAX_HOOK_HOPS`` is dropped with a warning (a plug-in that hears its own
-        messages would loop)."""
+        messages would loop). Raises LocalProtocolError (0x82) for a Response Topic
+        with a wildcard (MQTT-3.3.2-14)."""
         validate_topic_name(topic)
+        if wildcard_response_topic(properties):
+            raise LocalProtocolError(_PROTOCOL_ERROR, "a Response Topic has no wildcards")
         hops = _HOOK_HOPS.get()
         if hops > MAX_HOOK_HOPS:
             log.warning("broker.publish() to %r from an on_message hook, %d deep: dropped, "
@@ -460,6 +464,14 @@ class Broker:
     def on_publish(self, conn: Connection, p: Publish) -> None:
         cs = conn.client
         assert cs is not None  # the session delivers PUBLISH only once connected
+        if wildcard_response_topic(p.properties):
+            # MQTT-3.3.2-14: a MUST broken, a Protocol Error (4.13); the codec does not
+            # check it. Mosquitto answers so too (mosquitto_property_check_all).
+            log.info("%s client id %r: PUBLISH to %r with a wildcard in its Response "
+                     "Topic: protocol error", conn.peer, cs.client_id, p.topic,
+                     extra=fields(conn, topic=p.topic, reason_code=_PROTOCOL_ERROR))  # fmt: skip
+            conn.close(_PROTOCOL_ERROR)
+            return
         now = self.loop.time()
         rate = self.config.max_publish_rate
         if rate:
