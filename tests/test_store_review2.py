@@ -13,10 +13,11 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fieldline.store import Queue, StoreFullError
+from fieldline.store import QueryError, Queue, Store, StoreFullError
 
 
 def segment_names(folder: Path) -> list[str]:
@@ -236,3 +237,60 @@ def test_a_full_medium_can_still_drain_the_queue_on_micropython(
     with Queue(folder, segment_size=4096, max_entries=100000) as q:
         assert [s for s, _ in q.peek(len(seqs) + 1)] == seqs[half:] + [seqs[-1] + 1]
         assert q.stats()["damaged"] == []
+
+
+# -- 4. the seed database's API: per-item TTLs in put_batch, $limit in a query ----------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_put_batch_takes_a_ttl_per_item(tmp_path: Path) -> None:
+    clock = Clock()
+    with Store(tmp_path / "kv", clock=clock) as s:
+        keys = s.put_batch([{"n": 1}, {"n": 2}, {"n": 3}], ttls=[60, None, 600])
+        assert s.put_batch({"a": 1, "b": 2}, ttls=[30, 90]) == ["a", "b"]
+        clock.now += 61
+        assert s.get_batch([*keys, "a", "b"]) == [None, {"n": 2}, {"n": 3}, None, 2]
+        clock.now += 600
+        assert s.get_batch(keys) == [None, {"n": 2}, None]
+    with Store(tmp_path / "kv", clock=clock) as s:  # expiry times were written
+        assert s.list() == [keys[1]]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"ttls": [60]},  # one short
+        {"ttls": [60, 60, 60]},  # one too many
+        {"ttls": [60, 60], "ttl": 60},  # both
+        {"ttls": [60, -1]},
+    ],
+)
+def test_put_batch_refuses_ttls_that_do_not_fit_and_writes_nothing(args: dict[str, Any]) -> None:
+    s = Store()
+    with pytest.raises(ValueError):
+        s.put_batch({"a": 1, "b": 2}, **args)
+    assert len(s) == 0 and s.stats()["file_bytes"] == 0
+
+
+def test_a_query_takes_its_limit_as_dollar_limit() -> None:
+    s = Store()
+    s.put_batch([{"status": "active", "n": i} for i in range(5)] + [{"status": "idle"}])
+    q: dict[str, Any] = {"status": "active", "$limit": 2}
+    assert s.query(q) == [{"status": "active", "n": 0}, {"status": "active", "n": 1}]
+    assert q == {"status": "active", "$limit": 2}  # the caller's dict is left alone
+    assert s.query({"$limit": 0}) == []
+    assert len(s.query({"status": "active", "$limit": 9}, sort="-n")) == 5
+    with pytest.raises(QueryError, match="limit"):
+        s.query({"$limit": 2}, limit=2)  # twice is once too many
+    for bad in (-1, "2", 2.0, None, True):
+        with pytest.raises(QueryError, match="limit"):
+            s.query({"$limit": bad})
+    with pytest.raises(QueryError, match="unknown operator"):
+        s.query({"$or": [{"$limit": 1}]})  # only at the top

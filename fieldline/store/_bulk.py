@@ -415,6 +415,12 @@ def query(store, query, limit, sort, keys):
 
     if query is None:
         query = {}
+    if isinstance(query, dict) and "$limit" in query:  # the limit, in the query
+        query = dict(query)
+        n = query.pop("$limit")
+        if limit is not None or n is None:
+            raise QueryError("$limit wants an int >= 0, and no limit=")
+        limit = n
     check(query)
     if limit is not None and (type(limit) is not int or limit < 0):
         raise QueryError("limit must be an int >= 0 or None, not %r" % (limit,))

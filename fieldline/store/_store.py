@@ -190,16 +190,24 @@ class Store:
         self._write([(DELETE, 0, k, b"", 0)], "deletion of key %r" % key)
         return True
 
-    def put_batch(self, items, ttl=None):
+    def put_batch(self, items, ttl=None, ttls=None):
         """Store many values in one write that lands whole or not at all:
         ``items`` is a dict of key -> value, or a list of values (keys are
-        made up). Returns the keys."""
-        expires = self._expires(ttl)
+        made up). ``ttls``: a TTL per item (None: none), in the order of
+        ``items``, instead of ``ttl`` for all. Returns the keys."""
         if isinstance(items, dict):  # an OrderedDict too: a board's ordered batch
             pairs = list(items.items())
         else:
             pairs = [(self._new_key(), v) for v in items]
-        records = [(PUT, 0, _key(k), self._dump(k, v), expires) for k, v in pairs]
+        if ttls is None:
+            ttls = [ttl] * len(pairs)
+        elif ttl is not None or len(ttls) != len(pairs):
+            raise ValueError("ttls wants one TTL per item, and no ttl")
+        now = self._clock()
+        records = [
+            (PUT, 0, _key(pairs[i][0]), self._dump(*pairs[i]), expiry(now, ttls[i]))
+            for i in range(len(pairs))
+        ]
         if records:
             self._write(records, "batch of %d records" % len(records))
         return [k for k, _ in pairs]

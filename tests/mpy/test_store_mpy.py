@@ -109,6 +109,17 @@ def test_batches_and_queries():
     _rm(path)
 
 
+def test_put_batch_ttls_and_dollar_limit():
+    clock = Clock()
+    s = Store(None, clock=clock)
+    keys = s.put_batch([{"n": 1, "on": True}, {"n": 2, "on": True}], ttls=[10, None])
+    raises(ValueError, s.put_batch, [1, 2], ttls=[10])
+    assert s.query({"on": True, "$limit": 1}) == [{"n": 1, "on": True}]
+    clock.now += 11
+    assert s.get_batch(keys) == [None, {"n": 2, "on": True}]
+    raises(QueryError, s.query, {"$limit": 1}, limit=1)
+
+
 def test_put_batch_in_order_with_an_ordered_dict():
     # The way to a batch in a chosen order where dicts keep none; it used to
     # be taken for a list of values (its keys stored under made-up keys).
