@@ -185,32 +185,55 @@ def test_a_full_medium_in_one_segment_drains_once_everything_is_acked(small_fs: 
         assert q.ack(seqs[0]) == 0
 
 
-def test_a_drop_cut_short_by_a_crash_is_finished_at_open(small_fs: Path, tmp_path: Path) -> None:
-    # A crash after the file that commits the drop is made, before the
-    # segments are deleted: the reopen deletes them, and neither brings the
-    # acknowledged entries back nor reports them lost.
+def test_every_state_a_crash_leaves_during_a_drop_opens_the_same(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    # A drop makes its .cut file, then deletes the segments oldest first, then
+    # the previous .cut file. A crash before the .cut file leaves the queue
+    # as it was; after it, at any point, the reopen must finish the drop:
+    # the entries of the dropped segments gone (not back, not reported
+    # lost), every other entry there, numbering above every number used.
+    opts: dict[str, Any] = {"segment_size": 4096, "max_entries": 100000}
     folder = small_fs / "q"
-    q = Queue(folder, segment_size=4096, max_entries=100000)
+    q = Queue(folder, **opts)
     seqs = fill(q)
-    saved = tmp_path / "saved"
-    shutil.copytree(folder, saved)
-    half = seqs[: len(seqs) // 2]
-    q.ack(half)
+    q.ack(seqs[: len(seqs) // 4])  # a first drop: its .cut file is the previous one
+    seqs += fill(q)
+    before = tmp_path / "before"
+    shutil.copytree(folder, before)
+    queued = [s for s, _ in q.peek(len(seqs))]
+    q.ack(queued[: len(queued) // 2])
+    left = [s for s, _ in q.peek(len(seqs))]
     q.close()
-    cuts = [n for n in os.listdir(folder) if n.endswith(".cut")]
-    assert len(cuts) == 1
-    gone = sorted(set(segment_names(saved)) - set(segment_names(folder)))
-    assert gone
-    # The files as that crash leaves them: the tmpfs has no room for the
-    # deleted segments, so the reopen is on a copy in a plain folder.
-    big = tmp_path / "big"
-    shutil.copytree(folder, big)
-    for name in gone:
-        shutil.copy(saved / name, big / name)
-    with Queue(big, segment_size=4096, max_entries=100000) as q:
-        assert [s for s, _ in q.peek(len(seqs))] == seqs[len(half) :]
-        assert q.stats()["damaged"] == []
-    assert segment_names(big) == segment_names(folder)
+    old_cut = [n for n in os.listdir(before) if n.endswith(".cut")]
+    (cut,) = [n for n in os.listdir(folder) if n.endswith(".cut")]
+    assert len(old_cut) == 1 and old_cut != [cut]
+    dropped = sorted(set(segment_names(before)) - set(segment_names(folder)))
+    assert len(dropped) >= 2
+    # The states, on plain folders: the tmpfs has no room for the dropped segments.
+    cases = []
+    for k in range(len(dropped) + 1):  # .cut made, k segments deleted
+        case = tmp_path / f"deleted{k}"
+        shutil.copytree(before, case)
+        (case / cut).touch()
+        for name in dropped[:k]:
+            os.remove(case / name)
+        cases.append(case)
+    os.remove(cases[-1] / old_cut[0])  # and the previous .cut file too
+    results = []
+    for case in cases:
+        with Queue(case, **opts) as q:
+            got = [s for s, _ in q.peek(len(seqs))]
+            assert q.stats()["damaged"] == [], case
+            results.append((got, q.append(b"n")))
+        assert sorted(n for n in os.listdir(case) if n.endswith(".cut")) == [cut]
+        assert not set(dropped) & set(segment_names(case))
+    got, nxt = results[0]
+    assert all(r == results[0] for r in results), results
+    assert set(left) <= set(got) < set(queued) and got == sorted(got)
+    assert nxt == max(seqs) + 1
+    with Queue(before, **opts) as q:  # a crash before the .cut file: nothing went
+        assert [s for s, _ in q.peek(len(seqs))] == queued
 
 
 def test_a_full_medium_can_still_drain_the_queue_on_micropython(
