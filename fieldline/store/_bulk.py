@@ -1,5 +1,6 @@
 """Passes over the whole record log: recovery at open, compaction, and
-reading every record in file order (the store's list, query and cleanup).
+reading every record in file order (the store's list, query and cleanup);
+and the queue's way out of a full medium, deleting whole segments.
 
 Point operations (put, get, delete; append, peek, ack) need only ``_log``,
 ``_index`` and the ``Store``/``Queue`` classes. These passes run now and
