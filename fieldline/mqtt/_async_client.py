@@ -236,8 +236,8 @@ class AsyncClient(BaseClient):
             # escaped with the transport open, and was counted again when
             # _io() found that connection dead.
             await self._flush()
-        except BaseException:
-            await self._close(None)
+        except BaseException as e:
+            await self._close(self._failed(e))
             raise
         self._attempt = 0  # this attempt succeeded: the backoff starts over
         self._up.set()

@@ -157,10 +157,10 @@ class Client(BaseClient):
             # broker's Maximum Packet Size, or not written): the attempt
             # failed, is closed here and counted once by _redial().
             self._flush()
-        except BaseException:
+        except BaseException as e:
             if self._sock is not sock:  # not attached yet
                 sock.close()
-            self._close(None)
+            self._close(self._failed(e))
             raise
         self._retry_at = 0
         self._attempt = 0  # this attempt succeeded: the backoff starts over

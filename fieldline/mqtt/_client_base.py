@@ -465,6 +465,14 @@ class BaseClient(Inbox):
                 self.session.disconnect()  # raises too if no DISCONNECT may go now
             return e
 
+    def _failed(self, e):
+        # _open() failed with ``e``: the error to close with. None (the
+        # application closed it) only if no CONNACK accepted the connection,
+        # else on_disconnect would hear of a failed attempt as a clean close.
+        if not self._was_up:
+            return None
+        return e if isinstance(e, Exception) else ConnectionLost(0x80, "connecting interrupted")
+
     def _closed(self, error):
         # The adapter closed the connection; ``error``: why it ended (None
         # when the application closed it), for on_disconnect if it was up.
@@ -473,8 +481,8 @@ class BaseClient(Inbox):
         self.session.connection_lost(self._now())
         if error is not None:
             self._error = error
-            if was_up and self.on_disconnect is not None:
-                self._call(self.on_disconnect, error)
+        if was_up and self.on_disconnect is not None:
+            self._call(self.on_disconnect, error)
 
     # -- what comes in --------------------------------------------------------
 
