@@ -4,7 +4,10 @@ and EMQX: each test names the rule it checks and fails without its fix."""
 from __future__ import annotations
 
 import socket
+import sqlite3
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,3 +192,110 @@ def test_will_with_a_wildcard_response_topic_is_refused(broker: BrokerThread) ->
 def test_broker_publish_refuses_a_wildcard_response_topic(broker: BrokerThread) -> None:
     with pytest.raises(LocalProtocolError):
         broker.call(broker.broker.publish, "req/x", b"q", 1, False, {"response_topic": "reply/+"})
+
+
+# -- Shared subscriptions across a restart (4.8.2) ---------------------------------------
+
+
+def test_shared_member_ending_after_a_restart_hands_on_what_the_file_held(
+    tmp_path: Path,
+) -> None:
+    # 4.8.2: a member whose session ends hands the group its queued messages and its
+    # unacknowledged QoS 1 ones. Those loaded from the persistence file after a
+    # restart were not marked as a shared subscription's, and were lost.
+    options: dict[str, Any] = {"persistence": str(tmp_path / "b.db")}
+    props = {"session_expiry_interval": 60}
+    sent = [b"%d" % i for i in range(4)]
+    with BrokerThread(**options) as broker:
+        here = Raw(broker.port, "here", properties=props)
+        here.subscribe(Subscription("$share/g/jobs", 1))
+        here.close()
+        away = Raw(broker.port, "away", auto_flush=False, receive_maximum=1, properties=props)
+        away.subscribe(Subscription("$share/g/jobs", 1))
+        away.flush()
+        wait_for(broker, "connected", 1)
+        _publish(broker, "jobs", sent, 1)  # all to the member online: away
+        (in_flight,) = away.messages(1)  # never acknowledged
+        wait_for(broker, "queued", 3)
+    away.close()
+    with BrokerThread(**options) as broker:
+        here = Raw(broker.port, "here", clean_start=False, properties=props)
+        assert here.connack.session_present
+        assert here.quiet()  # away's session lasts: its messages wait for it
+        gone = Raw(broker.port, "away")  # clean start: away's session ends now
+        got = [m.payload for m in here.messages(4)]
+        assert sorted(got) == sent
+        assert in_flight.payload in got
+        assert here.quiet()
+        assert gone.quiet()
+        here.close()
+        gone.close()
+
+
+def test_shared_member_whose_session_expired_while_the_broker_was_down_hands_on(
+    tmp_path: Path,
+) -> None:
+    # The same when the member's session ran out while the broker was down: the
+    # start that finds it gone hands its messages to the group.
+    options: dict[str, Any] = {"persistence": str(tmp_path / "b.db")}
+    sent = [b"%d" % i for i in range(4)]
+    with BrokerThread(**options) as broker:
+        for client_id, expiry in (("here", 60), ("away", 1)):
+            c = Raw(broker.port, client_id, properties={"session_expiry_interval": expiry})
+            c.subscribe(Subscription("$share/g/jobs", 1))
+            c.close()
+        wait_for(broker, "connected", 0)
+        _publish(broker, "jobs", sent, 1)  # both offline: two queued for each
+        wait_for(broker, "queued", 4)
+    time.sleep(1.1)  # what is under test is time passing: away's session runs out
+    with BrokerThread(**options) as broker:
+        assert broker.call(broker.broker.stats)["sessions"] == 1
+        here = Raw(
+            broker.port, "here", clean_start=False, properties={"session_expiry_interval": 60}
+        )
+        assert sorted(m.payload for m in here.messages(4)) == sent
+        assert here.quiet()
+        here.close()
+
+
+def _publish(broker: BrokerThread, topic: str, payloads: list[bytes], qos: int) -> None:
+    for payload in payloads:
+        broker.call(broker.broker.publish, topic, payload, qos)
+
+
+def test_a_file_of_schema_1_is_brought_to_schema_2(tmp_path: Path) -> None:
+    # Schema 2 adds the shared subscription of queued and in-flight messages: a file
+    # written before it loads, with what it held, and is written on as schema 2.
+    db = tmp_path / "b.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+            CREATE TABLE queue(
+                client_id TEXT, seq INT, topic TEXT, payload BLOB, qos INT, retain INT,
+                props TEXT, expires REAL, sids TEXT, PRIMARY KEY(client_id, seq));
+            CREATE TABLE inflight(
+                client_id TEXT, packet_id INT, ord INT, state INT, topic TEXT, payload BLOB,
+                qos INT, retain INT, props TEXT, PRIMARY KEY(client_id, packet_id));
+            CREATE TABLE sessions(
+                client_id TEXT PRIMARY KEY, expiry INT, lost REAL, username TEXT,
+                next_id INT, dropped INT, expired INT, rate_limited INT);
+            CREATE TABLE subscriptions(
+                client_id TEXT, filter TEXT, qos INT, no_local INT, rap INT, rh INT, sid INT,
+                PRIMARY KEY(client_id, filter)) WITHOUT ROWID;
+            INSERT INTO meta VALUES('schema', 1);
+            INSERT INTO sessions VALUES('old', 3600, NULL, NULL, 0, 0, 0, 0);
+            INSERT INTO subscriptions VALUES('old', 'a/#', 1, 0, 0, 0, 0);
+            INSERT INTO queue VALUES('old', 0, 'a/b', X'6b657074', 1, 0, NULL, NULL, NULL);
+            """
+        )
+    conn.close()
+    with BrokerThread(persistence=str(db)) as broker:
+        back = Raw(
+            broker.port, "old", clean_start=False, properties={"session_expiry_interval": 60}
+        )
+        assert [m.payload for m in back.messages(1)] == [b"kept"]
+        back.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (2,)
+    conn.close()

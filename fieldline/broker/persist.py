@@ -3,11 +3,13 @@
 What is kept: retained messages; and for each persistent session (3.1.1 clean session
 0, 5.0 Session Expiry Interval above 0) its subscriptions, its expiry deadline, the
 QoS 1/2 messages queued for it and those in flight to it (packet id, PUBLISH or PUBREL
-state), and the ids of QoS 2 messages it sent that were accepted and not yet released;
-and the Will of every connection that has one, until it is published or discarded,
-so that a broker that stops or dies with clients connected publishes their Wills when
-it starts again (``wills``; a Will waiting for its delay keeps its deadline). QoS 0
-messages are not kept. Times are stored as wall-clock deadlines
+state; for both, the shared subscription it was picked for, which its group's other
+members inherit if the session ends: ``_shared_rows`` at load), and the ids of QoS 2
+messages it sent that were accepted and not yet released; and the Will of every
+connection that has one, until it is published or discarded, so that a broker that
+stops or dies with clients connected publishes their Wills when it starts again
+(``wills``; a Will waiting for its delay keeps its deadline). QoS 0 messages are not
+kept. Times are stored as wall-clock deadlines
 (``time.time()``), so a Message Expiry Interval or a Session Expiry Interval keeps
 running while the broker is down.
 
@@ -63,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fieldline.broker")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _NEVER = 0xFFFFFFFF
 _PUBLISH = 3
 
@@ -79,10 +81,10 @@ CREATE TABLE IF NOT EXISTS subscriptions(
     PRIMARY KEY(client_id, filter)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS queue(
     client_id TEXT, seq INT, topic TEXT, payload BLOB, qos INT, retain INT, props TEXT,
-    expires REAL, sids TEXT, PRIMARY KEY(client_id, seq));
+    expires REAL, sids TEXT, share TEXT, PRIMARY KEY(client_id, seq));
 CREATE TABLE IF NOT EXISTS inflight(
     client_id TEXT, packet_id INT, ord INT, state INT, topic TEXT, payload BLOB, qos INT,
-    retain INT, props TEXT, PRIMARY KEY(client_id, packet_id));
+    retain INT, props TEXT, share TEXT, PRIMARY KEY(client_id, packet_id));
 CREATE TABLE IF NOT EXISTS rx2(
     client_id TEXT, packet_id INT, PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wills(
@@ -95,9 +97,9 @@ _DEL_RETAINED = "DELETE FROM retained WHERE topic=?"
 _PUT_SESSION = "INSERT OR REPLACE INTO sessions VALUES(?,?,?,?,?,?,?,?)"
 _PUT_SUB = "INSERT OR REPLACE INTO subscriptions VALUES(?,?,?,?,?,?,?)"
 _DEL_SUB = "DELETE FROM subscriptions WHERE client_id=? AND filter=?"
-_PUT_QUEUED = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,?)"
+_PUT_QUEUED = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,?,?)"
 _DEL_QUEUED = "DELETE FROM queue WHERE client_id=? AND seq<?"
-_PUT_INFLIGHT = "INSERT OR REPLACE INTO inflight VALUES(?,?,?,?,?,?,?,?,?)"
+_PUT_INFLIGHT = "INSERT OR REPLACE INTO inflight VALUES(?,?,?,?,?,?,?,?,?,?)"
 _DEL_INFLIGHT = "DELETE FROM inflight WHERE client_id=? AND packet_id=?"
 _PUT_RX2 = "INSERT OR REPLACE INTO rx2 VALUES(?,?)"
 _DEL_RX2 = "DELETE FROM rx2 WHERE client_id=? AND packet_id=?"
@@ -107,6 +109,8 @@ _DEL_WILL = "DELETE FROM wills WHERE client_id=?"
 _SESSION_TABLES = ("sessions", "subscriptions", "queue", "inflight", "rx2")
 _TABLES = ("meta", "retained", *_SESSION_TABLES, "wills")
 _DEL_CLIENT = [f"DELETE FROM {table} WHERE client_id=?" for table in _SESSION_TABLES]
+# Schema 1 -> 2: the shared subscription a queued or in-flight message was picked for.
+_MIGRATE_1 = [f"ALTER TABLE {table} ADD COLUMN share TEXT" for table in ("queue", "inflight")]
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -225,6 +229,10 @@ class Persistence:
             if statement.strip():
                 db.execute(statement)
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is not None and row[0] == 1:  # an older broker's file: add what it lacks
+            for statement in _MIGRATE_1:
+                db.execute(statement)
+            row = None
         if row is None:
             db.execute(_PUT_META, ("schema", SCHEMA_VERSION))
         elif row[0] != SCHEMA_VERSION:
@@ -251,10 +259,12 @@ class Persistence:
         broker.refused_connections = int(row[0]) if row else 0
         sessions = db.execute("SELECT * FROM sessions").fetchall()
         gone = 0
+        handoff: list[Delivery] = []  # of sessions that ended while the broker was down
         for cid, expiry, lost, username, next_id, dropped, expired, limited in sessions:
             # A session connected when the broker died counts as lost now.
             lost = wall if lost is None else lost
             if expiry != _NEVER and lost + expiry <= wall:
+                handoff += self._shared_rows(db, cid, now, wall)
                 for statement in _DEL_CLIENT:
                     db.execute(statement, (cid,))
                 gone += 1
@@ -272,6 +282,8 @@ class Persistence:
             will = Will(topic, payload, qos, bool(retain), _unprops(props))
             self.wills[cid] = (will, username, due)
         db.execute("COMMIT")
+        if handoff:  # each to another member of its group, as _end_session does (4.8.2)
+            broker._reroute(handoff)
         self.loaded = {
             "sessions": len(broker.sessions),
             "retained": len(router.retained),
@@ -303,16 +315,13 @@ class Persistence:
             entry = Entry(Subscription(f, qos, bool(no_local), bool(rap), rh), sid)
             broker.router.subscribe(cid, entry)
             cs.subscriptions[f] = entry
-        q = "SELECT seq, topic, payload, qos, retain, props, expires, sids FROM queue "
+        q = "SELECT seq, topic, payload, qos, retain, props, expires, sids, share FROM queue "
         rows = db.execute(q + "WHERE client_id=? ORDER BY seq", (cid,)).fetchall()
         wall = time.time()
-        for _seq, topic, payload, qos, retain, props, expires, sids in rows:
-            m = Message(topic, payload, qos, bool(retain), _unprops(props), now)
-            if expires is not None:
-                m.expires_at = now + (expires - wall)
-            ids = [int(i) for i in sids.split(",")] if sids else []
-            cs.queue.append(Delivery(m, qos, bool(retain), ids))
-            cs.queued_bytes += len(payload)
+        for row in rows:
+            d = _delivery(row[1:], now, wall)
+            cs.queue.append(d)
+            cs.queued_bytes += len(d.message.payload)
         first = rows[0][0] if rows else 0
         if rows and rows[-1][0] - first + 1 != len(rows):  # never written so: renumber
             db.execute("DELETE FROM queue WHERE client_id=?", (cid,))
@@ -323,13 +332,16 @@ class Persistence:
         cs.seq_head, cs.seq_tail = first, first + len(rows)
         # The ACL file may have changed while the broker was down: check the queue again.
         cs.set_permissions(None if acl is None else acl.permissions(username, cid))
-        q = "SELECT packet_id, ord, state, topic, payload, qos, retain, props FROM inflight "
-        for pid, order, state, topic, payload, qos, retain, props in db.execute(
+        q = "SELECT packet_id, ord, state, topic, payload, qos, retain, props, share FROM inflight "
+        for pid, order, state, topic, payload, qos, retain, props, share in db.execute(
             q + "WHERE client_id=? ORDER BY ord", (cid,)
         ):
             if state == _PUBLISH:
                 # Sent before: a resend carries DUP (MQTT-3.3.1-1, MQTT-4.4.0-1).
                 p: Any = Publish(topic, payload, qos, bool(retain), True, pid, _unprops(props))
+                if share is not None:  # a shared subscription's QoS 1 one (sent_shared)
+                    row = (topic, payload, qos, retain, props, None, None, share)
+                    cs.shared[pid] = _delivery(row, now, wall)
             else:
                 p = PubRel(pid)
             s._msgs[pid] = p
@@ -341,6 +353,20 @@ class Persistence:
             sv.rx2.add(pid)
         cs.saved = sv
         return cs
+
+    def _shared_rows(
+        self, db: sqlite3.Connection, cid: str, now: float, wall: float
+    ) -> list[Delivery]:
+        """What the session ``cid``, ended, had not completed for shared subscriptions,
+        as ``ClientSession.undelivered_shared`` finds it in memory: its QoS 1 ones in
+        flight, then those queued."""
+        q = ("SELECT topic, payload, qos, retain, props, NULL, NULL, share FROM inflight "
+             "WHERE client_id=? AND state=? AND share IS NOT NULL ORDER BY ord")  # fmt: skip
+        rows = db.execute(q, (cid, _PUBLISH)).fetchall()
+        q = ("SELECT topic, payload, qos, retain, props, expires, sids, share FROM queue "
+             "WHERE client_id=? AND share IS NOT NULL ORDER BY seq")  # fmt: skip
+        rows += db.execute(q, (cid,)).fetchall()
+        return [_delivery(row, now, wall) for row in rows]
 
     # -- changes, from the broker ---------------------------------------------------
 
@@ -514,7 +540,8 @@ class Persistence:
                 m = d.message
                 ids = ",".join(map(str, d.subscription_ids)) or None
                 ops.append((_PUT_QUEUED, (cid, seq, m.topic, m.payload, d.qos, int(d.retain),
-                            _props(m.properties), self._wall(m.expires_at), ids)))  # fmt: skip
+                            _props(m.properties), self._wall(m.expires_at), ids,
+                            d.share)))  # fmt: skip
         sv.tail = tail
         # In flight: by packet id; a new object under an id is a new state of it.
         msgs = s._msgs
@@ -531,10 +558,14 @@ class Persistence:
                 sv.order += 1
             saved[pid] = (p, order)
             if p.type == _PUBLISH:
+                # The shared subscription of a QoS 1 one (sent_shared): its group gets it
+                # if the session ends, after a restart too.
+                shared = cs.shared.get(pid)
+                share = None if shared is None else shared.share
                 row = (cid, pid, order, _PUBLISH, p.topic, p.payload, p.qos, int(p.retain),
-                       _props(p.properties))  # fmt: skip
+                       _props(p.properties), share)  # fmt: skip
             else:
-                row = (cid, pid, order, p.type, None, None, None, None, None)
+                row = (cid, pid, order, p.type, None, None, None, None, None, None)
             ops.append((_PUT_INFLIGHT, row))
         for pid in [pid for pid in saved if pid not in msgs]:
             del saved[pid]
@@ -608,6 +639,18 @@ class Persistence:
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.to_thread(thread.join)
+
+
+def _delivery(row: tuple[Any, ...], now: float, wall: float) -> Delivery:
+    # A queue row from topic on, or an in-flight one made to look like it: its
+    # Message Expiry Interval, if it has one, from the wall-clock deadline ``expires``
+    # or else (in flight: the interval it was sent with) from its properties.
+    topic, payload, qos, retain, props, expires, sids, share = row
+    m = Message(topic, payload, qos, bool(retain), _unprops(props), now)
+    if expires is not None:
+        m.expires_at = now + (expires - wall)
+    ids = [int(i) for i in sids.split(",")] if sids else []
+    return Delivery(m, qos, bool(retain), ids, share)
 
 
 def _call_all(done: list[Callable[[bool], None]], ok: bool) -> None:
