@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 from typing import Any
 
+import pytest
 from conftest import FakeBrokerFactory, Mosquitto, arun
-from fakebroker import CONNECT, SUBSCRIBE, FakeConnection, connack, connack_ok
+from fakebroker import CONNECT, SUBSCRIBE, FakeConnection, accept_then_close, connack, connack_ok
 
-from fieldline.mqtt import AsyncClient, Client, MQTTError
+from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError
 
 WAIT = 10.0
 
@@ -103,3 +105,46 @@ def test_an_attempt_failing_after_its_connack_is_no_clean_close(
     assert isinstance(failed, MQTTError) and failed.reason_code == 0x95, failed
     broker.connection(1).finished.wait(1, WAIT)
     assert CONNECT == broker.connection(1).packets[0][0] >> 4
+
+
+# -- 3. the blocking messages() ends on the application's own disconnect() ------------
+
+
+def test_blocking_messages_end_on_own_disconnect(mosquitto: Mosquitto, version: int) -> None:
+    # The async streams end when the client disconnects; the blocking
+    # messages() raised ConnectionLost instead, on the iterating thread too.
+    c = Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT)
+    c.connect()
+    c.subscribe("review2/it", qos=1)
+    c.loop_start()
+    got: list[bytes] = []
+    failed: list[BaseException] = []
+    first = threading.Event()
+
+    def iterate() -> None:
+        try:
+            for msg in c.messages():
+                got.append(msg.payload)
+                first.set()
+        except BaseException as e:
+            failed.append(e)
+
+    t = threading.Thread(target=iterate)
+    t.start()
+    c.publish("review2/it", b"1", qos=1)
+    assert first.wait(WAIT)
+    c.disconnect()
+    t.join(WAIT)
+    assert not t.is_alive() and failed == [] and got == [b"1"]
+    assert list(c.messages()) == []  # after disconnect() too, on one thread
+
+
+def test_blocking_messages_still_raise_on_a_real_loss(fake_broker: FakeBrokerFactory) -> None:
+    # A connection lost for good (reconnect off) is an error, as for the async
+    # streams: only the application's own disconnect() ends the iteration.
+    broker = fake_broker(accept_then_close(4))
+    c = Client(broker.host, broker.port, version=4, reconnect=False, timeout=WAIT)
+    c.connect()
+    with pytest.raises(ConnectionLost):
+        list(c.messages())
+    c.disconnect()

@@ -465,12 +465,19 @@ class Client(BaseClient):
 
     def messages(self, timeout=None):
         """Iterate over messages no callback takes; stops after ``timeout``
-        seconds without one (None: never)."""
+        seconds without one (None: never), or once disconnect() is called, as
+        the AsyncClient's streams do. Raises the error (ConnectionLost, say)
+        when the connection is lost for good (reconnect off)."""
         while True:
             try:
-                yield self.recv(1e9 if timeout is None else timeout)
+                msg = self.recv(1e9 if timeout is None else timeout)
             except MQTTTimeout:
                 return
+            except (MQTTError, OSError):
+                if self._closing:  # disconnect() ended the wait
+                    return
+                raise
+            yield msg
 
     def reauthenticate(self, data=None):
         """MQTT 5.0: re-authenticate on this connection with ``auth_method``
