@@ -24,6 +24,7 @@ from fieldline.mqtt import (
     LocalProtocolError,
     PubAck,
     Publish,
+    Subscribe,
     Subscription,
     Will,
     decode,
@@ -256,6 +257,27 @@ def test_shared_member_whose_session_expired_while_the_broker_was_down_hands_on(
         assert sorted(m.payload for m in here.messages(4)) == sent
         assert here.quiet()
         here.close()
+
+
+# -- SUBSCRIBE --------------------------------------------------------------------------
+
+
+def test_no_local_on_a_shared_subscription_is_a_protocol_error(broker: BrokerThread) -> None:
+    # MQTT-3.8.3-4: "It is a Protocol Error to set the No Local bit to 1 on a Shared
+    # Subscription": DISCONNECT 0x82, and nothing of the SUBSCRIBE is kept (EMQX
+    # does the same). Held already (the codec refuses it); checked end to end here.
+    with _connect(broker.port, Connect("s", protocol_level=5)) as sock:
+        assert _read_packet(sock).reason_code == 0
+        subs = [Subscription("plain/#", 1), Subscription("$share/g/jobs", 1)]
+        data = bytearray(encode(Subscribe(1, subs), 5))
+        options = data.index(b"$share/g/jobs") + len("$share/g/jobs")
+        data[options] |= 0x04  # No Local (3.8.3.1); our encoder refuses to set it here
+        sock.sendall(data)
+        answer = _read_packet(sock)
+        assert isinstance(answer, Disconnect) and answer.reason_code == 0x82
+        assert _read_packet(sock) is None
+    wait_for(broker, "connected", 0)
+    assert broker.call(broker.broker.stats)["subscriptions"] == 0
 
 
 def _publish(broker: BrokerThread, topic: str, payloads: list[bytes], qos: int) -> None:
