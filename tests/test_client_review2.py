@@ -12,7 +12,19 @@ from typing import Any
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, arun
-from fakebroker import CONNECT, SUBSCRIBE, FakeConnection, accept_then_close, connack, connack_ok
+from fakebroker import (
+    CONNECT,
+    SUBSCRIBE,
+    FakeConnection,
+    accept_then_close,
+    close,
+    connack,
+    connack_ok,
+    expect_close,
+    prop,
+    recv,
+    send,
+)
 
 from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError
 
@@ -148,3 +160,85 @@ def test_blocking_messages_still_raise_on_a_real_loss(fake_broker: FakeBrokerFac
     with pytest.raises(ConnectionLost):
         list(c.messages())
     c.disconnect()
+
+
+# -- 4. an on_auth that raises ---------------------------------------------------------
+
+
+def test_an_on_auth_that_raises_fails_the_attempt_not_the_thread(
+    fake_broker: FakeBrokerFactory, kind: str
+) -> None:
+    # on_auth runs on the loop_start() thread (the connection task) when it
+    # reconnects; a ValueError from it escaped the handlers of MQTTError and
+    # OSError and ended that thread: the client never connected again. It now
+    # fails that attempt, with an MQTTError, and the next one goes ahead.
+    method = prop(0x15, b"TOKEN-X")
+    challenge = method + prop(0x16, b"nonce")
+    auth = b"\xf0" + bytes([2 + len(challenge), 0x18, len(challenge)]) + challenge
+    accepted = connack(0, properties=method)
+    good = [recv(CONNECT), send(auth), recv(15), send(accepted), close()]
+    bad = [recv(CONNECT), send(auth), expect_close()]
+    broker = fake_broker(good, bad, good)
+    answers: list[int] = []
+    connected: queue.Queue[Any] = queue.Queue()
+
+    def on_auth(packet: Any) -> bytes:
+        answers.append(1)
+        if len(answers) == 2:
+            raise ValueError("a bug in the application's on_auth")
+        return b"answer"
+
+    opts: dict[str, Any] = {
+        "version": 5,
+        "auth_method": "TOKEN-X",
+        "timeout": WAIT,
+        "backoff_min": 0.05,
+        "backoff_max": 0.1,
+    }
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.on_auth = on_auth
+        c.on_connect = connected.put
+        c.connect()
+        c.loop_start()
+        try:
+            connected.get(timeout=WAIT)
+            connected.get(timeout=WAIT)  # the third connection
+        finally:
+            c.disconnect()
+    else:
+
+        async def main() -> None:
+            c = AsyncClient(broker.host, broker.port, **opts)
+            c.on_auth = on_auth
+            c.on_connect = connected.put
+            await c.connect()
+            try:
+                await asyncio.to_thread(connected.get, timeout=WAIT)
+                await asyncio.to_thread(connected.get, timeout=WAIT)
+            finally:
+                await c.disconnect()
+
+        arun(main())
+    assert len(answers) == 3
+    broker.connection(1).finished.wait(1, WAIT)
+    assert broker.connection(1).error is None  # the client closed the failed attempt
+
+
+def test_an_on_auth_that_raises_in_connect_raises_an_mqtt_error(
+    fake_broker: FakeBrokerFactory,
+) -> None:
+    method = prop(0x15, b"TOKEN-X")
+    auth = b"\xf0" + bytes([2 + len(method), 0x18, len(method)]) + method
+    broker = fake_broker([recv(CONNECT), send(auth), expect_close()])
+
+    def on_auth(packet: Any) -> bytes:
+        raise ValueError("a bug in the application's on_auth")
+
+    c = Client(broker.host, broker.port, version=5, auth_method="TOKEN-X", timeout=WAIT)
+    c.on_auth = on_auth
+    with pytest.raises(MQTTError) as e:
+        c.connect()
+    assert isinstance(e.value.__cause__, ValueError) and "on_auth raised" in e.value.message
+    broker.connection(0).finished.wait(1, WAIT)
+    broker.check()

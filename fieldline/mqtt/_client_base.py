@@ -553,7 +553,15 @@ class BaseClient(Inbox):
             return
         if self.on_auth is None:
             raise MQTTError(0x8C, "AUTH from the broker, and no on_auth handler")
-        self.session.auth(self.on_auth(ev))
+        try:
+            self.session.auth(self.on_auth(ev))
+        except (MQTTError, OSError):
+            raise
+        except Exception as e:
+            # Its answer is needed now, so it cannot be skipped as a failed
+            # on_message is: the attempt (or connection) fails, and a
+            # loop_start() thread or connection task goes on reconnecting.
+            raise MQTTError(0x80, "on_auth raised %r" % e) from e
 
     # -- reconnecting -----------------------------------------------------------
 
