@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import FakeBrokerFactory, Mosquitto, arun
 from fakebroker import (
     CONNECT,
     SUBSCRIBE,
+    UNSUBSCRIBE,
     FakeConnection,
     accept_then_close,
     close,
@@ -242,3 +244,75 @@ def test_an_on_auth_that_raises_in_connect_raises_an_mqtt_error(
     assert isinstance(e.value.__cause__, ValueError) and "on_auth raised" in e.value.message
     broker.connection(0).finished.wait(1, WAIT)
     broker.check()
+
+
+# -- 2. an unsubscribe() cut off before its UNSUBACK ------------------------------------
+
+
+def test_an_unsubscribe_cut_off_is_sent_again_on_the_resumed_session(
+    fake_broker: FakeBrokerFactory, version: int, kind: str
+) -> None:
+    # The connection broke after the UNSUBSCRIBE went out, before its UNSUBACK:
+    # unsubscribe() raised, and the client had forgotten the filter, but the
+    # broker may not have: the session it resumes next keeps the subscription,
+    # and its messages kept coming. The client unsubscribes again on it.
+    def first(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack_ok(version))
+        _suback(conn, version)
+        conn.recv_packet()  # the UNSUBSCRIBE, never answered
+        conn.close()
+
+    def resumed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, True, properties=b"" if version == 5 else None))
+        packet = conn.recv_packet()
+        assert packet[0] >> 4 == UNSUBSCRIBE and b"review2/u" in packet, packet
+        body = packet[2:4] + (b"\x00\x00" if version == 5 else b"")
+        conn.send(bytes([0xB0, len(body)]) + body)
+
+    broker = fake_broker(first, resumed)
+    opts: dict[str, Any] = {
+        "version": version,
+        "client_id": "review2-u",
+        "clean_start": version == 5,
+        "session_expiry": 3600,
+        "reconnect": False,
+        "timeout": WAIT,
+    }
+    if kind == "blocking":
+        c = Client(broker.host, broker.port, **opts)
+        c.connect()
+        c.subscribe("review2/u", qos=1)
+        with pytest.raises(ConnectionLost):
+            c.unsubscribe("review2/u")
+        assert c.connect().session_present
+        try:
+            broker.connection(1).packets_received.wait(2, WAIT)
+            deadline = time.monotonic() + WAIT
+            while c._unsubs and time.monotonic() < deadline:  # until the UNSUBACK came
+                c.loop(0.1)
+            assert c._unsubs == {}
+        finally:
+            c.disconnect()
+    else:
+
+        async def main() -> None:
+            c = AsyncClient(broker.host, broker.port, **opts)
+            await c.connect()
+            await c.subscribe("review2/u", qos=1)
+            with pytest.raises(ConnectionLost):
+                await c.unsubscribe("review2/u")
+            assert (await c.connect()).session_present
+            try:
+                await broker.connection(1).packets_received.wait_async(2, WAIT)
+                deadline = time.monotonic() + WAIT
+                while c._unsubs and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                assert c._unsubs == {}
+            finally:
+                await c.disconnect()
+
+        arun(main())
+    broker.check()
+    assert broker.connection(1).packets[1][0] >> 4 == UNSUBSCRIBE

@@ -630,7 +630,13 @@ class AsyncClient(BaseClient):
     async def unsubscribe(self, topic_filters, properties=None, timeout=None):
         """Unsubscribe and wait for the UNSUBACK; returns its reason codes."""
         filters = self._forget(topic_filters)
-        return await self._request(self.session.unsubscribe, filters, properties, timeout)
+        try:
+            return await self._request(self.session.unsubscribe, filters, properties, timeout)
+        except LocalProtocolError:  # invalid: nothing was sent
+            raise
+        except BaseException:  # a timeout, the connection lost for good, cancelled
+            self._unsub_failed(filters)
+            raise
 
     async def reauthenticate(self, data=None):
         """MQTT 5.0: re-authenticate, as ``Client.reauthenticate``."""

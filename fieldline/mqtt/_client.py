@@ -412,7 +412,13 @@ class Client(BaseClient):
         (empty in 3.1.1)."""
         with self._lock:
             filters = self._forget(topic_filters)
-            return self._request(self.session.unsubscribe, filters, properties, timeout)
+            try:
+                return self._request(self.session.unsubscribe, filters, properties, timeout)
+            except LocalProtocolError:  # invalid: nothing was sent
+                raise
+            except BaseException:  # a timeout, the connection lost for good, cancelled
+                self._unsub_failed(filters)
+                raise
 
     def _request(self, send, items, properties, timeout):
         # A SUBSCRIBE/UNSUBSCRIBE does not outlive its connection (a QoS 1/2

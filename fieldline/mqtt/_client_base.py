@@ -43,6 +43,7 @@ _MQTT5 = const(5)
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _SUBACK = const(9)
+_UNSUBACK = const(11)
 _DISCONNECT = const(14)
 _AUTH = const(15)
 
@@ -276,6 +277,9 @@ class BaseClient(Inbox):
         self._was_up = False  # a CONNACK accepted this connection
         self._resume = False  # one was accepted once: later CONNECTs resume the session
         self._restoring = set()  # ids of the SUBSCRIBEs of _restore() not acknowledged yet
+        # filter -> id of the UNSUBSCRIBE sent again for it (0: not yet): of an
+        # unsubscribe() that failed without an UNSUBACK, for a resumed session
+        self._unsubs = {}
         self._responses = {}  # correlation data -> response (or its waiter), for request()
         self._reply_topic = None
         self._requests_sent = 0
@@ -329,6 +333,7 @@ class BaseClient(Inbox):
         encode(Subscribe(1, out, properties), self.version)
         for s in out:
             self._subs[s.topic_filter] = (s, properties)
+            self._unsubs.pop(s.topic_filter, None)
             if callback is not None:
                 self._routes.append([s.topic_filter, callback])
         return out
@@ -338,6 +343,13 @@ class BaseClient(Inbox):
         # lost): its subscriptions stay remembered, so the next accepted
         # connection sends them, whether or not the broker has the session.
         self._restoring.add(0)  # no SUBACK carries id 0
+
+    def _unsub_failed(self, filters):
+        # unsubscribe() failed without an UNSUBACK (a timeout, the connection
+        # lost): forgotten here, but a resumed session on the broker may keep
+        # them, so _accepted() unsubscribes again.
+        for f in filters:
+            self._unsubs[f] = 0
 
     def _forget(self, filters):
         if isinstance(filters, str):
@@ -445,6 +457,11 @@ class BaseClient(Inbox):
             # resumes now is the one it started then, maybe without them.
             self._restoring = set()
             self._restore()
+        u = self._unsubs
+        if not ack.session_present:
+            u.clear()  # gone with the session
+        for f in u:  # one apiece: together they might exceed Maximum Packet Size
+            u[f] = self.session.unsubscribe(f)
         self._inbox_connected(ack.session_present)
         return None
 
@@ -525,6 +542,12 @@ class BaseClient(Inbox):
                     self._unstore(ev.packet_id)
                 elif self._restoring:
                     self._restoring.discard(ev.packet_id)
+                if t == _UNSUBACK:
+                    u = self._unsubs
+                    for f in u:
+                        if u[f] == ev.packet_id:
+                            del u[f]  # the broker has forgotten it too
+                            break
                 self._complete(ev.packet_id, ev)
         return handled
 
