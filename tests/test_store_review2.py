@@ -7,7 +7,9 @@ where the board's behaviour differs from CPython's.
 from __future__ import annotations
 
 import errno
+import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -317,3 +319,57 @@ def test_a_query_takes_its_limit_as_dollar_limit() -> None:
             s.query({"$limit": bad})
     with pytest.raises(QueryError, match="unknown operator"):
         s.query({"$or": [{"$limit": 1}]})  # only at the top
+
+
+def test_kill_loop_on_a_full_medium_keeps_exactly_the_unacked_entries(small_fs: Path) -> None:
+    # 25 times: a child fills the medium, acknowledges the oldest entries
+    # (deleting whole segments where the acknowledgement cannot be written),
+    # fills it again, ..., and is SIGKILLed after a random number of confirmed
+    # operations. The queue reopened here holds exactly the entries confirmed
+    # appended and not confirmed acknowledged; an append in flight may have
+    # landed, and an ack in flight may have removed some of its entries.
+    from storeproc import full_queue_writer
+    from test_store_crash import killed_round
+
+    folder = small_fs / "q"
+    rng = random.Random(0xF011)
+    state: list[tuple[int, bytes]] = []
+    fulls = cuts = 0
+    for round_ in range(25):
+        lines = killed_round("full_queue_writer.py", folder, rng, round_)
+        pending: list[str] | None = None
+        for line in lines:
+            kind, _, rest = line.partition(" ")
+            if kind == "B":
+                pending = rest.split(" ", 1)
+            elif kind == "C":
+                assert pending is not None
+                if pending[0] == "append":
+                    state.append((int(rest), bytes.fromhex(pending[1])))
+                else:
+                    acked = set(json.loads(pending[1]))
+                    assert int(rest) == sum(s in acked for s, _ in state)
+                    state = [e for e in state if e[0] not in acked]
+                pending = None
+            elif kind == "F":
+                assert pending is not None
+                fulls += 1
+                left = set(json.loads(rest))
+                state = [e for e in state if e[0] in left]
+                pending = None
+            else:
+                assert line == "ready", line
+        with full_queue_writer.open_queue(str(folder)) as q:
+            got = [(s, bytes(v)) for s, v in q.peek(len(q) + 1)]
+            assert q.stats()["damaged"] == []
+        if got != state:
+            assert pending is not None, f"round {round_}: {got} != {state}"
+            if pending[0] == "append":
+                assert got == [*state, (got[-1][0], bytes.fromhex(pending[1]))]
+            else:
+                acked = set(json.loads(pending[1]))
+                assert set(got) <= set(state) and {s for s, _ in set(state) - set(got)} <= acked
+        assert [s for s, _ in got] == sorted(s for s, _ in got)
+        state = got
+        cuts += any(n.endswith(".cut") for n in os.listdir(folder))
+    assert fulls > 10 and cuts > 10, (fulls, cuts)  # full often, segments dropped

@@ -1,0 +1,66 @@
+"""Appends to a Queue until the medium is full, then acknowledges the oldest
+entries, over and over until killed, for tests/test_store_review2.py (the
+folder is on a small file system).
+
+``full_queue_writer.py FOLDER SEED ROUND``. Prints ``ready`` once the queue
+is open; then, for each operation, ``B append <payload hex>`` or ``B ack
+<seqs as JSON>`` before the call, and after it ``C <seq>`` (append) or ``C
+<entries removed>`` (ack), or ``F <entries left as JSON>`` if it raised
+StoreFullError (an ack may have removed some before it did), each line
+flushed at once. It exits (status 1) if five calls in a row raise: the
+medium stays full, nothing can be drained.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+from fieldline.store import Queue, StoreFullError
+
+SEGMENT_SIZE = 2048  # shared with the test, which reopens the queue so
+
+
+def open_queue(folder: str) -> Queue:
+    # fsync=False for speed: SIGKILL does not lose the page cache.
+    return Queue(folder, max_entries=100000, segment_size=SEGMENT_SIZE, fsync=False)
+
+
+def main() -> None:
+    folder, seed, round_ = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    rng = random.Random(seed)
+    out = sys.stdout
+    q = open_queue(folder)
+    out.write("ready\n")
+    out.flush()
+    n = 0
+    filling = True
+    stuck = 0
+    while True:
+        n += 1
+        try:
+            if filling or not len(q):
+                payload = f"{round_}-{n}:".encode() + rng.randbytes(rng.choice((0, 40, 300)))
+                out.write(f"B append {payload.hex()}\n")
+                out.flush()
+                out.write(f"C {q.append(payload)}\n")
+            else:
+                entries = [s for s, _ in q.peek(len(q))]
+                seqs = entries[: rng.randint(1, len(entries))]  # the oldest, as a broker acks
+                out.write(f"B ack {json.dumps(seqs)}\n")
+                out.flush()
+                out.write(f"C {q.ack(seqs)}\n")
+                filling = rng.random() < 0.7
+            stuck = 0
+        except StoreFullError:
+            out.write(f"F {json.dumps([s for s, _ in q.peek(len(q))])}\n")
+            filling = not filling
+            stuck += 1
+            if stuck == 5:
+                raise SystemExit("stuck: the medium stays full") from None
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
