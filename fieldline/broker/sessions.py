@@ -158,7 +158,10 @@ class ClientSession:
         """The session resumes: give each PUBLISH in flight the Message Expiry Interval
         left at ``now`` before it is sent again (MQTT-3.3.2-6: the value sent is the
         one received minus the time the message waited in the server). One already
-        run out gets 1: its delivery started, so it is still sent (MQTT-4.4.0-1)."""
+        run out gets 0, the time it has left: its delivery started, so it is still
+        sent (MQTT-4.4.0-1; MQTT-3.3.2-5 deletes only a copy whose delivery has not
+        started), and 0 is a lifetime of none left, as the broker reads a 0 it
+        receives (3.3.2.3.3)."""
         msgs = self.session._msgs
         for pid, expires_at in list(self.expiry.items()):
             p = msgs.get(pid)
@@ -166,7 +169,7 @@ class ClientSession:
                 del self.expiry[pid]
                 continue
             props = dict(p.properties) if p.properties else {}
-            props["message_expiry_interval"] = max(1, math.ceil(expires_at - now))
+            props["message_expiry_interval"] = max(0, math.ceil(expires_at - now))
             p.properties = props
 
     def clear_queue(self) -> None:
