@@ -3,15 +3,18 @@ test names the rule it checks; those of a fix fail without it."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Subscription
+from fieldline.mqtt import Disconnect, PubAck, SubAck, Subscription
 
 # On uvloop (the default when installed) and on asyncio's own loop.
 pytestmark = pytest.mark.usefixtures("both_event_loops")
@@ -68,3 +71,45 @@ def test_an_expired_message_in_flight_is_resent_with_interval_0(
     assert broker.call(broker.broker.stats)["expired"] == 0
     assert again.quiet(0.2)
     again.close()
+
+
+# -- 2. Keep Alive while an async plug-in hook decides (MQTT-3.1.2-22) -------------------
+
+
+@pytest.mark.parametrize("hook", ["authorize_publish", "authorize_subscribe"])
+def test_keep_alive_does_not_run_out_while_a_hook_decides(hook: str) -> None:
+    # While an async hook decides on a PUBLISH or SUBSCRIBE the broker reads nothing
+    # more from that client (its packets stay in order), so the PINGREQs it sends wait
+    # in the socket: they are not the client's silence, and MQTT-3.1.2-22 (1.5 x Keep
+    # Alive without a packet) must not cut it off. Once the hook has answered, Keep
+    # Alive holds as before: a client that then goes silent is disconnected (0x8D).
+    started, release = threading.Event(), threading.Event()
+
+    class Slow:
+        async def decide(self, client_id: str, *args: Any) -> None:
+            started.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
+    plugin = Slow()
+    setattr(plugin, hook, plugin.decide)
+    for broker in running(plugins=[plugin], hook_timeout=WAIT):
+        c = Raw(broker.port, "slow", keep_alive=1)
+        if hook == "authorize_publish":
+            c.session.publish("ka/x", b"x", 1)
+        else:
+            c.session.subscribe([Subscription("ka/#", 1)])
+        c.flush()
+        assert started.wait(WAIT)
+        # What is under test is time passing: twice 1.5 x Keep Alive, the client
+        # sending PINGREQ as it should.
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            c.session.ping()
+            c.flush()
+            assert c.quiet(0.4), "cut off while the hook decided"
+        release.set()
+        assert isinstance(c.next(), PubAck if hook == "authorize_publish" else SubAck)
+        ev = c.next()  # silent from now on
+        assert isinstance(ev, Disconnect) and ev.reason_code == 0x8D
+        c.close()

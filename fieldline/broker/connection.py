@@ -91,6 +91,7 @@ class Connection(asyncio.Protocol):
         self._held = False
         self._pump_due = False
         self._timer: asyncio.TimerHandle | None = None
+        self._grace = 0.0  # loop time before which Keep Alive cannot run out (release())
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -178,10 +179,17 @@ class Connection(asyncio.Protocol):
 
     def release(self) -> None:
         """Handle the events that waited (or close, if the CONNECT was refused) and
-        read again."""
+        read again. Keep Alive starts a full period again: while held, the broker read
+        nothing, so what the client sent meanwhile (PINGREQ) is no silence of its
+        (MQTT-3.1.2-22 counts packets the server receives)."""
         self._held = False
         if self._ended:
             return
+        k = self.session.keep_alive
+        if k and self.session.state == _CONNECTED:
+            self._grace = self.loop.time() + k * 3 / 2
+            if self._timer is None:
+                self._arm()  # it ran out while held (_tick)
         if self.transport is not None:
             self.transport.resume_reading()
         self._run()
@@ -320,11 +328,20 @@ class Connection(asyncio.Protocol):
 
     def _arm(self) -> None:
         d = self.session.next_deadline()
+        if d is not None and d < self._grace:
+            d = self._grace  # a hold ended lately (release())
         self._timer = None if d is None else self.loop.call_at(d, self._tick)
 
     def _tick(self) -> None:
+        self._timer = None
+        if self._held:
+            return  # reading nothing from the client, it cannot be silent: release() re-arms
+        now = self.loop.time()
+        if now < self._grace:
+            self._arm()
+            return
         try:
-            self.session.tick(self.loop.time())
+            self.session.tick(now)
         except RemoteProtocolError as e:
             log.info("%s %s: %s", self.peer, self._name(), e)
             self._ending(e.reason_code)
