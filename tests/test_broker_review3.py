@@ -113,3 +113,25 @@ def test_keep_alive_does_not_run_out_while_a_hook_decides(hook: str) -> None:
         ev = c.next()  # silent from now on
         assert isinstance(ev, Disconnect) and ev.reason_code == 0x8D
         c.close()
+
+
+# -- 3. a shared subscription group with no member left (4.8.2) --------------------------
+
+
+def test_a_message_no_shared_member_is_left_to_take_is_counted_as_dropped(
+    broker: BrokerThread,
+) -> None:
+    # 4.8.2: the messages an ending member had not completed go to another member of
+    # its group. With none left they are lost: counted, as every delivery dropped is,
+    # in dropped_total ($SYS publish/messages/dropped, messages_dropped_total), and on
+    # their own in shared_dropped.
+    only = Raw(broker.port, "only", auto_flush=False, receive_maximum=1)
+    only.subscribe(Subscription("$share/g/jobs", 1))
+    only.flush()
+    for payload in (b"1", b"2"):
+        broker.call(broker.broker.publish, "jobs", payload, 1)
+    only.messages(1)  # never acknowledged; the other one waits in the queue
+    only.close()  # clean session: it ends now, and the group with it
+    wait_for(broker, "sessions", 0)
+    st = broker.call(broker.broker.stats)
+    assert (st["shared_dropped"], st["dropped_total"]) == (2, 2)

@@ -25,7 +25,9 @@ class Counters:
     packets, before TLS or WebSocket framing). ``denied``: PUBLISHes refused (ACL,
     plug-in, ``$SYS``). ``online``: clients connected now; ``maximum``: the most
     connected at once. ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
-    sessions that ended."""
+    sessions that ended. ``shared_dropped``: deliveries for a shared subscription that
+    a member's ended session had not completed and no member of its group was left to
+    take (4.8.2)."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -42,6 +44,7 @@ class Counters:
         self.ended_dropped = 0
         self.ended_expired = 0
         self.ended_rate_limited = 0
+        self.shared_dropped = 0
 
     def refuse(self, reason_code: int) -> None:
         self.refused[reason_code] = self.refused.get(reason_code, 0) + 1
@@ -60,7 +63,9 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     bytes_in, bytes_out (every packet byte read and written), denied, clients_maximum,
     inflight (QoS 1/2 messages sent and not yet acknowledged), offline (sessions
     without a connection), dropped_total, expired_total, rate_limited_total
-    (those of ended sessions included: they never go down while the broker runs), and
+    (those of ended sessions included: they never go down while the broker runs;
+    dropped_total also counts shared_dropped), shared_dropped (deliveries for a shared
+    subscription an ended member left that no member of its group was left to take), and
     plugin_errors, plugin_timeouts (dicts: ``"Class.hook"`` -> calls that raised or
     took over ``hook_timeout``)."""
     c = broker.counters
@@ -78,7 +83,8 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     out["clients_maximum"] = c.maximum
     out["inflight"] = sum(cs.session.inflight for cs in broker.sessions.sessions.values())
     out["offline"] = out["sessions"] - out["connected"]
-    out["dropped_total"] = out["dropped"] + c.ended_dropped
+    out["dropped_total"] = out["dropped"] + c.ended_dropped + c.shared_dropped
+    out["shared_dropped"] = c.shared_dropped
     out["expired_total"] = out["expired"] + c.ended_expired
     out["rate_limited_total"] = out["rate_limited"] + c.ended_rate_limited
     plugins = broker.plugins

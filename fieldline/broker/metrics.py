@@ -100,8 +100,10 @@ class BrokerCollector:
                       st["bytes_in"])  # fmt: skip
         yield counter("sent_bytes", "MQTT packet bytes written to clients",
                       st["bytes_out"])  # fmt: skip
-        yield counter("messages_dropped", "Deliveries dropped: queue limits, or too large "
-                      "for the client", st["dropped_total"])  # fmt: skip
+        yield counter("messages_dropped", "Deliveries dropped: queue limits, too large "
+                      "for the client, no shared subscriber left", st["dropped_total"])  # fmt: skip
+        yield counter("shared_dropped", "Deliveries an ended shared subscriber left that no "
+                      "member of its group was left to take", st["shared_dropped"])  # fmt: skip
         yield counter("messages_expired", "Queued deliveries whose Message Expiry Interval "
                       "ran out", st["expired_total"])  # fmt: skip
         yield counter("publish_rate_limited", "PUBLISHes dropped for max_publish_rate",

@@ -840,15 +840,20 @@ class Broker:
         """A session ended holding these deliveries for shared subscriptions: each goes
         to another member of its group (4.8.2: "If the Client's Session terminates
         before the Client reconnects, the Server SHOULD send the Application Message to
-        another Client that is subscribed to the same Shared Subscription")."""
+        another Client that is subscribed to the same Shared Subscription"). One that
+        expired meanwhile, or finds no member left, is lost: counted."""
         now = self.loop.time()
+        c = self.counters
         for d in undelivered:
             m = d.message
             if m.expired(now):
+                c.ended_expired += 1  # its session's, which has ended
                 continue
             picked = self.router.reroute(d, self.sessions.online, self._may_read(m.topic))
             if picked is not None:
                 self._enqueue(*picked)
+            else:
+                c.shared_dropped += 1
 
     def _cap_expiry(self, s: Session) -> None:
         # max_session_expiry holds for every session: the interval a 5.0 client asks

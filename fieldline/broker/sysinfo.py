@@ -137,6 +137,7 @@ class SysTopics:
             "publish/messages/denied": st["denied"],
             "publish/messages/rate_limited": st["rate_limited_total"],
             "messages/expired": st["expired_total"],
+            "messages/shared_dropped": st["shared_dropped"],
             "messages/queued": st["queued"],
             "messages/queued_bytes": st["queued_bytes"],
             "messages/inflight": st["inflight"],
