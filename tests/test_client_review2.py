@@ -28,7 +28,13 @@ from fakebroker import (
     send,
 )
 
-from fieldline.mqtt import AsyncClient, Client, ConnectionLost, MQTTError
+from fieldline.mqtt import (
+    AsyncClient,
+    Client,
+    ConnectionLost,
+    LocalProtocolError,
+    MQTTError,
+)
 
 WAIT = 10.0
 
@@ -316,3 +322,35 @@ def test_an_unsubscribe_cut_off_is_sent_again_on_the_resumed_session(
         arun(main())
     broker.check()
     assert broker.connection(1).packets[1][0] >> 4 == UNSUBSCRIBE
+
+
+# -- 5. the blocking client's calls from several threads --------------------------------
+
+
+def test_a_failing_connect_does_not_undo_a_loop_stop_on_another_thread(
+    fake_broker: FakeBrokerFactory,
+) -> None:
+    # connect() cleared _closing before it took the lock, even when it then
+    # raised "already connected". loop_stop() sets _closing for the loop thread
+    # to end and waits for it: cleared meanwhile, the thread went on
+    # reconnecting and loop_stop() waited for ever. Here loop_stop() waits while
+    # the loop thread's reconnect attempt waits for a CONNACK that never comes.
+    broker = fake_broker(accept_then_close(4), [recv(CONNECT)])
+    c = Client(broker.host, broker.port, version=4, timeout=2.0, backoff_min=0.05, backoff_max=0.1)
+    c.connect()
+    c.loop_start()
+    broker.connection(1).packets_received.wait(1, WAIT)  # the attempt waits for its CONNACK
+    stopper = threading.Thread(target=c.loop_stop)
+    stopper.start()
+    deadline = time.monotonic() + WAIT
+    while not c._closing and time.monotonic() < deadline:  # loop_stop() is under way
+        time.sleep(0.001)
+    try:
+        with pytest.raises(LocalProtocolError):
+            c.connect()  # the attempt's connection is open
+        stopper.join(WAIT)  # the attempt times out after 2 s, then the thread ends
+        assert not stopper.is_alive(), "loop_stop() still waits for the loop thread"
+    finally:
+        c._closing = True  # lets a loop thread that went on end
+        stopper.join(WAIT)
+        c.disconnect()

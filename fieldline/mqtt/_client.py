@@ -92,12 +92,15 @@ class Client(BaseClient):
         subclass NotAuthorized) with the broker's reason code, MQTTTimeout,
         or OSError when the broker cannot be reached; LocalProtocolError
         while connected (disconnect() first)."""
-        self._closing = False
         with self._lock:
             if self._sock is not None:
                 # A second dial would leave this connection open, or close
                 # it when the new one failed.
                 raise LocalProtocolError(0x82, "already connected: disconnect() first")
+            # Not before the check: a connect() that raises must not undo
+            # the _closing of a loop_stop() on another thread (it would wait
+            # for ever for the loop thread, which goes on).
+            self._closing = False
             self._load_stored()
             # A loop_start() thread waiting out a reconnect delay stands aside
             # (as before a first connect()) rather than drive the socket that

@@ -47,6 +47,7 @@ def start(c):
         c._poller.register(c._wake[0], select.POLLIN)
     c._calls = queue.SimpleQueue()
     c._closing = False
+    c._halt = False  # stop(): the I/O thread ends, even if a connect() resets _closing
     c._io_thread = threading.Thread(target=_run_io, args=(c,), daemon=True)
     c._call_thread = threading.Thread(target=_run_calls, args=(c,), daemon=True)
     c._io_thread.start()
@@ -55,7 +56,7 @@ def start(c):
 
 def stop(c):
     stopping = c._closing
-    c._closing = True
+    c._halt = c._closing = True  # _closing: a reconnect delay or attempt gives up
     try:
         c._wake[1].send(b"\x00")
     except OSError:  # full: the I/O thread is waking up anyway
@@ -266,7 +267,7 @@ def _route(c, msg):
 
 def _run_io(c):
     with c._lock:
-        while not c._closing:
+        while not (c._closing or c._halt):
             if c._retry_at is None:
                 # loop_start() before the first connect(), or after the
                 # connection was lost for good: nothing to drive, and _io()
@@ -277,7 +278,7 @@ def _run_io(c):
             try:
                 c._io(1.0)
             except (MQTTError, OSError) as e:  # down for good (OSError: why it broke)
-                if c._closing:  # loop_stop() made _redial() raise: only the thread ends
+                if c._closing or c._halt:  # loop_stop() made _redial() raise: the thread ends
                     break
                 c._error = e
                 c._ended = True  # waiters fail at once, until a connect() succeeds
