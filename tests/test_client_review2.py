@@ -6,7 +6,10 @@ the fault it guards."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import queue
+import sys
 import threading
 import time
 from typing import Any
@@ -325,6 +328,68 @@ def test_an_unsubscribe_cut_off_is_sent_again_on_the_resumed_session(
 
 
 # -- 5. the blocking client's calls from several threads --------------------------------
+
+
+def test_requests_from_two_threads_never_share_correlation_data(mosquitto: Mosquitto) -> None:
+    # request() ran prepare() outside the lock: a thread between counting its
+    # request and reading the count for its Correlation Data let another thread
+    # take the same, and the two requests took one response. A trace function
+    # holds thread B there until thread A has prepared its request, at most 1 s
+    # (with prepare() under the lock, A waits for B instead: no collision).
+    prepare = importlib.import_module("fieldline.mqtt._client_request").prepare
+    code = prepare.__code__
+    lines, first = inspect.getsourcelines(prepare)
+    at = first + next(i for i, line in enumerate(lines) if line.strip().startswith("corr ="))
+    b_held = threading.Event()
+    a_prepared = threading.Event()
+
+    def hold_b(frame: Any, event: str, arg: Any) -> Any:
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == at:
+                b_held.set()
+                a_prepared.wait(1.0)
+            return local
+
+        return local if frame.f_code is code else None
+
+    def mark_a(frame: Any, event: str, arg: Any) -> Any:
+        def local(frame: Any, event: str, arg: Any) -> Any:
+            if event == "return":
+                a_prepared.set()
+            return local
+
+        return local if frame.f_code is code else None
+
+    server = Client(mosquitto.host, mosquitto.port, timeout=WAIT)
+    server.connect()
+    server.subscribe("review2/rpc", qos=1, callback=lambda m: server.respond(m, m.payload))
+    server.loop_start()
+    c = Client(mosquitto.host, mosquitto.port, timeout=WAIT)
+    c.connect()
+    c.loop_start()
+    replies: dict[str, Any] = {}
+
+    def ask(name: str, tracer: Any) -> None:
+        sys.settrace(tracer)
+        try:
+            replies[name] = c.request("review2/rpc", name.encode(), timeout=3).payload
+        except Exception as e:
+            replies[name] = e
+        finally:
+            sys.settrace(None)
+
+    b = threading.Thread(target=ask, args=("b", hold_b))
+    a = threading.Thread(target=ask, args=("a", mark_a))
+    try:
+        b.start()
+        assert b_held.wait(WAIT)
+        a.start()
+        a.join(WAIT)
+        b.join(WAIT)
+        assert replies == {"a": b"a", "b": b"b"}
+    finally:
+        c.disconnect()
+        server.disconnect()
 
 
 def test_a_failing_connect_does_not_undo_a_loop_stop_on_another_thread(

@@ -504,10 +504,10 @@ class Client(BaseClient):
         from ._client_request import prepare
 
         deadline = self._deadline(timeout)
-        props, corr, route = prepare(self, properties)
-        if route is not None:
-            self.subscribe(self._reply_topic, 1, None, route, timeout)
-        with self._lock:
+        with self._lock:  # each thread's request its own Correlation Data and Response Topic
+            props, corr, route = prepare(self, properties)
+            if route is not None:
+                self.subscribe(self._reply_topic, 1, None, route, timeout)
             self._responses[corr] = None
             try:
                 self.publish(topic, payload, qos, False, props, max(0.001, deadline - clock()))
