@@ -14,7 +14,7 @@ from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Disconnect, PubAck, SubAck, Subscription, Will
+from fieldline.mqtt import Disconnect, PubAck, Publish, SubAck, Subscription, Will, encode
 
 # On uvloop (the default when installed) and on asyncio's own loop.
 pytestmark = pytest.mark.usefixtures("both_event_loops")
@@ -202,6 +202,25 @@ def test_a_clean_start_before_the_will_delay_ends_the_session_and_sends_the_will
     w.close()
 
 
+def test_a_takeover_before_the_will_delay_cancels_the_will(broker: BrokerThread) -> None:
+    # A takeover (MQTT-3.1.4-3) ends the old connection, whose Will waits for its delay
+    # (3.1.2.5); the new connection continues the session, so it is not sent
+    # (MQTT-3.1.3-9). One without a delay goes at the takeover (test_broker_sessions.py).
+    w = watch(broker, "will/#")
+    props = {"session_expiry_interval": 3600}
+    will = Will("will/t", b"taken", 1, properties={"will_delay_interval": 1})
+    old = Raw(broker.port, "t", clean_start=False, properties=props, will=will)
+    new = Raw(broker.port, "t", clean_start=False, properties=props)
+    assert new.connack.session_present
+    assert isinstance(old.next(), Disconnect)  # 0x8E
+    assert w.quiet(1.5)  # past the delay: nothing
+    new.session.disconnect()
+    new.flush()
+    assert w.quiet(0.3)
+    for c in (w, old, new):
+        c.close()
+
+
 # Request/Response (4.10): Response Topic and Correlation Data reach the subscriber
 # unchanged (MQTT-3.3.2-15, -16), whichever way the message went.
 
@@ -261,6 +280,14 @@ def test_subscription_identifiers_on_retained_shared_and_replaced_subscriptions(
     broker.call(broker.broker.publish, "sid/x", b"1", 1)
     got = sorted(m.properties["subscription_identifier"] for m in c.messages(2))
     assert got == [[5], [6]]
+    # One a client puts in its PUBLISH (which MQTT-3.3.4-6 forbids) is not forwarded:
+    # dropped, as Mosquitto drops it (handle__publish).
+    pub = Raw(broker.port, "pub")
+    pub.sock.sendall(encode(Publish("sid/z", b"3", 1, packet_id=1,
+                                    properties={"subscription_identifier": [99]}), 5))  # fmt: skip
+    got = sorted(m.properties["subscription_identifier"] for m in c.messages(2))
+    assert got == [[5], [6]]
+    pub.close()
     # Subscribing again without an identifier replaces the subscription: none now.
     c.subscribe(Subscription("sid/+", 1, retain_handling=2))
     c.subscribe(Subscription("$share/g/sid/#", 1))
