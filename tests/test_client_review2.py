@@ -9,6 +9,7 @@ import asyncio
 import importlib
 import inspect
 import queue
+import socket
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from fieldline.mqtt import (
     ConnectionLost,
     LocalProtocolError,
     MQTTError,
+    MQTTTimeout,
 )
 
 WAIT = 10.0
@@ -419,3 +421,50 @@ def test_a_failing_connect_does_not_undo_a_loop_stop_on_another_thread(
         c._closing = True  # lets a loop thread that went on end
         stopper.join(WAIT)
         c.disconnect()
+
+
+# -- 6. reconnecting does not hold the lock while it dials ---------------------------------
+
+
+def test_publish_is_not_held_while_the_loop_thread_dials(fake_broker: FakeBrokerFactory) -> None:
+    # The loop thread dialled with the client's lock held: while a reconnect's
+    # TCP connect waited (up to ``timeout``), publish(qos=1, timeout=0), which
+    # only queues, waited too. Here the broker's address no longer answers
+    # SYNs (a listener whose accept queue is full).
+    go = threading.Event()
+
+    def first(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack_ok(4))
+        go.wait(WAIT)
+        conn.close()
+
+    broker = fake_broker(first)
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(0)
+    queued = socket.create_connection(stalled.getsockname())  # fills the accept queue
+    lost = threading.Event()
+    c = Client(
+        broker.host, broker.port, version=4, timeout=3.0, backoff_min=0.001, backoff_max=0.002
+    )
+    c.on_disconnect = lambda e: lost.set()
+    c.connect()
+    c.loop_start()
+    try:
+        c.port = stalled.getsockname()[1]
+        go.set()
+        assert lost.wait(WAIT)
+        end = time.monotonic() + 1.0  # the thread dials for 3 s from about now
+        slowest = 0.0
+        while time.monotonic() < end:
+            t = time.monotonic()
+            c.publish("review2/q", b"x", qos=1, timeout=0)
+            with pytest.raises(MQTTTimeout):
+                c.recv(timeout=0.05)  # also waits for the lock first
+            slowest = max(slowest, time.monotonic() - t)
+        assert slowest < 0.5, f"publish() and recv() waited {slowest:.1f} s for the dialling"
+    finally:
+        c.disconnect()
+        queued.close()
+        stalled.close()

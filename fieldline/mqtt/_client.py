@@ -141,8 +141,9 @@ class Client(BaseClient):
         if refused is not None:
             raise refused
 
-    def _open(self, first, deadline):
-        sock = self._dial(deadline)
+    def _open(self, first, deadline, sock=None):
+        if sock is None:
+            sock = self._dial(deadline)
         s = self.session
         self.connack = None
         try:
@@ -323,8 +324,21 @@ class Client(BaseClient):
         if wait > 0:
             self._sleep(min(wait, timeout))
             return
+        deadline = clock() + self.timeout
         try:
-            self._open(False, clock() + self.timeout)
+            sock = None
+            if self._io_thread is not None:  # the loop thread: dial with the lock let go
+                # Dialling (TCP, TLS, WebSocket) may take up to ``timeout``;
+                # other threads' calls go on meanwhile, as during the delay.
+                self._lock.release()
+                try:
+                    sock = self._dial(deadline)
+                finally:
+                    self._lock.acquire()
+                if self._sock is not None or self._closing or self._retry_at is None:
+                    sock.close()  # a connect() (or disconnect()) came meanwhile
+                    return
+            self._open(False, deadline, sock)
         except (OSError, MQTTError) as e:
             self._error = e
             self._retry_later()
