@@ -519,23 +519,25 @@ class FileStore:
             f.flush()
             os.fsync(f.fileno())
 
-    def put(self, topic: str, payload: bytes, qos: int, retain: bool, properties: object) -> int:
+    def put(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: object, pid: int
+    ) -> int:
         self.next_key += 1
-        self._append({"put": self.next_key, "m": [topic, payload.hex(), qos, retain]})
+        self._append({"put": self.next_key, "m": [topic, payload.hex(), qos, retain, pid]})
         return self.next_key
 
     def done(self, key: int) -> None:
         self._append({"done": key})
 
-    def pending(self) -> list[tuple[int, tuple[str, bytes, int, bool, None]]]:
+    def pending(self) -> list[tuple[int, tuple[str, bytes, int, bool, None, int]]]:
         if not self.path.exists():
             return []
-        live: dict[int, tuple[str, bytes, int, bool, None]] = {}
+        live: dict[int, tuple[str, bytes, int, bool, None, int]] = {}
         for line in self.path.read_text().splitlines():
             r = json.loads(line)
             if "put" in r:
-                t, p, q, retain = r["m"]
-                live[r["put"]] = (t, bytes.fromhex(p), q, retain, None)
+                t, p, q, retain, pid = r["m"]
+                live[r["put"]] = (t, bytes.fromhex(p), q, retain, None, pid)
             else:
                 live.pop(r["done"], None)
         return sorted(live.items())

@@ -46,9 +46,11 @@ class MemoryStore:
         self.keys = 0
         self.done_keys: list[int] = []
 
-    def put(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Any) -> int:
+    def put(
+        self, topic: str, payload: bytes, qos: int, retain: bool, properties: Any, pid: int
+    ) -> int:
         self.keys += 1
-        self.live[self.keys] = (topic, payload, qos, retain, properties)
+        self.live[self.keys] = (topic, payload, qos, retain, properties, pid)
         return self.keys
 
     def done(self, key: int) -> None:
@@ -79,7 +81,7 @@ def test_a_message_queued_before_the_first_connect_goes_out_once(
     # done() was called twice for one key. Now the store is read before the
     # first message of this run is put: earlier messages first, each once.
     store = MemoryStore()
-    store.put("review/p", b"earlier run", 1, False, None)
+    store.put("review/p", b"earlier run", 1, False, None, 1)
     opts: dict[str, Any] = dict(version=version, persistence=store, timeout=WAIT)
     with Client(mosquitto.host, mosquitto.port, version=version, timeout=WAIT) as sub:
         sub.subscribe("review/p", qos=1)

@@ -345,6 +345,41 @@ def test_packet_ids_exhausted():
         c.publish("t", b"", 1)
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+def test_publish_under_a_given_packet_id(v):
+    # A client that stores a message before publishing it takes its id from
+    # new_packet_id() and stores it too; after a restart the message goes out
+    # again under that id, marked as a possible duplicate (MQTT-3.3.1-1).
+    p = Pair(v)
+    p.connect(clean=False)
+    pid = p.c.new_packet_id()
+    assert p.c.publish("t", b"a", 2, packet_id=pid) == pid
+    kept = p.c.publish("t", b"b", 1, packet_id=700, dup=True)
+    assert kept == 700
+    with pytest.raises(LocalProtocolError) as e:
+        p.c.publish("t", b"c", 1, packet_id=700)  # MQTT-2.2.1-3
+    assert e.value.reason_code == PROTOCOL_ERROR
+    assert "packet id 700 is in use" in str(e.value)
+    with pytest.raises(LocalProtocolError):
+        p.c.publish("t", b"c", 1, packet_id=65536)
+    sent = decode_all(p.c.data_to_send(), v)
+    assert [(m.packet_id, m.dup, m.payload) for m in sent] == [
+        (pid, False, b"a"),
+        (700, True, b"b"),
+    ]
+    assert p.c.new_packet_id() not in (pid, 700)
+
+
+def test_publish_under_a_given_packet_id_waits_offline():
+    c = Session(CLIENT)
+    assert c.publish("t", b"x", 1, packet_id=9, dup=True) == 9
+    with pytest.raises(LocalProtocolError):
+        c.publish("t", b"y", 1, packet_id=9)
+    with pytest.raises(LocalProtocolError):
+        c.publish("t", b"y", 1, packet_id=0)
+    assert c.inflight == 1
+
+
 # -- QoS flows ----------------------------------------------------------------
 
 

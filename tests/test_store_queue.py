@@ -195,7 +195,10 @@ def test_persistence_contract(tmp_path: Path) -> None:
     q.done(k1)
     q.close()
     q = Queue(path)
-    assert q.pending() == [(k2, ("a/2", b"two", 2, True, props)), (k3, ("a/3", b"", 1, False, {}))]
+    assert q.pending() == [
+        (k2, ("a/2", b"two", 2, True, props, None)),
+        (k3, ("a/3", b"", 1, False, {}, None)),
+    ]
     q.done(k2)
     q.done(k3)
     q.done(k3)  # twice is harmless

@@ -152,11 +152,13 @@ class BaseClient(Inbox):
     every blocking call.
     ``persistence``: keeps QoS 1/2 messages until acknowledged, across
     restarts of the program: an object with ``put(topic, payload, qos,
-    retain, properties) -> key``, ``done(key)`` and ``pending()`` (an
-    iterable of ``(key, (topic, payload, qos, retain, properties))``, the
-    messages stored but never done, oldest first; they are sent again on
-    the first connect()). ``auth_method``/``auth_data``: MQTT 5.0 enhanced
-    authentication; the broker's challenges go to ``on_auth``.
+    retain, properties, packet_id) -> key``, ``done(key)`` and ``pending()``
+    (an iterable of ``(key, (topic, payload, qos, retain, properties,
+    packet_id))``, the messages stored but never done, oldest first; they
+    are sent again on the first connect(), under their packet ids, so that
+    a resumed session's broker takes them as the same messages).
+    ``auth_method``/``auth_data``: MQTT 5.0 enhanced authentication; the
+    broker's challenges go to ``on_auth``.
     ``transport``: ``"tcp"``, or ``"websockets"`` for MQTT over WebSocket
     (CPython, needs ``wsproto``; with TLS it is wss; port default 80, or 443
     with TLS) to ``ws_path`` with the extra HTTP headers ``ws_headers`` (a
@@ -398,9 +400,14 @@ class BaseClient(Inbox):
         # queue, a full disk) raises with nothing sent, so the caller's
         # retry cannot make a duplicate.
         store = self.persistence if qos else None
-        key = store.put(topic, payload, qos, retain, properties) if store is not None else None
+        pid = key = None
+        if store is not None:
+            # Its packet id is stored too: a session resumed after a restart
+            # must get the message again under the id the broker holds.
+            pid = self.session.new_packet_id()
+            key = store.put(topic, payload, qos, retain, properties, pid)
         try:
-            pid = self.session.publish(topic, payload, qos, retain, properties)
+            pid = self.session.publish(topic, payload, qos, retain, properties, pid)
         except BaseException as e:
             if store is not None:
                 store.done(key)
@@ -436,8 +443,20 @@ class BaseClient(Inbox):
         # Messages an earlier run stored and never completed go out first.
         if not self._restored:
             self._restored = True
-            for key, m in self.persistence.pending():
-                self._stored[self.session.publish(m[0], m[1], m[2], m[3], m[4])] = key
+            # Each under its stored packet id, and marked as maybe sent before.
+            s = self.session
+            stored = list(self.persistence.pending())
+            ids = set(m[5] for _, m in stored if len(m) > 5)
+            used = set()
+            for key, m in stored:
+                pid = m[5] if len(m) > 5 else None
+                if not pid or pid in used:  # stored without one, as before ids were
+                    for _ in range(len(ids) + 1):
+                        pid = s.new_packet_id()
+                        if pid not in ids:
+                            break
+                used.add(pid)
+                self._stored[s.publish(m[0], m[1], m[2], m[3], m[4], pid, True)] = key
 
     # -- a connection begins and ends -------------------------------------------
 

@@ -207,6 +207,7 @@ WILL_QOS_OVER_MAX will QoS above the server's Maximum QoS
 AUTH_DATA_NO_METHOD Authentication Data without Authentication Method
 HELD_OVER_MAX %d bytes wait unread, over the Maximum Packet Size
 REJECT_WITH_SUCCESS reject() needs a reason code of 0x80 or more, not 0x%02X
+ID_IN_USE packet id %d is in use
 """
 
 

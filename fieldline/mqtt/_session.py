@@ -112,6 +112,7 @@ _E_ACK_NOT_SENT = const(75)
 _E_SUBACK_UNKNOWN_ID = const(76)
 _E_REASON_CODE_COUNT = const(77)
 _E_IDS_EXHAUSTED = const(79)
+_E_ID_IN_USE = const(120)
 _E_UNEXPECTED_TYPE = const(102)
 _E_NOT_IN_STATE = const(103)
 
@@ -473,9 +474,15 @@ class Session:
 
     # -- both ends ------------------------------------------------------------
 
-    def publish(self, topic, payload=b"", qos=0, retain=False, properties=None):
+    def publish(
+        self, topic, payload=b"", qos=0, retain=False, properties=None, packet_id=None, dup=False
+    ):
         """Send an application message. Returns the packet id, or None for QoS
-        0. QoS 1/2 messages are kept until complete (event PubAck, PubComp,
+        0. ``packet_id``: the id of a QoS 1/2 message (default: a free one),
+        as new_packet_id() gave it or a store kept it with the message;
+        ``dup=True``: it may have gone out before (a message a store kept
+        across a restart of the program: MQTT-3.3.1-1, MQTT-4.4.0-1).
+        QoS 1/2 messages are kept until complete (event PubAck, PubComp,
         or failed PubRec) and wait in order while the peer's Receive Maximum
         is reached or no connection is up (those queued before the CONNACK
         fail then if it forbids their QoS or retain: see next_event()). QoS 0
@@ -483,7 +490,8 @@ class Session:
         Raises LocalProtocolError: QoS 0 while not connected, QoS or retain
         the server does not offer (MQTT-3.2.2-11, -14: QOS_NOT_SUPPORTED,
         RETAIN_NOT_SUPPORTED), larger than the peer's Maximum Packet Size
-        (PACKET_TOO_LARGE, MQTT-3.2.2-15), or an invalid topic or property."""
+        (PACKET_TOO_LARGE, MQTT-3.2.2-15), a ``packet_id`` in use or out of
+        range, or an invalid topic or property."""
         connected = self.state == _CONNECTED
         if connected:
             if qos > self._peer_qos:
@@ -492,11 +500,16 @@ class Session:
                 raise _local(_RETAIN_NOT_SUPPORTED, _E_NO_RETAIN)
         elif not qos:
             raise _local(_PROTOCOL_ERROR, _E_QOS0_NEEDS_CONNECTION)
-        p = Publish(topic, payload, qos, retain, False, None, properties)
+        p = Publish(topic, payload, qos, retain, dup, None, properties)
         if not qos:
             self._tx_publish(p)
             return None
-        p.packet_id = pid = self._new_id()
+        pid = packet_id
+        if pid is None:
+            pid = self.new_packet_id()
+        elif pid in self._msgs or pid in self._pending:
+            raise _local(_PROTOCOL_ERROR, (_E_ID_IN_USE, pid))
+        p.packet_id = pid
         order = self._order
         n = self._nsent
         if connected and n == len(order) and n < self.peer_receive_maximum:
@@ -567,6 +580,18 @@ class Session:
         from ._session_resume import drop_oldest
 
         return drop_oldest(self)
+
+    def new_packet_id(self):
+        """A packet id no message or request of ours uses now (MQTT-2.2.1-3),
+        for a publish() to come: a client that stores the message first
+        stores its id with it. Raises LocalProtocolError when all are used."""
+        i = self._next_id
+        for _ in range(65535):
+            i = i % 65535 + 1
+            if i not in self._msgs and i not in self._pending:
+                self._next_id = i
+                return i
+        raise _local(_QUOTA_EXCEEDED, _E_IDS_EXHAUSTED)
 
     # -- receive handlers (named in _RX) --------------------------------------
 
@@ -748,19 +773,9 @@ class Session:
 
             _discard(self)
 
-    def _new_id(self):
-        # MQTT-2.2.1-3: a non-zero id not in use by another message or request.
-        i = self._next_id
-        for _ in range(65535):
-            i = i % 65535 + 1
-            if i not in self._msgs and i not in self._pending:
-                self._next_id = i
-                return i
-        raise _local(_QUOTA_EXCEEDED, _E_IDS_EXHAUSTED)
-
     def _request(self, cls, items, properties):
         self._need(_CLIENT, _K)
-        pid = self._new_id()
+        pid = self.new_packet_id()
         self._send(cls(pid, items, properties))
         self._pending[pid] = (cls.type, len(items))
         return pid

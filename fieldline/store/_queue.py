@@ -302,8 +302,8 @@ class Queue:
 
     # -- the clients' persistence= contract -----------------------------
 
-    def put(self, topic, payload, qos, retain, properties):
-        head = json.dumps([topic, qos, retain, _props_out(properties)]).encode()
+    def put(self, topic, payload, qos, retain, properties, packet_id=None):
+        head = json.dumps([topic, qos, retain, _props_out(properties), packet_id]).encode()
         return self.append(head + b"\n" + bytes(payload))
 
     def done(self, key):
@@ -313,6 +313,9 @@ class Queue:
         out = []  # type: list
         for seq, value in self.peek(self.count):
             i = value.find(b"\n")
-            topic, qos, retain, props = json.loads(value[:i])
-            out.append((seq, (topic, value[i + 1 :], qos, retain, _props_in(props))))
+            h = json.loads(
+                value[:i]
+            )  # [topic, qos, retain, props, packet id (older records lack it)]
+            h.append(None)
+            out.append((seq, (h[0], value[i + 1 :], h[1], h[2], _props_in(h[3]), h[4])))
         return out

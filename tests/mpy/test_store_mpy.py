@@ -208,6 +208,7 @@ def test_queue_as_client_persistence():
         2,
         True,
         {"correlation_data": b"\x00\x01", "user_property": [("a", "b")]},
+        None,
     )
     q.close()
     _rm(path)

@@ -11,12 +11,22 @@ after each, then ``done``, and wait to be killed.
 ``device.py second HOST PORT VERSION FOLDER``: open the queue, print
 ``pending ENTRIES``, connect (the stored messages go out), handle the
 connection until the queue is empty, disconnect, print ``empty``, exit 0.
+
+With a persistent session, for tests/test_client_persist_qos2.py:
+``device.py qos2-first HOST PORT VERSION FOLDER``: connect (clean start 0),
+publish ``A`` at QoS 2 and wait until it is complete, print ``A``; publish
+``B`` with ``timeout=0`` (the PUBLISH is written, nothing more is read),
+print ``B``, and wait to be killed: the broker's PUBREC for ``B`` stays
+unread. ``device.py qos2-second HOST PORT VERSION FOLDER``: resume the
+session (``B`` goes out again), publish ``C`` at QoS 2, handle the
+connection until the queue is empty, disconnect, print ``done``, exit 0.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fieldline.mqtt import Client
@@ -24,6 +34,7 @@ from fieldline.store import Queue
 
 WAIT = 10.0
 TOPIC = "outbox/device-7"
+QOS2_TOPIC = "qos2/device-9"
 
 
 def payload(i: int) -> bytes:
@@ -42,17 +53,11 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-def client(host: str, port: str, version: str, queue: Queue) -> Client:
-    return Client(
-        host,
-        int(port),
-        version=int(version),
-        client_id="device-7",
-        persistence=queue,
-        timeout=WAIT,
-        backoff_min=0.05,
-        backoff_max=0.2,
-    )
+def client(host: str, port: str, version: str, queue: Queue, **options: Any) -> Client:
+    options.setdefault("client_id", "device-7")
+    options.setdefault("backoff_min", 0.05)
+    options.setdefault("backoff_max", 0.2)
+    return Client(host, int(port), version=int(version), persistence=queue, timeout=WAIT, **options)
 
 
 def first(host: str, port: str, version: str, folder: str, n: str) -> None:
@@ -89,8 +94,48 @@ def second(host: str, port: str, version: str, folder: str) -> None:
     say("empty")
 
 
+def resuming(host: str, port: str, version: str, queue: Queue) -> Client:
+    return client(
+        host,
+        port,
+        version,
+        queue,
+        client_id="device-9",
+        clean_start=False,
+        session_expiry=3600,
+        reconnect=False,
+    )
+
+
+def qos2_first(host: str, port: str, version: str, folder: str) -> None:
+    c = resuming(host, port, version, Queue(folder))
+    c.connect()
+    c.publish(QOS2_TOPIC, b"A", qos=2)  # returns on its PUBCOMP
+    say("A")
+    c.publish(QOS2_TOPIC, b"B", qos=2, timeout=0)
+    say("B")
+    sys.stdin.read()  # killed here, with B's PUBREC unread
+
+
+def qos2_second(host: str, port: str, version: str, folder: str) -> None:
+    q = Queue(folder)
+    c = resuming(host, port, version, q)
+    c.connect()
+    c.publish(QOS2_TOPIC, b"C", qos=2)
+    deadline = time.monotonic() + WAIT
+    while len(q):
+        assert time.monotonic() < deadline, f"{len(q)} messages still queued"
+        c.loop(0.5)
+    c.disconnect()
+    q.close()
+    say("done")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "first":
-        first(*sys.argv[2:])
-    else:
-        second(*sys.argv[2:])
+    modes: dict[str, Callable[..., None]] = {
+        "first": first,
+        "second": second,
+        "qos2-first": qos2_first,
+        "qos2-second": qos2_second,
+    }
+    modes[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,82 @@
+"""QoS 2 with ``persistence=`` and a persistent session across a killed
+process: a message whose PUBREC came back but was never read is sent again
+after the restart under the packet id the broker holds it by, so the broker
+delivers it once and the id is free for the next message (MQTT-4.3.3-9: a
+receiver takes a PUBLISH under an unreleased id as a duplicate). Before the
+packet ids were stored, the restart gave that message a new id: our broker
+delivered it twice and took the next message, given the old id, for a
+duplicate, so that one was lost. The device runs tests/storeproc/device.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Mosquitto, ProxyFactory
+from paho_peer import PahoPeer
+from storeproc.child import Child
+from storeproc.device import QOS2_TOPIC as TOPIC
+from test_broker import running
+
+from fieldline.broker import BrokerThread
+from fieldline.store import Queue
+
+WAIT = 10.0
+
+
+@pytest.fixture(params=["fieldline", "mosquitto"])
+def broker_address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    if request.param == "mosquitto":
+        m: Mosquitto = request.getfixturevalue("mosquitto")
+        yield m.host, m.port
+    else:
+        broker: BrokerThread
+        for broker in running():
+            yield broker.host, broker.port
+
+
+def test_a_qos2_message_cut_off_after_pubrec_is_delivered_once_after_a_kill(
+    broker_address: tuple[str, int],
+    tcp_proxy: ProxyFactory,
+    version: int,
+    tmp_path: Path,
+) -> None:
+    host, port = broker_address
+    peer = PahoPeer(host, port, version)
+    try:
+        peer.subscribe("qos2/#", 2)
+        proxy = tcp_proxy((host, port))
+        folder = str(tmp_path / "outbox")
+        args = (proxy.host, str(proxy.port), str(version), folder)
+        with Child("device.py", "qos2-first", *args, stdin=True) as device:
+            assert device.line() == "A"
+            down = proxy.bytes_down.value  # up to A's PUBCOMP
+            assert device.line() == "B"
+            proxy.bytes_down.wait(down + 4, timeout=WAIT)  # B's PUBREC, never read
+            assert device.kill() == []
+        with Queue(folder) as q:
+            assert [m[1] for _, m in q.pending()] == [b"B"]
+        with Child("device.py", "qos2-second", *args) as device:
+            assert device.line(timeout=3 * WAIT) == "done"
+            assert device.wait() == 0, device.stderr.decode()
+        peer.publish("qos2/end", b"end", 2)  # everything before it has arrived once it does
+        got: list[tuple[str, bytes]] = []
+        while not got or got[-1] != ("qos2/end", b"end"):
+            m = peer.expect(1)[0]
+            got.append((m.topic, bytes(m.payload)))
+        assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
+    finally:
+        peer.close()
+
+
+def test_the_queue_keeps_packet_ids_and_reads_records_stored_without(tmp_path: Path) -> None:
+    folder = str(tmp_path / "q")
+    with Queue(folder) as q:
+        q.append(b'["old/t", 1, false, null]\n' + b"old")  # a record from before ids were kept
+        q.put("new/t", b"new", 2, True, None, 42)
+    with Queue(folder) as q:
+        assert [m for _, m in q.pending()] == [
+            ("old/t", b"old", 1, False, None, None),
+            ("new/t", b"new", 2, True, None, 42),
+        ]
