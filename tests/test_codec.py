@@ -346,7 +346,9 @@ def test_property_forbidden_value(pid: int) -> None:
     bad = [0] if pid in NONZERO else [2, 255]
     for ptype in sorted(where):
         for value in bad:
-            raises_remote(raw_with_props(ptype, prop_bytes(pid, value)), MQTT5, PROTOCOL)
+            # Topic Alias 0 is 0x94 Topic Alias invalid, as Mosquitto and EMQX say.
+            code = 0x94 if pid == 0x23 else PROTOCOL
+            raises_remote(raw_with_props(ptype, prop_bytes(pid, value)), MQTT5, code)
             with pytest.raises(LocalProtocolError) as e:
                 encode(packet_with(ptype, {name: value}), MQTT5)
             assert e.value.reason_code == PROTOCOL
@@ -1035,10 +1037,10 @@ BAD: list[tuple[str, int | None, bytes, int]] = [
     ("publish-topic-empty-311", MQTT311, frame(0x30, ustr("")), PROTOCOL),  # MQTT-4.7.3-1
     ("publish-topic-empty-no-alias", MQTT5, frame(0x30, ustr(""), "00"), PROTOCOL),  # 3.3.2.3.4
     (
-        "publish-topic-alias-0",  # MQTT-3.3.2-8
+        "publish-topic-alias-0",  # MQTT-3.3.2-8; 0x94 as Mosquitto and EMQX
         MQTT5,
         frame(0x30, ustr("t"), props_block("23 0000")),
-        PROTOCOL,
+        0x94,
     ),
     (
         "publish-subscription-identifier-0",  # 3.3.2.3.8
@@ -1446,7 +1448,31 @@ LOCAL_ERRORS: list[tuple[str, int, Any, int]] = [
     ("disconnect-code-0x01", MQTT5, Disconnect(0x01), PROTOCOL),
     ("auth-311", MQTT311, Auth(), PROTOCOL),
     ("auth-code-0x04", MQTT5, Auth(0x04), PROTOCOL),
+    # A string, not a list of pairs: it used to go out as the pair ("a", "b").
+    ("user-property-a-string", MQTT5, Publish("t", properties={"user_property": "ab"}), PROTOCOL),
+    (
+        "user-property-not-a-pair",  # used to raise IndexError
+        MQTT5,
+        Publish("t", properties={"user_property": [("a",)]}),
+        PROTOCOL,
+    ),
+    (
+        "user-property-three",
+        MQTT5,
+        Disconnect(0, {"user_property": [("a", "b", "c")]}),
+        PROTOCOL,
+    ),
+    # A field of the wrong type: a LocalProtocolError too, not AttributeError.
+    ("subscribe-of-strings", MQTT5, Subscribe(1, ["a/b"]), PROTOCOL),  # type: ignore[list-item]
+    ("connect-will-not-a-will", MQTT5, Connect("c", will="w"), PROTOCOL),  # type: ignore[arg-type]
 ]
+
+
+def test_user_property_may_be_a_dict() -> None:
+    # {name: value} is taken as one pair each (it used to raise KeyError);
+    # decoding gives the list of pairs.
+    data = encode(Publish("t", properties={"user_property": {"unit": "C", "at": "1"}}), MQTT5)
+    assert decode(data, MQTT5).properties == {"user_property": [("unit", "C"), ("at", "1")]}
 
 
 @pytest.mark.parametrize("name,v,packet,code", LOCAL_ERRORS, ids=[x[0] for x in LOCAL_ERRORS])

@@ -363,7 +363,8 @@ def encode(packet, version=_MQTT5):
         if packet.dup:
             raise LocalProtocolError(_PROTOCOL_ERROR, _E_DUP_ON_QOS0)  # MQTT-3.3.1-2
         return b"".join((_frame_header(first, n), tb, pb, payload))
-    except (TypeError, ValueError, OverflowError) as e:
+    except (TypeError, ValueError, OverflowError, AttributeError, LookupError) as e:
+        # A field of the wrong type (say a Subscribe of strings, not Subscriptions).
         raise LocalProtocolError(_PROTOCOL_ERROR, (_E_CANNOT_ENCODE, packet, e)) from None
 
 

@@ -4,7 +4,7 @@ packets each may appear in, with their encoder and decoder.
 Loaded only when a 5.0 packet carries properties, so a 3.1.1 device never
 pays for it. A property dict is keyed by the snake_case spec name; the two
 properties that may repeat come as lists: ``user_property`` (list of
-``(name, value)`` string pairs, order kept) and ``subscription_identifier``
+``(name, value)`` string pairs, order kept; a dict is taken too) and ``subscription_identifier``
 in PUBLISH (list of ints; a single int in SUBSCRIBE).
 """
 
@@ -19,6 +19,7 @@ except ImportError:  # CPython
 _PUBLISH = const(3)  # the packet type; _IN_PUBLISH below is its mask bit
 _MALFORMED_PACKET = const(0x81)
 _PROTOCOL_ERROR = const(0x82)
+_TOPIC_ALIAS_INVALID = const(0x94)
 
 # Wire types.
 _BYTE = const(1)
@@ -155,7 +156,9 @@ def decode_properties(data, pos, ptype):
         if allowed is not None and value not in allowed:
             raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, value))
         if not value and pid in _NONZERO:
-            raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_ZERO, name))
+            # Topic Alias 0 (MQTT-3.3.2-8) as Mosquitto and EMQX answer it.
+            code = _TOPIC_ALIAS_INVALID if pid == 0x23 else _PROTOCOL_ERROR
+            raise RemoteProtocolError(code, (_E_PROP_ZERO, name))
         if wire == _PAIR or (pid == 0x0B and ptype == _PUBLISH):
             lst = props.get(name)
             if lst is None:
@@ -183,6 +186,8 @@ def encode_properties(props, ptype):
         _, wire, where, allowed = PROPERTIES[pid]
         if not where & bit:
             raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, name))
+        if wire == _PAIR and isinstance(value, dict):
+            value = list(value.items())  # {name: value}: one pair each
         many = wire == _PAIR or pid == 0x0B
         values = (
             value
@@ -205,6 +210,8 @@ def encode_properties(props, ptype):
                 out += bytes((len(v) >> 8, len(v) & 255))
                 out += v
             elif wire == _PAIR:
+                if not isinstance(v, (list, tuple)) or len(v) != 2:
+                    raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, v))
                 out += encode_string(v[0])
                 out += encode_string(v[1])
             else:

@@ -253,7 +253,7 @@ MALFORMED = [
     (5, "30 05 00 02 61 00 00", 0x81),  # U+0000 (MQTT-1.5.4-2)
     (5, "30 09 00 01 74 04 03 00 02 74 ff", 0x81),  # content type runs past its block
     (5, "30 0a 00 01 74 06 23 00 01 23 00 02", 0x82),  # topic alias twice
-    (5, "30 07 00 01 74 03 23 00 00", 0x82),  # topic alias 0 (MQTT-3.3.2-8)
+    (5, "30 07 00 01 74 03 23 00 00", 0x94),  # topic alias 0 (MQTT-3.3.2-8): Topic Alias invalid
     (5, "30 07 00 01 74 03 11 00 00", 0x81),  # session expiry in PUBLISH
     (5, "30 05 00 01 74 01 7f", 0x81),  # unknown property id
     (4, "10 0d 00 04 4d 51 54 54 04 03 00 3c 00 01 63", 0x81),  # CONNECT reserved flag
