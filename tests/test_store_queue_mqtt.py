@@ -30,7 +30,12 @@ def peer(mosquitto: Mosquitto, version: int) -> Iterator[PahoPeer]:
 
 
 def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
-    mosquitto: Mosquitto, tcp_proxy: ProxyFactory, version: int, peer: PahoPeer, tmp_path: Path
+    mosquitto: Mosquitto,
+    tcp_proxy: ProxyFactory,
+    version: int,
+    peer: PahoPeer,
+    tmp_path: Path,
+    interpreter: str,
 ) -> None:
     peer.subscribe("outbox/#", 1)
     proxy = tcp_proxy(mosquitto)
@@ -38,7 +43,7 @@ def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
     args = (proxy.host, str(proxy.port), str(version), folder)
     payloads = [payload(i) for i in range(N)]
 
-    with Child("device.py", "first", *args, str(N), stdin=True) as device:
+    with Child("device.py", "first", *args, str(N), stdin=True, exe=interpreter) as device:
         assert device.line() == "up"
         assert peer.expect(1)[0].payload == b"online"
         proxy.refuse()  # the network goes: no connection now or later
@@ -61,7 +66,7 @@ def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
     assert [m[4] for m in stored] == [properties(version, i) for i in range(N)]
 
     proxy.accept()  # the network is back
-    with Child("device.py", "second", *args) as device:
+    with Child("device.py", "second", *args, exe=interpreter) as device:
         assert device.line() == f"pending {N}"
         assert device.line(timeout=3 * WAIT) == "empty"
         assert device.wait() == 0, device.stderr.decode()

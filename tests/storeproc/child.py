@@ -21,17 +21,21 @@ class ChildDied(AssertionError):
 
 
 class Child:
-    """``python tests/storeproc/<script> *args``, with the checkout on PYTHONPATH."""
+    """``python tests/storeproc/<script> *args``, with the checkout on PYTHONPATH;
+    ``exe`` names another interpreter (``micropython``: the checkout goes on its
+    MICROPYPATH)."""
 
-    def __init__(self, script: str, *args: str, stdin: bool = False) -> None:
+    def __init__(
+        self, script: str, *args: str, stdin: bool = False, exe: str = sys.executable
+    ) -> None:
         self.script = script
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / script), *args],
+            [exe, str(HERE / script), *args],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), "MICROPYPATH": f"{REPO}:.frozen"},
         )
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._eof = False
