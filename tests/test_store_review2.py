@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from fieldline.store import QueryError, Queue, Store, StoreFullError
+from fieldline.store import REFUSE, QueryError, Queue, Store, StoreFullError
 
 
 def segment_names(folder: Path) -> list[str]:
@@ -152,7 +152,7 @@ def test_a_full_medium_can_still_drain_the_queue(small_fs: Path) -> None:
     # needs room there is none of: the segments that hold only acknowledged
     # entries go whole instead, which frees room without writing.
     folder = small_fs / "q"
-    q = Queue(folder, segment_size=4096, max_entries=100000)
+    q = Queue(folder, segment_size=4096, max_entries=100000, policy=REFUSE)
     seqs = fill(q)
     assert len(segment_names(folder)) > 4
     half = seqs[: len(seqs) // 2]
@@ -161,7 +161,7 @@ def test_a_full_medium_can_still_drain_the_queue(small_fs: Path) -> None:
     more = [q.append(b"after") for _ in range(5)]  # room again
     assert more[0] == seqs[-1] + 1
     q.close()
-    with Queue(folder, segment_size=4096, max_entries=100000) as q:
+    with Queue(folder, segment_size=4096, max_entries=100000, policy=REFUSE) as q:
         assert [s for s, _ in q.peek(len(seqs))] == seqs[len(half) :] + more
         assert q.stats()["damaged"] == []
         assert q.append(b"next") == more[-1] + 1
@@ -172,7 +172,7 @@ def test_a_full_medium_in_one_segment_drains_once_everything_is_acked(small_fs: 
     # an ack of some entries still needs a write and fails, losing nothing; an
     # ack of them all lets the whole log go, and numbering goes on after it.
     folder = small_fs / "q"
-    q = Queue(folder, max_entries=100000)
+    q = Queue(folder, max_entries=100000, policy=REFUSE)
     seqs = fill(q)
     assert len(segment_names(folder)) == 1
     with pytest.raises(StoreFullError):
@@ -195,7 +195,7 @@ def test_every_state_a_crash_leaves_during_a_drop_opens_the_same(
     # as it was; after it, at any point, the reopen must finish the drop:
     # the entries of the dropped segments gone (not back, not reported
     # lost), every other entry there, numbering above every number used.
-    opts: dict[str, Any] = {"segment_size": 4096, "max_entries": 100000}
+    opts: dict[str, Any] = {"segment_size": 4096, "max_entries": 100000, "policy": REFUSE}
     folder = small_fs / "q"
     q = Queue(folder, **opts)
     seqs = fill(q)
@@ -259,7 +259,7 @@ def test_a_full_medium_can_still_drain_the_queue_on_micropython(
     half = len(seqs) // 2
     assert int(lines["acked"]) == half
     assert int(lines["after"]) == seqs[-1] + 1
-    with Queue(folder, segment_size=4096, max_entries=100000) as q:
+    with Queue(folder, segment_size=4096, max_entries=100000, policy=REFUSE) as q:
         assert [s for s, _ in q.peek(len(seqs) + 1)] == seqs[half:] + [seqs[-1] + 1]
         assert q.stats()["damaged"] == []
 
@@ -373,3 +373,25 @@ def test_kill_loop_on_a_full_medium_keeps_exactly_the_unacked_entries(small_fs: 
         state = got
         cuts += any(n.endswith(".cut") for n in os.listdir(folder))
     assert fulls > 10 and cuts > 10, (fulls, cuts)  # full often, segments dropped
+
+
+def test_drop_oldest_on_a_full_medium_keeps_the_newest_entries(small_fs: Path) -> None:
+    # DROP_OLDEST keeps the newest data within max_entries/max_bytes; on a
+    # full medium it used to raise StoreFullError all the same, so a device
+    # offline for long stopped recording. Now the oldest segment goes whole
+    # (no write needed), its entries counted as dropped, and the entry is
+    # written.
+    folder = small_fs / "q"
+    opts: dict[str, Any] = {"segment_size": 4096, "max_entries": 100000}
+    q = Queue(folder, **opts)
+    entries = [(q.append(b"%05d" % i + b"p" * 295), i) for i in range(600)]  # ~3x the medium
+    stats = q.stats()
+    assert stats["dropped"] > 0 and stats["entries"] + stats["dropped"] == 600
+    kept = q.peek(600)
+    newest = [(seq, b"%05d" % i) for seq, i in entries[-len(kept) :]]
+    assert [(seq, v[:5]) for seq, v in kept] == newest  # the newest, in order, none missing
+    q.close()
+    with Queue(folder, **opts) as q:
+        assert [(seq, v[:5]) for seq, v in q.peek(600)] == newest
+        assert q.stats()["damaged"] == []
+        assert q.append(b"next") == entries[-1][0] + 1

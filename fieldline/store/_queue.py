@@ -52,7 +52,9 @@ class Queue:
 
     ``max_entries`` / ``max_bytes`` bound it; when full, ``policy``
     DROP_OLDEST drops the oldest entry to make room (counted in
-    ``dropped``) and REFUSE raises QueueFull (counted in ``refused``).
+    ``dropped``) and REFUSE raises QueueFull (counted in ``refused``). On a
+    full medium DROP_OLDEST drops the oldest segment's entries to make room
+    and REFUSE raises StoreFullError.
     ``ttl``: seconds an entry lives unless ``append`` says otherwise
     (None: forever). The other options are the Store's."""
 
@@ -206,7 +208,14 @@ class Queue:
             i += 1
         seq = self._next
         records.append((PUT, RAW, struct.pack(">I", seq), value, expires))
-        positions = self._log.append(records, "queue entry %d" % seq)
+        try:
+            positions = self._log.append(records, "queue entry %d" % seq)
+        except StoreFullError:
+            # A full medium: DROP_OLDEST makes room there as within its
+            # bounds, by deleting the oldest segment whole (no write needed).
+            if self.policy == REFUSE or not self._drop_oldest_segment():
+                raise
+            return self.append(value, ttl)
         self._next = seq + 1
         for s in drop:
             self._forget(self._find(s))
@@ -258,6 +267,20 @@ class Queue:
             self._trim()
             self._maybe_compact()
         return len(found)
+
+    def _drop_oldest_segment(self):
+        # Forget the entries of the oldest segment (counted as dropped) and
+        # delete it, with any after it that hold no entry; False if none.
+        old = []
+        for i in range(self._head, len(self._pos)):
+            p = self._pos[i]
+            if p != DEAD and not p >> 24:
+                old.append(self._seqs[i])
+        n = self.count
+        if not bulk().drop_acked(self, old):
+            return False
+        self.dropped += n - self.count
+        return True
 
     def _delete(self, seqs):
         if seqs:

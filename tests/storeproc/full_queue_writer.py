@@ -17,14 +17,14 @@ import json
 import random
 import sys
 
-from fieldline.store import Queue, StoreFullError
+from fieldline.store import REFUSE, Queue, StoreFullError
 
 SEGMENT_SIZE = 2048  # shared with the test, which reopens the queue so
 
 
 def open_queue(folder: str) -> Queue:
     # fsync=False for speed: SIGKILL does not lose the page cache.
-    return Queue(folder, max_entries=100000, segment_size=SEGMENT_SIZE, fsync=False)
+    return Queue(folder, max_entries=100000, segment_size=SEGMENT_SIZE, fsync=False, policy=REFUSE)
 
 
 def main() -> None:

@@ -11,9 +11,9 @@ import sys
 
 sys.path.insert(0, sys.argv[1])
 
-from fieldline.store import Queue, StoreFullError  # noqa: E402
+from fieldline.store import REFUSE, Queue, StoreFullError  # noqa: E402
 
-q = Queue(sys.argv[2], segment_size=4096, max_entries=100000)
+q = Queue(sys.argv[2], segment_size=4096, max_entries=100000, policy=REFUSE)
 seqs = []
 for size in (300, 1):
     try:
