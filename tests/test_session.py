@@ -695,7 +695,7 @@ def test_outgoing_aliases():
     p.connect()
     for t in ("a", "a", "b", "c", "b"):
         p.c.publish(t, b"", 0)
-    wire = decode_all(p.c._out, 5)
+    wire = decode_all(b"".join(p.c._out), 5)
     assert [(w.topic, (w.properties or {}).get("topic_alias")) for w in wire] == [
         ("a", 1),
         ("", 1),
@@ -728,7 +728,7 @@ def test_no_aliases_without_peer_maximum():
     p.connect()
     p.c.publish("a", b"", 0)
     p.c.publish("a", b"", 0)
-    assert all(not w.properties for w in decode_all(p.c._out, 5))
+    assert all(not w.properties for w in decode_all(b"".join(p.c._out), 5))
 
 
 @pytest.mark.parametrize("alias", [3, 100])
@@ -1027,7 +1027,7 @@ def test_client_pings_and_times_out(v):
     assert p.c.data_to_send() == b""
     p.now = 10
     p.c.tick(10)
-    assert decode_all(p.c._out, v) == [PingReq()]
+    assert decode_all(b"".join(p.c._out), v) == [PingReq()]
     assert p.c.next_deadline() == 15
     p.run()  # PINGRESP arrives
     assert p.c.next_deadline() == 20

@@ -219,7 +219,7 @@ class Session:
     def _reset(self):
         # Everything that belongs to one network connection.
         self._parser = Parser(self.version if self.role == _CLIENT else None, self.max_packet_size)
-        self._out = bytearray()
+        self._out = []  # encoded packets not yet taken by data_to_send()
         self._events = []
         self._eof = False
         self._hold = False  # server: an event awaits accept()/reject()/auth()
@@ -308,8 +308,11 @@ class Session:
         out = self._out
         if not out:
             return b""
-        self._out = bytearray()
-        return bytes(out)
+        # The packets as encode() made them: one needs no copy (the usual
+        # case: a device writes each publish at once), more are joined once.
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
 
     def connection_lost(self, now=None):
         """The network connection ended (any state, also after an error).
@@ -708,7 +711,7 @@ class Session:
             raise _local(_PROTOCOL_ERROR, (_E_NOT_IN_STATE, self.state))
 
     def _put(self, data):
-        self._out += data
+        self._out.append(data)
         self._last_tx = self._now
 
     def _send(self, p):
