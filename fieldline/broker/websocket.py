@@ -8,7 +8,9 @@ across frames (MQTT-6.0.0-2), so nothing here looks at packets. The ``Connection
 writes through ``FrameTransport``, which sends each write as one binary frame and passes
 everything else (close, buffer sizes, flow control, peer address and certificate) to
 the real transport. A text frame closes the connection (MQTT-6.0.0-1); a frame wsproto
-cannot parse is answered with the close code it names. The ``Connection`` is made when
+cannot parse is answered with the close code it names. Pings are answered, but while
+the network takes no bytes only the latest Pong waits: a peer that pings and never
+reads costs one Pong, not one per Ping. The ``Connection`` is made when
 the network connection is, so its ``connect_timeout`` covers the upgrade too.
 """
 
@@ -58,6 +60,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.open = False  # the upgrade was accepted
         self._request = bytearray()  # the upgrade request, until its blank line
         self._refused = False
+        self._paused = False  # the network takes no more bytes for now
+        self._pong: bytes | None = None  # the answer to the latest Ping, while paused
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -81,9 +85,14 @@ class WebSocketProtocol(asyncio.Protocol):
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
+        self._paused = True
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        self._paused = False
+        pong, self._pong = self._pong, None
+        if pong is not None:
+            self._write(pong)
         self.inner.resume_writing()
 
     # -- the upgrade --------------------------------------------------------------
@@ -164,7 +173,14 @@ class WebSocketProtocol(asyncio.Protocol):
             if isinstance(event, BytesMessage):
                 self.inner.data_received(bytes(event.data))
             elif isinstance(event, Ping):
-                self._write(ws.send(event.response()))
+                pong = ws.send(event.response())
+                if self._paused:
+                    # A peer that pings and reads nothing must not make us hold a
+                    # Pong per Ping: while the network takes nothing, only the
+                    # latest waits (RFC 6455 5.5.3 allows answering only it).
+                    self._pong = pong
+                else:
+                    self._write(pong)
             elif isinstance(event, CloseConnection):
                 # The peer's close (answered), or a frame wsproto could not parse
                 # (the event carries the close code to send back).

@@ -1,0 +1,56 @@
+"""A security review of the broker, as an attacker on the network and as a
+low-privilege client would approach it: each test is a hole found (and closed) or a
+defence checked, over real sockets."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from test_broker import WAIT
+from test_broker_listeners import RawWs, connect_bytes
+from wsproto.events import BytesMessage, Ping
+
+from fieldline.broker import BrokerThread, Listener
+
+# -- WebSocket ---------------------------------------------------------------------------
+
+
+def _websocket_buffered(b: BrokerThread) -> int:
+    """The bytes the broker holds unsent on its (one) WebSocket connection."""
+
+    def size() -> int:
+        (conn,) = b.broker.connections
+        assert conn.transport is not None
+        return conn.transport.get_write_buffer_size()
+
+    return b.call(size)
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_websocket_pings_from_a_client_that_never_reads_do_not_pile_up() -> None:
+    # RFC 6455 5.5.2 makes us answer every Ping, but a client that sends pings and
+    # reads nothing would have the broker hold every Pong in memory, without bound
+    # (the MQTT write-buffer checks never see them). Once the network stops taking
+    # bytes, only the latest Pong waits (5.5.3 allows answering only the latest).
+    with BrokerThread(listeners=[Listener("ws", port=0)]) as b:
+        ws = RawWs(b.port)
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        ws.send(BytesMessage(data=connect_bytes("pinger")))
+        ws.mqtt_bytes(1)  # CONNACK: from here on the client reads nothing
+        frame = ws.ws.send(Ping(b"p" * 125))
+        burst = frame * (1_000_000 // len(frame))
+        before = b.call(lambda: b.broker.counters.bytes_in)
+        for _ in range(8):  # 8 MB of pings, each answered with a 127-byte Pong
+            try:
+                ws.sock.sendall(burst)
+            except TimeoutError:
+                pytest.fail("the broker stopped reading the pings (buried in Pongs?)")
+        ws.send(BytesMessage(data=b"\xc0\x00"))  # PINGREQ: read once the pings are
+        deadline = time.monotonic() + WAIT
+        while b.call(lambda: b.broker.counters.bytes_in) < before + 2:
+            assert time.monotonic() < deadline, "the broker stopped reading"
+            time.sleep(0.01)
+        assert _websocket_buffered(b) < 1_000_000
+        ws.close()
