@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from test_broker import WAIT
@@ -13,6 +14,10 @@ from test_broker_listeners import RawWs, connect_bytes
 from wsproto.events import BytesMessage, Ping
 
 from fieldline.broker import BrokerThread, Listener
+from fieldline.broker.acl import Acl
+from fieldline.mqtt import Client, Subscription
+
+NOT_AUTHORIZED = 0x87
 
 # -- WebSocket ---------------------------------------------------------------------------
 
@@ -54,3 +59,44 @@ def test_websocket_pings_from_a_client_that_never_reads_do_not_pile_up() -> None
             time.sleep(0.01)
         assert _websocket_buffered(b) < 1_000_000
         ws.close()
+
+
+# -- ACL ---------------------------------------------------------------------------------
+
+# Every client reads the fleet's topics, except its own secret (a deny rule narrowing a
+# broad grant by the client's identity).
+FLEET_ACL = """\
+topic read fleet/#
+topic deny fleet/%c/secret
+user root
+topic write #
+"""
+
+
+def test_a_deny_rule_that_cannot_be_filled_in_denies_more_not_less() -> None:
+    # A client id is the client's choice: one holding "/", "+" or "#" cannot be put in
+    # a rule (it would change the filter's shape). Leaving a grant out then closes
+    # access, but leaving a deny out opened it: client "cam/1" could read
+    # fleet/cam/1/secret. Such a deny rule now denies everything from its first %c
+    # (or %u) on.
+    acl = Acl.parse(FLEET_ACL)
+    cam = acl.permissions(None, "cam1")
+    assert cam.can_read("fleet/cam2/secret") and not cam.can_read("fleet/cam1/secret")
+    for client_id in ("cam/1", "cam+", "cam#"):
+        odd = acl.permissions(None, client_id)
+        assert not odd.can_read("fleet/cam/1/secret")
+        assert not odd.can_subscribe("fleet/cam/1/secret")
+        assert not odd.can_subscribe("fleet/#")
+    anonymous_deny = Acl.parse("topic read a/#\ntopic deny a/%u/b\n").permissions(None, "c")
+    assert not anonymous_deny.can_read("a/x/b")  # no user name: the same
+
+
+def test_a_client_id_with_a_slash_does_not_escape_a_deny_rule(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(FLEET_ACL)
+    with BrokerThread(acl_file=str(acl)) as b:
+        sub = Client("127.0.0.1", b.port, client_id="cam/1")
+        sub.connect(timeout=WAIT)
+        codes = sub.subscribe([Subscription("fleet/cam/1/secret"), Subscription("fleet/+")])
+        assert codes == [NOT_AUTHORIZED, NOT_AUTHORIZED]
+        sub.disconnect()

@@ -64,9 +64,10 @@ class _Section:
 
 class Permissions:
     """The rules of one client, with ``%u`` and ``%c`` filled in: its read, write and
-    deny filters. Rules whose substitution is impossible are left out (no user name
-    for ``%u``; a user name or client id holding ``+``, ``#`` or ``/``, which would
-    turn the value into a wildcard or another level)."""
+    deny filters. Where a substitution is impossible (no user name for ``%u``; a
+    user name or client id holding ``+``, ``#`` or ``/``, which would turn the value
+    into a wildcard or another level), a grant is left out and a deny rule denies
+    everything from its first ``%u`` or ``%c`` on: either way, less access."""
 
     __slots__ = ("deny", "read", "write")
 
@@ -167,8 +168,13 @@ class Acl:
                 f = rule.filter
                 if rule.templated:
                     filled = _substitute(f, username, client_id)
+                    if filled is None and rule.access == DENY:
+                        # A client id (or a user name without a password file) is the
+                        # client's choice: one that cannot be filled in must not
+                        # lift a denial. Deny from the first %u/%c on instead.
+                        filled = _widen(f)
                     if filled is None:
-                        continue
+                        continue  # a grant that cannot be filled in grants nothing
                     f = filled
                 if rule.access == DENY:
                     deny.append(f)
@@ -228,6 +234,16 @@ def _substitute(topic_filter: str, username: str | None, client_id: str) -> str 
         pos = m.end()
     out.append(topic_filter[pos:])
     return "".join(out)
+
+
+def _widen(topic_filter: str) -> str:
+    """``topic_filter`` cut at its first level holding ``%u`` or ``%c``, ``#`` in its
+    place: every topic the filter could name, whatever the values."""
+    levels = topic_filter.split("/")
+    for n, level in enumerate(levels):
+        if _SUBSTITUTE.search(level):
+            return "/".join([*levels[:n], "#"])
+    return topic_filter
 
 
 def _usable(value: str | None) -> str | None:
