@@ -285,9 +285,10 @@ def _publish(broker: BrokerThread, topic: str, payloads: list[bytes], qos: int) 
         broker.call(broker.broker.publish, topic, payload, qos)
 
 
-def test_a_file_of_schema_1_is_brought_to_schema_2(tmp_path: Path) -> None:
-    # Schema 2 adds the shared subscription of queued and in-flight messages: a file
-    # written before it loads, with what it held, and is written on as schema 2.
+def test_a_file_of_schema_1_is_brought_to_the_current_schema(tmp_path: Path) -> None:
+    # Schema 2 adds the shared subscription of queued and in-flight messages (and 3 the
+    # deadline of in-flight ones): a file written before loads, with what it held, and
+    # is written on as the current schema.
     db = tmp_path / "b.db"
     with sqlite3.connect(db) as conn:
         conn.executescript(
@@ -319,5 +320,5 @@ def test_a_file_of_schema_1_is_brought_to_schema_2(tmp_path: Path) -> None:
         assert [m.payload for m in back.messages(1)] == [b"kept"]
         back.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (2,)
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (3,)
     conn.close()

@@ -4,9 +4,11 @@ test names the rule it checks; those of a fix fail without it."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -363,3 +365,66 @@ def test_overlapping_subscriptions_give_one_copy_at_the_highest_qos(
     assert (m.payload, m.qos) == (b"away", 2)
     assert back.quiet(0.2)
     back.close()
+
+
+# -- the deadline of an in-flight message across a restart (persistence schema 3) --------
+
+
+def test_an_in_flight_message_keeps_its_expiry_deadline_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    # A message sent and not acknowledged when the broker stopped is sent again after
+    # the restart with the interval it has left (MQTT-3.3.2-6): the persistence file
+    # keeps its deadline. It used to keep only the interval it was sent with, so the
+    # resend, a second after it had run out, still claimed that second.
+    db = str(tmp_path / "b.db")
+    props = {"session_expiry_interval": 60}
+    with BrokerThread(persistence=db, durability="full") as broker:
+        c = Raw(broker.port, "x", clean_start=False, properties=props, auto_flush=False)
+        c.subscribe(Subscription("exp/#", 1))
+        expiring = {"message_expiry_interval": 1}
+        broker.call(broker.broker.publish, "exp/1", b"qos 1", 1, False, expiring)
+        assert [m.properties["message_expiry_interval"] for m in c.messages(1)] == [1]
+        c.close()  # no PUBACK
+        wait_for(broker, "connected", 0)
+    with BrokerThread(persistence=db) as broker:
+        wait_past(broker, "x")  # the deadline came back from the file
+        again = Raw(broker.port, "x", clean_start=False, properties=props)
+        assert again.connack.session_present
+        (m,) = again.messages(1)
+        assert (m.topic, m.dup, m.properties["message_expiry_interval"]) == ("exp/1", True, 0)
+        again.close()
+
+
+def test_a_file_of_schema_2_gets_the_deadline_column(tmp_path: Path) -> None:
+    # A schema 2 file has no deadline for in-flight messages: it opens as schema 3, and
+    # its in-flight message is resent as before, with the interval it was sent with.
+    db = tmp_path / "b.db"
+    props = {"session_expiry_interval": 60}
+    with BrokerThread(persistence=str(db), durability="full") as broker:
+        c = Raw(broker.port, "x", clean_start=False, properties=props, auto_flush=False)
+        c.subscribe(Subscription("exp/#", 1))
+        broker.call(broker.broker.publish, "exp/1", b"m", 1, False, {"message_expiry_interval": 60})
+        c.messages(1)
+        c.close()
+        wait_for(broker, "connected", 0)
+    with sqlite3.connect(db) as conn:  # back to what a schema 2 broker wrote
+        conn.executescript(
+            """
+            CREATE TABLE old AS SELECT client_id, packet_id, ord, state, topic, payload, qos,
+                retain, props, share FROM inflight;
+            DROP TABLE inflight;
+            ALTER TABLE old RENAME TO inflight;
+            UPDATE meta SET value=2 WHERE key='schema';
+            """
+        )
+    conn.close()
+    with BrokerThread(persistence=str(db)) as broker:
+        again = Raw(broker.port, "x", clean_start=False, properties=props)
+        (m,) = again.messages(1)
+        assert (m.topic, m.dup, m.properties["message_expiry_interval"]) == ("exp/1", True, 60)
+        again.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == (3,)
+        assert "expires" in [r[1] for r in conn.execute("PRAGMA table_info(inflight)")]
+    conn.close()

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fieldline.broker")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _NEVER = 0xFFFFFFFF
 _PUBLISH = 3
 
@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS queue(
     expires REAL, sids TEXT, share TEXT, PRIMARY KEY(client_id, seq));
 CREATE TABLE IF NOT EXISTS inflight(
     client_id TEXT, packet_id INT, ord INT, state INT, topic TEXT, payload BLOB, qos INT,
-    retain INT, props TEXT, share TEXT, PRIMARY KEY(client_id, packet_id));
+    retain INT, props TEXT, share TEXT, expires REAL, PRIMARY KEY(client_id, packet_id));
 CREATE TABLE IF NOT EXISTS rx2(
     client_id TEXT, packet_id INT, PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wills(
@@ -99,7 +99,7 @@ _PUT_SUB = "INSERT OR REPLACE INTO subscriptions VALUES(?,?,?,?,?,?,?)"
 _DEL_SUB = "DELETE FROM subscriptions WHERE client_id=? AND filter=?"
 _PUT_QUEUED = "INSERT OR REPLACE INTO queue VALUES(?,?,?,?,?,?,?,?,?,?)"
 _DEL_QUEUED = "DELETE FROM queue WHERE client_id=? AND seq<?"
-_PUT_INFLIGHT = "INSERT OR REPLACE INTO inflight VALUES(?,?,?,?,?,?,?,?,?,?)"
+_PUT_INFLIGHT = "INSERT OR REPLACE INTO inflight VALUES(?,?,?,?,?,?,?,?,?,?,?)"
 _DEL_INFLIGHT = "DELETE FROM inflight WHERE client_id=? AND packet_id=?"
 _PUT_RX2 = "INSERT OR REPLACE INTO rx2 VALUES(?,?)"
 _DEL_RX2 = "DELETE FROM rx2 WHERE client_id=? AND packet_id=?"
@@ -109,8 +109,12 @@ _DEL_WILL = "DELETE FROM wills WHERE client_id=?"
 _SESSION_TABLES = ("sessions", "subscriptions", "queue", "inflight", "rx2")
 _TABLES = ("meta", "retained", *_SESSION_TABLES, "wills")
 _DEL_CLIENT = [f"DELETE FROM {table} WHERE client_id=?" for table in _SESSION_TABLES]
-# Schema 1 -> 2: the shared subscription a queued or in-flight message was picked for.
-_MIGRATE_1 = [f"ALTER TABLE {table} ADD COLUMN share TEXT" for table in ("queue", "inflight")]
+# Schema 1 -> 2: the shared subscription a queued or in-flight message was picked for;
+# 2 -> 3: the wall-clock deadline of an in-flight message's Message Expiry Interval.
+_MIGRATE = {
+    1: [f"ALTER TABLE {table} ADD COLUMN share TEXT" for table in ("queue", "inflight")],
+    2: ["ALTER TABLE inflight ADD COLUMN expires REAL"],
+}
 
 Op = tuple[str, tuple[Any, ...]]
 
@@ -229,9 +233,10 @@ class Persistence:
             if statement.strip():
                 db.execute(statement)
         row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is not None and row[0] == 1:  # an older broker's file: add what it lacks
-            for statement in _MIGRATE_1:
-                db.execute(statement)
+        if row is not None and row[0] in _MIGRATE:  # an older broker's file: add what it lacks
+            for version in range(row[0], SCHEMA_VERSION):
+                for statement in _MIGRATE[version]:
+                    db.execute(statement)
             row = None
         if row is None:
             db.execute(_PUT_META, ("schema", SCHEMA_VERSION))
@@ -332,15 +337,17 @@ class Persistence:
         cs.seq_head, cs.seq_tail = first, first + len(rows)
         # The ACL file may have changed while the broker was down: check the queue again.
         cs.set_permissions(None if acl is None else acl.permissions(username, cid))
-        q = "SELECT packet_id, ord, state, topic, payload, qos, retain, props, share FROM inflight "
-        for pid, order, state, topic, payload, qos, retain, props, share in db.execute(
-            q + "WHERE client_id=? ORDER BY ord", (cid,)
+        q = "SELECT packet_id, ord, state, topic, payload, qos, retain, props, share, expires "
+        for pid, order, state, topic, payload, qos, retain, props, share, expires in db.execute(
+            q + "FROM inflight WHERE client_id=? ORDER BY ord", (cid,)
         ):
             if state == _PUBLISH:
                 # Sent before: a resend carries DUP (MQTT-3.3.1-1, MQTT-4.4.0-1).
                 p: Any = Publish(topic, payload, qos, bool(retain), True, pid, _unprops(props))
+                if expires is not None:  # the resend carries the interval left
+                    cs.expiry[pid] = now + (expires - wall)
                 if share is not None:  # a shared subscription's QoS 1 one (sent_shared)
-                    row = (topic, payload, qos, retain, props, None, None, share)
+                    row = (topic, payload, qos, retain, props, expires, None, share)
                     cs.shared[pid] = _delivery(row, now, wall)
             else:
                 p = PubRel(pid)
@@ -360,7 +367,7 @@ class Persistence:
         """What the session ``cid``, ended, had not completed for shared subscriptions,
         as ``ClientSession.undelivered_shared`` finds it in memory: its QoS 1 ones in
         flight, then those queued."""
-        q = ("SELECT topic, payload, qos, retain, props, NULL, NULL, share FROM inflight "
+        q = ("SELECT topic, payload, qos, retain, props, expires, NULL, share FROM inflight "
              "WHERE client_id=? AND state=? AND share IS NOT NULL ORDER BY ord")  # fmt: skip
         rows = db.execute(q, (cid, _PUBLISH)).fetchall()
         q = ("SELECT topic, payload, qos, retain, props, expires, sids, share FROM queue "
@@ -563,9 +570,10 @@ class Persistence:
                 shared = cs.shared.get(pid)
                 share = None if shared is None else shared.share
                 row = (cid, pid, order, _PUBLISH, p.topic, p.payload, p.qos, int(p.retain),
-                       _props(p.properties), share)  # fmt: skip
+                       _props(p.properties), share,
+                       self._wall(cs.expiry.get(pid)))  # fmt: skip
             else:
-                row = (cid, pid, order, p.type, None, None, None, None, None, None)
+                row = (cid, pid, order, p.type, None, None, None, None, None, None, None)
             ops.append((_PUT_INFLIGHT, row))
         for pid in [pid for pid in saved if pid not in msgs]:
             del saved[pid]
