@@ -5,6 +5,7 @@ defence checked, over real sockets."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from wsproto.events import BytesMessage, Ping
 
 from fieldline.broker import BrokerThread, Listener
 from fieldline.broker.acl import Acl
-from fieldline.mqtt import Client, Subscription
+from fieldline.broker.passwords import Passwords, hash_password
+from fieldline.mqtt import CLIENT, Client, Connect, Session, Subscription
 
 NOT_AUTHORIZED = 0x87
 
@@ -100,3 +102,52 @@ def test_a_client_id_with_a_slash_does_not_escape_a_deny_rule(tmp_path: Path) ->
         codes = sub.subscribe([Subscription("fleet/cam/1/secret"), Subscription("fleet/+")])
         assert codes == [NOT_AUTHORIZED, NOT_AUTHORIZED]
         sub.disconnect()
+
+
+# -- authentication ----------------------------------------------------------------------
+
+
+def _password_file(path: Path, **users: str) -> Path:
+    fast = {"n": 1024, "r": 8, "p": 1}  # the tests check the logic, not the cost
+    Passwords({u: hash_password(pw.encode(), **fast) for u, pw in users.items()}).save(path)
+    return path
+
+
+def _connect_bytes(username: str, password: bytes) -> bytes:
+    s = Session(CLIENT)
+    s.connect(Connect("", True, 30, username, password, protocol_level=5), 0.0)
+    return s.data_to_send()
+
+
+def test_no_hash_is_computed_for_a_connection_that_has_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each password check costs a slow hash, a few at a time. A flood of CONNECTs
+    # whose connections are gone (cut by connect_timeout while they waited) must not
+    # keep the hashing busy, ahead of clients still waiting for their answer.
+    gate = threading.Event()
+    calls = []
+    verify = Passwords.verify
+
+    def counted(self: Passwords, username: str, password: bytes) -> bool:
+        calls.append(username)
+        if len(calls) <= 4:  # the four concurrent checks wait: the rest queue up
+            gate.wait(WAIT)
+        return verify(self, username, password)
+
+    monkeypatch.setattr(Passwords, "verify", counted)
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    with BrokerThread(password_file=str(pw), connect_timeout=1) as b:
+        flood = []
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+            sock.sendall(_connect_bytes("alice", b"guess"))
+            flood.append(sock)
+        for sock in flood:  # each is cut after connect_timeout, its check still owed
+            assert sock.recv(16) == b""
+            sock.close()
+        gate.set()
+        ok = Client("127.0.0.1", b.port, username="alice", password=b"s3cret")
+        ok.connect(timeout=WAIT)
+        ok.disconnect()
+    assert len(calls) == 5  # the four that had started, and the last client's

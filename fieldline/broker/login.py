@@ -252,7 +252,11 @@ class Login:
             if conn.ended:
                 return
             assert self.broker.passwords is not None
-            verdict = await self.broker.passwords.check(p.username, p.password)
+            # Skipped if the connection ends while it waits its turn (a flood of
+            # CONNECTs cut by connect_timeout must not hold up the clients behind).
+            verdict = await self.broker.passwords.check(
+                p.username, p.password, lambda: not conn.ended
+            )
         if conn.ended:
             return
         self._connect(conn, p, verdict)

@@ -8,7 +8,8 @@ its parameters so they can be raised later without breaking older lines::
 
 One check costs about 16 MiB and a few tens of milliseconds of CPU: the broker runs it
 in a worker thread (``Passwords.check``), at most a few at a time, so a burst of
-connects neither blocks the event loop nor takes the memory of one hash per thread.
+connects neither blocks the event loop nor takes the memory of one hash per thread;
+a check whose client has gone by its turn is skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hmac
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import ConfigError
@@ -163,16 +165,25 @@ class Passwords:
         ok = verify_password(password, hashed or self._dummy or "")
         return ok and hashed is not None
 
-    async def check(self, username: str | None, password: bytes | None) -> int:
+    async def check(
+        self,
+        username: str | None,
+        password: bytes | None,
+        wanted: Callable[[], bool] | None = None,
+    ) -> int:
         """The CONNACK reason code for these CONNECT credentials: OK, or
         BAD_USER_NAME_OR_PASSWORD (unknown user, wrong or missing password).
         ``username`` None is NOT_AUTHORIZED: anonymity is the caller's decision. The
-        hash runs in a worker thread, a few at a time."""
+        hash runs in a worker thread, a few at a time. ``wanted``: asked when this
+        check's turn comes; False (the client has gone) skips the hash and answers
+        BAD_USER_NAME_OR_PASSWORD, so checks no one waits for take no turn."""
         if username is None:
             return NOT_AUTHORIZED
         if self._limit is None:
             self._limit = asyncio.Semaphore(_CONCURRENT_CHECKS)
         async with self._limit:
+            if wanted is not None and not wanted():
+                return BAD_USER_NAME_OR_PASSWORD
             ok = await asyncio.to_thread(self.verify, username, password or b"")
         return OK if ok and password is not None else BAD_USER_NAME_OR_PASSWORD
 
