@@ -104,6 +104,21 @@ def test_a_client_id_with_a_slash_does_not_escape_a_deny_rule(tmp_path: Path) ->
         sub.disconnect()
 
 
+def test_a_client_id_starting_with_dollar_does_not_reach_the_sys_topics(tmp_path: Path) -> None:
+    # "topic read %c/#" gives each device the tree named after it. A client that
+    # calls itself "$SYS" must not get the broker's own topics through it: a rule
+    # whose filter would start with "$" only once filled in does not apply.
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite %c/#\n")
+    assert Acl.load(acl).permissions(None, "dev1").can_read("dev1/x")
+    assert not Acl.load(acl).permissions(None, "$SYS").can_read("$SYS/broker/uptime")
+    with BrokerThread(acl_file=str(acl), sys_interval=1) as b:
+        spy = Client("127.0.0.1", b.port, client_id="$SYS")
+        spy.connect(timeout=WAIT)
+        assert spy.subscribe("$SYS/#") == [NOT_AUTHORIZED]
+        spy.disconnect()
+
+
 # -- authentication ----------------------------------------------------------------------
 
 

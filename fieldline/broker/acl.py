@@ -66,8 +66,9 @@ class Permissions:
     """The rules of one client, with ``%u`` and ``%c`` filled in: its read, write and
     deny filters. Where a substitution is impossible (no user name for ``%u``; a
     user name or client id holding ``+``, ``#`` or ``/``, which would turn the value
-    into a wildcard or another level), a grant is left out and a deny rule denies
-    everything from its first ``%u`` or ``%c`` on: either way, less access."""
+    into a wildcard or another level, or starting a filter with ``$``), a grant is
+    left out and a deny rule denies everything from its first ``%u`` or ``%c`` on:
+    either way, less access."""
 
     __slots__ = ("deny", "read", "write")
 
@@ -221,7 +222,8 @@ def _allowed(topic: str, grants: list[str], deny: list[str]) -> bool:
 
 def _substitute(topic_filter: str, username: str | None, client_id: str) -> str | None:
     """``topic_filter`` with ``%u`` and ``%c`` filled in; None if a value it needs is
-    missing or would change the filter's shape (empty, or holding ``+``, ``#``, ``/``)."""
+    missing or would change the filter's shape (empty, or holding ``+``, ``#``, ``/``),
+    or would make it start with ``$`` (``%c/#`` for a client id ``$SYS``)."""
     values = {"%u": _usable(username), "%c": _usable(client_id)}
     out = []
     pos = 0
@@ -233,7 +235,10 @@ def _substitute(topic_filter: str, username: str | None, client_id: str) -> str 
         out.append(value)
         pos = m.end()
     out.append(topic_filter[pos:])
-    return "".join(out)
+    filled = "".join(out)
+    if filled.startswith("$") and not topic_filter.startswith("$"):
+        return None  # the value moved the rule into the $ topics, the broker's ($SYS)
+    return filled
 
 
 def _widen(topic_filter: str) -> str:
