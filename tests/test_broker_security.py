@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_broker import WAIT
@@ -16,8 +17,9 @@ from wsproto.events import BytesMessage, Ping
 
 from fieldline.broker import BrokerThread, Listener
 from fieldline.broker.acl import Acl
+from fieldline.broker.configfile import config_from_dict
 from fieldline.broker.passwords import Passwords, hash_password
-from fieldline.mqtt import CLIENT, Client, Connect, Session, Subscription
+from fieldline.mqtt import CLIENT, Client, Connect, NotAuthorized, Session, Subscription
 
 NOT_AUTHORIZED = 0x87
 
@@ -166,3 +168,30 @@ def test_no_hash_is_computed_for_a_connection_that_has_ended(
         ok.connect(timeout=WAIT)
         ok.disconnect()
     assert len(calls) == 5  # the four that had started, and the last client's
+
+
+def test_use_username_as_clientid_stops_one_user_taking_over_anothers_session(
+    tmp_path: Path,
+) -> None:
+    # A client id is the client's choice: by default a second connection with the
+    # same id, from any user, closes the first and continues its session
+    # (MQTT-3.1.4-3), as in Mosquitto. With use_username_as_clientid (Mosquitto's
+    # option) a client's id is its user name, so bob cannot cut alice off, nor claim
+    # her id's ACL rules; a client without a user name is refused.
+    pw = _password_file(tmp_path / "passwd", alice="s3cret", bob="hunter2")
+    options: dict[str, Any] = {"password_file": str(pw), "allow_anonymous": True}
+    with BrokerThread(use_username_as_clientid=True, **options) as b:
+        alice = Client("127.0.0.1", b.port, client_id="phone", username="alice", password=b"s3cret")
+        alice.connect(timeout=WAIT)
+        alice.subscribe("t")
+        bob = Client("127.0.0.1", b.port, client_id="phone", username="bob", password=b"hunter2")
+        bob.connect(timeout=WAIT)  # the same client id as alice's CONNECT held
+        assert sorted(b.call(lambda: list(b.broker.sessions.sessions))) == ["alice", "bob"]
+        bob.publish("t", b"still here", qos=1)
+        assert alice.recv(timeout=WAIT).payload == b"still here"
+        with pytest.raises(NotAuthorized) as refused:
+            Client("127.0.0.1", b.port, client_id="anon").connect(timeout=WAIT)
+        assert refused.value.reason_code == NOT_AUTHORIZED
+        alice.disconnect()
+        bob.disconnect()
+    assert config_from_dict({"use_username_as_clientid": True}).use_username_as_clientid

@@ -182,6 +182,9 @@ class BrokerConfig:
     (3.1.1: acknowledged as usual). ``password_file``,
     ``allow_anonymous``: who may connect; ``acl_file``: which topics each client may
     publish to and receive (none when set and no rule allows it; see acl.py).
+    ``use_username_as_clientid``: a client's id is its user name, whatever id its
+    CONNECT holds (Mosquitto's option): one user cannot take over another's
+    session, and a client without a user name is refused.
     ``plugins``: plug-in objects, or ``"package.module:ClassName"`` strings the broker
     imports and instantiates when it starts, with the keyword arguments in
     ``plugin[ClassName]`` (see hooks.py). ``hook_timeout``: seconds an ``async`` hook
@@ -220,6 +223,7 @@ class BrokerConfig:
     password_file: str | None = None
     allow_anonymous: bool | None = None
     acl_file: str | None = None
+    use_username_as_clientid: bool = False
     plugins: list[Any] = field(default_factory=list)
     plugin: dict[str, dict[str, Any]] = field(default_factory=dict)
     hook_timeout: float = 5.0

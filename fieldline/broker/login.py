@@ -111,6 +111,8 @@ class Login:
         else:
             n = len(pw.users)
             out = f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
+        if b.config.use_username_as_clientid:
+            out += ", client ids are user names"
         acl = self.broker.acl
         if acl is not None:
             n = len(acl)
@@ -221,7 +223,7 @@ class Login:
         elif p is not None:  # the CONNECT's exchange ends with the CONNACK
             conn.auth_connect = None
             if code == OK:
-                self.broker.accept(conn, p, out)
+                self._accept(conn, p, out)
             else:
                 self._refuse(conn, p, code)
         elif code == OK:
@@ -268,9 +270,24 @@ class Login:
             anonymous = self.broker.config.anonymous
             verdict = OK if anonymous or identity else NOT_AUTHORIZED
         if verdict == OK:
-            self.broker.accept(conn, p)
+            self._accept(conn, p)
         else:
             self._refuse(conn, p, verdict)
+
+    def _accept(self, conn: Connection, p: Connect, auth_data: bytes | None = None) -> None:
+        if self.broker.config.use_username_as_clientid:
+            # A client id is the client's choice, so any client could take over any
+            # session by naming it (MQTT-3.1.4-3): tie it to the authenticated user
+            # name instead, as Mosquitto's option does. No user name: refused. An
+            # empty id is left for the broker to assign (a unique one; MQTT-3.2.2-16
+            # has the CONNACK tell a 5.0 client the id it was given).
+            if p.username is None:
+                self._refuse(conn, p, NOT_AUTHORIZED)
+                return
+            if p.client_id and p.client_id != p.username:
+                p = copy.copy(p)  # the session's own stays as it came
+                p.client_id = p.username
+        self.broker.accept(conn, p, auth_data)
 
     def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:
         # Never log the password.
