@@ -19,7 +19,7 @@ from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
 from fieldline.broker import BrokerThread, Listener
 from fieldline.broker.acl import Acl
 from fieldline.broker.configfile import config_from_dict
-from fieldline.broker.passwords import Passwords, hash_password
+from fieldline.broker.passwords import Passwords, hash_password, parse_hash
 from fieldline.mqtt import CLIENT, Client, Connect, NotAuthorized, Session, Subscription
 
 NOT_AUTHORIZED = 0x87
@@ -214,3 +214,15 @@ def test_use_username_as_clientid_stops_one_user_taking_over_anothers_session(
         alice.disconnect()
         bob.disconnect()
     assert config_from_dict({"use_username_as_clientid": True}).use_username_as_clientid
+
+
+def test_an_unknown_user_costs_the_same_hash_as_a_known_one() -> None:
+    # An unknown user name is checked against a dummy hash, so it takes as long as a
+    # known one. The dummy must have the parameters the file's hashes have, not the
+    # defaults: a file of cheaper (or dearer) hashes would otherwise tell by the time
+    # taken which user names exist.
+    cheap = {"n": 1024, "r": 8, "p": 1}
+    pw = Passwords({"alice": hash_password(b"s3cret", **cheap)})
+    assert not pw.verify("nobody", b"guess")
+    assert pw._dummy is not None
+    assert parse_hash(pw._dummy)[:3] == parse_hash(pw.users["alice"])[:3]

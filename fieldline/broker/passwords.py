@@ -22,6 +22,7 @@ import hmac
 import os
 import secrets
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -148,8 +149,7 @@ class Passwords:
     def share_limit(self, old: Passwords) -> None:
         """Take ``old``'s limit on concurrent checks (a reload replaces the users, not
         the cap on memory and threads the checks may take)."""
-        self._limit = old._limit
-        self._dummy = old._dummy
+        self._limit = old._limit  # not its dummy hash: the new file's may differ
 
     def set(self, username: str, password: bytes) -> None:
         """Add ``username`` or change its password. Raises ValueError for a bad name."""
@@ -160,10 +160,18 @@ class Passwords:
         """Whether ``password`` is ``username``'s (blocking: tens of milliseconds)."""
         hashed = self.users.get(username)
         if hashed is None and self._dummy is None:
-            self._dummy = hash_password(secrets.token_bytes(16))
+            self._dummy = self._make_dummy()
         # An unknown user is checked against a dummy hash: it takes as long as a known one.
         ok = verify_password(password, hashed or self._dummy or "")
         return ok and hashed is not None
+
+    def _make_dummy(self) -> str:
+        # With the parameters most of the file's hashes have (the defaults for an
+        # empty file): a dummy cheaper or dearer than the real hashes would tell, by
+        # the time a check takes, which user names exist.
+        params = Counter(parse_hash(h)[:3] for h in self.users.values())
+        n, r, p = params.most_common(1)[0][0] if params else (N, R, P)
+        return hash_password(secrets.token_bytes(16), n, r, p)
 
     async def check(
         self,
