@@ -226,3 +226,85 @@ def test_an_unknown_user_costs_the_same_hash_as_a_known_one() -> None:
     assert not pw.verify("nobody", b"guess")
     assert pw._dummy is not None
     assert parse_hash(pw._dummy)[:3] == parse_hash(pw.users["alice"])[:3]
+
+
+# -- defences checked: what an attacker tries first --------------------------------------
+
+
+def _answer_and_close(sock: socket.socket) -> bytes:
+    """Everything the broker sends until it closes the connection."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_before_authentication_a_client_costs_little(tmp_path: Path) -> None:
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    with BrokerThread(password_file=str(pw), connect_timeout=0.5) as b:
+        # Silence after the TCP accept: closed after connect_timeout.
+        with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
+            start = time.monotonic()
+            assert _answer_and_close(sock) == b""
+            assert time.monotonic() - start < 5
+        # A CONNECT announcing 256 MB: refused on its header, the body never awaited
+        # (nor buffered): the 0x95 CONNACK comes before connect_timeout.
+        with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
+            sock.sendall(b"\x10\xff\xff\xff\x7f\x00\x04MQTT\x05")
+            start = time.monotonic()
+            answer = _answer_and_close(sock)
+            assert time.monotonic() - start < 0.4
+            assert answer[:1] in (b"", b"\x20")  # nothing, or a CONNACK
+        # A first packet other than CONNECT: closed at once.
+        with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
+            sock.sendall(b"\x82\x06\x00\x01\x00\x01t\x00")  # SUBSCRIBE
+            start = time.monotonic()
+            _answer_and_close(sock)
+            assert time.monotonic() - start < 0.4
+        assert b.call(lambda: len(b.broker.sessions.sessions)) == 0
+
+
+@pytest.mark.parametrize(
+    "username", [b"ali\x00ce", b"ali\xffce", b"\xed\xa0\x80"], ids=["nul", "bad-utf8", "surrogate"]
+)
+def test_a_user_name_that_is_not_mqtt_utf8_is_malformed(tmp_path: Path, username: bytes) -> None:
+    # MQTT-1.5.4-1, -2: refused as malformed before any password check.
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    with BrokerThread(password_file=str(pw)) as b:
+        body = b"\x00\x04MQTT\x04\xc2\x00\x1e\x00\x01c"  # 3.1.1, user name and password
+        body += len(username).to_bytes(2, "big") + username + b"\x00\x02pw"
+        with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
+            sock.sendall(b"\x10" + bytes([len(body)]) + body)
+            answer = _answer_and_close(sock)
+        assert answer in (b"", b"\x20\x02\x00\x02")  # closed (3.1.1 has no code for it)
+        assert b.call(lambda: len(b.broker.sessions.sessions)) == 0
+
+
+def test_no_password_is_not_an_empty_password(tmp_path: Path) -> None:
+    pw = _password_file(tmp_path / "passwd", guest="")
+    with BrokerThread(password_file=str(pw)) as b:
+        with pytest.raises(NotAuthorized) as refused:
+            Client("127.0.0.1", b.port, username="guest").connect(timeout=WAIT)
+        assert refused.value.reason_code == 0x86
+        ok = Client("127.0.0.1", b.port, username="guest", password=b"")
+        ok.connect(timeout=WAIT)
+        ok.disconnect()
+
+
+def test_a_shared_subscription_does_not_get_round_the_acl(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("user admin\ntopic read #\ntopic deny secret/#\nuser root\ntopic write #\n")
+    with BrokerThread(acl_file=str(acl)) as b:
+        admin = Client("127.0.0.1", b.port, client_id="admin", username="admin")
+        admin.connect(timeout=WAIT)
+        codes = admin.subscribe(
+            [Subscription("$share/g/secret/#"), Subscription("$share/g/+/x", qos=1)]
+        )
+        assert codes == [NOT_AUTHORIZED, 1]
+        root = Client("127.0.0.1", b.port, client_id="root", username="root")
+        root.connect(timeout=WAIT)
+        root.publish("secret/x", b"no", qos=1)
+        root.publish("public/x", b"yes", qos=1)
+        assert admin.recv(timeout=WAIT).payload == b"yes"  # secret/x went to no one
+        root.disconnect()
+        admin.disconnect()
