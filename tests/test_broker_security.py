@@ -133,6 +133,8 @@ def test_a_client_id_starting_with_dollar_does_not_reach_the_sys_topics(tmp_path
     acl.write_text("topic readwrite %c/#\n")
     assert Acl.load(acl).permissions(None, "dev1").can_read("dev1/x")
     assert not Acl.load(acl).permissions(None, "$SYS").can_read("$SYS/broker/uptime")
+    named = Acl.parse("topic read $SYS/#\ntopic deny %c/#\n").permissions(None, "$SYS")
+    assert not named.can_read("$SYS/x")  # a deny rule still applies, as filled in
     with BrokerThread(acl_file=str(acl), sys_interval=1) as b:
         spy = Client("127.0.0.1", b.port, client_id="$SYS")
         spy.connect(timeout=WAIT)

@@ -169,6 +169,8 @@ class Acl:
                 f = rule.filter
                 if rule.templated:
                     filled = _substitute(f, username, client_id)
+                    if filled and filled[0] == "$" and f[0] != "$" and rule.access != DENY:
+                        filled = None  # the value took a grant into the $ topics ($SYS)
                     if filled is None and rule.access == DENY:
                         # A client id (or a user name without a password file) is the
                         # client's choice: one that cannot be filled in must not
@@ -222,8 +224,7 @@ def _allowed(topic: str, grants: list[str], deny: list[str]) -> bool:
 
 def _substitute(topic_filter: str, username: str | None, client_id: str) -> str | None:
     """``topic_filter`` with ``%u`` and ``%c`` filled in; None if a value it needs is
-    missing or would change the filter's shape (empty, or holding ``+``, ``#``, ``/``),
-    or would make it start with ``$`` (``%c/#`` for a client id ``$SYS``)."""
+    missing or would change the filter's shape (empty, or holding ``+``, ``#``, ``/``)."""
     values = {"%u": _usable(username), "%c": _usable(client_id)}
     out = []
     pos = 0
@@ -235,10 +236,7 @@ def _substitute(topic_filter: str, username: str | None, client_id: str) -> str 
         out.append(value)
         pos = m.end()
     out.append(topic_filter[pos:])
-    filled = "".join(out)
-    if filled.startswith("$") and not topic_filter.startswith("$"):
-        return None  # the value moved the rule into the $ topics, the broker's ($SYS)
-    return filled
+    return "".join(out)
 
 
 def _widen(topic_filter: str) -> str:
