@@ -275,7 +275,7 @@ class Session:
                 elif self._parser.buffered() > self.max_packet_size:
                     # Nothing is parsed now, so nothing checks packet sizes:
                     # bound what waits instead (rare: loads on demand).
-                    from ._session_fail import overflow
+                    from ._session_rare import overflow
 
                     overflow(self)
                 return None
@@ -296,7 +296,7 @@ class Session:
                 p = getattr(self, h)(p) if h else None
             except RemoteProtocolError as e:
                 # The peer broke the protocol (rare: loads on demand).
-                from ._session_fail import fail
+                from ._session_rare import fail
 
                 fail(self, e)
                 raise
@@ -374,7 +374,7 @@ class Session:
         if self.role == _CLIENT and self._ping_at is None:
             self.ping()
             return
-        from ._session_fail import timeout
+        from ._session_rare import timeout
 
         timeout(self)
 
@@ -580,7 +580,7 @@ class Session:
         """Forget the oldest QoS 1/2 message that has not gone out on the wire
         (for a bounded queue that drops the oldest). Returns its packet id, or
         None when every waiting message was already sent: those must complete."""
-        from ._session_resume import drop_oldest
+        from ._session_rare import drop_oldest
 
         return drop_oldest(self)
 
@@ -655,7 +655,7 @@ class Session:
         # Expected: PUBACK (4) for QoS 1, PUBREC (5) for QoS 2, PUBCOMP for
         # our PUBREL. Anything else (late, repeated, wrong) is rare.
         if m is None or t != (_PUBCOMP if m.type == _PUBREL else m.qos + 3):
-            from ._session_resume import _rx_ack
+            from ._session_rare import _rx_ack
 
             return _rx_ack(self, p, m)
         if t == _PUBREC and p.reason_code < 0x80:
@@ -772,7 +772,7 @@ class Session:
         # Drop the session state (MQTT-3.1.2-4): nothing to do, the usual
         # case, unless messages are stored.
         if self._order or self._rx2 or self._acks:
-            from ._session_resume import _discard
+            from ._session_rare import _discard
 
             _discard(self)
 

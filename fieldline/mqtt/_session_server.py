@@ -9,7 +9,7 @@ from ._codec import encode
 from ._packets import ConnAck, PingResp, SubAck, UnsubAck
 from ._session import NEVER, _local, _remote
 from ._session5 import our_limits, peer_limits
-from ._session_fail import V3_CODES
+from ._session_rare import V3_CODES
 
 try:
     from micropython import const
