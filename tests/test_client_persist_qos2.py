@@ -73,6 +73,48 @@ def test_a_qos2_message_cut_off_after_pubrec_is_delivered_once_after_a_kill(
         peer.close()
 
 
+def test_a_qos2_message_cut_off_after_pubrel_is_not_delivered_again_after_a_kill(
+    broker_address: tuple[str, int],
+    tcp_proxy: ProxyFactory,
+    version: int,
+    tmp_path: Path,
+    interpreter: str,
+) -> None:
+    # B's PUBREC came and its PUBREL went, the broker completed B (it sent PUBCOMP),
+    # and the device was killed before reading the PUBCOMP. The queue noted B
+    # released, so the next run sends its PUBREL again, not B: a broker that has
+    # completed B would take B for a new message and deliver it twice (ours, and
+    # Mosquitto, which delivers on PUBREL).
+    host, port = broker_address
+    peer = PahoPeer(host, port, version)
+    try:
+        peer.subscribe("qos2/#", 2)
+        proxy = tcp_proxy((host, port))
+        folder = str(tmp_path / "outbox")
+        args = (proxy.host, str(proxy.port), str(version), folder)
+        with Child("device.py", "qos2-released", *args, stdin=True, exe=interpreter) as device:
+            assert device.line() == "A"
+            assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
+            down = proxy.bytes_down.value
+            device.send("B")
+            assert device.line() == "released"
+            proxy.bytes_down.wait(down + 8, timeout=WAIT)  # B's PUBREC and PUBCOMP
+            assert device.kill() == []
+        with Queue(folder) as q:
+            assert [(m[1], m[6]) for _, m in q.pending()] == [(b"B", True)]
+        with Child("device.py", "qos2-second", *args, exe=interpreter) as device:
+            assert device.line(timeout=3 * WAIT) == "done"
+            assert device.wait() == 0, device.stderr.decode()
+        peer.publish("qos2/end", b"end", 2)  # everything before it has arrived once it does
+        got: list[tuple[str, bytes]] = []
+        while not got or got[-1] != ("qos2/end", b"end"):
+            m = peer.expect(1)[0]
+            got.append((m.topic, bytes(m.payload)))
+        assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
+    finally:
+        peer.close()
+
+
 def test_the_queue_keeps_packet_ids_and_reads_records_stored_without(tmp_path: Path) -> None:
     folder = str(tmp_path / "q")
     with Queue(folder) as q:
@@ -80,6 +122,27 @@ def test_the_queue_keeps_packet_ids_and_reads_records_stored_without(tmp_path: P
         q.put("new/t", b"new", 2, True, None, 42)
     with Queue(folder) as q:
         assert [m for _, m in q.pending()] == [
-            ("old/t", b"old", 1, False, None, None),
-            ("new/t", b"new", 2, True, None, 42),
+            ("old/t", b"old", 1, False, None, None, False),
+            ("new/t", b"new", 2, True, None, 42, False),
         ]
+
+
+def test_the_queue_notes_a_released_message_and_keeps_it_so(tmp_path: Path) -> None:
+    folder = str(tmp_path / "q")
+    with Queue(folder, segment_size=256) as q:
+        a = q.put("t", b"a", 2, False, None, 1)
+        b = q.put("t", b"b", 2, False, {"content_type": "x"}, 2)
+        b2 = q.released(b)  # moved to the end, marked, in one write
+        assert b2 > b and q.released(999) == 999  # gone: nothing to note
+        assert [(k, m[1], m[5], m[6]) for k, m in q.pending()] == [
+            (a, b"a", 1, False),
+            (b2, b"b", 2, True),
+        ]
+    with Queue(folder, segment_size=256) as q:
+        q.compact()
+        assert [(k, m[1], m[4], m[6]) for k, m in q.pending()] == [
+            (a, b"a", None, False),
+            (b2, b"b", {"content_type": "x"}, True),
+        ]
+        q.done(b2)
+        assert len(q) == 1

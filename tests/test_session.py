@@ -370,6 +370,49 @@ def test_publish_under_a_given_packet_id(v):
     assert p.c.new_packet_id() not in (pid, 700)
 
 
+@pytest.mark.parametrize("v", VERSIONS)
+@pytest.mark.parametrize("present", [True, False])
+def test_released_events_and_release_after_a_restart(v, present):
+    # A client that stores its messages hears of a QoS 2 message's PUBREC (its
+    # PUBREL is sent), so that after a restart it restores the message as
+    # released: the PUBREL goes again, not the PUBLISH.
+    p = Pair(v, client={"released_events": True})
+    p.connect(clean=False)
+    pid = p.c.publish("t", b"two", 2)
+    p.c2s()
+    assert p.s2c() == [PubRec(pid)]  # the PUBREC, an event now
+    assert decode_all(p.c.data_to_send(), v) == [PubRel(pid)]
+    # A new run: the stored message comes back under its id, released.
+    c = Session(CLIENT, v)
+    c.publish("t", b"two", 2, packet_id=pid, dup=True)
+    c.release(pid)
+    c.connect(Connect("dev1", False, protocol_level=v), 0)
+    assert decode_all(c.data_to_send(), v)[0].type == 1  # the CONNECT, nothing else yet
+    c.receive_data(encode(ConnAck(present), v), 0)
+    assert isinstance(c.next_event(), ConnAck)
+    sent = decode_all(c.data_to_send(), v)
+    if present:
+        assert sent == [PubRel(pid)]  # MQTT-4.3.3-4: not the PUBLISH again
+        c.receive_data(encode(PubComp(pid), v), 0)
+        assert c.next_event() == PubComp(pid)
+    else:  # the broker lost the session: the message goes again, as a new one
+        assert [(type(m), m.payload, m.dup) for m in sent] == [(Publish, b"two", False)]
+
+
+def test_release_needs_a_qos2_message_not_sent_yet():
+    c = Session(CLIENT)
+    c.publish("t", b"", 1, packet_id=1)
+    for pid in (1, 2):  # QoS 1; no such message
+        with pytest.raises(LocalProtocolError) as e:
+            c.release(pid)
+        assert e.value.reason_code == PROTOCOL_ERROR
+    p = Pair(5)
+    p.connect()
+    pid = p.c.publish("t", b"", 2)  # sent on this connection
+    with pytest.raises(LocalProtocolError):
+        p.c.release(pid)
+
+
 def test_publish_under_a_given_packet_id_waits_offline():
     c = Session(CLIENT)
     assert c.publish("t", b"x", 1, packet_id=9, dup=True) == 9

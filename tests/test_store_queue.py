@@ -196,8 +196,8 @@ def test_persistence_contract(tmp_path: Path) -> None:
     q.close()
     q = Queue(path)
     assert q.pending() == [
-        (k2, ("a/2", b"two", 2, True, props, None)),
-        (k3, ("a/3", b"", 1, False, {}, None)),
+        (k2, ("a/2", b"two", 2, True, props, None, False)),
+        (k3, ("a/3", b"", 1, False, {}, None, False)),
     ]
     q.done(k2)
     q.done(k3)

@@ -60,7 +60,7 @@ def test_messages_published_offline_survive_a_kill_and_arrive_after_restart(
     with Queue(folder) as q:
         assert q.stats()["damaged"] == []
         stored = [m for _, m in q.pending()]
-    assert [(t, p, qos, retain) for t, p, qos, retain, _, _ in stored] == [
+    assert [(t, p, qos, retain) for t, p, qos, retain, _, _, _ in stored] == [
         (TOPIC, p, 1, False) for p in payloads
     ]
     assert [m[4] for m in stored] == [properties(version, i) for i in range(N)]

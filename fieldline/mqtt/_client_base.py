@@ -42,6 +42,7 @@ except ImportError:  # CPython
 _MQTT5 = const(5)
 _CONNACK = const(2)
 _PUBLISH = const(3)
+_PUBREC = const(5)
 _SUBACK = const(9)
 _UNSUBACK = const(11)
 _DISCONNECT = const(14)
@@ -154,9 +155,12 @@ class BaseClient(Inbox):
     restarts of the program: an object with ``put(topic, payload, qos,
     retain, properties, packet_id) -> key``, ``done(key)`` and ``pending()``
     (an iterable of ``(key, (topic, payload, qos, retain, properties,
-    packet_id))``, the messages stored but never done, oldest first; they
-    are sent again on the first connect(), under their packet ids, so that
-    a resumed session's broker takes them as the same messages).
+    packet_id, released))``, the messages stored but never done, oldest
+    first; they are sent again on the first connect(), under their packet
+    ids, so that a resumed session's broker takes them as the same
+    messages), and optionally ``released(key) -> key``: a QoS 2 message's
+    PUBREC came (pending() then says released, and its PUBREL is sent
+    again instead of it).
     ``auth_method``/``auth_data``: MQTT 5.0 enhanced authentication; the
     broker's challenges go to ``on_auth``.
     ``transport``: ``"tcp"``, or ``"websockets"`` for MQTT over WebSocket
@@ -272,6 +276,7 @@ class BaseClient(Inbox):
             topic_alias_maximum=topic_alias_maximum,
             auto_alias=True,
             manual_ack=True,
+            released_events=persistence is not None,
         )
         self._subs = {}  # topic filter -> (Subscription, properties), restored on reconnect
         self._routes = []  # [filter, callable or list(, None)] in subscription order
@@ -439,6 +444,20 @@ class BaseClient(Inbox):
         if key is not None:
             self.persistence.done(key)
 
+    def _released(self, pid):
+        # Our QoS 2 message is released (PUBREC came, PUBREL sent): a store
+        # that can note it does, so that after a restart the PUBREL goes
+        # again and not the message, which the broker would take for a new
+        # one once it has completed it. Not noted (a full disk, say), the
+        # restart sends the message again: a duplicate, never a loss.
+        key = self._stored.get(pid)
+        note = getattr(self.persistence, "released", None)
+        if key is not None and note is not None:
+            try:
+                self._stored[pid] = note(key)
+            except OSError:
+                pass
+
     def _load_stored(self):
         # Messages an earlier run stored and never completed go out first.
         if not self._restored:
@@ -457,6 +476,8 @@ class BaseClient(Inbox):
                             break
                 used.add(pid)
                 self._stored[s.publish(m[0], m[1], m[2], m[3], m[4], pid, True)] = key
+                if len(m) > 6 and m[6]:
+                    s.release(pid)  # its PUBREC came: the PUBREL goes again
 
     # -- a connection begins and ends -------------------------------------------
 
@@ -556,6 +577,8 @@ class BaseClient(Inbox):
                 raise e
             elif t == _AUTH:
                 self._auth(ev)
+            elif t == _PUBREC and ev.reason_code < 0x80:
+                self._released(ev.packet_id)
             else:  # PubAck, PubRec (failed), PubComp, SubAck, UnsubAck
                 if t < _SUBACK:
                     self._unstore(ev.packet_id)

@@ -208,6 +208,7 @@ AUTH_DATA_NO_METHOD Authentication Data without Authentication Method
 HELD_OVER_MAX %d bytes wait unread, over the Maximum Packet Size
 REJECT_WITH_SUCCESS reject() needs a reason code of 0x80 or more, not 0x%02X
 ID_IN_USE packet id %d is in use
+NOT_RELEASABLE no QoS 2 message %d waits to be sent
 """
 
 

@@ -171,6 +171,10 @@ class Session:
     peer's Topic Alias Maximum (5.0). ``manual_ack``: a received QoS 1/2
     message is delivered unanswered, and the application answers it with
     ack() (default: the session answers it before delivering it).
+    ``released_events``: a PUBREC accepting one of our QoS 2 messages is an
+    event too (PubRec, reason < 0x80; its PUBREL is sent), for a client
+    that stores its messages and must then resend the PUBREL, not the
+    PUBLISH, after a restart (see release()).
 
     Attributes to read: ``state``, ``role``, ``version``, ``client_id``,
     ``keep_alive`` (in force: Server Keep Alive overrides), and
@@ -195,8 +199,10 @@ class Session:
         auto_alias=False,
         maximum_qos=2,
         manual_ack=False,
+        released_events=False,
     ):
         self.role = role
+        self._rel_events = released_events
         self.version = version
         self.receive_maximum = receive_maximum
         self.max_packet_size = max_packet_size
@@ -258,8 +264,9 @@ class Session:
         is complete; a PubAck with 0x95 also reports a queued message found
         too large for the peer, with 0x9B or 0x9A one queued before a
         CONNACK whose Maximum QoS or Retain Available forbids it);
-        Disconnect. A server session returns None while a Connect or Auth
-        awaits accept(), reject() or auth(). After EOF
+        Disconnect; with released_events, PubRec with reason < 0x80 too (our
+        QoS 2 message was released). A server session returns None while a
+        Connect or Auth awaits accept(), reject() or auth(). After EOF
         and the last event, the session is IDLE as after connection_lost().
         Raises RemoteProtocolError (session now ERROR, answer queued); also
         PACKET_TOO_LARGE when, while nothing is read (awaiting accept(), or
@@ -584,6 +591,16 @@ class Session:
 
         return drop_oldest(self)
 
+    def release(self, packet_id):
+        """Client: our QoS 2 message ``packet_id``, not sent on this
+        connection, was released before (its PUBREC came, as a store kept
+        across a restart of the program): send PUBREL for it instead of the
+        PUBLISH (MQTT-4.3.3-4). Returns None. Raises LocalProtocolError if
+        there is no such message."""
+        from ._session_rare import release
+
+        release(self, packet_id)
+
     def new_packet_id(self):
         """A packet id no message or request of ours uses now (MQTT-2.2.1-3),
         for a publish() to come: a client that stores the message first
@@ -663,7 +680,7 @@ class Session:
             if self.role == _CLIENT:
                 rel.message = m  # type: ignore[attr-defined]  # until PUBCOMP, for _discard
             self._send(rel)
-            return None
+            return p if self._rel_events else None
         i = self._order.index(pid)
         if i >= self._nsent:
             raise _remote(_E_ACK_NOT_SENT)

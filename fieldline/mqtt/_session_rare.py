@@ -1,7 +1,8 @@
 """The session's rare paths: a peer that breaks the protocol or goes
 quiet, and stored messages off the usual path (dropping the session state,
-a queue that drops its oldest message, acks that do not match the message
-stored: late, repeated after a reconnection, or wrong).
+a queue that drops its oldest message, a QoS 2 message restored as released
+after a restart, acks that do not match the message stored: late, repeated
+after a reconnection, or wrong).
 
 Imported by ``_session`` on first use: a client that connects with clean
 start, gets the acks it expects and meets no misbehaving peer never loads
@@ -11,7 +12,7 @@ are 0.2 KB smaller. Each function takes the Session ``s``.
 """
 
 from ._codec import Parser, encode
-from ._errors import MQTTError, RemoteProtocolError
+from ._errors import LocalProtocolError, MQTTError, RemoteProtocolError
 from ._packets import ConnAck, Disconnect, PubComp, PubRel
 
 try:
@@ -43,6 +44,7 @@ _E_KEEP_ALIVE_EXPIRED = const(62)
 _E_PUBACK_FOR_QOS2 = const(73)
 _E_ACK_QOS_MISMATCH = const(74)
 _E_HELD_OVER_MAX = const(118)
+_E_NOT_RELEASABLE = const(121)
 
 # 5.0 CONNACK reason codes that have a 3.1.1 return code (3.2.2.3).
 V3_CODES = {0x84: 1, 0x85: 2, 0x88: 3, 0x86: 4, 0x87: 5}
@@ -145,6 +147,16 @@ def drop_oldest(s):
             return pid
         i += 1
     return None
+
+
+def release(s, pid):
+    """Session.release(); see there."""
+    m = s._msgs.get(pid)
+    if m is None or m.type != _PUBLISH or m.qos != 2 or s._order.index(pid) < s._nsent:
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_NOT_RELEASABLE, pid))
+    rel = s._msgs[pid] = PubRel(pid)
+    if s.role == _CLIENT:
+        rel.message = m  # type: ignore[attr-defined]  # for _discard, as in Session._rx_ack
 
 
 def _rx_ack(s, p, m):

@@ -332,13 +332,37 @@ class Queue:
     def done(self, key):
         self.ack(key)
 
+    def released(self, key):
+        # The QoS 2 message ``key`` was released (its PUBREC came): written
+        # again, so marked, at the end, in one write with the removal of the
+        # old entry; returns its new key (the old one if it is gone).
+        i = self._find(key)
+        if i < 0:
+            return key
+        _, _, _, value, expires = self._log.read(self._pos[i])
+        n = value.find(b"\n")
+        h = (json.loads(value[:n]) + [None])[:5] + [1]
+        value = json.dumps(h).encode() + value[n:]
+        seq = self._next
+        records = [
+            (DELETE, 0, struct.pack(">I", key), b"", 0),
+            (PUT, RAW, struct.pack(">I", seq), value, expires),
+        ]
+        positions = self._log.append(records, "release of queue entry %d" % key)
+        self._next = seq + 1
+        self._forget(i)
+        self._add(seq, positions[-1], 20 + len(value))
+        self._trim()
+        self._maybe_compact()
+        return seq
+
     def pending(self):
         out = []  # type: list
         for seq, value in self.peek(self.count):
             i = value.find(b"\n")
-            h = json.loads(
-                value[:i]
-            )  # [topic, qos, retain, props, packet id (older records lack it)]
-            h.append(None)
-            out.append((seq, (h[0], value[i + 1 :], h[1], h[2], _props_in(h[3]), h[4])))
+            # [topic, qos, retain, props, packet id, 1 once released]; older
+            # records lack the last two
+            h = json.loads(value[:i]) + [None, None]
+            m = (h[0], value[i + 1 :], h[1], h[2], _props_in(h[3]), h[4], h[5] == 1)
+            out.append((seq, m))
         return out

@@ -209,6 +209,7 @@ def test_queue_as_client_persistence():
         True,
         {"correlation_data": b"\x00\x01", "user_property": [("a", "b")]},
         None,
+        False,
     )
     q.close()
     _rm(path)

@@ -18,7 +18,10 @@ publish ``A`` at QoS 2 and wait until it is complete, print ``A``; on the
 line ``B`` publish ``B`` with ``timeout=0`` (the PUBLISH is written, nothing
 more is read),
 print ``B``, and wait to be killed: the broker's PUBREC for ``B`` stays
-unread. ``device.py qos2-second HOST PORT VERSION FOLDER``: resume the
+unread. ``device.py qos2-released ...``: the same, but once ``B`` is
+published it handles the connection until the PUBREC has come and is noted
+in the queue, prints ``released`` and waits to be killed: the PUBCOMP for
+``B`` stays unread. ``device.py qos2-second HOST PORT VERSION FOLDER``: resume the
 session (``B`` goes out again), publish ``C`` at QoS 2, handle the
 connection until the queue is empty, disconnect, print ``done``, exit 0.
 """
@@ -121,6 +124,22 @@ def qos2_first(host: str, port: str, version: str, folder: str) -> None:
     sys.stdin.read()  # killed here, with B's PUBREC unread
 
 
+def qos2_released(host: str, port: str, version: str, folder: str) -> None:
+    q = Queue(folder)
+    c = resuming(host, port, version, q)
+    c.connect()
+    c.publish(QOS2_TOPIC, b"A", qos=2)
+    say("A")
+    assert sys.stdin.readline() == "B\n"
+    c.publish(QOS2_TOPIC, b"B", qos=2, timeout=0)
+    deadline = time.time() + WAIT
+    while not q.pending()[0][1][6]:  # until the PUBREC is handled and noted
+        assert time.time() < deadline, "B never released"
+        c.loop(0.5)
+    say("released")
+    sys.stdin.read()  # killed here, with the PUBCOMP for B unread
+
+
 def qos2_second(host: str, port: str, version: str, folder: str) -> None:
     q = Queue(folder)
     c = resuming(host, port, version, q)
@@ -140,6 +159,7 @@ if __name__ == "__main__":
         "first": first,
         "second": second,
         "qos2-first": qos2_first,
+        "qos2-released": qos2_released,
         "qos2-second": qos2_second,
     }
     modes[sys.argv[1]](*sys.argv[2:])
