@@ -4,6 +4,7 @@ defence checked, over real sockets."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -310,3 +311,28 @@ def test_a_shared_subscription_does_not_get_round_the_acl(tmp_path: Path) -> Non
         assert admin.recv(timeout=WAIT).payload == b"yes"  # secret/x went to no one
         root.disconnect()
         admin.disconnect()
+
+
+def test_a_password_or_acl_file_others_may_change_or_read_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whoever may write the ACL or password file may let themselves in at the next
+    # reload; whoever may read the password file may attack its hashes offline.
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")  # 0600, as passwd writes
+    acl = tmp_path / "acl"
+    acl.write_text("topic read #\n")
+    acl.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="fieldline.broker"):
+        Passwords.load(pw)
+        Acl.load(acl)
+    assert caplog.records == []
+    pw.chmod(0o644)
+    acl.chmod(0o664)
+    with caplog.at_level(logging.WARNING, logger="fieldline.broker"):
+        Passwords.load(pw)
+        Acl.load(acl)
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        f"{pw}: the password file is readable by every user (chmod 600 it)",
+        f"{acl}: the ACL file is writable by other users (chmod 600 it)",
+    ]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fieldline.mqtt import LocalProtocolError, parse_shared, topic_matches, validate_topic_filter
 
-from .config import ConfigError
+from .config import ConfigError, warn_if_exposed
 
 READ = "read"
 WRITE = "write"
@@ -106,7 +106,9 @@ class Acl:
     @classmethod
     def load(cls, path: str | Path) -> Acl:
         """Read the ACL file at ``path``. Raises ConfigError naming the file and the line
-        if it cannot be read or a line is malformed."""
+        if it cannot be read or a line is malformed. Logs a warning if other users may
+        write it."""
+        warn_if_exposed(path, "ACL file")
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:

@@ -4,9 +4,14 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("fieldline.broker")
 
 # Drop policies for a session's queue of messages waiting for its client.
 DROP_OLDEST = "drop_oldest"
@@ -44,6 +49,24 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve to anything
+
+
+def warn_if_exposed(path: str | Path, what: str, secret: bool = False) -> None:
+    """Log a warning if other users of this machine could change the file at
+    ``path`` (writable by its group or by everyone: they could give themselves access
+    at the next reload) or, for a ``secret`` one, read it (readable by everyone), as
+    Mosquitto does for its password and ACL files. Never raises."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the caller says so
+    exposed = []
+    if mode & 0o022:
+        exposed.append("writable by other users")
+    if secret and mode & 0o004:
+        exposed.append("readable by every user")
+    if exposed:
+        log.warning("%s: the %s is %s (chmod 600 it)", path, what, " and ".join(exposed))
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, warn_if_exposed
 
 SCHEME = "scrypt"
 N, R, P = 16384, 8, 1  # 128 * N * R bytes = 16 MiB per hash (the default maxmem is 32 MiB)
@@ -101,8 +101,10 @@ class Passwords:
     def load(cls, path: str | Path, missing_ok: bool = False) -> Passwords:
         """Read the file at ``path`` (blank lines and lines starting with ``#`` are
         skipped). Raises ConfigError naming the file and the line if it cannot be read
-        or a line is malformed; a missing file is empty if ``missing_ok``."""
+        or a line is malformed; a missing file is empty if ``missing_ok``. Logs a
+        warning if other users may write it or everyone may read it."""
         users: dict[str, str] = {}
+        warn_if_exposed(path, "password file", secret=True)
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
