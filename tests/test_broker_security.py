@@ -267,6 +267,31 @@ def test_before_authentication_a_client_costs_little(tmp_path: Path) -> None:
         assert b.call(lambda: len(b.broker.sessions.sessions)) == 0
 
 
+def test_silent_connections_cannot_fill_max_connections() -> None:
+    # Connections that have not sent CONNECT count against max_connections (each
+    # costs a socket), but a client that does send one must not be refused because
+    # an attacker holds every slot with silent sockets: a CONNECT beyond the limit
+    # closes a connection still without its CONNECT to make room.
+    with BrokerThread(max_connections=3, connect_timeout=60) as b:
+        silent = [socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) for _ in range(3)]
+        deadline = time.monotonic() + WAIT
+        while b.call(lambda: len(b.broker.connections)) < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ok = Client("127.0.0.1", b.port, client_id="real")
+        assert ok.connect(timeout=WAIT).reason_code == 0
+        closed = 0
+        for sock in silent:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            sock.close()
+        assert closed == 1
+        ok.disconnect()
+
+
 @pytest.mark.parametrize(
     "username", [b"ali\x00ce", b"ali\xffce", b"\xed\xa0\x80"], ids=["nul", "bad-utf8", "surrogate"]
 )

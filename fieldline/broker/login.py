@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("fieldline.broker")
 
 _MQTT5 = 5
+_IDLE = 0  # Session.state before its CONNECT
 _RE_AUTHENTICATE = 0x19
 _BAD_AUTHENTICATION_METHOD = 0x8C
 _PROTOCOL_ERROR = 0x82
@@ -134,6 +135,8 @@ class Login:
             return
         limit = self.broker.config.max_connections
         if limit and len(self.broker.connections) > limit:  # this connection is one of them
+            self._make_room(conn)
+        if limit and len(self.broker.connections) > limit:
             self.broker.refused_connections += 1
             self.broker.counters.refuse(_QUOTA_EXCEEDED)
             log.warning("%s client id %r: refused, max_connections (%d) reached", conn.peer,
@@ -191,6 +194,19 @@ class Login:
             self.broker.spawn(self._authenticate(conn, p, verdict))
         else:
             self._connect(conn, p, verdict)
+
+    def _make_room(self, conn: Connection) -> None:
+        # Sockets that have sent no CONNECT yet count against max_connections (each
+        # holds a descriptor and a buffer), but an attacker must not keep clients out
+        # by holding every slot with silent ones until connect_timeout: a CONNECT
+        # beyond the limit closes one of them, if there is one, to make room.
+        for other in self.broker.connections:
+            if other is not conn and other.session.state == _IDLE:
+                log.warning("%s: closed without a CONNECT to make room for %s "
+                            "(max_connections reached)", other.peer, conn.peer,
+                            extra=fields(other))  # fmt: skip
+                other.close()
+                return
 
     def on_auth(self, conn: Connection, p: Auth) -> None:
         """An AUTH from the client (the session checked its method and turn): the next
