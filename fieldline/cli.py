@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="accept clients without a user name even with a password file",
     )
+    add(
+        "--use-username-as-clientid",
+        action="store_true",
+        help="a client's id is its user name (one user cannot take over another's session)",
+    )
     add("--acl-file", metavar="FILE", help="topics each client may read and write (see docs)")
     add(
         "--max-connections",
@@ -165,6 +170,7 @@ def _broker(args: argparse.Namespace) -> int:
             use_identity_as_username=args.use_identity_as_username,
             password_file=args.password_file,
             allow_anonymous=args.allow_anonymous,
+            use_username_as_clientid=args.use_username_as_clientid,
             acl_file=args.acl_file,
             max_connections=args.max_connections,
             max_publish_rate=args.max_publish_rate,

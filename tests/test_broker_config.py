@@ -18,7 +18,7 @@ from tlsfiles import TlsFiles
 
 from fieldline.broker import Broker, BrokerConfig, ConfigError, Listener
 from fieldline.broker.configfile import apply_flags, config_from_dict, load_config
-from fieldline.mqtt import Client
+from fieldline.mqtt import Client, Subscription
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -273,6 +273,35 @@ def test_cli_limit_flags_are_enforced(tmp_path: Path) -> None:
         codes = [first.publish("lim/x", b"%d" % i, 1).reason_code for i in range(3)]
         assert codes[:2] == [0x10, 0x10] and codes[2] == 0x97, codes
         first.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_use_username_as_clientid(tmp_path: Path) -> None:
+    # With the flag a client's id is its user name: two clients naming the same id
+    # under different user names are two sessions, and no user name is refused.
+    path = write(tmp_path, "allow_anonymous = true\n")
+    proc = run_cli("--config", str(path), "--port", "0", "--use-username-as-clientid")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        alice = Raw(port, "pump-1", username="alice")
+        bob = Raw(port, "pump-1", username="bob")  # not a takeover of alice's session
+        assert alice.connack.reason_code == 0 and bob.connack.reason_code == 0
+        # Both still connected: each gets its own QoS 1 message back.
+        for c, name in ((alice, "alice"), (bob, "bob")):
+            c.subscribe(Subscription(f"ids/{name}", 1))
+            assert c.publish(f"ids/{name}", b"x", 1).reason_code in (0, 0x10)
+            assert [m.topic for m in c.messages(1)] == [f"ids/{name}"]
+        nobody = Raw(port, "pump-1")
+        assert nobody.connack.reason_code == 0x87  # Not authorized
+        for c in (alice, bob, nobody):
+            c.close()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(WAIT) == 0
     finally:

@@ -104,6 +104,7 @@ def apply_flags(
     use_identity_as_username: bool = False,
     password_file: str | None = None,
     allow_anonymous: bool = False,
+    use_username_as_clientid: bool = False,
     acl_file: str | None = None,
     max_connections: int | None = None,
     max_publish_rate: float | None = None,
@@ -121,7 +122,8 @@ def apply_flags(
     mqtts, ws or wss listener, which is added if there is none. ``ws_path``: the path
     of every WebSocket listener. ``cert``, ``key``, ``ca``, ``crl``, ``require_certificate``,
     ``use_identity_as_username``: the TLS settings of every mqtts and wss listener.
-    ``password_file``, ``allow_anonymous`` (True: allow; False: as configured): the
+    ``password_file``, ``allow_anonymous`` (True: allow; False: as configured),
+    ``use_username_as_clientid`` (True: on; False: as configured): the
     authentication settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
     those limits (None: as configured). ``persistence``, ``durability``,
     ``persist_interval``: the persistence settings (None: as configured).
@@ -180,6 +182,8 @@ def apply_flags(
         auth["password_file"] = password_file
     if allow_anonymous:
         auth["allow_anonymous"] = True
+    if use_username_as_clientid:
+        auth["use_username_as_clientid"] = True
     if acl_file is not None:
         auth["acl_file"] = acl_file
     limits: dict[str, Any] = {}
