@@ -621,6 +621,23 @@ def test_server_parser_learns_version_from_connect(v: int, data: st.DataObject) 
     assert parser.version == v
 
 
+def test_a_server_parser_refuses_a_first_packet_other_than_connect_from_its_header() -> None:
+    # MQTT-3.1.0-1: the body of a first packet that is not a CONNECT is not worth
+    # waiting for: a server would otherwise buffer up to max_packet_size of it from a
+    # client that has not even said who it is.
+    parser = Parser(None)
+    parser.feed(b"\x30\xff\xff\x3f")  # a PUBLISH announcing 1 MB, no body yet
+    with pytest.raises(RemoteProtocolError) as e:
+        parser.next_packet()
+    assert e.value.reason_code == PROTOCOL
+    connect = encode(Connect("c"), MQTT5)
+    parser = Parser(None)
+    parser.feed(connect[:5])  # a CONNECT in pieces is waited for
+    assert parser.next_packet() is None
+    parser.feed(connect[5:])
+    assert parser.next_packet() == Connect("c")
+
+
 def test_parser_returns_none_until_complete() -> None:
     raw = encode(Publish("a/b", b"x" * 200, 1, packet_id=9), MQTT5)
     parser = Parser(MQTT5)

@@ -523,6 +523,9 @@ class Parser:
         if end - start > self.max_packet_size:
             raise RemoteProtocolError(_PACKET_TOO_LARGE, (_E_OVER_MAX_SIZE, end - start))
         if end > n:
+            if self.version is None and buf[start] >> 4 != _CONNECT:
+                # A server's first packet: not a CONNECT, so not worth buffering.
+                raise RemoteProtocolError(_PROTOCOL_ERROR, _E_FIRST_NOT_CONNECT)
             return None
         # Decoders read a bytes object that ends where the packet ends: the
         # buffer itself when it holds just this packet, else a copy of it.
