@@ -244,7 +244,8 @@ def _answer_and_close(sock: socket.socket) -> bytes:
 
 def test_before_authentication_a_client_costs_little(tmp_path: Path) -> None:
     pw = _password_file(tmp_path / "passwd", alice="s3cret")
-    with BrokerThread(password_file=str(pw), connect_timeout=0.5) as b:
+    # connect_timeout is 2 s: "at once" below is well under it, even on a busy machine.
+    with BrokerThread(password_file=str(pw), connect_timeout=2.0) as b:
         # Silence after the TCP accept: closed after connect_timeout.
         with socket.create_connection(("127.0.0.1", b.port), timeout=WAIT) as sock:
             start = time.monotonic()
@@ -256,7 +257,7 @@ def test_before_authentication_a_client_costs_little(tmp_path: Path) -> None:
             sock.sendall(b"\x10\xff\xff\xff\x7f\x00\x04MQTT\x05")
             start = time.monotonic()
             answer = _answer_and_close(sock)
-            assert time.monotonic() - start < 0.4
+            assert time.monotonic() - start < 1.0
             assert answer[:1] in (b"", b"\x20")  # nothing, or a CONNACK
         # A first packet other than CONNECT: closed at once, also when only its
         # header came (a PUBLISH announcing 1,000 bytes: its body is never awaited).
@@ -265,7 +266,7 @@ def test_before_authentication_a_client_costs_little(tmp_path: Path) -> None:
                 sock.sendall(first)
                 start = time.monotonic()
                 _answer_and_close(sock)
-                assert time.monotonic() - start < 0.4
+                assert time.monotonic() - start < 1.0
         assert b.call(lambda: len(b.broker.sessions.sessions)) == 0
 
 
