@@ -22,6 +22,7 @@ from ._log import (
     _MAX_SLOTS,
     BASE,
     DEAD,
+    DELETE,
     FIRST,
     MORE,
     PUT,
@@ -304,33 +305,21 @@ def compact(log, positions, mark=0):
     return new
 
 
-def drop_acked(queue, found):
-    """``Queue.ack`` of ``found`` on a full medium, where the acknowledgement
-    cannot be written: delete whole the oldest segments that hold no entry
-    once ``found`` are gone (all of them if none stays), which needs no room,
-    and forget their entries. Returns how many segments went (0: none could).
-
-    The commit is an empty file, ``<last segment>.<next sequence number>.cut``,
-    made before any segment goes: a reopen deletes every segment up to it that
-    a crash left, reports none of them lost, and numbers entries on from it."""
-    log = queue._log
-    pos = queue._pos
+def _drop_front(log, m, mark, what):
+    # Delete whole the oldest m segments (needs no room). The commit is an
+    # empty file, ``<last segment>.<mark>.cut``, made before any segment goes:
+    # a reopen deletes every segment up to it that a crash left, reports none
+    # of them lost, and takes ``mark`` as the owner's (a queue's next
+    # sequence number). Records after them move m slots down: the caller
+    # renumbers its positions.
     nums = log.nums
-    gone = set(found)
-    m = len(nums)
-    for i in range(queue._head, len(pos)):
-        if pos[i] != DEAD and queue._seqs[i] not in gone:
-            m = pos[i] >> 24  # entries are in order: none before it stays
-            break
-    if not m:
-        return 0
-    name = "%08d.%d.cut" % (nums[m - 1], queue._next)
+    name = "%08d.%d.cut" % (nums[m - 1], mark)
     if log._mem is None:
         try:
             open(log._file(name), "wb").close()
             log._sync_dir()
         except OSError as e:
-            raise StoreFullError("acknowledgement not written", e) from None
+            raise StoreFullError(what + " not written", e) from None
     log._drop_readers()
     if m == len(nums):
         log._close(log._active)
@@ -349,6 +338,29 @@ def drop_acked(queue, found):
     log.cut = name
     log.floor = nums[m - 1]
     log.nums = nums[m:]
+    if log._active is None:
+        try:
+            log._new_segment()
+        except OSError:
+            pass  # the next write tries again
+
+
+def drop_acked(queue, found):
+    """``Queue.ack`` of ``found`` on a full medium, where the acknowledgement
+    cannot be written: delete whole the oldest segments that hold no entry
+    once ``found`` are gone (all of them if none stays), which needs no room,
+    and forget their entries. Returns how many segments went (0: none could).
+    A crash midway: see _drop_front."""
+    pos = queue._pos
+    gone = set(found)
+    m = len(queue._log.nums)
+    for i in range(queue._head, len(pos)):
+        if pos[i] != DEAD and queue._seqs[i] not in gone:
+            m = pos[i] >> 24  # entries are in order: none before it stays
+            break
+    if not m:
+        return 0
+    _drop_front(queue._log, m, queue._next, "acknowledgement")
     for i in range(queue._head, len(pos)):
         p = pos[i]
         if p != DEAD:
@@ -356,12 +368,56 @@ def drop_acked(queue, found):
                 queue._forget(i)
             else:
                 pos[i] = p - (m << 24)
-    if log._active is None:
-        try:
-            log._new_segment()
-        except OSError:
-            pass  # the next write tries again
     return m
+
+
+def drop_all(store):
+    """``Store.delete(purge=True)`` on a full medium, where a compaction has no
+    room: every segment goes whole. A crash midway: see _drop_front."""
+    log = store._log
+    if log.nums:
+        _drop_front(log, len(log.nums), 0, "purge")
+    store._index.clear()
+    store._live_bytes = 0
+
+
+def make_room(store, records):
+    """A write of ``records`` to ``store`` found the medium full: forget the
+    expired records, then delete whole the oldest segments that hold no live
+    record once the write's deletions are done, which needs no room (a
+    deletion whose record went with them is done too). Returns the records
+    still to write, or None if no segment could go (nothing changed then).
+    A crash midway: see _drop_front."""
+    forget_expired(store)
+    idx = store._index
+    held = []  # (key, position) of the records the write deletes
+    for r in records:
+        if r[0] == DELETE:
+            p = idx.remove(r[2])
+            if p is not None:
+                held.append((r[2], p))
+    idx.merge()  # the positions in one array, the dead ones out
+    ps = idx._ps
+    m = len(store._log.nums)
+    for p in ps:
+        if p >> 24 < m:
+            m = p >> 24
+    if not m:
+        for key, p in held:
+            idx.set(key, p)
+        return None
+    done = set()
+    for key, p in held:
+        if p >> 24 < m:
+            store._drop(p)  # read now: it is about to go
+            done.add(key)
+    _drop_front(store._log, m, 0, "deletion")
+    for i in range(len(ps)):
+        ps[i] -= m << 24
+    for key, p in held:
+        if key not in done:
+            idx.set(key, p - (m << 24))
+    return [r for r in records if r[0] != DELETE or r[2] not in done]
 
 
 def _discard(log, num, f):

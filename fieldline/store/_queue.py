@@ -210,10 +210,10 @@ class Queue:
         records.append((PUT, RAW, struct.pack(">I", seq), value, expires))
         try:
             positions = self._log.append(records, "queue entry %d" % seq)
-        except StoreFullError:
+        except StoreFullError as e:
             # A full medium: DROP_OLDEST makes room there as within its
             # bounds, by deleting the oldest segment whole (no write needed).
-            if self.policy == REFUSE or not self._drop_oldest_segment():
+            if self.policy == REFUSE or not e.no_room or not self._drop_oldest_segment():
                 raise
             return self.append(value, ttl)
         self._next = seq + 1

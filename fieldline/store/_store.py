@@ -8,7 +8,7 @@ store's footprint grows by about 8 bytes a record, not by the data.
 import json
 import time
 
-from ._errors import EncodeError, StoreError
+from ._errors import EncodeError, StoreError, StoreFullError
 from ._index import Index
 from ._log import DELETE, PUT, Log, bulk, expiry
 
@@ -108,7 +108,15 @@ class Store:
         return json.dumps(value).encode()
 
     def _write(self, records, what):
-        positions = self._log.append(records, what)
+        try:
+            positions = self._log.append(records, what)
+        except StoreFullError as e:
+            # A full medium: the oldest segments that hold nothing live go
+            # whole (no room needed), with the records these deletions kill.
+            records = bulk().make_room(self, records) if e.no_room else None
+            if records is None:
+                raise
+            positions = self._log.append(records, what) if records else []
         idx = self._index
         for i in range(len(records)):
             kind, _, key, value, _ = records[i]
@@ -180,7 +188,12 @@ class Store:
         returns how many records went, as ``len()`` counts them."""
         if purge:
             n = self._index.count
-            bulk().compact(self._log, ())
+            try:
+                bulk().compact(self._log, ())
+            except StoreFullError as e:  # no room to compact into: every segment goes whole
+                if not e.no_room:
+                    raise
+                bulk().drop_all(self)
             self._index.clear()
             self._live_bytes = 0
             return n
