@@ -371,9 +371,37 @@ def drop_acked(queue, found):
     return m
 
 
-def drop_all(store):
+def _no_room(e):
+    # The medium is full (ENOSPC, EFBIG, EDQUOT), not broken: deleting
+    # segments makes room then, where an I/O error asks for care.
+    return e.errno in (28, 27, 122)
+
+
+def drop_oldest_segment(queue, e):
+    """A DROP_OLDEST ``queue``'s append found the medium full (the
+    StoreFullError ``e``): forget the entries of its oldest segment (counted
+    as dropped) and delete it, with any after it that hold no entry. False
+    if none could go, or ``e`` is not for want of room."""
+    if not _no_room(e):
+        return False
+    old = []
+    for i in range(queue._head, len(queue._pos)):
+        p = queue._pos[i]
+        if p != DEAD and not p >> 24:
+            old.append(queue._seqs[i])
+    n = queue.count
+    if not drop_acked(queue, old):
+        return False
+    queue.dropped += n - queue.count
+    return True
+
+
+def drop_all(store, e):
     """``Store.delete(purge=True)`` on a full medium, where a compaction has no
-    room: every segment goes whole. A crash midway: see _drop_front."""
+    room (the StoreFullError ``e``, raised again if it is not for want of
+    room): every segment goes whole. A crash midway: see _drop_front."""
+    if not _no_room(e):
+        raise e
     log = store._log
     if log.nums:
         _drop_front(log, len(log.nums), 0, "purge")
@@ -381,13 +409,16 @@ def drop_all(store):
     store._live_bytes = 0
 
 
-def make_room(store, records):
-    """A write of ``records`` to ``store`` found the medium full: forget the
+def make_room(store, records, e):
+    """A write of ``records`` to ``store`` found the medium full (the
+    StoreFullError ``e``; None is returned if it is not for want of room): forget the
     expired records, then delete whole the oldest segments that hold no live
     record once the write's deletions are done, which needs no room (a
     deletion whose record went with them is done too). Returns the records
     still to write, or None if no segment could go (nothing changed then).
     A crash midway: see _drop_front."""
+    if not _no_room(e):
+        return None
     forget_expired(store)
     idx = store._index
     held = []  # (key, position) of the records the write deletes

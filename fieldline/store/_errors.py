@@ -37,12 +37,6 @@ class StoreFullError(_and(OSError)):  # type: ignore[misc]
     def __str__(self):
         return "%s: %s" % (self.args[0], self.cause)
 
-    @property
-    def no_room(self):
-        """True if the medium is full (ENOSPC, EFBIG, EDQUOT), not broken:
-        deleting segments then makes room, where an I/O error asks for care."""
-        return self.errno in (28, 27, 122)
-
 
 class CorruptError(StoreError):
     """A segment has a damaged record in its middle (a CRC or length that does

@@ -213,7 +213,7 @@ class Queue:
         except StoreFullError as e:
             # A full medium: DROP_OLDEST makes room there as within its
             # bounds, by deleting the oldest segment whole (no write needed).
-            if self.policy == REFUSE or not e.no_room or not self._drop_oldest_segment():
+            if self.policy == REFUSE or not bulk().drop_oldest_segment(self, e):
                 raise
             return self.append(value, ttl)
         self._next = seq + 1
@@ -267,20 +267,6 @@ class Queue:
             self._trim()
             self._maybe_compact()
         return len(found)
-
-    def _drop_oldest_segment(self):
-        # Forget the entries of the oldest segment (counted as dropped) and
-        # delete it, with any after it that hold no entry; False if none.
-        old = []
-        for i in range(self._head, len(self._pos)):
-            p = self._pos[i]
-            if p != DEAD and not p >> 24:
-                old.append(self._seqs[i])
-        n = self.count
-        if not bulk().drop_acked(self, old):
-            return False
-        self.dropped += n - self.count
-        return True
 
     def _delete(self, seqs):
         if seqs:

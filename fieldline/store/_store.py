@@ -113,7 +113,7 @@ class Store:
         except StoreFullError as e:
             # A full medium: the oldest segments that hold nothing live go
             # whole (no room needed), with the records these deletions kill.
-            records = bulk().make_room(self, records) if e.no_room else None
+            records = bulk().make_room(self, records, e)
             if records is None:
                 raise
             positions = self._log.append(records, what) if records else []
@@ -191,9 +191,7 @@ class Store:
             try:
                 bulk().compact(self._log, ())
             except StoreFullError as e:  # no room to compact into: every segment goes whole
-                if not e.no_room:
-                    raise
-                bulk().drop_all(self)
+                bulk().drop_all(self, e)
             self._index.clear()
             self._live_bytes = 0
             return n
