@@ -89,6 +89,8 @@ class Connection(asyncio.Protocol):
         self._eof = False
         self._ended = False
         self._held = False
+        self._read_paused = False  # reading stopped: too much waits while held
+        self._lost = False  # the peer closed while held, with packets still owed
         self._pump_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._grace = 0.0  # loop time before which Keep Alive cannot run out (release())
@@ -105,7 +107,18 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.broker.counters.bytes_in += len(data)
-        self.session.receive_data(data, self.loop.time())
+        s = self.session
+        s.receive_data(data, self.loop.time())
+        if self._held:
+            # Read on while held, to see the peer close (eof_received,
+            # connection_lost), but keep at most one largest packet waiting: beyond
+            # it, stop reading until release(), as the session bounds what waits
+            # while it parses nothing (Session.next_event, overflow).
+            if _waiting(s) > s.max_packet_size and not self._read_paused:
+                self._read_paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            return
         self._run()
         cs = self.client
         if cs is not None and cs.saved is not None:
@@ -114,11 +127,39 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         self.session.receive_data(b"", self.loop.time())
+        if self._held:
+            if self._abandoned():
+                return False
+            # Packets are owed (release() handles them, then closes): keep the
+            # socket open for the answers where a half-closed one can be written to
+            # (plain TCP; TLS and WebSocket close it, and connection_lost waits).
+            t = self.transport
+            return t is not None and t.can_write_eof()
         self._run()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._held and not self._ended and not self._abandoned():
+            self._lost = True  # release() handles what is owed, writing nothing, then ends
+            return
         self._end()
+
+    def _abandoned(self) -> bool:
+        # The peer closed while held. Before its CONNECT is accepted, with nothing
+        # sent after the packet being decided, nothing is owed: end now, and the
+        # decision (a password hash, a plug-in's answer) is skipped (it checks
+        # ``ended``), so CONNECTs their clients gave up on cost nothing more.
+        # Otherwise what the client sent is handled in order first, as it would
+        # have been without the hold: MQTT 3.1.4 lets a client send packets behind
+        # its CONNECT without waiting for the CONNACK (a publisher may send
+        # CONNECT, PUBLISH, DISCONNECT and close), and a PUBLISH being decided goes
+        # out before the client's Will.
+        if self.session.state >= _CONNECTED or _waiting(self.session):
+            return False
+        log.info("%s %s: closed by the client while its CONNECT was decided",
+                 self.peer, self._name())  # fmt: skip
+        self.close()
+        return True
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -146,7 +187,7 @@ class Connection(asyncio.Protocol):
             return
         if self._ended or self._held:
             return
-        if s.state >= _CLOSED or self._eof:
+        if s.state >= _CLOSED or self._eof or self._lost:
             self.close()
         else:
             self.flush()
@@ -171,11 +212,14 @@ class Connection(asyncio.Protocol):
             self.broker.login.on_auth(self, ev)
 
     def hold(self) -> None:
-        """Handle no more events, and stop reading, until release(): the broker is
-        deciding about the CONNECT (the session keeps what was already read)."""
+        """Handle no more events until release(): the broker is deciding about the
+        CONNECT, an AUTH, or (an async plug-in hook) a PUBLISH or SUBSCRIBE. The
+        session keeps what is read meanwhile, up to one packet of max_packet_size
+        (then reading stops until release()). A peer that closes meanwhile is
+        noticed: before its CONNECT is accepted, with nothing sent behind the held
+        packet, the connection ends at once (``ended``: the decision is skipped);
+        otherwise it ends once release() has handled what the client sent."""
         self._held = True
-        if self.transport is not None:
-            self.transport.pause_reading()
 
     def release(self) -> None:
         """Handle the events that waited (or close, if the CONNECT was refused) and
@@ -185,13 +229,18 @@ class Connection(asyncio.Protocol):
         self._held = False
         if self._ended:
             return
+        if self._lost:
+            self._run()  # what the client sent before it closed; then it ends
+            return
         k = self.session.keep_alive
         if k and self.session.state == _CONNECTED:
             self._grace = self.loop.time() + k * 3 / 2
             if self._timer is None:
                 self._arm()  # it ran out while held (_tick)
-        if self.transport is not None:
-            self.transport.resume_reading()
+        if self._read_paused:
+            self._read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
         self._run()
 
     @property
@@ -202,7 +251,7 @@ class Connection(asyncio.Protocol):
     def flush(self) -> None:
         """Write what the session queued."""
         data = self.session.data_to_send()
-        if data and self.transport is not None and not self._ended:
+        if data and self.transport is not None and not self._ended and not self._lost:
             self.broker.counters.bytes_out += len(data)
             self.transport.write(data)
             self._check_backlog(self.transport)
@@ -224,7 +273,7 @@ class Connection(asyncio.Protocol):
         (QoS 1/2) and its connection takes bytes, then write them."""
         cs = self.client
         s = self.session
-        if cs is None or s.state != _CONNECTED or self._ended:
+        if cs is None or s.state != _CONNECTED or self._ended or self._lost:
             return
         q = cs.queue
         now = self.loop.time()
@@ -371,3 +420,9 @@ class Connection(asyncio.Protocol):
 
     def _name(self) -> str:
         return repr(self.session.client_id) if self.session.client_id else "(no CONNECT)"
+
+
+def _waiting(s: Session) -> int:
+    """Bytes (or events) ``s`` holds that no event has been made of yet.
+    (fieldline.mqtt has no public call for it; Session.next_event reads the same.)"""
+    return s._parser.buffered() + len(s._events)

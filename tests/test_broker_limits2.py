@@ -1,0 +1,197 @@
+"""Resource-exhaustion limits, second round, over real sockets: a connection closed by
+its client while the broker decides on its CONNECT ends at once and costs no password
+hash, while what a client sent behind a packet being decided is still handled in
+order."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_broker import WAIT, Raw, running
+from test_broker_sessions import wait_for
+
+from fieldline.broker.passwords import Passwords, hash_password
+from fieldline.mqtt import CLIENT, Connect, Session, Subscription, Will
+
+pytestmark = pytest.mark.usefixtures("both_event_loops")
+
+
+def _password_file(path: Path, **users: str) -> Path:
+    fast = {"n": 1024, "r": 8, "p": 1}  # the tests check the logic, not the cost
+    Passwords({u: hash_password(pw.encode(), **fast) for u, pw in users.items()}).save(path)
+    return path
+
+
+def _client_bytes(username: str | None, password: bytes | None, *then: Any) -> bytes:
+    """A 5.0 CONNECT, then each of ``then`` (("publish", topic, payload) or
+    ("disconnect",)) as the client would send them without waiting for the CONNACK."""
+    s = Session(CLIENT)
+    s.connect(Connect("", True, 30, username, password, protocol_level=5), 0.0)
+    out = s.data_to_send()
+    if then:
+        s.receive_data(b"\x20\x03\x00\x00\x00", 0.0)  # the CONNACK, to let it send more
+        s.next_event()
+        for what in then:
+            if what[0] == "publish":
+                s.publish(what[1], what[2], 0)
+            else:
+                s.disconnect()
+            out += s.data_to_send()
+    return out
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with a TCP RST rather than a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class _Gated:
+    """Passwords.verify, counted, and held while ``gate`` is closed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.gate = threading.Event()
+        self.calls: list[str] = []
+        verify = Passwords.verify
+
+        def counted(passwords: Passwords, username: str, password: bytes) -> bool:
+            self.calls.append(username)
+            self.gate.wait(WAIT)
+            return verify(passwords, username, password)
+
+        monkeypatch.setattr(Passwords, "verify", counted)
+
+
+# -- a connection closed while held --------------------------------------------------------
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+def test_a_connect_abandoned_while_decided_ends_at_once_and_costs_no_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, close: str
+) -> None:
+    # Reading stopped while the broker decided on a CONNECT, so a client that gave up
+    # went unnoticed until connect_timeout, and each such CONNECT still cost a hash.
+    gated = _Gated(monkeypatch)
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    for b in running(password_file=str(pw), connect_timeout=60):
+        for _ in range(12):
+            sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+            sock.sendall(_client_bytes("alice", b"guess"))
+            time.sleep(0.02)  # read by the broker, its check queued or started
+            if close == "rst":
+                _reset(sock)
+            else:
+                sock.close()
+        wait_for(b, "connections", 0)  # noticed at once, not after connect_timeout
+        gated.gate.set()
+        ok = Raw(b.port, "ok", username="alice", password=b"s3cret")
+        assert ok.connack.reason_code == 0
+        ok.close()
+        # The four checks running when their clients left (the worker threads), and
+        # the last client's; the queued ones were skipped.
+        assert len(gated.calls) <= 5
+
+
+def test_packets_sent_behind_a_connect_being_decided_are_still_handled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MQTT 3.1.4: a client may send packets behind its CONNECT without waiting for
+    # the CONNACK, and close after DISCONNECT: they are owed, not abandoned.
+    gated = _Gated(monkeypatch)
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    for b in running(password_file=str(pw)):
+        gated.gate.set()
+        sub = Raw(b.port, "sub", username="alice", password=b"s3cret")
+        sub.subscribe(Subscription("fire/#", 0))
+        gated.gate.clear()
+        sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+        data = _client_bytes(
+            "alice", b"s3cret", ("publish", "fire/1", b"one"), ("publish", "fire/2", b"two"),
+            ("disconnect",),
+        )  # fmt: skip
+        sock.sendall(data)
+        time.sleep(0.1)
+        sock.close()
+        time.sleep(0.1)
+        gated.gate.set()
+        assert [(m.topic, m.payload) for m in sub.messages(2)] == [
+            ("fire/1", b"one"),
+            ("fire/2", b"two"),
+        ]
+        sub.close()
+
+
+class _HeldPublish:
+    """An async authorize_publish that decides (no opinion) once ``gate`` opens."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.asked = threading.Event()
+
+    async def authorize_publish(
+        self, client_id: str, username: str | None, topic: str, qos: int, retain: bool
+    ) -> None:
+        if client_id == "held":
+            self.asked.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.gate.wait, WAIT)
+
+
+def test_a_publish_being_decided_goes_before_the_will_of_a_client_that_left() -> None:
+    # A PUBLISH held for an async hook: the client resets its connection. The message
+    # still goes, and before the Will, as it would have without the hook.
+    plugin = _HeldPublish()
+    for b in running(plugins=[plugin], hook_timeout=WAIT):
+        sub = Raw(b.port, "sub")
+        sub.subscribe(Subscription("status/#", 0))
+        c = Raw(b.port, "held", will=Will("status/held", b"offline", 0, False))
+        c.session.publish("status/held", b"online", 0)
+        c.flush()
+        assert plugin.asked.wait(WAIT)
+        _reset(c.sock)
+        time.sleep(0.2)
+        plugin.gate.set()
+        got = [m.payload for m in sub.messages(2)]
+        assert got == [b"online", b"offline"]
+        wait_for(b, "connections", 1)
+        sub.close()
+
+
+def test_what_waits_while_held_stays_bounded() -> None:
+    # Reading goes on while held (to see the client leave), but only up to one
+    # packet of max_packet_size waiting: then it stops until the decision.
+    plugin = _HeldPublish()
+    for b in running(plugins=[plugin], hook_timeout=WAIT, max_packet_size=4096):
+        c = Raw(b.port, "held")
+        c.session.publish("first", b"x", 0)
+        c.flush()
+        assert plugin.asked.wait(WAIT)
+        before = b.call(b.broker.stats)["bytes_in"]
+        s = Session(CLIENT)  # the same PUBLISH, encoded apart (no state to keep)
+        s.connect(Connect("", True, 30, protocol_level=5), 0.0)
+        s.receive_data(b"\x20\x03\x00\x00\x00", 0.0)
+        s.next_event()
+        s.data_to_send()
+        s.publish("bulk", b"b" * 1000, 0)
+        one = s.data_to_send()
+        n = 8 * 1024 * 1024 // len(one)
+        c.sock.settimeout(1.0)
+        sent = 0
+        try:
+            for _ in range(n // 64):
+                c.sock.sendall(one * 64)
+                sent += 64
+        except TimeoutError:
+            pass
+        read = b.call(b.broker.stats)["bytes_in"] - before
+        assert read < 4096 + 2 * 256 * 1024  # one packet's worth, and a read or two
+        assert sent < n  # the rest waited in the network, not in the broker
+        plugin.gate.set()
+        c.sock.settimeout(WAIT)
+        c.close()
