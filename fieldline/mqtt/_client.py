@@ -362,6 +362,8 @@ class Client(BaseClient):
 
     def _until_up(self, deadline):
         if not self.is_connected:
+            if deadline is None:  # the connection went since publish() looked
+                deadline = self._deadline(None)
             self._wait(lambda: self.is_connected, deadline, "a connection")
 
     def _wait(self, ready, deadline, what):
@@ -384,7 +386,9 @@ class Client(BaseClient):
         (failure reason code), PacketTooLarge, QueueFull, MQTTTimeout."""
         if isinstance(payload, str):
             payload = payload.encode()
-        deadline = self._deadline(timeout or None)  # timeout=0 still waits for room
+        deadline = None  # QoS 0 while connected waits for nothing: no clock, no float
+        if qos or self._io_thread is not None or not self.is_connected:
+            deadline = self._deadline(timeout or None)  # timeout=0 still waits for room
         with self._lock:
             s = self.session
             if self._io_thread is not None:
