@@ -1,12 +1,14 @@
 """Resource-exhaustion limits, second round, over real sockets: a connection closed by
 its client while the broker decides on its CONNECT ends at once and costs no password
 hash, while what a client sent behind a packet being decided is still handled in
-order."""
+order; one connect_timeout from the TCP accept covers the TLS handshake and the
+CONNECT."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -17,6 +19,7 @@ import pytest
 from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
 
+from fieldline.broker import Listener
 from fieldline.broker.passwords import Passwords, hash_password
 from fieldline.mqtt import CLIENT, Connect, Session, Subscription, Will
 
@@ -195,3 +198,25 @@ def test_what_waits_while_held_stays_bounded() -> None:
         plugin.gate.set()
         c.sock.settimeout(WAIT)
         c.close()
+
+
+# -- one connect_timeout for the TLS handshake and the CONNECT ------------------------------
+
+
+def test_one_connect_timeout_covers_the_tls_handshake_and_the_connect(tls_files: Any) -> None:
+    # The handshake had connect_timeout, then the CONNECT had it again from the end of
+    # the handshake: a client could hold a connection twice as long as configured.
+    cfg: dict[str, Any] = {"cert": str(tls_files.server_cert), "key": str(tls_files.server_key)}
+    timeout = 1.5
+    for b in running(listeners=[Listener("mqtts", port=0, **cfg)], connect_timeout=timeout):
+        ctx = ssl.create_default_context(cafile=str(tls_files.ca_cert))
+        start = time.monotonic()
+        raw = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+        time.sleep(timeout * 2 / 3)  # most of the time goes before the handshake
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            try:
+                assert tls.recv(16) == b""  # no CONNECT: closed
+            except (ssl.SSLError, ConnectionError):
+                pass
+        elapsed = time.monotonic() - start
+        assert timeout - 0.1 < elapsed < timeout + 0.5, elapsed

@@ -94,6 +94,10 @@ class Connection(asyncio.Protocol):
         self._pump_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._grace = 0.0  # loop time before which Keep Alive cannot run out (release())
+        # Made at the TCP accept, a TLS listener's too (asyncio calls the factory
+        # before the handshake): connect_timeout counted from now covers the TLS and
+        # WebSocket handshakes and the CONNECT, one deadline for all.
+        self._deadline = self.loop.time() + cfg.connect_timeout
 
     # -- asyncio.Protocol ---------------------------------------------------------
 
@@ -103,7 +107,7 @@ class Connection(asyncio.Protocol):
         peer = t.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.broker.connections.add(self)
-        self._timer = self.loop.call_later(self.config.connect_timeout, self._no_connect)
+        self._timer = self.loop.call_at(self._deadline, self._no_connect)
 
     def data_received(self, data: bytes) -> None:
         self.broker.counters.bytes_in += len(data)

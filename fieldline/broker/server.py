@@ -218,6 +218,11 @@ class Broker:
             def factory() -> asyncio.Protocol:
                 return Connection(self, listener)
 
+        # The handshake has connect_timeout; the Connection, made at the accept,
+        # counts its own connect_timeout from then too: one deadline covers the
+        # handshake and the CONNECT. (asyncio tells the protocol nothing before the
+        # handshake ends, nor at all if it fails, so max_connections cannot count
+        # connections still in their handshake: see docs/broker.md, Listeners.)
         timeout = self.config.connect_timeout if ctx is not None else None
         # The listen queue as long as the kernel allows (asyncio's default is 100):
         # a burst of devices reconnecting after an outage must not wait for SYN
