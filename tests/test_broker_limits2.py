@@ -2,7 +2,7 @@
 its client while the broker decides on its CONNECT ends at once and costs no password
 hash, while what a client sent behind a packet being decided is still handled in
 order; one connect_timeout from the TCP accept covers the TLS handshake and the
-CONNECT."""
+CONNECT; max_sessions and max_retained."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import pytest
 from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
 
-from fieldline.broker import Listener
+from fieldline.broker import BrokerConfig, BrokerThread, ConfigError, Listener
+from fieldline.broker.configfile import load_config
 from fieldline.broker.passwords import Passwords, hash_password
 from fieldline.mqtt import CLIENT, Connect, Session, Subscription, Will
 
@@ -220,3 +221,116 @@ def test_one_connect_timeout_covers_the_tls_handshake_and_the_connect(tls_files:
                 pass
         elapsed = time.monotonic() - start
         assert timeout - 0.1 < elapsed < timeout + 0.5, elapsed
+
+
+# -- max_sessions and max_retained ----------------------------------------------------------
+
+QUOTA_EXCEEDED = 0x97
+PERSISTENT = {"session_expiry_interval": 600}
+
+
+def _offline(b: BrokerThread, client_id: str) -> None:
+    c = Raw(b.port, client_id, clean_start=False, properties=PERSISTENT)
+    assert c.connack.reason_code == 0
+    c.session.disconnect()
+    c.flush()
+    c.close()
+
+
+def _metric(b: BrokerThread, name: str) -> float:
+    from fieldline.broker.metrics import BrokerCollector
+
+    families = b.call(lambda: list(BrokerCollector(b.broker).collect()))
+    for family in families:
+        for sample in family.samples:
+            if sample.name == "fieldline_broker_" + name:
+                return float(sample.value)
+    raise AssertionError(f"no metric {name}")
+
+
+def test_a_connect_that_would_make_a_session_beyond_max_sessions_is_refused() -> None:
+    # One client making new client ids with a Session Expiry Interval could make the
+    # broker keep offline sessions without end.
+    for b in running(max_sessions=2):
+        _offline(b, "a")
+        _offline(b, "b")
+        wait_for(b, "connected", 0)
+        for version, code in ((5, QUOTA_EXCEEDED), (4, 3)):  # 3.1.1: Server unavailable
+            props = PERSISTENT if version == 5 else None
+            extra = Raw(b.port, f"new{version}", version, clean_start=False, properties=props)
+            assert extra.connack.reason_code == code
+            extra.close()
+        anonymous = Raw(b.port, "")  # an id to assign is a new session too
+        assert anonymous.connack.reason_code == QUOTA_EXCEEDED
+        anonymous.close()
+        back = Raw(b.port, "a", clean_start=False, properties=PERSISTENT)  # its own: fine
+        assert (back.connack.reason_code, back.connack.session_present) == (0, True)
+        fresh = Raw(b.port, "b")  # clean start replaces b's session: no new one
+        assert fresh.connack.reason_code == 0
+        stats = b.call(b.broker.stats)
+        assert (stats["sessions"], stats["sessions_refused"]) == (2, 3)
+        assert stats["refused"] == {QUOTA_EXCEEDED: 3}
+        assert _metric(b, "sessions_refused_total") == 3
+        fresh.close()
+        wait_for(b, "sessions", 1)  # b's clean session ended with its connection
+        room = Raw(b.port, "c", clean_start=False, properties=PERSISTENT)
+        assert room.connack.reason_code == 0
+        for c in (back, room):
+            c.close()
+
+
+def test_a_new_retained_topic_beyond_max_retained_is_routed_but_not_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    for b in running(max_retained=2):
+        sub = Raw(b.port, "sub")
+        sub.subscribe(Subscription("r/#", 1))
+        pub = Raw(b.port, "pub")
+        for topic in ("r/1", "r/2"):
+            assert pub.publish(topic, b"kept", 1, retain=True).reason_code == 0
+        # 5.0: 0x97 Quota exceeded, at QoS 1 and 2; the subscriber gets it all the same.
+        assert pub.publish("r/3", b"not kept", 1, retain=True).reason_code == QUOTA_EXCEEDED
+        assert pub.publish("r/4", b"not kept", 2, retain=True).reason_code == QUOTA_EXCEEDED
+        assert [m.topic for m in sub.messages(4)] == ["r/1", "r/2", "r/3", "r/4"]
+        assert pub.publish("r/1", b"replaced", 1, retain=True).reason_code == 0  # not new
+        old = Raw(b.port, "old", 4)  # 3.1.1 has no code for it: a plain ack, and a log
+        with caplog.at_level("WARNING", logger="fieldline.broker"):
+            old.publish("r/5", b"not kept", 1, retain=True)
+            wait_for(b, "retained_refused", 3)
+        assert "max_retained (2) reached" in caplog.text
+        stats = b.call(b.broker.stats)
+        assert (stats["retained"], stats["retained_refused"]) == (2, 3)
+        assert _metric(b, "retained_refused_total") == 3
+        assert pub.publish("r/2", b"", 1, retain=True).reason_code == 0  # cleared: room
+        assert pub.publish("r/3", b"kept now", 1, retain=True).reason_code == 0
+        late = Raw(b.port, "late")
+        late.subscribe(Subscription("r/#", 1))
+        got = sorted((m.topic, m.payload) for m in late.messages(2))
+        assert got == [("r/1", b"replaced"), ("r/3", b"kept now")]
+        assert late.quiet()
+        for c in (sub, pub, old, late):
+            c.close()
+
+
+def test_max_sessions_and_max_retained_default_to_no_limit_and_are_toml_keys(
+    tmp_path: Path,
+) -> None:
+    cfg = BrokerConfig()
+    assert (cfg.max_sessions, cfg.max_retained) == (0, 0)
+    path = tmp_path / "broker.toml"
+    path.write_text("max_sessions = 500\nmax_retained = 20000\n")
+    cfg = load_config(path)
+    assert (cfg.max_sessions, cfg.max_retained) == (500, 20000)
+    with pytest.raises(ConfigError, match="0 \\(no limit\\)"):
+        BrokerConfig(max_sessions=-1)
+    with pytest.raises(ConfigError, match="0 \\(no limit\\)"):
+        BrokerConfig(max_retained=-1)
+    for b in running():  # no limit: as before
+        for i in range(5):
+            _offline(b, f"s{i}")
+        pub = Raw(b.port, "pub")
+        for i in range(5):
+            assert pub.publish(f"t/{i}", b"x", 1, retain=True).reason_code == 0x10
+        stats = b.call(b.broker.stats)
+        assert (stats["sessions"], stats["retained"]) == (6, 5)
+        pub.close()

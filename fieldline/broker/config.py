@@ -198,6 +198,11 @@ class BrokerConfig:
     for the life of the connection, so the cap bounds that memory.
     ``max_subscriptions``: subscriptions a session may hold; beyond it a SUBSCRIBE's
     new filters are refused (5.0: 0x97 Quota exceeded; 3.1.1: 0x80; 0: no limit).
+    ``max_sessions``: sessions the broker keeps, connected or not; a CONNECT that
+    would make one more is refused (5.0: 0x97; 3.1.1: 3, Server unavailable; 0: no
+    limit). ``max_retained``: retained messages kept; a retained PUBLISH to a topic
+    holding none beyond it is routed but not retained (5.0 QoS 1/2: answered 0x97;
+    0: no limit).
     ``connect_timeout``: seconds a new connection has to finish its TLS and
     WebSocket handshakes and send its CONNECT. ``max_publish_rate``:
     PUBLISHes a second each client may send (a token bucket holding one second's
@@ -241,6 +246,8 @@ class BrokerConfig:
     topic_alias_maximum: int = 16
     max_topic_aliases_out: int = 64
     max_subscriptions: int = 1000
+    max_sessions: int = 0
+    max_retained: int = 0
     connect_timeout: float = 10.0
     max_publish_rate: float = 0.0
     password_file: str | None = None
@@ -272,6 +279,8 @@ class BrokerConfig:
             raise ConfigError("max_connections must be 0 (no limit) or more")
         if self.max_subscriptions < 0:
             raise ConfigError("max_subscriptions must be 0 (no limit) or more")
+        if self.max_sessions < 0 or self.max_retained < 0:
+            raise ConfigError("max_sessions and max_retained must be 0 (no limit) or more")
         if not 0 <= self.max_topic_aliases_out <= 65535:
             raise ConfigError("max_topic_aliases_out must be 0 (none) to 65535")
         if not 0 <= self.max_publish_rate < math.inf:  # TOML has nan and inf

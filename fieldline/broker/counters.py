@@ -27,7 +27,9 @@ class Counters:
     connected at once. ``ended_dropped``, ``ended_expired``, ``ended_rate_limited``: the counts of
     sessions that ended. ``shared_dropped``: deliveries for a shared subscription that
     a member's ended session had not completed and no member of its group was left to
-    take (4.8.2)."""
+    take (4.8.2). ``sessions_refused``: CONNECTs refused for ``max_sessions`` (also in
+    ``refused``, as 0x97); ``retained_refused``: retained messages not kept for
+    ``max_retained`` (routed all the same)."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -45,6 +47,8 @@ class Counters:
         self.ended_expired = 0
         self.ended_rate_limited = 0
         self.shared_dropped = 0
+        self.sessions_refused = 0
+        self.retained_refused = 0
 
     def refuse(self, reason_code: int) -> None:
         self.refused[reason_code] = self.refused.get(reason_code, 0) + 1
@@ -65,7 +69,9 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     without a connection), dropped_total, expired_total, rate_limited_total
     (those of ended sessions included: they never go down while the broker runs;
     dropped_total also counts shared_dropped), shared_dropped (deliveries for a shared
-    subscription an ended member left that no member of its group was left to take), and
+    subscription an ended member left that no member of its group was left to take),
+    sessions_refused (CONNECTs refused for max_sessions), retained_refused (retained
+    messages not kept for max_retained), and
     plugin_errors, plugin_timeouts (dicts: ``"Class.hook"`` -> calls that raised or
     took over ``hook_timeout``)."""
     c = broker.counters
@@ -85,6 +91,8 @@ def add_stats(broker: Broker, out: dict[str, Any]) -> None:
     out["offline"] = out["sessions"] - out["connected"]
     out["dropped_total"] = out["dropped"] + c.ended_dropped + c.shared_dropped
     out["shared_dropped"] = c.shared_dropped
+    out["sessions_refused"] = c.sessions_refused
+    out["retained_refused"] = c.retained_refused
     out["expired_total"] = out["expired"] + c.ended_expired
     out["rate_limited_total"] = out["rate_limited"] + c.ended_rate_limited
     plugins = broker.plugins

@@ -303,7 +303,28 @@ class Login:
             if p.client_id and p.client_id != p.username:
                 p = copy.copy(p)  # the session's own stays as it came
                 p.client_id = p.username
-        self.broker.accept(conn, p, auth_data)
+        b = self.broker
+        limit = b.config.max_sessions
+        if (
+            limit
+            and len(b.sessions) >= limit
+            and (not p.client_id or b.sessions.get(p.client_id) is None)
+        ):
+            # A new session beyond max_sessions: each one kept (offline, for its
+            # Session Expiry Interval) holds memory, a queue and a place in the
+            # persistence file, so one client making new client ids could fill the
+            # broker. Refused, as EMQX's username quota does; not by expiring the
+            # oldest offline session: that would let anyone wipe other clients'.
+            b.counters.sessions_refused += 1
+            b.counters.refuse(_QUOTA_EXCEEDED)
+            log.warning("%s client id %r: refused, max_sessions (%d) reached", conn.peer,
+                        p.client_id, limit, extra=fields(conn, client_id=p.client_id,
+                        reason_code=_QUOTA_EXCEEDED))  # fmt: skip
+            # 5.0: 0x97 Quota exceeded; 3.1.1: return code 3, Server unavailable.
+            v5 = p.protocol_level == _MQTT5
+            conn.session.reject(_QUOTA_EXCEEDED if v5 else _SERVER_UNAVAILABLE)
+            return
+        b.accept(conn, p, auth_data)
 
     def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:
         # Never log the password.

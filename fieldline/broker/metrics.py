@@ -110,6 +110,10 @@ class BrokerCollector:
                       st["rate_limited_total"])  # fmt: skip
         yield counter("publish_denied", "PUBLISHes refused: ACL, plug-in or $SYS topic",
                       st["denied"])  # fmt: skip
+        yield counter("sessions_refused", "CONNECTs refused for max_sessions",
+                      st["sessions_refused"])  # fmt: skip
+        yield counter("retained_refused", "Retained messages not kept for max_retained "
+                      "(routed all the same)", st["retained_refused"])  # fmt: skip
         for key, doc in (
             ("plugin_errors", "Plug-in hook calls that raised"),
             ("plugin_timeouts", "Plug-in hook calls that took over hook_timeout"),

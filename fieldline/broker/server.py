@@ -545,10 +545,16 @@ class Broker:
             return
         now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
+        full = p.retain and not self._room_to_retain(m)  # _route_one says so in the log
         matched = self._route(m)
         if p.qos:
             # 5.0: 0x10 when no subscription matched (3.4.2.1); 3.1.1 sends a plain ack.
-            self._answer(cs, p.packet_id, p.qos, 0 if matched else _NO_MATCHING_SUBSCRIBERS)
+            code = 0 if matched else _NO_MATCHING_SUBSCRIBERS
+            if full and conn.session.version == _MQTT5:
+                # Routed, not retained: 0x97, as for max_subscriptions. 3.1.1 has no
+                # code for it: a plain ack, and the log says why.
+                code = _QUOTA_EXCEEDED
+            self._answer(cs, p.packet_id, p.qos, code)
 
     def _answer(self, cs: ClientSession, packet_id: int, qos: int, reason_code: int) -> None:
         # A client's QoS 1/2 PUBLISH is answered now or, with durability "full", once
@@ -793,8 +799,26 @@ class Broker:
             self._routing = False
         return matched
 
+    def _room_to_retain(self, m: Message) -> bool:
+        """Whether ``m`` (flagged RETAIN) may be retained under ``max_retained``:
+        replacing or clearing a topic's message always may, a new topic only below
+        the limit."""
+        limit = self.config.max_retained
+        retained = self.router.retained
+        if not limit or len(retained) < limit or m.topic in retained:
+            return True
+        return not m.payload or m.at_once  # clears the topic (Router.retain)
+
     def _route_one(self, m: Message) -> int:
-        if m.retain:
+        if m.retain and not self._room_to_retain(m):
+            # A retained message per topic, kept until cleared: a client publishing
+            # to new topics would fill memory and the persistence file without end.
+            # Like EMQX's retainer.max_retained_messages: routed, not retained.
+            self.counters.retained_refused += 1
+            log.warning("retained message on %r from %r not kept: max_retained (%d) "
+                        "reached", m.topic, m.sender, self.config.max_retained,
+                        extra={"topic": m.topic, "client_id": m.sender})  # fmt: skip
+        elif m.retain:
             self.router.retain(m)
             if self.persist is not None:
                 self.persist.retain(m)
