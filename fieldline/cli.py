@@ -14,8 +14,9 @@ adding one if there is none; --cert, --key, --ca, --crl, --require-certificate a
 --use-identity-as-username apply to every TLS listener (mqtts, wss). Without a file or
 flags: plain MQTT on 127.0.0.1:1883.
 With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
-each client reads and writes only the topics its rules allow. --max-connections and
---max-publish-rate override the limits of the same names. With --persist FILE, retained
+each client reads and writes only the topics its rules allow. --max-connections,
+--max-publish-rate, --max-sessions and --max-retained override the limits of the same
+names. With --persist FILE, retained
 messages and persistent sessions survive a restart (--durability batched or full).
 --sys-interval, --metrics-port, --log-format and --log-level: $SYS topics, Prometheus
 metrics on http://HOST:PORT/metrics, and the log on standard error.
@@ -82,6 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         metavar="R",
         help="PUBLISHes a second each client may send (default 0: no limit)",
+    )
+    add(
+        "--max-sessions",
+        type=int,
+        metavar="N",
+        help="refuse a CONNECT that would make a session beyond N (default 0: no limit)",
+    )
+    add(
+        "--max-retained",
+        type=int,
+        metavar="N",
+        help="retain no message on a new topic beyond N retained (default 0: no limit)",
     )
     add("--persist", metavar="FILE", help="keep retained messages and sessions in FILE (SQLite)")
     add(
@@ -174,6 +187,8 @@ def _broker(args: argparse.Namespace) -> int:
             acl_file=args.acl_file,
             max_connections=args.max_connections,
             max_publish_rate=args.max_publish_rate,
+            max_sessions=args.max_sessions,
+            max_retained=args.max_retained,
             persistence=args.persist,
             durability=args.durability,
             persist_interval=args.persist_interval,

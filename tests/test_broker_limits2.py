@@ -21,7 +21,7 @@ from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError, Listener
-from fieldline.broker.configfile import load_config
+from fieldline.broker.configfile import apply_flags, load_config
 from fieldline.broker.passwords import Passwords, hash_password
 from fieldline.mqtt import CLIENT, Connect, Session, Subscription, Will
 
@@ -368,3 +368,11 @@ def test_tls_handshakes_in_progress_count_in_max_connections(tls_files: Any) -> 
             assert (stats["connected"], stats["connections_refused"]) == (1, 0)
         for sock in silent:
             sock.close()
+
+
+def test_max_sessions_and_max_retained_flags() -> None:
+    cfg = apply_flags(BrokerConfig(max_sessions=5), max_sessions=7, max_retained=9)
+    assert (cfg.max_sessions, cfg.max_retained) == (7, 9)
+    assert apply_flags(cfg).max_sessions == 7  # not given: as configured
+    with pytest.raises(ConfigError, match="0 \\(no limit\\)"):
+        apply_flags(cfg, max_retained=-1)

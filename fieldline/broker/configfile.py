@@ -108,6 +108,8 @@ def apply_flags(
     acl_file: str | None = None,
     max_connections: int | None = None,
     max_publish_rate: float | None = None,
+    max_sessions: int | None = None,
+    max_retained: int | None = None,
     persistence: str | None = None,
     durability: str | None = None,
     persist_interval: int | None = None,
@@ -124,9 +126,10 @@ def apply_flags(
     ``use_identity_as_username``: the TLS settings of every mqtts and wss listener.
     ``password_file``, ``allow_anonymous`` (True: allow; False: as configured),
     ``use_username_as_clientid`` (True: on; False: as configured): the
-    authentication settings; ``acl_file``: the ACL file. ``max_connections``, ``max_publish_rate``:
-    those limits (None: as configured). ``persistence``, ``durability``,
-    ``persist_interval``: the persistence settings (None: as configured).
+    authentication settings; ``acl_file``: the ACL file. ``max_connections``,
+    ``max_publish_rate``, ``max_sessions``, ``max_retained``: those limits (None: as
+    configured). ``persistence``, ``durability``, ``persist_interval``: the
+    persistence settings (None: as configured).
     ``sys_interval``, ``metrics_port``, ``log_format``, ``log_level``: the
     observability settings; ``event_loop``: auto, asyncio or uvloop (None: as
     configured). Raises ConfigError."""
@@ -191,6 +194,9 @@ def apply_flags(
         limits["max_connections"] = max_connections
     if max_publish_rate is not None:
         limits["max_publish_rate"] = float(max_publish_rate)
+    for name, value in (("max_sessions", max_sessions), ("max_retained", max_retained)):
+        if value is not None:
+            limits[name] = value
     persist = {"persistence": persistence, "durability": durability,
                "persist_interval": persist_interval}  # fmt: skip
     limits.update((k, v) for k, v in persist.items() if v is not None)
