@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from test_broker import WAIT, Raw, running
 from test_broker_sessions import wait_for
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
 
 from fieldline.broker import BrokerConfig, BrokerThread, ConfigError, Listener
 from fieldline.broker.configfile import apply_flags, load_config
@@ -77,7 +79,21 @@ class _Gated:
 # -- a connection closed while held --------------------------------------------------------
 
 
-@pytest.mark.parametrize("close", ["fin", "rst"])
+def _websocket(port: int, data: bytes) -> socket.socket:
+    """A WebSocket connection, upgraded, that sent ``data`` in a binary frame."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="localhost", target="/mqtt", subprotocols=["mqtt"])))
+    while True:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the upgrade"
+        ws.receive_data(chunk)
+        if any(isinstance(ev, AcceptConnection) for ev in ws.events()):
+            sock.sendall(ws.send(BytesMessage(data=data)))
+            return sock
+
+
+@pytest.mark.parametrize("close", ["fin", "rst", "ws"])
 def test_a_connect_abandoned_while_decided_ends_at_once_and_costs_no_hash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, close: str
 ) -> None:
@@ -85,10 +101,15 @@ def test_a_connect_abandoned_while_decided_ends_at_once_and_costs_no_hash(
     # went unnoticed until connect_timeout, and each such CONNECT still cost a hash.
     gated = _Gated(monkeypatch)
     pw = _password_file(tmp_path / "passwd", alice="s3cret")
-    for b in running(password_file=str(pw), connect_timeout=60):
+    listeners = [Listener("mqtt", port=0), Listener("ws", port=0)]
+    for b in running(password_file=str(pw), connect_timeout=60, listeners=listeners):
         for _ in range(12):
-            sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
-            sock.sendall(_client_bytes("alice", b"guess"))
+            data = _client_bytes("alice", b"guess")
+            if close == "ws":
+                sock = _websocket(b.listening[1].port, data)
+            else:
+                sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+                sock.sendall(data)
             time.sleep(0.02)  # read by the broker, its check queued or started
             if close == "rst":
                 _reset(sock)
@@ -104,24 +125,30 @@ def test_a_connect_abandoned_while_decided_ends_at_once_and_costs_no_hash(
         assert len(gated.calls) <= 5
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
 def test_packets_sent_behind_a_connect_being_decided_are_still_handled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     # MQTT 3.1.4: a client may send packets behind its CONNECT without waiting for
-    # the CONNACK, and close after DISCONNECT: they are owed, not abandoned.
+    # the CONNACK, and close after DISCONNECT: they are owed, not abandoned. (Over
+    # WebSocket the connection cannot stay half open: it ends once they are handled.)
     gated = _Gated(monkeypatch)
     pw = _password_file(tmp_path / "passwd", alice="s3cret")
-    for b in running(password_file=str(pw)):
+    listeners = [Listener("mqtt", port=0), Listener("ws", port=0)]
+    for b in running(password_file=str(pw), listeners=listeners):
         gated.gate.set()
         sub = Raw(b.port, "sub", username="alice", password=b"s3cret")
         sub.subscribe(Subscription("fire/#", 0))
         gated.gate.clear()
-        sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
         data = _client_bytes(
             "alice", b"s3cret", ("publish", "fire/1", b"one"), ("publish", "fire/2", b"two"),
             ("disconnect",),
         )  # fmt: skip
-        sock.sendall(data)
+        if transport == "ws":
+            sock = _websocket(b.listening[1].port, data)
+        else:
+            sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+            sock.sendall(data)
         time.sleep(0.1)
         sock.close()
         time.sleep(0.1)
