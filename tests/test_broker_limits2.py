@@ -248,7 +248,7 @@ def test_one_connect_timeout_covers_the_tls_handshake_and_the_connect(tls_files:
             except (ssl.SSLError, ConnectionError):
                 pass
         elapsed = time.monotonic() - start
-        assert timeout - 0.1 < elapsed < timeout + 0.5, elapsed
+        assert timeout - 0.1 < elapsed < timeout + 0.7, elapsed  # twice: 2.5 s
 
 
 # -- max_sessions and max_retained ----------------------------------------------------------
