@@ -94,9 +94,9 @@ class Connection(asyncio.Protocol):
         self._pump_due = False
         self._timer: asyncio.TimerHandle | None = None
         self._grace = 0.0  # loop time before which Keep Alive cannot run out (release())
-        # Made at the TCP accept, a TLS listener's too (tls.TlsAccept): the
-        # connect_timeout counted from now covers the TLS and WebSocket handshakes
-        # and the CONNECT, one deadline for all.
+        # Made at the TCP accept, a TLS listener's too (asyncio calls the factory
+        # before the handshake): connect_timeout counted from now covers the TLS and
+        # WebSocket handshakes and the CONNECT, one deadline for all.
         self._deadline = self.loop.time() + cfg.connect_timeout
 
     # -- asyncio.Protocol ---------------------------------------------------------

@@ -134,9 +134,9 @@ class Login:
             self._refuse(conn, p, _PROTOCOL_ERROR)
             return
         limit = self.broker.config.max_connections
-        if limit and self._open() > limit:  # this connection is one of them
+        if limit and len(self.broker.connections) > limit:  # this connection is one of them
             self._make_room(conn)
-        if limit and self._open() > limit:
+        if limit and len(self.broker.connections) > limit:
             self.broker.refused_connections += 1
             self.broker.counters.refuse(_QUOTA_EXCEEDED)
             log.warning("%s client id %r: refused, max_connections (%d) reached", conn.peer,
@@ -195,22 +195,11 @@ class Login:
         else:
             self._connect(conn, p, verdict)
 
-    def _open(self) -> int:
-        # Network connections open, TLS ones still in their handshake included.
-        return len(self.broker.connections) + len(self.broker.handshakes)
-
     def _make_room(self, conn: Connection) -> None:
         # Sockets that have sent no CONNECT yet count against max_connections (each
         # holds a descriptor and a buffer), but an attacker must not keep clients out
         # by holding every slot with silent ones until connect_timeout: a CONNECT
-        # beyond the limit closes one of them, if there is one, to make room (one
-        # still in its TLS handshake first).
-        handshake = next(iter(self.broker.handshakes), None)
-        if handshake is not None:
-            log.warning("%s: closed in its TLS handshake to make room for %s "
-                        "(max_connections reached)", handshake.peer, conn.peer)  # fmt: skip
-            handshake.close()
-            return
+        # beyond the limit closes one of them, if there is one, to make room.
         for other in self.broker.connections:
             if other is not conn and other.session.state == _IDLE:
                 log.warning("%s: closed without a CONNECT to make room for %s "

@@ -1,24 +1,16 @@
 """The server-side SSLContext of an mqtts or wss listener (``ListenerTls``: read again
 on reload), and the client certificate a connection presented (``PeerCertificate``),
 which the broker can take as the client's identity (``use_identity_as_username``) and
-hands to plug-ins' ``authenticate``; ``TlsAccept``, a connection of such a listener
-until its handshake is done."""
+hands to plug-ins' ``authenticate``."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import ssl
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 from .config import ConfigError, Listener
-
-if TYPE_CHECKING:
-    from .server import Broker
-
-log = logging.getLogger("fieldline.broker")
-_MAX_EARLY = 256 * 1024  # bytes a client may send before the handshake starts
 
 
 def server_context(listener: Listener) -> ssl.SSLContext:
@@ -76,96 +68,6 @@ class ListenerTls:
         """Read cert, key, ca and crl again. Raises ConfigError (the files read
         before stay in force)."""
         self._current = server_context(self.listener)
-
-
-class TlsAccept(asyncio.Protocol):
-    """A connection of a TLS listener from its TCP accept until its handshake is done;
-    then ``inner`` (the ``Connection``, or the WebSocket protocol in front of it) gets
-    the TLS transport, as it would from a server made with ``ssl=``.
-
-    The listener runs the handshake itself (``loop.start_tls``) rather than leaving it
-    to ``create_server(ssl=...)``, which tells the protocol nothing before the
-    handshake ends and nothing at all if it fails. So the broker counts the
-    connection from its accept (``Broker.handshakes``: in ``max_connections``, and
-    the first closed to make room for a CONNECT), and one deadline, ``deadline`` (loop
-    time: the accept plus ``connect_timeout``, which the ``Connection`` keeps too),
-    covers the handshake and the CONNECT.
-
-    Bytes read before ``start_tls`` takes the transport over (uvloop reads once even
-    when ``connection_made`` pauses reading) are kept and handed to the TLS protocol
-    before it starts (``_feed_early``): they are the ClientHello."""
-
-    def __init__(
-        self, broker: Broker, inner: asyncio.Protocol, ctx: ssl.SSLContext, deadline: float
-    ) -> None:
-        self.broker = broker
-        self.inner = inner
-        self.ctx = ctx
-        self.deadline = deadline
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self._early = bytearray()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        t = self.transport = cast(asyncio.Transport, transport)
-        t.pause_reading()
-        peer = t.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        self.broker.handshakes.add(self)
-        # The task's first step runs start_tls up to its wait for the handshake (the
-        # TLS protocol installed, its connection_made scheduled); _feed_early, queued
-        # after that step, runs before that connection_made (call_soon keeps order).
-        self.broker.spawn(self._handshake(t))
-        self.broker.loop.call_soon(self._feed_early, t)
-
-    def data_received(self, data: bytes) -> None:
-        self._early += data
-        if len(self._early) > _MAX_EARLY:
-            self.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.broker.handshakes.discard(self)  # before start_tls took the transport over
-
-    def _feed_early(self, t: asyncio.Transport) -> None:
-        early, self._early = self._early, bytearray()
-        p = t.get_protocol()
-        if not early or p is self or t.is_closing():
-            return
-        tls = cast(asyncio.BufferedProtocol, p)  # asyncio's and uvloop's SSLProtocol
-        view = memoryview(early)
-        while view:
-            buf = memoryview(tls.get_buffer(len(view)))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            tls.buffer_updated(n)
-            view = view[n:]
-
-    async def _handshake(self, t: asyncio.Transport) -> None:
-        loop = self.broker.loop
-        try:
-            left = self.deadline - loop.time()
-            if t.is_closing():
-                return
-            if left <= 0:
-                raise TimeoutError("connect_timeout ran out")
-            tls = await loop.start_tls(
-                t, self.inner, self.ctx, server_side=True, ssl_handshake_timeout=left
-            )
-        except Exception as e:  # OSError (ssl.SSLError, TimeoutError), RuntimeError
-            log.info("%s: TLS handshake failed: %s", self.peer, str(e) or type(e).__name__)
-            t.abort()
-            return
-        finally:
-            self.broker.handshakes.discard(self)
-        if tls is None or tls.is_closing():
-            return
-        self.inner.connection_made(tls)
-
-    def close(self) -> None:
-        """Cut the connection before its handshake is done."""
-        self.broker.handshakes.discard(self)
-        if self.transport is not None:
-            self.transport.abort()
 
 
 class PeerCertificate:
