@@ -65,6 +65,25 @@ def find_tool(name: str, *fallbacks: str, hint: str = "") -> str:
 
 
 @pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, for a medium that fills (needs root to mount: skipped
+    without, failed under CI=true)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.fixture
 def need_tool() -> Callable[..., str]:
     """``need_tool("node", hint="...")`` -> path, or skip (fail under CI=true)."""
     return find_tool

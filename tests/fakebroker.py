@@ -67,6 +67,13 @@ def connack_ok(version: int, session_present: bool = False) -> bytes:
     return connack(0, session_present, properties=b"" if version == 5 else None)
 
 
+def suback_for(subscribe: bytes, version: int, qos: int = 1) -> bytes:
+    """The SUBACK granting ``qos`` to ``subscribe``, the bytes of a one-filter
+    SUBSCRIBE (short: a one-byte Remaining Length), of protocol ``version``."""
+    body = subscribe[2:4] + (b"\x00" if version == 5 else b"") + bytes([qos])
+    return bytes([SUBACK << 4, len(body)]) + body
+
+
 def prop(pid: int, value: bytes) -> bytes:
     """A 5.0 property with a string or binary value: id, two-byte length, bytes."""
     return bytes([pid]) + len(value).to_bytes(2, "big") + value

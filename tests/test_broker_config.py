@@ -10,6 +10,8 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -255,15 +257,29 @@ def test_cli_with_a_toml_file_runs_every_listener(tmp_path: Path, tls_files: Tls
             proc.wait()
 
 
-def test_cli_limit_flags_are_enforced(tmp_path: Path) -> None:
-    # The file says no limits; the flags override it, and the running broker enforces them.
-    path = write(tmp_path, "max_connections = 0\nmax_publish_rate = 0\n")
-    proc = run_cli("--config", str(path), "--port", "0", "--max-connections", "1",
-                   "--max-publish-rate", "2")  # fmt: skip
+@contextmanager
+def cli_broker(*args: str) -> Iterator[int]:
+    """``fieldline broker --port 0 ARGS`` running; yields the port of its mqtt
+    listener, then stops it with SIGTERM, which must end it cleanly."""
+    proc = run_cli("--port", "0", *args)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        yield int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_limit_flags_are_enforced(tmp_path: Path) -> None:
+    # The file says no limits; the flags override it, and the running broker enforces them.
+    path = write(tmp_path, "max_connections = 0\nmax_publish_rate = 0\n")
+    with cli_broker(
+        "--config", str(path), "--max-connections", "1", "--max-publish-rate", "2"
+    ) as port:
         first = Raw(port, "first")
         assert first.connack.reason_code == 0
         second = Raw(port, "second")
@@ -273,23 +289,13 @@ def test_cli_limit_flags_are_enforced(tmp_path: Path) -> None:
         codes = [first.publish("lim/x", b"%d" % i, 1).reason_code for i in range(3)]
         assert codes[:2] == [0x10, 0x10] and codes[2] == 0x97, codes
         first.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_cli_use_username_as_clientid(tmp_path: Path) -> None:
     # With the flag a client's id is its user name: two clients naming the same id
     # under different user names are two sessions, and no user name is refused.
     path = write(tmp_path, "allow_anonymous = true\n")
-    proc = run_cli("--config", str(path), "--port", "0", "--use-username-as-clientid")
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line).group(1))  # type: ignore[union-attr]
+    with cli_broker("--config", str(path), "--use-username-as-clientid") as port:
         alice = Raw(port, "pump-1", username="alice")
         bob = Raw(port, "pump-1", username="bob")  # not a takeover of alice's session
         assert alice.connack.reason_code == 0 and bob.connack.reason_code == 0
@@ -302,12 +308,6 @@ def test_cli_use_username_as_clientid(tmp_path: Path) -> None:
         assert nobody.connack.reason_code == 0x87  # Not authorized
         for c in (alice, bob, nobody):
             c.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_cli_limit_flags_must_be_numbers() -> None:

@@ -36,45 +36,56 @@ def broker_address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
             yield broker.host, broker.port
 
 
+@pytest.fixture
+def peer(broker_address: tuple[str, int], version: int) -> Iterator[PahoPeer]:
+    p = PahoPeer(*broker_address, version)
+    p.subscribe("qos2/#", 2)
+    yield p
+    p.close()
+
+
+def second_run(peer: PahoPeer, args: tuple[str, ...], interpreter: str) -> list[tuple[str, bytes]]:
+    """The device's next run (it resumes the session and publishes C), then
+    what the peer received, in order, up to an end marker of its own:
+    everything before it has arrived once it does."""
+    with Child("device.py", "qos2-second", *args, exe=interpreter) as device:
+        assert device.line(timeout=3 * WAIT) == "done"
+        assert device.wait() == 0, device.stderr.decode()
+    peer.publish("qos2/end", b"end", 2)
+    got: list[tuple[str, bytes]] = []
+    while not got or got[-1] != ("qos2/end", b"end"):
+        m = peer.expect(1)[0]
+        got.append((m.topic, bytes(m.payload)))
+    return got
+
+
 def test_a_qos2_message_cut_off_after_pubrec_is_delivered_once_after_a_kill(
     broker_address: tuple[str, int],
+    peer: PahoPeer,
     tcp_proxy: ProxyFactory,
     version: int,
     tmp_path: Path,
     interpreter: str,
 ) -> None:
-    host, port = broker_address
-    peer = PahoPeer(host, port, version)
-    try:
-        peer.subscribe("qos2/#", 2)
-        proxy = tcp_proxy((host, port))
-        folder = str(tmp_path / "outbox")
-        args = (proxy.host, str(proxy.port), str(version), folder)
-        with Child("device.py", "qos2-first", *args, stdin=True, exe=interpreter) as device:
-            assert device.line() == "A"
-            assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
-            down = proxy.bytes_down.value
-            device.send("B")
-            assert device.line() == "B"
-            proxy.bytes_down.wait(down + 4, timeout=WAIT)  # B's PUBREC, never read
-            assert device.kill() == []
-        with Queue(folder) as q:
-            assert [m[1] for _, m in q.pending()] == [b"B"]
-        with Child("device.py", "qos2-second", *args, exe=interpreter) as device:
-            assert device.line(timeout=3 * WAIT) == "done"
-            assert device.wait() == 0, device.stderr.decode()
-        peer.publish("qos2/end", b"end", 2)  # everything before it has arrived once it does
-        got: list[tuple[str, bytes]] = []
-        while not got or got[-1] != ("qos2/end", b"end"):
-            m = peer.expect(1)[0]
-            got.append((m.topic, bytes(m.payload)))
-        assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
-    finally:
-        peer.close()
+    proxy = tcp_proxy(broker_address)
+    args = (proxy.host, str(proxy.port), str(version), str(tmp_path / "outbox"))
+    with Child("device.py", "qos2-first", *args, stdin=True, exe=interpreter) as device:
+        assert device.line() == "A"
+        assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
+        down = proxy.bytes_down.value
+        device.send("B")
+        assert device.line() == "B"
+        proxy.bytes_down.wait(down + 4, timeout=WAIT)  # B's PUBREC, never read
+        assert device.kill() == []
+    with Queue(args[3]) as q:
+        assert [m[1] for _, m in q.pending()] == [b"B"]
+    got = second_run(peer, args, interpreter)
+    assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
 
 
 def test_a_qos2_message_cut_off_after_pubrel_is_not_delivered_again_after_a_kill(
     broker_address: tuple[str, int],
+    peer: PahoPeer,
     tcp_proxy: ProxyFactory,
     version: int,
     tmp_path: Path,
@@ -85,34 +96,20 @@ def test_a_qos2_message_cut_off_after_pubrel_is_not_delivered_again_after_a_kill
     # released, so the next run sends its PUBREL again, not B: a broker that has
     # completed B would take B for a new message and deliver it twice (ours, and
     # Mosquitto, which delivers on PUBREL).
-    host, port = broker_address
-    peer = PahoPeer(host, port, version)
-    try:
-        peer.subscribe("qos2/#", 2)
-        proxy = tcp_proxy((host, port))
-        folder = str(tmp_path / "outbox")
-        args = (proxy.host, str(proxy.port), str(version), folder)
-        with Child("device.py", "qos2-released", *args, stdin=True, exe=interpreter) as device:
-            assert device.line() == "A"
-            assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
-            down = proxy.bytes_down.value
-            device.send("B")
-            assert device.line() == "released"
-            proxy.bytes_down.wait(down + 8, timeout=WAIT)  # B's PUBREC and PUBCOMP
-            assert device.kill() == []
-        with Queue(folder) as q:
-            assert [(m[1], m[6]) for _, m in q.pending()] == [(b"B", True)]
-        with Child("device.py", "qos2-second", *args, exe=interpreter) as device:
-            assert device.line(timeout=3 * WAIT) == "done"
-            assert device.wait() == 0, device.stderr.decode()
-        peer.publish("qos2/end", b"end", 2)  # everything before it has arrived once it does
-        got: list[tuple[str, bytes]] = []
-        while not got or got[-1] != ("qos2/end", b"end"):
-            m = peer.expect(1)[0]
-            got.append((m.topic, bytes(m.payload)))
-        assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
-    finally:
-        peer.close()
+    proxy = tcp_proxy(broker_address)
+    args = (proxy.host, str(proxy.port), str(version), str(tmp_path / "outbox"))
+    with Child("device.py", "qos2-released", *args, stdin=True, exe=interpreter) as device:
+        assert device.line() == "A"
+        assert proxy.active == 1  # runs on the proxy's thread: A's PUBCOMP is counted
+        down = proxy.bytes_down.value
+        device.send("B")
+        assert device.line() == "released"
+        proxy.bytes_down.wait(down + 8, timeout=WAIT)  # B's PUBREC and PUBCOMP
+        assert device.kill() == []
+    with Queue(args[3]) as q:
+        assert [(m[1], m[6]) for _, m in q.pending()] == [(b"B", True)]
+    got = second_run(peer, args, interpreter)
+    assert got == [(TOPIC, b"A"), (TOPIC, b"B"), (TOPIC, b"C"), ("qos2/end", b"end")]
 
 
 def test_the_queue_keeps_packet_ids_and_reads_records_stored_without(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import FakeBrokerFactory, Mosquitto, arun
-from fakebroker import FakeConnection, connack, prop
+from fakebroker import FakeConnection, connack, connack_ok, prop, suback_for
 
 from fieldline.mqtt import AsyncClient, Client, ConnectionLost, LocalProtocolError
 
@@ -38,9 +38,8 @@ def test_a_failed_attempt_counts_once_in_the_backoff(
 
     def subscribed(conn: FakeConnection) -> None:
         conn.recv_packet()  # CONNECT
-        conn.send(connack(0, properties=b""))
-        pid = conn.recv_packet()[2:4]  # SUBSCRIBE
-        conn.send(b"\x90\x04" + pid + b"\x00\x00")  # SUBACK: no properties, granted QoS 0
+        conn.send(connack_ok(5))
+        conn.send(suback_for(conn.recv_packet(), 5, qos=0))  # the SUBSCRIBE's SUBACK
         closed[conn.index] = time.monotonic()
         conn.close()
 

