@@ -446,8 +446,10 @@ class Session:
         event) with a CONNACK carrying ``properties``; our limits and the
         authentication method are added. ``assigned_client_id`` (str, or an
         int counter turned into "auto-N") names a client that sent an empty
-        client id (MQTT-3.1.3-6). ``resume``: the broker's stored Session for
-        this client id, whose state moves into this one (default: this
+        client id (MQTT-3.1.3-6). A ``response_information`` property is
+        left out unless the CONNECT asked for it (MQTT-3.1.2-28).
+        ``resume``: the broker's stored Session for this client id, whose
+        state moves into this one (default: this
         session's own state, if it had a connection before). Session Present
         is set when state is resumed and Clean Start was 0 (MQTT-3.2.2-2, -3);
         unacknowledged messages are then resent. Returns the Session Present

@@ -142,6 +142,23 @@ def _rx_connack(s, p):
         s.session_expiry_interval = e
 
 
+def quiet(s, props):
+    """``props`` for a packet a server sends other than PUBLISH, CONNACK and
+    DISCONNECT: without Reason String and User Property when the client's
+    CONNECT set Request Problem Information to 0 (MQTT-3.1.2-29). Returns
+    ``props`` itself or a reduced copy."""
+    if (
+        props
+        and s.role == _SERVER
+        and getattr(s, "_quiet", False)
+        and ("reason_string" in props or "user_property" in props)
+    ):
+        props = dict(props)
+        props.pop("reason_string", None)
+        props.pop("user_property", None)
+    return props
+
+
 def too_large(s, p):
     """Send packet ``p``, too large for the peer's Maximum Packet Size, without
     its Reason String and User Property, as the spec allows (3.2.2.3.6,
@@ -254,7 +271,7 @@ def auth(s, data, rc, properties):
         rc = _RE_AUTHENTICATE if ok else _CONTINUE_AUTHENTICATION
     if s.version != _MQTT5 or m is None or not _auth_ok(s, rc, s.role):
         raise LocalProtocolError(_PROTOCOL_ERROR, _E_AUTH_NOT_NOW)
-    d = dict(properties) if properties else {}
+    d = dict(quiet(s, properties)) if properties else {}
     d["authentication_method"] = m
     if data is not None:
         d["authentication_data"] = data

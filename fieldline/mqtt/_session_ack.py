@@ -89,6 +89,10 @@ def ack(s, pid, rc, props):
                 s.state = _CLOSED
             return
         rc = 0  # a success code (0x10) is a plain ack in 3.1.1
+    if props and s.role:  # a server
+        from ._session5 import quiet
+
+        props = quiet(s, props)  # MQTT-3.1.2-29
     a = (PubAck if q == 1 else PubRec)(pid, rc, props)
     if s.state == _CONNECTED:
         s._send(a)  # raises (reason code, properties) before anything changed

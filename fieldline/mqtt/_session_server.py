@@ -8,7 +8,7 @@ Each function takes the Session ``s``; the public docstrings are on the
 from ._codec import encode
 from ._packets import ConnAck, PingResp, SubAck, UnsubAck
 from ._session import NEVER, _local, _remote
-from ._session5 import our_limits, peer_limits
+from ._session5 import our_limits, peer_limits, quiet
 from ._session_rare import V3_CODES
 
 try:
@@ -71,6 +71,8 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
             props["maximum_qos"] = s.maximum_qos
         if s._auth_method is not None:
             props["authentication_method"] = s._auth_method  # 4.12.0-5
+        if not s._resp_info:
+            props.pop("response_information", None)  # MQTT-3.1.2-28
     data = encode(ConnAck(present, 0, props or None), s.version)
     if present and resume is not None and resume is not s:
         s._msgs, s._order, s._rx2 = resume._msgs, resume._order, resume._rx2
@@ -157,6 +159,8 @@ def rx_connect(s, p):
         if m is None and _get(p, "authentication_data") is not None:
             raise _remote(_E_AUTH_DATA_NO_METHOD)  # 3.1.2.11.10: CONNACK 0x82
         peer_limits(s, p)
+        s._quiet = _get(p, "request_problem_information") == 0
+        s._resp_info = _get(p, "request_response_information")
     else:
         e = 0 if p.clean_start else NEVER
         s._auth_method = None
@@ -173,6 +177,7 @@ def rx_connect(s, p):
 
 def answer(s, p, t):
     s._need(_SERVER, _K)
+    p.properties = quiet(s, p.properties)  # MQTT-3.1.2-29
     e = s._pending.get(p.packet_id)
     n = len(p.reason_codes)
     if e is None or e[0] != t or n != e[1] and (n or s.version == _MQTT5):

@@ -1,0 +1,95 @@
+"""Normative statements of MQTT 5.0 that the session state machine must keep,
+each checked through the public API (Session, encode, Parser): a client and a
+server Session joined through bytes, as in test_session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_session import Pair, decode_all
+
+from fieldline.mqtt import (
+    NO_MATCHING_SUBSCRIBERS,
+    Auth,
+    ConnAck,
+    Connect,
+    PubAck,
+    PubRec,
+    SubAck,
+    UnsubAck,
+)
+
+PROBLEM = {"reason_string": "why", "user_property": [("k", "v")]}
+
+
+def quiet_pair(request_problem_information: int) -> Pair:
+    pair = Pair(5, server={"manual_ack": True})
+    pair.connect(props={"request_problem_information": request_problem_information})
+    return pair
+
+
+def sent_by_server(pair: Pair) -> list[Any]:
+    return decode_all(pair.s.data_to_send(), 5)
+
+
+@pytest.mark.parametrize("rpi", [0, 1])
+def test_request_problem_information_0_acks_carry_no_problem_info(rpi):
+    # MQTT-3.1.2-29: with Request Problem Information 0 the server sends no
+    # Reason String or User Property on anything but PUBLISH, CONNACK and
+    # DISCONNECT; with 1 (the default) it may.
+    pair = quiet_pair(rpi)
+    expected = PROBLEM if rpi else None
+    pid = pair.c.subscribe("a/b")
+    pair.c2s()
+    pair.s.suback(pid, [0], PROBLEM)
+    assert sent_by_server(pair) == [SubAck(pid, [0], expected)]
+    pid = pair.c.unsubscribe("a/b")
+    pair.c2s()
+    pair.s.unsuback(pid, [0], PROBLEM)
+    assert sent_by_server(pair) == [UnsubAck(pid, [0], expected)]
+    for qos, cls in ((1, PubAck), (2, PubRec)):
+        pid = pair.c.publish("t", b"x", qos=qos)
+        pair.c2s()
+        pair.s.ack(pid, NO_MATCHING_SUBSCRIBERS, PROBLEM)
+        assert sent_by_server(pair) == [cls(pid, NO_MATCHING_SUBSCRIBERS, expected)]
+    # Other properties stay.
+    pid = pair.c.subscribe("c/d")
+    pair.c2s()
+    pair.s.suback(pid, [0], {"user_property": [("k", "v")]})
+    assert sent_by_server(pair) == [
+        SubAck(pid, [0], {"user_property": [("k", "v")]} if rpi else None)
+    ]
+    # PUBLISH and DISCONNECT may carry them whatever the client asked.
+    pair.s.publish("t", b"x", properties={"user_property": [("k", "v")]})
+    pair.s.disconnect(0, {"reason_string": "bye"})
+    out = sent_by_server(pair)
+    assert out[0].properties == {"user_property": [("k", "v")]}
+    assert out[1].properties == {"reason_string": "bye"}
+
+
+def test_request_problem_information_0_server_auth():
+    # MQTT-3.1.2-29 covers AUTH too.
+    pair = Pair(5)
+    props = {"authentication_method": "SCRAM", "request_problem_information": 0}
+    pair.c.connect(Connect("dev1", protocol_level=5, properties=props), 0)
+    pair.c2s()
+    pair.s.auth(b"challenge", properties=PROBLEM)
+    assert sent_by_server(pair) == [
+        Auth(0x18, {"authentication_method": "SCRAM", "authentication_data": b"challenge"})
+    ]
+
+
+@pytest.mark.parametrize("requested", [None, 0, 1])
+def test_response_information_only_when_requested(requested):
+    # MQTT-3.1.2-28: without Request Response Information 1 the server
+    # returns no Response Information.
+    pair = Pair(5)
+    props = None if requested is None else {"request_response_information": requested}
+    pair.c.connect(Connect("dev1", protocol_level=5, properties=props), 0)
+    pair.c2s()
+    pair.s.accept({"response_information": "replies/dev1"})
+    (connack,) = sent_by_server(pair)
+    assert isinstance(connack, ConnAck)
+    props = connack.properties or {}
+    assert props.get("response_information") == ("replies/dev1" if requested else None)
