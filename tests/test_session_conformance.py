@@ -10,14 +10,22 @@ import pytest
 from test_session import Pair, decode_all
 
 from fieldline.mqtt import (
+    MQTT5,
     NO_MATCHING_SUBSCRIBERS,
+    PROTOCOL_ERROR,
     Auth,
     ConnAck,
     Connect,
+    LocalProtocolError,
     PubAck,
+    Publish,
     PubRec,
+    RemoteProtocolError,
     SubAck,
     UnsubAck,
+    Will,
+    decode,
+    encode,
 )
 
 PROBLEM = {"reason_string": "why", "user_property": [("k", "v")]}
@@ -93,3 +101,24 @@ def test_response_information_only_when_requested(requested):
     assert isinstance(connack, ConnAck)
     props = connack.properties or {}
     assert props.get("response_information") == ("replies/dev1" if requested else None)
+
+
+@pytest.mark.parametrize("topic", ["replies/+", "replies/#", "#"])
+def test_response_topic_has_no_wildcards(topic):
+    # MQTT-3.3.2-14, in a PUBLISH and in a Will: refused when sent, a
+    # Protocol Error when received.
+    props = {"response_topic": topic}
+    with pytest.raises(LocalProtocolError) as e:
+        encode(Publish("t", b"x", properties=props), MQTT5)
+    assert e.value.reason_code == PROTOCOL_ERROR
+    with pytest.raises(LocalProtocolError):
+        encode(Connect("d", will=Will("w", properties=props), protocol_level=5), MQTT5)
+    good = encode(Publish("t", b"x", properties={"response_topic": "replies/x"}), MQTT5)
+    bad = good.replace(b"replies/x", topic.encode().ljust(9, b"/"))
+    assert len(bad) == len(good)
+    with pytest.raises(RemoteProtocolError) as r:
+        decode(bad, MQTT5)
+    assert r.value.reason_code == PROTOCOL_ERROR
+    good = encode(Connect("d", will=Will("w", properties={"response_topic": "replies/x"})), MQTT5)
+    with pytest.raises(RemoteProtocolError):
+        decode(good.replace(b"replies/x", topic.encode().ljust(9, b"/")), None)
