@@ -7,12 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from test_session import Pair, decode_all
+from test_session import Pair, decode_all, delivered
 
 from fieldline.mqtt import (
     MQTT5,
     NO_MATCHING_SUBSCRIBERS,
     PROTOCOL_ERROR,
+    TOPIC_ALIAS_INVALID,
     Auth,
     ConnAck,
     Connect,
@@ -122,3 +123,50 @@ def test_response_topic_has_no_wildcards(topic):
     good = encode(Connect("d", will=Will("w", properties={"response_topic": "replies/x"})), MQTT5)
     with pytest.raises(RemoteProtocolError):
         decode(good.replace(b"replies/x", topic.encode().ljust(9, b"/")), None)
+
+
+@pytest.mark.parametrize("peer_max", [0, 2])
+@pytest.mark.parametrize("sender", ["client", "server"])
+def test_no_topic_alias_above_the_peers_maximum(sender, peer_max):
+    # MQTT-3.3.2-9 (client), MQTT-3.3.2-11 (server): a Topic Alias the
+    # application passes must be within the peer's Topic Alias Maximum.
+    pair = Pair(
+        5, client={"topic_alias_maximum": peer_max}, server={"topic_alias_maximum": peer_max}
+    )
+    pair.connect()
+    sess = pair.c if sender == "client" else pair.s
+    assert sess.peer_topic_alias_maximum == peer_max
+    with pytest.raises(LocalProtocolError) as e:
+        sess.publish("t", b"x", properties={"topic_alias": peer_max + 1})
+    assert e.value.reason_code == TOPIC_ALIAS_INVALID
+    assert sess.data_to_send() == b""
+    if peer_max:
+        sess.publish("t", b"x", properties={"topic_alias": peer_max})
+        pair.run()
+        assert delivered(pair.sev if sender == "client" else pair.cev) == [Publish("t", b"x")]
+
+
+def test_queued_message_takes_no_topic_alias():
+    # Not connected, there is no peer maximum yet: an alias would be checked
+    # against nothing and could meet a peer that allows none.
+    pair = Pair(5, server={"topic_alias_maximum": 5})
+    with pytest.raises(LocalProtocolError):
+        pair.c.publish("t", b"x", qos=1, properties={"topic_alias": 1})
+    assert pair.c.inflight == 0
+
+
+def test_client_sends_no_subscription_identifier():
+    # MQTT-3.3.4-6: only the server puts Subscription Identifiers in PUBLISH.
+    pair = Pair(5)
+    pair.connect()
+    props = {"subscription_identifier": [7]}
+    with pytest.raises(LocalProtocolError):
+        pair.c.publish("t", b"x", qos=1, properties=props)
+    assert pair.c.inflight == 0 and pair.c.data_to_send() == b""
+    pair.s.publish("t", b"x", properties=props)  # the server may
+    pair.run()
+    assert pair.cev[-1].properties == props
+    # A server still takes one a client sent, as Mosquitto does (the broker
+    # drops it rather than forward it: tests/test_broker_review3.py).
+    pair.s.receive_data(encode(Publish("t", b"x", properties=props), MQTT5), 0)
+    assert pair.s.next_event() == Publish("t", b"x", properties=props)

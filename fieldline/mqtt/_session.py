@@ -502,8 +502,11 @@ class Session:
         Raises LocalProtocolError: QoS 0 while not connected, QoS or retain
         the server does not offer (MQTT-3.2.2-11, -14: QOS_NOT_SUPPORTED,
         RETAIN_NOT_SUPPORTED), larger than the peer's Maximum Packet Size
-        (PACKET_TOO_LARGE, MQTT-3.2.2-15), a ``packet_id`` in use or out of
-        range, or an invalid topic or property."""
+        (PACKET_TOO_LARGE, MQTT-3.2.2-15), a ``topic_alias`` property above
+        the peer's Topic Alias Maximum (TOPIC_ALIAS_INVALID, MQTT-3.3.2-9,
+        -11), a ``subscription_identifier`` from a client (MQTT-3.3.4-6), a
+        ``packet_id`` in use or out of range, or an invalid topic or
+        property."""
         connected = self.state == _CONNECTED
         if connected:
             if qos > self._peer_qos:
@@ -513,6 +516,10 @@ class Session:
         elif not qos:
             raise _local(_PROTOCOL_ERROR, _E_QOS0_NEEDS_CONNECTION)
         p = Publish(topic, payload, qos, retain, dup, None, properties)
+        if properties:
+            from ._session5 import publish
+
+            publish(self, p)
         if not qos:
             self._tx_publish(p)
             return None

@@ -45,6 +45,7 @@ _E_AUTH_NOT_NOW = const(81)
 _E_ALIAS_RANGE = const(104)
 _E_ALIAS_NOT_SET = const(105)
 _E_AUTH_OUT_OF_TURN = const(106)
+_E_PROP_PLACE = const(112)
 _E_AUTH_DATA_NO_METHOD = const(117)
 
 
@@ -172,6 +173,21 @@ def too_large(s, p):
     d.pop("user_property", None)
     p.properties = d
     s._send(p)
+
+
+def publish(s, p):
+    """The checks Session.publish() makes of the properties of PUBLISH ``p``
+    (for 5.0; 3.1.1 refuses properties when encoding): a Topic Alias within
+    the peer's Topic Alias Maximum (MQTT-3.3.2-9 client, -11 server; 0 when
+    not connected, so a message queued offline cannot take one), no
+    Subscription Identifier from a client (MQTT-3.3.4-6). Raises
+    LocalProtocolError."""
+    d = p.properties
+    a = d.get("topic_alias")
+    if a is not None and a > s.peer_topic_alias_maximum:
+        raise LocalProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
+    if s.role == _CLIENT and "subscription_identifier" in d:
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, "subscription_identifier"))
 
 
 def rx_alias(s, p):
