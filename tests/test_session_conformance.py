@@ -12,6 +12,7 @@ from test_session import Pair, decode_all, delivered
 from fieldline.mqtt import (
     MQTT5,
     NO_MATCHING_SUBSCRIBERS,
+    PACKET_TOO_LARGE,
     PROTOCOL_ERROR,
     TOPIC_ALIAS_INVALID,
     Auth,
@@ -170,3 +171,24 @@ def test_client_sends_no_subscription_identifier():
     # drops it rather than forward it: tests/test_broker_review3.py).
     pair.s.receive_data(encode(Publish("t", b"x", properties=props), MQTT5), 0)
     assert pair.s.next_event() == Publish("t", b"x", properties=props)
+
+
+def test_connack_within_the_clients_maximum_packet_size():
+    # MQTT-3.2.2-19, -20: Reason String and User Property are left out of a
+    # CONNACK they would make larger than the client's Maximum Packet Size;
+    # a CONNACK too large without them is refused (MQTT-3.1.2-24), and the
+    # server can still reject() the CONNECT.
+    pair = Pair(5, client={"max_packet_size": 40})
+    pair.c.connect(Connect("dev1", protocol_level=5), 0)
+    pair.c2s()
+    pair.s.accept({"reason_string": "r" * 40, "user_property": [("k", "v")]})
+    (connack,) = sent_by_server(pair)
+    assert connack == ConnAck(False, 0)
+    pair = Pair(5, client={"max_packet_size": 40})
+    pair.c.connect(Connect("dev1", protocol_level=5), 0)
+    pair.c2s()
+    with pytest.raises(LocalProtocolError) as e:
+        pair.s.accept({"server_reference": "r" * 40})
+    assert e.value.reason_code == PACKET_TOO_LARGE
+    pair.s.reject(0x80, {"reason_string": "r" * 40})
+    assert sent_by_server(pair) == [ConnAck(False, 0x80)]

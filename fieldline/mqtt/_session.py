@@ -453,7 +453,11 @@ class Session:
         session's own state, if it had a connection before). Session Present
         is set when state is resumed and Clean Start was 0 (MQTT-3.2.2-2, -3);
         unacknowledged messages are then resent. Returns the Session Present
-        flag. Raises LocalProtocolError if not awaiting a CONNECT answer."""
+        flag. A CONNACK larger than the client's Maximum Packet Size goes
+        without its reason_string and user_property (MQTT-3.2.2-19, -20).
+        Raises LocalProtocolError if not awaiting a CONNECT answer, or
+        PACKET_TOO_LARGE if the CONNACK is too large even so (nothing is
+        sent: reject() may still answer)."""
         from ._session_server import accept
 
         return accept(self, properties, assigned_client_id, resume)

@@ -30,11 +30,13 @@ _PINGREQ = const(12)
 _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
+_PACKET_TOO_LARGE = const(0x95)
 _QOS_NOT_SUPPORTED = const(0x9B)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_EMPTY_ID_NEEDS_CLEAN = const(63)
+_E_OVER_PEER_MAX = const(67)
 _E_EXPIRY_WAS_0 = const(78)
 _E_EMPTY_ID_PASS_ASSIGNED = const(82)
 _E_NO_SUCH_REQUEST = const(83)
@@ -74,6 +76,14 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
         if not s._resp_info:
             props.pop("response_information", None)  # MQTT-3.1.2-28
     data = encode(ConnAck(present, 0, props or None), s.version)
+    big = len(data) > s.peer_max_packet_size
+    if big and ("reason_string" in props or "user_property" in props):
+        # Not beyond the client's Maximum Packet Size (MQTT-3.2.2-19, -20).
+        props.pop("reason_string", None)
+        props.pop("user_property", None)
+        data = encode(ConnAck(present, 0, props or None), s.version)
+    if len(data) > s.peer_max_packet_size:
+        raise _local(_PACKET_TOO_LARGE, _E_OVER_PEER_MAX)  # MQTT-3.1.2-24
     if present and resume is not None and resume is not s:
         s._msgs, s._order, s._rx2 = resume._msgs, resume._order, resume._rx2
         s._next_id = resume._next_id
