@@ -18,6 +18,7 @@ from fieldline.mqtt import (
     Auth,
     ConnAck,
     Connect,
+    Disconnect,
     LocalProtocolError,
     PubAck,
     Publish,
@@ -29,6 +30,7 @@ from fieldline.mqtt import (
     decode,
     encode,
 )
+from fieldline.mqtt._session import CONNECTED
 
 PROBLEM = {"reason_string": "why", "user_property": [("k", "v")]}
 
@@ -192,3 +194,38 @@ def test_connack_within_the_clients_maximum_packet_size():
     assert e.value.reason_code == PACKET_TOO_LARGE
     pair.s.reject(0x80, {"reason_string": "r" * 40})
     assert sent_by_server(pair) == [ConnAck(False, 0x80)]
+
+
+SERVER_ONLY = [0x87, 0x89, 0x8B, 0x8D, 0x8E, 0x8F, 0x9A, 0x9B, 0x9C, 0x9D, 0x9E, 0x9F, 0xA0, 0xA1]
+
+
+@pytest.mark.parametrize("code", [*SERVER_ONLY, 0xA2])
+def test_client_sends_no_server_disconnect_code(code):
+    # MQTT-3.14.2-1 and the table of 3.14.2.1: these codes are the server's.
+    pair = Pair(5)
+    pair.connect()
+    with pytest.raises(LocalProtocolError):
+        pair.c.disconnect(code)
+    assert pair.c.state == CONNECTED and pair.c.data_to_send() == b""
+    pair.s.disconnect(code)
+    assert sent_by_server(pair) == [Disconnect(code)]
+
+
+def test_server_sends_no_disconnect_with_will():
+    # 0x04 Disconnect with Will Message is the client's alone.
+    pair = Pair(5)
+    pair.connect()
+    with pytest.raises(LocalProtocolError):
+        pair.s.disconnect(0x04)
+    assert pair.s.state == CONNECTED and pair.s.data_to_send() == b""
+    pair.c.disconnect(0x04)
+    assert pair.c2s() == [Disconnect(0x04)]
+
+
+@pytest.mark.parametrize("code", [0x00, 0x80, 0x81, 0x82, 0x83, 0x90, 0x93, 0x94, 0x95, 0x98])
+def test_disconnect_codes_of_both_roles(code):
+    for role in ("c", "s"):
+        pair = Pair(5)
+        pair.connect()
+        getattr(pair, role).disconnect(code)
+        assert decode_all(getattr(pair, role).data_to_send(), 5) == [Disconnect(code)]

@@ -550,13 +550,15 @@ class Session:
         may change the Session Expiry Interval here, but not from 0
         (MQTT-3.14.2-2). A server only once connected: before its CONNACK it
         answers with reject() (MQTT-3.14.0-1). Returns None. Raises
-        LocalProtocolError."""
+        LocalProtocolError, also for a reason code the other role sends
+        (MQTT-3.14.2-1: 0x04 is a client's, 0x87, 0x89, 0x8B, 0x8D to 0x8F
+        and 0x9A to 0xA2 a server's)."""
         self._need(None, _K if self.role else _C | _K)
-        if properties or self.role == _SERVER:
+        if properties or reason_code or self.role:
             from ._session5 import disconnect
 
             return disconnect(self, reason_code, properties)
-        self._send(Disconnect(reason_code))
+        self._send(Disconnect())
         self.state = _CLOSED
         return None
 

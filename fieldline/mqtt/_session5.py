@@ -35,6 +35,10 @@ _RETAIN_NOT_SUPPORTED = const(0x9A)
 _QOS_NOT_SUPPORTED = const(0x9B)
 _MAX_PACKET_SIZE = const(268435460)
 
+# DISCONNECT reason codes only a server sends (3.14.2.1, MQTT-3.14.2-1); 0x04
+# Disconnect with Will Message is the only one only a client sends.
+_SERVER_ONLY = b"\x87\x89\x8b\x8d\x8e\x8f\x9a\x9b\x9c\x9d\x9e\x9f\xa0\xa1\xa2"
+
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_OVER_PEER_MAX = const(67)
@@ -42,6 +46,7 @@ _E_EXPIRY_NOT_ALLOWED = const(68)
 _E_CONNACK_AUTH_METHOD = const(70)
 _E_AUTH_METHOD = const(80)
 _E_AUTH_NOT_NOW = const(81)
+_E_BAD_REASON_CODE = const(97)
 _E_ALIAS_RANGE = const(104)
 _E_ALIAS_NOT_SET = const(105)
 _E_AUTH_OUT_OF_TURN = const(106)
@@ -297,7 +302,10 @@ def auth(s, data, rc, properties):
 
 
 def disconnect(s, reason_code, properties):
-    """Session.disconnect() with properties, or on a server; see there."""
+    """Session.disconnect() with a reason code or properties, or on a
+    server; see there."""
+    if s.version == _MQTT5 and (reason_code == 4 if s.role else reason_code in _SERVER_ONLY):
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_BAD_REASON_CODE, reason_code))
     e = properties.get("session_expiry_interval") if properties else None
     # A 3.1.1 CONNECT (properties are refused there anyway) has expiry 0
     # with clean session 1, "never" with 0.

@@ -84,7 +84,12 @@ def timeout(s):
     """Keep Alive ran out (Session.tick()): fail with KEEP_ALIVE_TIMEOUT and
     raise RemoteProtocolError."""
     e = RemoteProtocolError(_KEEP_ALIVE_TIMEOUT, _E_KEEP_ALIVE_EXPIRED)
-    fail(s, e)
+    if s.role:
+        fail(s, e)
+    else:
+        # A client just closes (3.1.2.10): 0x8D is a server's DISCONNECT
+        # reason code (MQTT-3.14.2-1).
+        s.state = _ERROR
     raise e
 
 
