@@ -48,6 +48,13 @@ _DISCONNECT_WITH_WILL = 0x04
 # reading would otherwise hold it open).
 _LINGER = 5.0
 
+# Events one connection may have handled in one turn of the event loop before the
+# other connections get theirs (``Connection._run``): a read can hold thousands of
+# small packets. A SUBSCRIBE or UNSUBSCRIBE spends it all: each can cost a walk of
+# every retained message and thousands of filters, and a client that sends them
+# back to back must not hold up everyone else for all of them.
+_TURN_EVENTS = 256
+
 
 class Connection(asyncio.Protocol):
     """The broker's side of one network connection. ``client``: the ClientSession once
@@ -92,6 +99,7 @@ class Connection(asyncio.Protocol):
         self._read_paused = False  # reading stopped: too much waits while held
         self._lost = False  # the peer closed while held, with packets still owed
         self._pump_due = False
+        self._yielded = False  # held until the next turn of the loop (_run)
         self._timer: asyncio.TimerHandle | None = None
         self._grace = 0.0  # loop time before which Keep Alive cannot run out (release())
         # Made at the TCP accept, a TLS listener's too (asyncio calls the factory
@@ -176,12 +184,18 @@ class Connection(asyncio.Protocol):
 
     def _run(self) -> None:
         s = self.session
+        budget = _TURN_EVENTS
         try:
             while not self._ended and not self._held:
                 ev = s.next_event()
                 if ev is None:
                     break
                 self._dispatch(ev)
+                t = ev.type
+                budget -= _TURN_EVENTS if t == _SUBSCRIBE or t == _UNSUBSCRIBE else 1
+                if budget <= 0 and not self._held:
+                    self._yield()
+                    return
         except RemoteProtocolError as e:
             # The session queued the answer carrying e.reason_code (CONNACK or
             # DISCONNECT); send it, then close.
@@ -214,6 +228,25 @@ class Connection(asyncio.Protocol):
                 self.broker.discard_will(self)  # MQTT-3.1.2-10
         elif t == _AUTH:
             self.broker.login.on_auth(self, ev)
+
+    def _yield(self) -> None:
+        # This turn's events are spent: write their answers, then hold (reading on,
+        # up to one packet of max_packet_size waiting) until the loop has run the
+        # other connections' callbacks; their events come in between.
+        self.flush()
+        if self._ended:
+            return
+        self.hold()
+        self._yielded = True
+        self.loop.call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self._yielded:
+            self._yielded = False
+            self.release()
+            cs = self.client
+            if cs is not None and cs.saved is not None:
+                self.broker.touch(cs)  # as data_received() does after its _run()
 
     def hold(self) -> None:
         """Handle no more events until release(): the broker is deciding about the
