@@ -154,7 +154,7 @@ class AsyncClient(BaseClient):
             # A second connection would leave this one's transport open,
             # with its task still reading it.
             raise LocalProtocolError(0x82, "already connected: disconnect() first")
-        self._opening = True
+        self._opening = _current_task() or True  # disconnect() cancels the task
         waiting = self._task is not None and self.reconnect  # to reconnect, after a loss
         try:
             await self._stop_task()  # one waiting to reconnect: replaced by this call
@@ -164,12 +164,20 @@ class AsyncClient(BaseClient):
             self._load_stored()
             try:
                 await self._open(not self._resume, self._t(timeout))
-            except BaseException:
-                if waiting and not self._closing:
-                    # The replaced task's job is not done: a failed attempt
-                    # (or a cancelled one) must not end the reconnecting.
-                    self._retry_later()
-                    self._task = asyncio.create_task(self._run())
+            except BaseException as e:
+                if not self._closing:
+                    if waiting:
+                        # The replaced task's job is not done: a failed attempt
+                        # (or a cancelled one) must not end the reconnecting.
+                        self._retry_later()
+                        self._task = asyncio.create_task(self._run())
+                elif isinstance(e, asyncio.CancelledError) and self._opening is None:
+                    # disconnect() ended this attempt: not a cancellation of
+                    # the caller's, which goes on
+                    uncancel = getattr(_current_task(), "uncancel", None)
+                    if uncancel is not None:  # CPython 3.11
+                        uncancel()
+                    raise ConnectionLost(0x80, "disconnect() while connecting") from None
                 raise
             self._task = asyncio.create_task(self._run())
         finally:
@@ -183,6 +191,12 @@ class AsyncClient(BaseClient):
         reason code the protocol refuses raise LocalProtocolError, once a
         plain DISCONNECT went out and the connection is closed."""
         self._closing = True
+        t = self._opening
+        if t and t is not True and t is not _current_task():
+            # A connect() in another task (dialling, in a TLS handshake or
+            # waiting for CONNACK) ends now, not at its timeout.
+            self._opening = None
+            t.cancel()
         refused = None
         if self._w is not None:
             try:
@@ -276,9 +290,16 @@ class AsyncClient(BaseClient):
         # for a transport that is gone.
         self.session.connection_lost(self._now())
         if w is not None:
+            # A connection no CONNACK accepted is aborted: TLS would wait for
+            # the close_notify of a peer that may never answer (up to
+            # ``timeout`` more, after a connect() that timed out already).
+            t = None if self._was_up else getattr(w, "transport", None)
             try:
-                w.close()
-                await _within(self.timeout, w.wait_closed())  # TLS waits for the peer
+                if t is not None:
+                    t.abort()
+                else:
+                    w.close()
+                    await _within(self.timeout, w.wait_closed())  # TLS waits for the peer
             except (OSError, AttributeError, asyncio.TimeoutError):
                 pass
         self._closed(error)

@@ -73,6 +73,7 @@ class Client(BaseClient):
         self._wake_sent = False
         self._calls = None  # callbacks waiting for the callback thread
         self._unsent = b""  # loop_start(): bytes the I/O thread has yet to write
+        self._dialling = None  # loop_start(): (thread, socket) loop_stop() can cut short
 
     # -- connection -------------------------------------------------------------
 
@@ -109,9 +110,15 @@ class Client(BaseClient):
             self._retry_at = None
             try:
                 self._open(not self._resume, self._deadline(timeout))
-            except BaseException:
+            except BaseException as e:
                 self._retry_at = retry_at
+                if self._closing and isinstance(e, (OSError, MQTTError)):
+                    # disconnect() on another thread cut the attempt short
+                    raise ConnectionLost(0x80, "disconnect() while connecting") from e
                 raise
+            finally:
+                if self._dialling is not None:
+                    _threads.dialled(self)
             if self._io_thread is not None:
                 self._ended = False  # calls wait for the loop thread again
             self._notify()  # a loop_start() thread waiting for a connection
@@ -177,6 +184,8 @@ class Client(BaseClient):
         ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
         sock = socket.socket(ai[0], socket.SOCK_STREAM)
         try:
+            if self._cond is not None:  # loop_start(): loop_stop() can cut this attempt short
+                _threads.dialling(self, sock)
             sock.settimeout(max(0.05, min(self.timeout, self._left(deadline, "connect"))))
             sock.connect(ai[-1])
             if self.tls:
@@ -342,6 +351,9 @@ class Client(BaseClient):
         except (OSError, MQTTError) as e:
             self._error = e
             self._retry_later()
+        finally:
+            if self._dialling is not None:
+                _threads.dialled(self)
 
     def _sleep(self, seconds):
         if self._cond is None:

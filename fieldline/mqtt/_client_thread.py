@@ -57,6 +57,17 @@ def start(c):
 def stop(c):
     stopping = c._closing
     c._halt = c._closing = True  # _closing: a reconnect delay or attempt gives up
+    d = c._dialling
+    if d is not None and (stopping or d[0] is c._io_thread):
+        # A connection being made (TCP connect, TLS handshake, CONNACK) by
+        # the I/O thread, or by a connect() that disconnect() ends, fails
+        # now rather than at its timeout: shutdown() wakes a blocked
+        # connect() or read on Linux; a connect() of the application's own
+        # that only loop_stop() meets goes on.
+        try:
+            d[1].shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed meanwhile, or not connected yet elsewhere
+            pass
     try:
         c._wake[1].send(b"\x00")
     except OSError:  # full: the I/O thread is waking up anyway
@@ -87,6 +98,26 @@ def stop(c):
     c._closing = stopping
 
 
+def dialling(c, sock):
+    # Client._dial() under loop_start(), on any thread: remember the new
+    # socket for stop(), as a duplicate that outlives an SSLSocket's wrapping
+    # (which takes the original's descriptor), until dialled().
+    t = threading.current_thread()
+    c._dialling = (t, sock.dup())
+    if c._halt and t is c._io_thread:  # stop() came first and found nothing to cut short
+        raise ConnectionLost(0x80, "the loop stopped while connecting")
+
+
+def dialled(c):
+    # The attempt that dialling() noted on this thread has ended, made or
+    # failed. (A connect() and the I/O thread rarely dial at once: then
+    # only the later attempt can be cut short.)
+    d = c._dialling
+    if d is not None and d[0] is threading.current_thread():
+        c._dialling = None
+        d[1].close()
+
+
 def poll(c, ms, read=True):
     # Client._readable() (and Client._sleep() while reading is paused) under
     # loop_start(): waits up to ``ms`` with the lock let go, writing what
@@ -111,7 +142,8 @@ def poll(c, ms, read=True):
         c._stuck = None
     c._poller.modify(sock, (select.POLLIN if read else 0) | (select.POLLOUT if chunk else 0))
     n = 0
-    c._lock.release()
+    lock = c._lock  # the one to take back: stop() replaces it meanwhile
+    lock.release()
     try:
         ready = c._poller.poll(ms)
         if chunk is not None:
@@ -121,7 +153,7 @@ def poll(c, ms, read=True):
     except OSError as e:
         raise ConnectionLost(0x80, "connection lost while writing") from e
     finally:
-        c._lock.acquire()
+        lock.acquire()
     if n and c._sock is sock:
         del c._unsent[:n]
         c._stuck = clock() if c._unsent else None
