@@ -17,8 +17,12 @@ from fieldline.mqtt import (
     CLIENT,
     MQTT5,
     MQTT311,
+    PACKET_TOO_LARGE,
+    TOPIC_ALIAS_INVALID,
     ConnAck,
     Connect,
+    LocalProtocolError,
+    Parser,
     PubAck,
     PubComp,
     Publish,
@@ -237,3 +241,121 @@ def test_disconnect_is_clean(wires: Any, version: int) -> None:
     c.drop()
     will = watcher.wait(Publish)
     assert (will.topic, will.payload) == ("will/gone", b"bye")
+
+
+# -- MQTT 5.0 limits, announced by each end and kept by the other -------------
+
+
+def limited(mosquitto_factory: Any, *config: str) -> Any:
+    """A Wire factory on a Mosquitto started with ``config`` lines."""
+    broker = mosquitto_factory(list(config))
+
+    def make(**session: Any) -> Wire:
+        w = Wire((broker.host, broker.port), MQTT5)
+        w.session = Session(CLIENT, MQTT5, **session)
+        return w
+
+    return make
+
+
+def completions(wire: Wire, n: int) -> list[Any]:
+    """The next ``n`` PubAck/PubComp events, in the order they came."""
+    done: list[Any] = []
+    while len(done) < n:
+        done.append(wire.wait(object))
+    assert all(isinstance(e, (PubAck, PubComp)) for e in done), done
+    return done
+
+
+def test_receive_maximum_of_mosquitto(mosquitto_factory: Any) -> None:
+    """Mosquitto's Receive Maximum (max_inflight_messages) holds our QoS 1/2
+    messages back; they go in order as the window moves (MQTT-4.9.0-2)."""
+    make = limited(mosquitto_factory, "max_inflight_messages 2")
+    sub = make()
+    sub.open("rm-sub", clean=True)
+    sub.session.subscribe([Subscription("rm/#", qos=2)])
+    sub.wait(SubAck)
+    pub = make()
+    pub.open("rm-pub", clean=True)
+    assert pub.session.peer_receive_maximum == 2
+    ids = [pub.session.publish("rm/t", b"%d" % i, qos=2) for i in range(6)]
+    data = pub.session.data_to_send()
+    sent = Parser(MQTT5)
+    sent.feed(data)
+    assert [sent.next_packet().packet_id, sent.next_packet().packet_id] == ids[:2]
+    assert sent.next_packet() is None  # the other four wait for the window
+    assert pub.sock is not None
+    pub.sock.sendall(data)
+    assert [e.packet_id for e in completions(pub, 6)] == ids
+    assert [m.payload for m in messages(sub, 6)] == [b"%d" % i for i in range(6)]
+    pub.close()
+    sub.close()
+
+
+def test_topic_aliases_towards_mosquitto(mosquitto_factory: Any) -> None:
+    """auto_alias gives topics aliases within Mosquitto's Topic Alias Maximum
+    (max_topic_alias): later messages go with the alias alone and arrive
+    under their topic; an alias passed by hand beyond that maximum is refused
+    before it goes out (MQTT-3.3.2-9: Mosquitto would disconnect with 0x94)."""
+    make = limited(mosquitto_factory, "max_topic_alias 2")
+    sub = make()
+    sub.open("alias-sub", clean=True)
+    sub.session.subscribe([Subscription("alias/#", qos=1)])
+    sub.wait(SubAck)
+    pub = make(auto_alias=True)
+    pub.open("alias-pub", clean=True)
+    assert pub.session.peer_topic_alias_maximum == 2
+    topics = ["alias/a", "alias/b", "alias/c", "alias/a", "alias/b", "alias/c"]
+    for t in topics:
+        pub.session.publish(t, t.encode(), qos=1)
+    short = Parser(MQTT5)
+    data = pub.session.data_to_send()
+    short.feed(data)
+    wire_topics = [short.next_packet().topic for _ in topics]
+    # a and b take aliases 1 and 2, c never does; resends of a and b carry no topic.
+    assert wire_topics == ["alias/a", "alias/b", "alias/c", "", "", "alias/c"]
+    assert pub.sock is not None
+    pub.sock.sendall(data)
+    completions(pub, 6)
+    assert [(m.topic, m.payload) for m in messages(sub, 6)] == [(t, t.encode()) for t in topics]
+    with pytest.raises(LocalProtocolError) as e:
+        pub.session.publish("alias/d", b"", properties={"topic_alias": 3})
+    assert e.value.reason_code == TOPIC_ALIAS_INVALID
+    pub.close()
+    sub.close()
+
+
+def test_maximum_packet_size_both_ways(mosquitto_factory: Any) -> None:
+    """Mosquitto drops a message too large for our Maximum Packet Size and
+    delivers the next (MQTT-3.1.2-25); we refuse to send one larger than its
+    (max_packet_size), before anything goes out (MQTT-3.2.2-15)."""
+    make = limited(mosquitto_factory, "max_packet_size 400")
+    sub = make(max_packet_size=200)
+    sub.open("size-sub", clean=True)
+    sub.session.subscribe([Subscription("size/#", qos=1)])
+    sub.wait(SubAck)
+    pub = make()
+    pub.open("size-pub", clean=True)
+    assert pub.session.peer_max_packet_size == 400
+    with pytest.raises(LocalProtocolError) as e:
+        pub.session.publish("size/big", b"x" * 400, qos=1)
+    assert e.value.reason_code == PACKET_TOO_LARGE
+    assert pub.session.inflight == 0
+    pub.session.publish("size/mid", b"m" * 300, qos=1)  # fits Mosquitto's, not the subscriber's
+    pub.session.publish("size/small", b"s", qos=1)
+    completions(pub, 2)
+    (m,) = messages(sub, 1)
+    assert (m.topic, m.payload) == ("size/small", b"s")
+    pub.close()
+    sub.close()
+
+
+def test_server_keep_alive_from_mosquitto(mosquitto_factory: Any) -> None:
+    """Mosquitto's max_keepalive comes back as Server Keep Alive, which
+    replaces ours (MQTT-3.2.2-21): the next PINGREQ is due by it."""
+    make = limited(mosquitto_factory, "max_keepalive 10")
+    c = make()
+    c.open("ka", clean=True)  # asks for 30 s
+    assert c.session.keep_alive == 10
+    assert c.session.next_deadline() <= time.monotonic() + 10
+    c.close()
