@@ -47,10 +47,10 @@ def reconnect(broker: BrokerThread, client_id: str) -> Raw:
 def test_queued_bytes_limit_drops_by_policy_and_counts(policy: str, kept: list[bytes]) -> None:
     for broker in running(max_queued_bytes=1000, queue_policy=policy):
         offline_subscriber(broker, "slow")
-        for i in range(10):  # 300 bytes each: three fit in 1000
+        for i in range(10):  # 303 bytes each (the topic counts): three fit in 1000
             broker.call(broker.broker.publish, "q/x", b"%d" % i + b"." * 299, 1)
         stats = broker.call(broker.broker.stats)
-        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (3, 900, 7)
+        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (3, 909, 7)
         sub = reconnect(broker, "slow")
         assert [m.payload[:1] for m in sub.messages(3)] == kept
         assert sub.quiet()
@@ -61,10 +61,10 @@ def test_queued_bytes_limit_drops_by_policy_and_counts(policy: str, kept: list[b
 def test_message_larger_than_the_byte_limit_is_dropped_alone() -> None:
     for broker in running(max_queued_bytes=1000):  # drop_oldest
         offline_subscriber(broker, "slow")
-        broker.call(broker.broker.publish, "q/small", b"s" * 100, 1)
-        broker.call(broker.broker.publish, "q/huge", b"h" * 1001, 1)
+        broker.call(broker.broker.publish, "q/small", b"s" * 100, 1)  # 107 with its topic
+        broker.call(broker.broker.publish, "q/huge", b"h" * 995, 1)  # 1000 + 1
         stats = broker.call(broker.broker.stats)
-        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (1, 100, 1)
+        assert (stats["queued"], stats["queued_bytes"], stats["dropped"]) == (1, 107, 1)
         sub = reconnect(broker, "slow")
         assert [m.topic for m in sub.messages(1)] == ["q/small"]
         assert sub.quiet()

@@ -246,7 +246,8 @@ def test_metrics_after_traffic(metrics_broker: BrokerThread) -> None:
     assert value("publish_denied_total") == 1
     assert value("subscriptions") == 2 and value("retained_messages") == 1
     # "away" holds 2 of the 5 QoS 1/2 messages (QoS 0 ones are not kept offline).
-    assert value("queued_messages") == 2 and value("queued_bytes") == 6
+    # Their bytes: payloads and topics ("m/2/0", "m/retained").
+    assert value("queued_messages") == 2 and value("queued_bytes") == 5 + 5 + 1 + 10
     assert value("messages_dropped_total") == 3
     assert value("messages_expired_total") == 0 and value("publish_rate_limited_total") == 0
     assert value("inflight_messages") >= 0

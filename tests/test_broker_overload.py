@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from test_broker import WAIT, Raw
 from test_broker_config import cli_broker
+from test_broker_sessions import wait_for
 
+from fieldline.broker import BrokerThread
 from fieldline.mqtt import Subscription
 
 
@@ -79,3 +81,32 @@ def test_subscribes_sent_back_to_back_do_not_hold_up_other_clients(
         assert worst < spent / 4, f"held up {worst:.2f}s of {spent:.2f}s"
         for c in (greedy, filler.sock, live.sock):
             c.close()
+
+
+@pytest.mark.usefixtures("both_event_loops")
+@pytest.mark.parametrize("big", ["properties", "topic"])
+def test_queued_bytes_count_the_topic_and_properties_not_only_the_payload(big: str) -> None:
+    # max_queued_bytes counted payloads only: messages with an empty payload and a
+    # long topic or 10 KB of user properties filled a stalled subscriber's queue to
+    # max_queued_messages (1000 of them, 10 MB) with queued_bytes still 0.
+    limit = 100_000
+    with BrokerThread("127.0.0.1", 0, max_queued_bytes=limit, max_write_buffer=16384) as b:
+        stalled = _stalled(b.port, b"stalled", _subscribe(b"big/#", 0))
+        wait_for(b, "subscriptions", 1)
+        pub = Raw(b.port, "pub")
+        pad = "p" * 10_000
+        for i in range(1500):  # 15 MB: past what the kernel buffers take
+            if big == "topic":
+                pub.session.publish(f"big/{i}/{pad}", b"", 0)
+            else:
+                props = {"user_property": [("pad", pad)]}
+                pub.session.publish(f"big/{i}", b"", 0, properties=props)
+            pub.flush()
+        assert pub.publish("end", b"", 1).reason_code == 0x10  # all routed by now
+        stats = b.call(b.broker.stats)
+        # (The queue may be empty by now: the kernel takes some of it.)
+        assert stats["queued_bytes"] <= limit
+        assert stats["queued"] <= limit // 10_000
+        assert stats["dropped"] > 1000
+        stalled.close()
+        pub.close()

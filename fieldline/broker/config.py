@@ -184,9 +184,9 @@ class BrokerConfig:
     (announced in 5.0). ``max_inflight``: QoS 1/2 messages the broker sends a client
     before waiting for acks (also capped by the client's own Receive Maximum).
     ``max_queued_messages``: messages a session holds for its client beyond those in
-    flight, connected or not; ``max_queued_bytes``: the payload bytes they may hold;
-    beyond either ``queue_policy`` (``DROP_OLDEST`` or ``DROP_NEW``) drops messages
-    and counts them. ``max_write_buffer``: bytes written to a
+    flight, connected or not; ``max_queued_bytes``: the bytes they may hold (payload,
+    topic and properties); beyond either ``queue_policy`` (``DROP_OLDEST`` or
+    ``DROP_NEW``) drops messages and counts them. ``max_write_buffer``: bytes written to a
     connection but not yet taken by the network, above which messages wait in the
     queue instead (a stalled reader cannot grow memory). ``max_session_expiry``: cap
     on every session's expiry interval, 3.1.1 persistent ones included (seconds;

@@ -23,11 +23,13 @@ class Message:
     ``at_once`` True when that interval is 0: it runs out as the message is routed, so
     it goes only to sessions whose delivery starts then (``Delivery.pump``), ``sender``
     the publishing client id ("" for the broker itself), ``hops`` how many plug-in
-    ``on_message`` hooks published it in a chain (0: not published by one)."""
+    ``on_message`` hooks published it in a chain (0: not published by one), ``size``
+    about the bytes it holds: its payload, topic and properties, what a queue holding
+    it is charged (``max_queued_bytes``)."""
 
     __slots__ = (
         "topic", "payload", "qos", "retain", "properties", "expires_at", "at_once", "sender",
-        "hops",
+        "hops", "size",
     )  # fmt: skip
 
     def __init__(
@@ -56,6 +58,9 @@ class Message:
                 self.expires_at = now + interval
                 self.at_once = not interval
         self.properties = properties or None
+        # The topic and the properties count as the payload does: a message with
+        # none and 64 KiB of topic or 1 MiB of user properties costs as much.
+        self.size = len(payload) + len(topic) + (_sized(properties) if properties else 0)
 
     def expired(self, now: float) -> bool:
         """True once the Message Expiry Interval has run out."""
@@ -79,6 +84,18 @@ class Message:
         if subscription_ids:
             out["subscription_identifier"] = subscription_ids
         return out
+
+
+def _sized(value: Any) -> int:
+    """About the bytes ``value`` (properties: ints, strings, bytes, pairs and lists of
+    them) takes on the wire."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_sized(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_sized(v) for v in value)
+    return 4
 
 
 class Delivery:

@@ -68,7 +68,7 @@ class BrokerCollector:
         yield gauge("subscriptions", "Subscriptions of all sessions", st["subscriptions"])
         yield gauge("retained_messages", "Retained messages ($SYS ones aside)", st["retained"])
         yield gauge("queued_messages", "Messages queued for sessions", st["queued"])
-        yield gauge("queued_bytes", "Payload bytes of the queued messages", st["queued_bytes"])
+        yield gauge("queued_bytes", "Bytes of the queued messages", st["queued_bytes"])
         yield gauge("inflight_messages", "QoS 1/2 messages sent and not yet acknowledged",
                     st["inflight"])  # fmt: skip
         yield counter("connections_accepted", "CONNECTs accepted", st["connections_total"])

@@ -326,7 +326,7 @@ class Persistence:
         for row in rows:
             d = _delivery(row[1:], now, wall)
             cs.queue.append(d)
-            cs.queued_bytes += len(d.message.payload)
+            cs.queued_bytes += d.message.size
         first = rows[0][0] if rows else 0
         if rows and rows[-1][0] - first + 1 != len(rows):  # never written so: renumber
             db.execute("DELETE FROM queue WHERE client_id=?", (cid,))

@@ -5,7 +5,7 @@ in flight, resent when the session resumes), the client's subscriptions, and a b
 queue of deliveries not yet handed to the ``Session``: they wait there while the client
 is offline, while its Receive Maximum is reached, or while its connection does not take
 bytes. The queue is where a slow or absent subscriber costs memory, so it has limits (a
-count of messages and of payload bytes) and a drop policy with counters.
+count of messages and of their bytes) and a drop policy with counters.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class ClientSession:
     """The broker's state for one client id. ``conn``: its live connection, or None.
     ``permissions``: what the ACL file lets it read and write (None: no ACL file), for
     the user name of its latest connection.
-    ``queued_bytes``: the payload bytes in ``queue``.
+    ``queued_bytes``: the bytes of the messages in ``queue`` (``Message.size``).
     ``dropped``: deliveries lost to the queue limits or too large for the client;
     ``expired``: queued deliveries whose Message Expiry Interval ran out.
     ``bucket``: its publish-rate token bucket (None: no limit, or nothing published
@@ -83,9 +83,10 @@ class ClientSession:
     def enqueue(self, delivery: Delivery, config: BrokerConfig) -> bool:
         """Queue ``delivery``; returns False if it was not kept. QoS 0 messages are not
         kept for an offline client (MQTT 5.0 3.1.2.4 lets the broker choose). Beyond
-        ``config.max_queued_messages`` messages or ``config.max_queued_bytes`` payload
-        bytes, ``config.queue_policy`` drops the oldest ones or the new one, and counts
-        each; a message larger than the byte limit on its own is always the one dropped.
+        ``config.max_queued_messages`` messages or ``config.max_queued_bytes`` bytes
+        (payload, topic and properties: ``Message.size``), ``config.queue_policy``
+        drops the oldest ones or the new one, and counts each; a message larger than
+        the byte limit on its own is always the one dropped.
         A message with a Message Expiry Interval of 0 is not kept for an offline client
         (its delivery cannot start before the interval passed: MQTT-3.3.2-5), and
         counted as expired."""
@@ -98,7 +99,7 @@ class ClientSession:
         if delivery.message.at_once:
             delivery.pump = self.pumps  # it goes in the next pump, or never
         q = self.queue
-        size = len(delivery.message.payload)
+        size = delivery.message.size
         max_count = config.max_queued_messages
         max_bytes = config.max_queued_bytes
         if len(q) >= max_count or self.queued_bytes + size > max_bytes:
@@ -116,7 +117,7 @@ class ClientSession:
     def dequeue(self) -> Delivery:
         """Take the oldest delivery off the queue. Raises IndexError if it is empty."""
         d = self.queue.popleft()
-        self.queued_bytes -= len(d.message.payload)
+        self.queued_bytes -= d.message.size
         self.seq_head += 1
         return d
 
@@ -211,7 +212,7 @@ class SessionStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts for logs and tests: sessions, connected, queued (messages),
-        queued_bytes (their payloads), dropped, expired, rate_limited."""
+        queued_bytes (their sizes), dropped, expired, rate_limited."""
         ss = self.sessions.values()
         return {
             "sessions": len(self.sessions),
