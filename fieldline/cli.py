@@ -1,4 +1,7 @@
-"""The `fieldline` command. Later issues add sub-commands (hub, demo)."""
+"""The `fieldline` command: run the MQTT broker and manage its password file.
+
+The MQTT clients and the device store are Python libraries, not commands:
+see README.md and docs/ for how to use them."""
 
 from __future__ import annotations
 
@@ -7,20 +10,27 @@ import sys
 
 import fieldline
 
+_DESCRIPTION = """\
+Self-hostable MQTT 3.1.1/5.0 messaging from MicroPython devices to CPython. The clients
+(fieldline.mqtt) and the device store (fieldline.store) are Python libraries: see
+README.md and the docs/ folder of the project."""
+
+_EXAMPLES = """\
+examples:
+  fieldline broker                        plain MQTT on 127.0.0.1:1883, anyone may connect
+  fieldline broker --host 0.0.0.0 --password-file passwd   reachable from your devices
+  fieldline passwd passwd esp32-1         add a user (asks for the password twice)
+  fieldline broker --help                 every broker option"""
+
 _BROKER_EPILOG = """\
-Flags override the configuration file. --host sets every listener's address; --port,
---tls-port, --ws-port and --wss-port set the port of the first listener of that kind,
-adding one if there is none; --cert, --key, --ca, --crl, --require-certificate and
---use-identity-as-username apply to every TLS listener (mqtts, wss). Without a file or
-flags: plain MQTT on 127.0.0.1:1883.
-With --password-file, clients must log in unless --allow-anonymous. With --acl-file,
-each client reads and writes only the topics its rules allow. --max-connections,
---max-publish-rate, --max-sessions and --max-retained override the limits of the same
-names. With --persist FILE, retained
-messages and persistent sessions survive a restart (--durability batched or full).
---sys-interval, --metrics-port, --log-format and --log-level: $SYS topics, Prometheus
-metrics on http://HOST:PORT/metrics, and the log on standard error.
-See docs/broker.md for the file's keys."""
+Flags override the configuration file (--config). --host sets every listener's address;
+--port, --tls-port, --ws-port and --wss-port set the port of the first listener of that
+kind, adding one if there is none; the TLS flags apply to every TLS listener (mqtts, wss).
+Without a file or flags: plain MQTT on 127.0.0.1:1883, open to anyone on this machine.
+A broker listening beyond loopback (--host 0.0.0.0, to reach it from a device) needs
+--password-file (made with `fieldline passwd`) or --allow-anonymous, or it refuses every
+client. Ctrl-C or SIGTERM stops it; SIGHUP re-reads the files. See docs/broker.md of the
+project for the configuration file's keys."""
 
 _PASSWD_EPILOG = """\
 Each line of FILE is username:hash, the hash a salted scrypt one. The file is created if
@@ -28,24 +38,31 @@ missing and rewritten atomically with mode 0600. See docs/broker.md, Security.""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fieldline", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fieldline",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version="fieldline " + fieldline.__version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     broker = commands.add_parser(
         "broker",
         help="run the MQTT 3.1.1/5.0 broker",
-        description="Run the MQTT broker.",
+        description="Run the MQTT 3.1.1/5.0 broker until Ctrl-C. It prints one line per\n"
+        "listener, then one saying where it keeps its state and who may connect.",
         epilog=_BROKER_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add = broker.add_argument
-    add("--config", metavar="FILE", help="TOML configuration file")
+    broker.add_argument("--config", metavar="FILE", help="TOML configuration file (docs/broker.md)")
+    add = broker.add_argument_group("listeners").add_argument
     add("--host", help="address every listener binds (default 127.0.0.1)")
     add("--port", type=int, help="plain MQTT port (default 1883; 0: a free one)")
     add("--tls-port", type=int, metavar="PORT", help="MQTT over TLS port (8883 usually)")
     add("--ws-port", type=int, metavar="PORT", help="MQTT over WebSocket port")
     add("--wss-port", type=int, metavar="PORT", help="MQTT over secure WebSocket port")
     add("--ws-path", metavar="PATH", help="WebSocket request path (default /mqtt; *: any)")
+    add = broker.add_argument_group("TLS (mqtts and wss listeners)").add_argument
     add("--cert", metavar="FILE", help="server certificate chain (PEM) for TLS listeners")
     add("--key", metavar="FILE", help="its private key (PEM)")
     add("--ca", metavar="FILE", help="CA certificates (PEM) client certificates must chain to")
@@ -60,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a TLS client's user name is its certificate's CN (no password needed)",
     )
+    add = broker.add_argument_group("who may connect, and to which topics").add_argument
     add("--password-file", metavar="FILE", help="check user names and passwords against FILE")
     add(
         "--allow-anonymous",
         action="store_true",
-        help="accept clients without a user name even with a password file",
+        help="accept clients without a user name (with a password file, or beyond loopback)",
     )
     add(
         "--use-username-as-clientid",
@@ -72,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         help="a client's id is its user name (one user cannot take over another's session)",
     )
     add("--acl-file", metavar="FILE", help="topics each client may read and write (see docs)")
+    add = broker.add_argument_group("limits").add_argument
     add(
         "--max-connections",
         type=int,
@@ -96,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="retain no message on a new topic beyond N retained (default 0: no limit)",
     )
+    add = broker.add_argument_group("persistence").add_argument
     add("--persist", metavar="FILE", help="keep retained messages and sessions in FILE (SQLite)")
     add(
         "--durability",
@@ -109,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MS",
         help="milliseconds between batched writes (default 100)",
     )
+    add = broker.add_argument_group("logs, metrics and the event loop").add_argument
     add(
         "--sys-interval",
         type=float,
@@ -153,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return _broker(args)
     if args.command == "passwd":
         return _passwd(args)
-    print("fieldline", fieldline.__version__)
-    print("The MQTT protocol core is ready: see docs/mqtt.md for how to use it.")
-    print("Run an MQTT broker with `fieldline broker` (docs/broker.md).")
+    parser.print_help()  # no command: say what there is
     return 0
 
 
