@@ -153,9 +153,7 @@ def decode_properties(data, pos, ptype):
             value = (k, v)
         if pos > end:
             raise IndexError
-        if (allowed is not None and value not in allowed) or (
-            pid == 0x08 and ("+" in value or "#" in value)  # MQTT-3.3.2-14
-        ):
+        if allowed is not None and value not in allowed:
             raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, value))
         if not value and pid in _NONZERO:
             # Topic Alias 0 (MQTT-3.3.2-8) as Mosquitto and EMQX answer it.
@@ -204,9 +202,6 @@ def encode_properties(props, ptype):
             out += encode_varint(pid)
             if wire == _STRING:
                 out += encode_string(v)
-                if pid == 0x08 and ("+" in v or "#" in v):
-                    # MQTT-3.3.2-14: a Response Topic is a topic name.
-                    raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, v))
             elif wire == _BINARY:
                 if isinstance(v, str):
                     v = v.encode()

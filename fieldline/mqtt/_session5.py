@@ -50,6 +50,7 @@ _E_BAD_REASON_CODE = const(97)
 _E_ALIAS_RANGE = const(104)
 _E_ALIAS_NOT_SET = const(105)
 _E_AUTH_OUT_OF_TURN = const(106)
+_E_PROP_VALUE = const(108)
 _E_PROP_PLACE = const(112)
 _E_AUTH_DATA_NO_METHOD = const(117)
 
@@ -75,6 +76,9 @@ def connect(s, packet):
     ``packet``'s properties; returns its Session Expiry Interval. The
     attributes set here are read only once connected (if encoding the
     packet fails next, the session stays IDLE and they are set again)."""
+    w = packet.will
+    if w is not None:
+        no_wildcard(w.properties)
     props = dict(packet.properties) if packet.properties else {}
     our_limits(s, props)
     packet.properties = props
@@ -185,14 +189,26 @@ def publish(s, p):
     (for 5.0; 3.1.1 refuses properties when encoding): a Topic Alias within
     the peer's Topic Alias Maximum (MQTT-3.3.2-9 client, -11 server; 0 when
     not connected, so a message queued offline cannot take one), no
-    Subscription Identifier from a client (MQTT-3.3.4-6). Raises
+    Subscription Identifier from a client (MQTT-3.3.4-6), no wildcard in
+    the Response Topic (MQTT-3.3.2-14). Raises
     LocalProtocolError."""
     d = p.properties
+    no_wildcard(d)
     a = d.get("topic_alias")
     if a is not None and a > s.peer_topic_alias_maximum:
         raise LocalProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
     if s.role == _CLIENT and "subscription_identifier" in d:
         raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, "subscription_identifier"))
+
+
+def no_wildcard(d):
+    """Raise LocalProtocolError if the property dict ``d`` (of a PUBLISH or a
+    Will) has a Response Topic with a wildcard (MQTT-3.3.2-14). Checked
+    here, on what a session sends, not by the codec: encode() can still make
+    such a packet, to test a peer with."""
+    t = d.get("response_topic") if d else None
+    if type(t) is str and ("+" in t or "#" in t):
+        raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, "response_topic", t))
 
 
 def rx_alias(s, p):
