@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_broker import WAIT
+from test_broker import WAIT, Closed, Raw
 from test_broker_listeners import connect_bytes
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Ping, Request
@@ -217,6 +217,30 @@ def test_use_username_as_clientid_stops_one_user_taking_over_anothers_session(
         alice.disconnect()
         bob.disconnect()
     assert config_from_dict({"use_username_as_clientid": True}).use_username_as_clientid
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_use_username_as_clientid_gives_an_empty_client_id_the_user_name(
+    tmp_path: Path, version: int
+) -> None:
+    # As in Mosquitto, an empty client id becomes the user name too (it was given an
+    # "auto-..." id, so the user's session was not the one it resumed or took over);
+    # a 5.0 client is told in Assigned Client Identifier (MQTT-3.2.2-16).
+    pw = _password_file(tmp_path / "passwd", alice="s3cret")
+    with BrokerThread(password_file=str(pw), use_username_as_clientid=True) as b:
+        first = Raw(b.port, "phone", version, username="alice", password=b"s3cret")
+        assert first.connack.reason_code == 0
+        second = Raw(b.port, "", version, username="alice", password=b"s3cret")
+        assert second.connack.reason_code == 0
+        props = second.connack.properties or {}
+        assigned = props.get("assigned_client_identifier")
+        assert assigned == ("alice" if version == 5 else None)
+        assert b.call(lambda: list(b.broker.sessions.sessions)) == ["alice"]
+        with pytest.raises(Closed):  # taken over: one user name, one session
+            while True:
+                first.next()  # 5.0: DISCONNECT 0x8E first
+        second.close()
+        first.close()
 
 
 def test_an_unknown_user_costs_the_same_hash_as_a_known_one() -> None:

@@ -295,12 +295,12 @@ class Login:
             # A client id is the client's choice, so any client could take over any
             # session by naming it (MQTT-3.1.4-3): tie it to the authenticated user
             # name instead, as Mosquitto's option does. No user name: refused. An
-            # empty id is left for the broker to assign (a unique one; MQTT-3.2.2-16
-            # has the CONNACK tell a 5.0 client the id it was given).
+            # empty id becomes the user name too, as in Mosquitto: Broker.accept
+            # tells a 5.0 client in Assigned Client Identifier (MQTT-3.2.2-16).
             if p.username is None:
                 self._refuse(conn, p, NOT_AUTHORIZED)
                 return
-            if p.client_id and p.client_id != p.username:
+            if p.client_id != p.username:
                 p = copy.copy(p)  # the session's own stays as it came
                 p.client_id = p.username
         b = self.broker

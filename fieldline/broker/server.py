@@ -405,8 +405,9 @@ class Broker:
             answer["server_keep_alive"] = ka
         client_id = p.client_id
         assigned = None
-        if not client_id:
-            client_id = assigned = "auto-" + uuid.uuid4().hex  # MQTT-3.1.3-6
+        if not s.client_id:  # the CONNECT's was empty: one is assigned (MQTT-3.1.3-6)
+            # The user name under use_username_as_clientid (login.py), else a new id.
+            client_id = assigned = client_id or "auto-" + uuid.uuid4().hex
         old = self.sessions.get(client_id)
         if old is not None and old.conn is not None:
             log.info("%s takes over client id %r", conn.peer, client_id)
