@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -275,3 +277,28 @@ def test_async_connect_times_out_once_over_tls(silent: Silent) -> None:
             await asyncio.wait_for(c.connect(timeout=1.0), 1.0 + PROMPT / 2)
 
     arun(main())
+
+
+# -- the AsyncClient on MicroPython too (and CPython), as a child process -------------
+
+SCRIPT = Path(__file__).resolve().parent / "mpy" / "client_dialling.py"
+
+
+@pytest.mark.parametrize("silent", ["handshake", "connack"], indirect=True)
+def test_async_dialling_ends_on_time(silent: Silent, interpreter: str, tls_files: TlsFiles) -> None:
+    # On MicroPython, connect(timeout=1) over TLS to a peer that never
+    # answered waited 1.5 x keepalive (90 s): writing the CONNECT waits for
+    # the TLS handshake there, and that write had only the keepalive bound.
+    args = [interpreter, str(SCRIPT), str(silent.port)]
+    if silent.client_tls is not None:
+        args.append(str(tls_files.ca_cert))
+    out = subprocess.run(
+        args, cwd=SCRIPT.parents[2], capture_output=True, text=True, timeout=15, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = dict((line.split(" ", 1) + [""])[:2] for line in out.stdout.splitlines())
+    assert int(lines["disconnect"]) < PROMPT * 1000, out.stdout
+    name, took = lines["connect"].split()
+    assert name == "ConnectionLost" and int(took) < PROMPT * 1000, out.stdout
+    name, took = lines["timeout"].split()
+    assert name == "MQTTTimeout" and int(took) < (1.0 + PROMPT / 2) * 1000, out.stdout

@@ -221,26 +221,23 @@ class AsyncClient(BaseClient):
                 pass
 
     async def _open(self, first, timeout):
+        deadline = clock() + timeout
         try:
             r, w = await _within(timeout, self._dial())
         except asyncio.TimeoutError:
             raise MQTTTimeout(0x80, "timed out connecting") from None
-        s = self.session
         self.connack = None
         self._r, self._w = r, w
         try:
-            s.connect(self._connect_packet(first), self._now())
-            await self._flush()
-            while self.connack is None:
-                try:
-                    data = await _within(timeout, r.read(4096))
-                except asyncio.TimeoutError:
-                    raise MQTTTimeout(0x80, "timed out waiting for CONNACK") from None
-                if not data:
-                    raise ConnectionLost(0x80, "closed before CONNACK")
-                s.receive_data(data, self._now())
-                self._events()
-                await self._flush()  # e.g. our AUTH answer
+            self.session.connect(self._connect_packet(first), self._now())
+            # One deadline for the whole attempt, as the blocking client has,
+            # writing the CONNECT included: on MicroPython that waits for
+            # the TLS handshake, which a silent peer never completes (it
+            # waited 1.5 x keepalive there).
+            try:
+                await _within(max(0.0, deadline - clock()), self._connack(r))
+            except asyncio.TimeoutError:
+                raise MQTTTimeout(0x80, "timed out waiting for CONNACK") from None
             e = self._accepted()
             if e is not None:
                 raise e
@@ -257,6 +254,18 @@ class AsyncClient(BaseClient):
         self._up.set()
         if self.on_connect is not None:
             self._call(self.on_connect, self.connack)
+
+    async def _connack(self, r):
+        # Send the CONNECT and handle what comes until the CONNACK.
+        s = self.session
+        await self._flush()
+        while self.connack is None:
+            data = await r.read(4096)
+            if not data:
+                raise ConnectionLost(0x80, "closed before CONNACK")
+            s.receive_data(data, self._now())
+            self._events()
+            await self._flush()  # e.g. our AUTH answer
 
     async def _dial(self):
         if self.tls:
