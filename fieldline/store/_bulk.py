@@ -20,6 +20,7 @@ from ._log import (
     _MAGIC,
     _MAX_SEGMENT,
     _MAX_SLOTS,
+    _SEAL,
     BASE,
     DEAD,
     DELETE,
@@ -250,6 +251,8 @@ def scan(log, visit, strict=False):
             log._new_segment()
         except OSError as e:
             raise StoreFullError("no room for a segment to write to", e) from None
+    if log.reserve != 0:  # a Store's (see make_room)
+        top_up(log)
     d = log.damage
     if strict and d:
         e = CorruptError("damaged segments: %r" % (d,), d)
@@ -409,46 +412,255 @@ def drop_all(store, e):
     store._live_bytes = 0
 
 
-def make_room(store, records, e):
+# -- a full medium: making room -----------------------------------------------------
+#
+# A Store on a full medium can only free room by deleting whole segments, and
+# only the oldest ones: a deletion record in a later segment must outlive the
+# records it deleted. When the oldest segment holds live records (a few
+# settings written first, say, then the churn of readings that replace each
+# other), its live records are moved first: written again at the end of the
+# log, as the caller would write them, after which that segment holds nothing
+# live and goes, with any after it that hold nothing live either. Segment by
+# segment this needs room for one segment's live records, not for all of
+# them as a compaction does; the file ``reserve`` keeps that room. Every step
+# is one the log already survives a crash in: a move is an ordinary write
+# (torn, it is dropped whole at open, and the originals stay; whole, it only
+# replaces records by equal copies), and a drop is _drop_front's.
+
+_CHUNK = 2048  # bytes of records moved in one write: a board holds them in RAM
+
+
+def _reserve_size(log):
+    r = log.reserve
+    if log._mem is not None:
+        return 0
+    if r is None:  # a segment and the blocks it straddles, at most 1/8 of the medium
+        r = log.segment_size + 4096
+        try:
+            st = os.statvfs(log.path)
+            r = min(r, st[1] * st[2] >> 3)
+        except (AttributeError, OSError):
+            pass
+    elif type(r) is not int or r < 0:
+        raise ValueError("reserve must be a number of bytes >= 0, or None")
+    return r
+
+
+def top_up(log):
+    """Write the file ``reserve`` in ``log``'s folder up to its size, as far as
+    the room allows (a full medium leaves it short until the next pass)."""
+    size = _reserve_size(log)
+    if not size:
+        return
+    name = log._file("reserve")
+    try:
+        have = os.stat(name)[6]
+    except OSError:
+        have = 0
+    if have >= size:
+        return
+    try:
+        f = open(name, "ab")
+    except OSError:
+        return
+    zero = bytes(512)
+    try:
+        while have < size:
+            n = min(512, size - have)
+            _write(f, zero[:n])
+            have += n
+        log._sync(f)
+    except OSError:
+        pass  # no more room: the part written stays
+    try:
+        f.close()
+    except OSError:
+        pass
+
+
+def _release(log):
+    # The room kept for moving records: free it now.
+    if log._mem is None:
+        try:
+            os.remove(log._file("reserve"))
+        except OSError:
+            pass
+
+
+def _length(log, pos):
+    # The length of the record at pos, from its header alone.
+    f = log._seg(pos >> 24)
+    f.seek(pos & 0xFFFFFF)
+    head = f.read(_H)
+    return _H + head[3] + struct.unpack("<I", head[4:8])[0]
+
+
+def _size(log, slot):
+    if slot == len(log.nums) - 1 and log._active is not None:
+        return log._end
+    f = log._seg(slot)
+    f.seek(0, 2)
+    return f.tell()
+
+
+def _room(log, released):
+    # Bytes free on the medium, the reserve's included (a lot if unknown).
+    if log._mem is not None:
+        return _MAX_SEGMENT
+    try:
+        st = os.statvfs(log.path)
+        n = st[1] * st[4]
+    except (AttributeError, OSError):
+        return _MAX_SEGMENT
+    if not released:
+        try:
+            n += os.stat(log._file("reserve"))[6]
+        except OSError:
+            pass
+    return n
+
+
+def _move(store, olds, n):
+    # Write the live records at olds (in file order, n bytes and a SEAL's)
+    # again at the end of the log, a few at a time, and point the index at the copies. All of them
+    # go to one segment: the last one if they fit it, else a new one, which
+    # then takes no more blocks than the segment they come from.
+    log = store._log
+    idx = store._index
+    size = log.segment_size
+    if log._end + n > size:
+        log._stale = True  # a new segment, and no other after it
+        log.segment_size = _MAX_SEGMENT
+    try:
+        i = 0
+        while i < len(olds):
+            recs = []
+            n = 0
+            while i < len(olds) and n < _CHUNK:
+                kind, flags, key, value, expires = log.read(olds[i])
+                recs.append((kind, flags & RAW, key, value, expires))
+                n += _H + len(key) + len(value)
+                i += 1
+            new = log.append(recs, "records moved to make room")
+            for j in range(len(recs)):
+                idx.set(recs[j][2], new[j])
+    finally:
+        log.segment_size = size
+
+
+def _free(store, held, need):
+    # One pass: move and drop the oldest segments until about need bytes and
+    # a segment more are free. held: [key, position] of the records the write
+    # deletes, out of the index (position DEAD once its segment went). False
+    # if no segment holds enough garbage to be worth it (nothing changed).
+    log = store._log
+    idx = store._index
+    idx.merge()
+    n = len(log.nums)
+    live = [0] * n
+    for p in idx._ps:
+        live[p >> 24] += _length(log, p)
+    # The fewest oldest segments whose garbage is need and a segment more, or
+    # else every one up to the last that has garbage, if that is need at
+    # least. The last segment is written to: it stays.
+    target = need + log.segment_size
+    gain = best = 0
+    stop = -1
+    for slot in range(n - 1):
+        g = _size(log, slot) - live[slot]
+        gain += g
+        if g > _SEAL:
+            stop, best = slot, gain
+        if gain >= target:
+            stop = slot
+            break
+    if stop < 0 or best < need and gain < target:
+        return False
+    stop = log.nums[stop]
+    released = False
+    dropped = False
+    try:
+        while log.nums and log.nums[0] <= stop:
+            idx.merge()
+            olds = sorted([p for p in idx._ps if not p >> 24])
+            if olds:
+                n = _SEAL
+                for p in olds:
+                    n += _length(log, p)
+                if n > _room(log, released):
+                    break  # it cannot fit: move nothing, rather than half
+                if not released:
+                    _release(log)
+                    released = True
+                _move(store, olds, n)
+                idx.merge()
+            ps = idx._ps
+            m = len(log.nums)
+            for p in ps:
+                if p >> 24 < m:
+                    m = p >> 24
+            for h in held:
+                if h[1] != DEAD and h[1] >> 24 < m:
+                    store._drop(h[1])  # read now: it is about to go
+                    h[1] = DEAD
+            _drop_front(log, m, 0, "deletion")
+            for i in range(len(ps)):
+                ps[i] -= m << 24
+            for h in held:
+                if h[1] != DEAD:
+                    h[1] -= m << 24
+            dropped = True
+    finally:
+        if released:
+            top_up(log)
+    return dropped
+
+
+def make_room(store, records, what, e):
     """A write of ``records`` to ``store`` found the medium full (the
-    StoreFullError ``e``; None is returned if it is not for want of room): forget the
-    expired records, then delete whole the oldest segments that hold no live
-    record once the write's deletions are done, which needs no room (a
-    deletion whose record went with them is done too). Returns the records
-    still to write, or None if no segment could go (nothing changed then).
-    A crash midway: see _drop_front."""
+    StoreFullError ``e``, raised again if it is not for want of room): forget
+    the expired records, then free room by deleting whole the oldest
+    segments, after writing their live records again at the end of the log
+    (records the write deletes are not kept: a deletion whose record went
+    with its segment is done), and write. Returns (the records written, their
+    positions): those deletions are left out. Raises ``e`` (or the error of
+    the last try) when no segment holds enough garbage: the live records and
+    the write do not fit. A crash midway: see the comment above."""
     if not _no_room(e):
-        return None
+        raise e
     forget_expired(store)
     idx = store._index
-    held = []  # (key, position) of the records the write deletes
+    held = []  # [key, position] of the records the write deletes
+    need = _SEAL
     for r in records:
+        need += _H + len(r[2]) + len(r[3])
         if r[0] == DELETE:
             p = idx.remove(r[2])
             if p is not None:
-                held.append((r[2], p))
-    idx.merge()  # the positions in one array, the dead ones out
-    ps = idx._ps
-    m = len(store._log.nums)
-    for p in ps:
-        if p >> 24 < m:
-            m = p >> 24
-    if not m:
+                held.append([r[2], p])
+    log = store._log
+    try:
+        for _ in range(len(log.nums) + 2):
+            try:
+                if not _free(store, held, need):
+                    raise e
+            except StoreFullError:
+                raise e from None  # no room even to move records: the write's error
+            done = set([h[0] for h in held if h[1] == DEAD])
+            records = [r for r in records if r[0] != DELETE or r[2] not in done]
+            if not records:
+                return records, []
+            try:
+                return records, log.append(records, what)
+            except StoreFullError as again:
+                if not _no_room(again):
+                    raise
+                e = again
+        raise e
+    finally:
         for key, p in held:
-            idx.set(key, p)
-        return None
-    done = set()
-    for key, p in held:
-        if p >> 24 < m:
-            store._drop(p)  # read now: it is about to go
-            done.add(key)
-    _drop_front(store._log, m, 0, "deletion")
-    for i in range(len(ps)):
-        ps[i] -= m << 24
-    for key, p in held:
-        if key not in done:
-            idx.set(key, p - (m << 24))
-    return [r for r in records if r[0] != DELETE or r[2] not in done]
+            if p != DEAD:
+                idx.set(key, p)
 
 
 def _discard(log, num, f):

@@ -150,6 +150,7 @@ class Log:
     mark = 0  # the owner's number found at open (a queue's next sequence number)
     floor = 0  # segments up to this number were deleted whole, on purpose
     cut = None  # the file that says so (see _bulk.drop_acked)
+    reserve = 0  # bytes of the file ``reserve`` kept for making room (a Store's: _bulk)
 
     def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:

@@ -235,3 +235,30 @@ def test_passes_let_their_code_go_on_micropython():
     q.close()
     _rm(path)
     _rm(path + "-q")
+
+
+def test_the_reserve_for_a_full_medium():
+    # A Store keeps the room to move its oldest live records on a full medium
+    # in the file "reserve": segment_size + 4096 bytes (at most 1/8 of the
+    # medium), written once; reserve=0 keeps none. A Queue keeps none.
+    path = _folder()
+    s = Store(path, segment_size=1000)
+    s.put("a", 1)
+    s.close()
+    assert os.stat(path + "/reserve")[6] == 5096
+    s = Store(path, segment_size=1000)
+    assert s.get("a") == 1 and os.stat(path + "/reserve")[6] == 5096
+    s.close()
+    _rm(path)
+    s = Store(path, reserve=0)
+    s.put("a", 1)
+    s.close()
+    assert "reserve" not in os.listdir(path)
+    _rm(path)
+    raises(ValueError, Store, path, reserve=-1)
+    _rm(path)
+    q = Queue(path)
+    q.append(b"x")
+    q.close()
+    assert "reserve" not in os.listdir(path)
+    _rm(path)
