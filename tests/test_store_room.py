@@ -214,3 +214,68 @@ def test_the_reserve(tmp_path: Path, small_fs: Path) -> None:
         with pytest.raises(ValueError):
             Store(tmp_path / "e", reserve=bad)
         Store(tmp_path / "e").close()  # the failed open let go of the folder
+
+
+def test_a_compaction_writes_segments_of_segment_size_that_can_move(small_fs: Path) -> None:
+    # A compaction wrote every live record into one segment: once the medium
+    # filled, that segment (settings and all) was too big to move and pinned
+    # the medium again. Now it writes segments of about segment_size: the
+    # store compacts while there is room, and moves records once there is not.
+    folder = small_fs / "kv"
+    s = Store(folder, segment_size=3600)
+    want: dict[str, Any] = {}
+    for i in range(20):
+        want[f"cfg{i}"] = {"pad": "c" * 700}
+        s.put(f"cfg{i}", want[f"cfg{i}"])
+    rng = random.Random(1)
+    for keys in (10, 30, 60, 5, 70):  # live records grow past what a compaction fits
+        for _ in range(1500):
+            key = f"t{rng.randrange(keys)}"
+            want[key] = {"pad": "r" * rng.randrange(300)}
+            s.put(key, want[key])
+    assert s.stats()["compactions"] >= 1 and s.stats()["live_bytes"] > 25000, s.stats()
+    s.close()
+    with Store(folder, segment_size=3600) as s:
+        assert contents(s) == want
+
+
+def test_a_queue_compacted_into_several_segments_numbers_on(tmp_path: Path) -> None:
+    # The next sequence number is in the last segment's first record: the
+    # newest entries were acknowledged, their numbers are not used again.
+    from fieldline.store import Queue
+
+    with Queue(tmp_path / "q", segment_size=256) as q:
+        seqs = [q.append(b"x" * 60) for _ in range(30)]
+        q.ack(seqs[10:])
+        q.compact()
+        assert len([n for n in os.listdir(tmp_path / "q") if n.endswith(".seg")]) > 1
+    with Queue(tmp_path / "q", segment_size=256) as q:
+        assert [s for s, _ in q.peek(30)] == seqs[:10] and q.stats()["damaged"] == []
+        assert q.append(b"y") == seqs[-1] + 1
+
+
+def test_a_compaction_that_cannot_switch_backs_out(tmp_path: Path) -> None:
+    # The new segments are renamed into place oldest first; if a rename fails
+    # before the last one (the switch), the ones renamed are removed again:
+    # left there, they would replay after the old segments at the next open
+    # and put back values the writes after the failure had replaced.
+    from fieldline.store import StoreFullError
+
+    folder = tmp_path / "kv"
+    s = Store(folder, segment_size=512, fsync=False)
+    for i in range(60):
+        s.put(f"k{i % 20}", {"i": i, "pad": "x" * 50})
+    last = int(sorted(p.name for p in folder.glob("*.seg"))[-1][:8])
+    blocker = folder / f"{last + 3:08d}.seg"  # the third new segment's name: a folder
+    blocker.mkdir()
+    before = sorted(p.name for p in folder.glob("*.seg"))
+    with pytest.raises(StoreFullError, match="not switched"):
+        s.compact()
+    assert not list(folder.glob("*.tmp"))
+    assert sorted(p.name for p in folder.glob("*.seg")) == before  # the blocker is one
+    for i in range(60, 80):
+        s.put(f"k{i % 20}", {"i": i})
+    s.close()
+    blocker.rmdir()
+    with Store(folder, segment_size=512) as s:
+        assert contents(s) == {f"k{i}": {"i": 60 + i} for i in range(20)}

@@ -34,6 +34,10 @@ from ._log import (
     encode,
 )
 
+_FROM = 5  # first record of the last segment of a compaction written as several:
+# every segment before the one its value names (u32; then the queue's mark, u32)
+# is superseded (see compact)
+
 # -- reading in file order ----------------------------------------------------
 
 
@@ -46,7 +50,7 @@ def _parse(f, off, size):
     f.seek(off)
     head = f.read(_H)
     magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-    if magic != _MAGIC or not 0 < kind < 5 or klen == 0:
+    if magic != _MAGIC or not 0 < kind < 6 or klen == 0:
         return None
     if off + _H + klen + vlen > size:
         return 0
@@ -158,8 +162,9 @@ def _limits(log):
     # Segments deleted whole by drop_acked: the newest .cut file says up to
     # which one, and any left (a drop cut short) go now. A compaction cut
     # short by a crash leaves old segments behind its new one: delete those
-    # older than the newest segment that starts with a BASE record, as the
-    # compaction would have. Then: per segment, where its valid records end
+    # older than the newest segment that starts with a BASE record (or than
+    # the first segment of the newest compaction whose last one starts with
+    # a _FROM record), as the compaction would have. Then: per segment, where its valid records end
     # as the next one's SEAL says; a SEAL with no segment before it means
     # that one is lost (damage), unless it was deleted on purpose.
     cuts = sorted(log.cuts)
@@ -174,8 +179,14 @@ def _limits(log):
                 log._remove(n)
         log.nums = [n for n in log.nums if n > log.floor]
     firsts = _firsts(log)
+    start = 0  # a compaction written as several segments starts at this one
     for slot in range(len(firsts) - 1, 0, -1):
-        if firsts[slot] is not None and firsts[slot][0] == BASE:
+        r = firsts[slot]
+        if r is not None and (r[0] == BASE or r[0] == _FROM):
+            if r[0] == _FROM:
+                start = struct.unpack("<I", r[1][:4])[0]
+                while slot and log.nums[slot - 1] >= start:
+                    slot -= 1
             for n in log.nums[:slot]:
                 log._remove(n)
             log.nums = log.nums[slot:]
@@ -189,7 +200,8 @@ def _limits(log):
             end = struct.unpack("<I", r[1])[0]
             if slot and nums[slot - 1] == nums[slot] - 1:
                 limits[slot - 1] = end
-            elif nums[slot] - 1 != log.floor:  # the one it follows is lost, and its records
+            elif nums[slot] - 1 != log.floor and nums[slot] != start:
+                # the one it follows is lost, and its records
                 log.damage.append((_name(nums[slot] - 1), 0, end))
     return limits
 
@@ -223,6 +235,8 @@ def scan(log, visit, strict=False):
                         visit(kind, flags, key, pos, length, expires)
                     elif kind == BASE and len(value) == 4:  # older files: empty
                         log.mark = max(log.mark, struct.unpack("<I", value)[0])
+                    elif kind == _FROM:
+                        log.mark = max(log.mark, struct.unpack("<I", value[4:])[0])
                 batch = []
         num = log.nums[slot]
         if limit is not None and log.tail < limit:  # lost at the end, not torn
@@ -263,47 +277,110 @@ def scan(log, visit, strict=False):
 # -- compaction -----------------------------------------------------------------
 
 
+def _plan(log, positions, per):
+    # How many segments the records at positions fill, one starting where
+    # the one before holds per bytes of records or more; and their bytes.
+    k = 1
+    fill = total = 0
+    for pos in positions:
+        if fill >= per:
+            k += 1
+            fill = 0
+        n = _length(log, pos)
+        fill += n
+        total += n
+    return k, total
+
+
 def compact(log, positions, mark=0):
-    """Copy the records at ``positions`` (in order) to a new segment, switch
-    to it, delete the old ones; return the records' new positions. ``mark``
-    (a queue's next sequence number) goes in the new segment's BASE record:
-    the records that held it may all be gone."""
+    """Copy the records at ``positions`` (in order) to new segments, switch to
+    them, delete the old ones; return the records' new positions. ``mark``
+    (a queue's next sequence number) goes in the BASE record: the records
+    that held it may all be gone.
+
+    The new segments hold about ``segment_size`` of records each (at most
+    64 segments), so that on a full medium the oldest can move (see
+    make_room). One starts with a BASE record. Of several, each but the
+    last starts with a SEAL, as a segment appended to the log does (the
+    first one's says where the old last segment ends), and the last with a
+    _FROM record naming the first: every segment older than that one is
+    superseded. They are renamed into place oldest first, so the last
+    rename is the switch: before it, the new segments renamed hold copies
+    of live records after the old ones, which read as the same."""
     num = log.nums[-1] + 1
-    f = log._open(num, "wb")
+    per = log.segment_size
+    k, total = _plan(log, positions, per)
+    if total + _SEAL > _MAX_SEGMENT:
+        log.retry = log.size + log.segment_size
+        raise StoreError(
+            "the live records exceed 16 MiB, what a compaction holds: "
+            "delete some; the old segments are kept"
+        )
+    if k > 64:
+        per = total // 64 + 1
+        k = _plan(log, positions, per)[0]
     new = []
+    slot = -1
+    f = None
+    off = fill = written = 0
     try:
-        base = encode(BASE, 0, b"-", struct.pack("<I", mark) if mark else b"", 0)
-        _write(f, base)
-        off = len(base)
-        for pos in positions:
-            kind, flags, key, value, expires = log.read(pos)
+        for i in range(len(positions) + 1):
+            last = i == len(positions)
+            if f is None or not last and fill >= per:
+                end = log._end  # where the segment before this one ends
+                if f is not None:
+                    log._sync(f)
+                    log._close(f)
+                    f = None
+                    end = off
+                    written += off
+                slot += 1
+                if k == 1:
+                    head = encode(BASE, 0, b"-", struct.pack("<I", mark) if mark else b"", 0)
+                elif slot < k - 1:
+                    head = encode(SEAL, 0, b"-", struct.pack("<I", end), 0)
+                else:
+                    head = encode(_FROM, 0, b"-", struct.pack("<II", num, mark), 0)
+                f = log._open(num + slot, "wb")
+                _write(f, head)
+                off = len(head)
+                fill = 0
+            if last:
+                break
+            kind, flags, key, value, expires = log.read(positions[i])
             rec = encode(kind, flags & RAW | FIRST, key, value, expires)
-            if off + len(rec) > _MAX_SEGMENT:
-                raise StoreError(
-                    "the live records exceed 16 MiB, what one compacted segment holds: "
-                    "delete some; the old segments are kept"
-                )
             _write(f, rec)
-            new.append(off)
+            new.append(slot << 24 | off)
             off += len(rec)
+            fill += len(rec)
         log._sync(f)
+        log._close(f)
     except OSError as e:
-        _discard(log, num, f)
+        _discard(log, num, slot + 1, f)
         raise StoreFullError("compaction not written; the old segments are kept", e) from None
-    except StoreError:
-        _discard(log, num, f)
-        raise
-    log._close(f)
-    log._commit(num)
+    count = slot + 1
+    try:
+        for n in range(num, num + count):  # the last rename is the switch
+            log._commit(n)
+    except OSError as e:
+        # Back out, the switch first: the new segments renamed are copies.
+        for n in range(num + count - 1, num - 1, -1):
+            for suffix in (".seg", ".tmp"):
+                try:
+                    os.remove(log._file(_name(n, suffix)))
+                except OSError:
+                    pass
+        log.retry = log.size + log.segment_size
+        raise StoreFullError("compaction not switched to; the old segments are kept", e) from None
     log._drop_readers()
     log._close(log._active)
     old = log.nums
-    log.nums = [num]
-    log._active = log._open(num)
+    log.nums = list(range(num, num + count))
+    log._active = log._open(num + count - 1)
     log._end = off
-    log.size = off
+    log.size = written + off
     log.retry = 0
-    for n in old:  # a crash here leaves some: the BASE record says to ignore them
+    for n in old:  # a crash here leaves some: the BASE or _FROM record says to ignore them
         log._remove(n)
     return new
 
@@ -663,23 +740,25 @@ def make_room(store, records, what, e):
                 idx.set(key, p)
 
 
-def _discard(log, num, f):
+def _discard(log, num, count, f):
     # Closing flushes what the buffer holds, which fails as the writes did (a
-    # full disk): that must not escape, nor keep the .tmp file. Automatic
+    # full disk): that must not escape, nor keep the .tmp files. Automatic
     # compaction waits for a segment more before it tries again: on a full
-    # medium each write would otherwise write a doomed .tmp file.
+    # medium each write would otherwise write doomed .tmp files.
     log.retry = log.size + log.segment_size
     try:
-        log._close(f)
+        if f is not None:
+            log._close(f)
     except OSError:
         pass
-    if log._mem is not None:
-        log._mem.pop(num, None)
-    else:
-        try:
-            os.remove(log._file(_name(num, ".tmp")))
-        except OSError:
-            pass
+    for n in range(num, num + count):
+        if log._mem is not None:
+            log._mem.pop(n, None)
+        else:
+            try:
+                os.remove(log._file(_name(n, ".tmp")))
+            except OSError:
+                pass
 
 
 # -- the store's passes ----------------------------------------------------------

@@ -3,9 +3,9 @@
 Records are appended to segment files and never rewritten in place, so a
 power cut can only damage the record being written. Each record carries its
 length and a CRC32; at open every complete record is kept and a torn tail is
-skipped. Compaction copies the live records to a new segment and switches to
-it with one rename, so a crash at any point leaves either the old segments or
-the new one whole. Hand-written because the device target has neither SQLite
+skipped. Compaction copies the live records to new segments and switches to
+them with one rename, so a crash at any point leaves either the old segments or
+the new ones whole. Hand-written because the device target has neither SQLite
 nor a journaling key-value store.
 
 Record layout, little-endian (16-byte header, then key, then value)::

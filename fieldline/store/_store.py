@@ -262,7 +262,7 @@ class Store:
         return n
 
     def compact(self):
-        """Rewrite the live records into a fresh segment and drop the old ones
+        """Rewrite the live records into fresh segments and drop the old ones
         (and ``stats()["damaged"]``, which automatic compactions keep)."""
         bulk().compact_store(self)
         self._log.damage = []

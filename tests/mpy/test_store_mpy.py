@@ -144,9 +144,13 @@ def test_reopen_and_compaction():
     assert len(s) == 40
     for k in range(40):
         assert s.get("k%d" % k) == {"i": 560 + k}, k
-    s.compact()
-    assert _segments(path) == ["%08d.seg" % s._log.nums[0]]
+    s.compact()  # 40 records of ~30 bytes: two segments of about 1024 bytes
+    assert _segments(path) == ["%08d.seg" % n for n in s._log.nums]
+    assert len(s._log.nums) == 2
     assert s.get("k39") == {"i": 599}
+    s.close()
+    s = Store(path, segment_size=1024)
+    assert len(s) == 40 and s.get("k0") == {"i": 560} and s.stats()["damaged"] == []
     s.close()
     _rm(path)
 
