@@ -299,10 +299,11 @@ class AsyncClient(BaseClient):
         # for a transport that is gone.
         self.session.connection_lost(self._now())
         if w is not None:
-            # A connection no CONNACK accepted is aborted: TLS would wait for
-            # the close_notify of a peer that may never answer (up to
-            # ``timeout`` more, after a connect() that timed out already).
-            t = None if self._was_up else getattr(w, "transport", None)
+            # A connection lost, or that no CONNACK accepted, is aborted: TLS
+            # would wait for the close_notify of a peer that may never answer
+            # (up to ``timeout`` more, after keepalive found it silent or a
+            # connect() timed out already). Only disconnect() closes politely.
+            t = getattr(w, "transport", None) if error is not None or not self._was_up else None
             try:
                 if t is not None:
                     t.abort()

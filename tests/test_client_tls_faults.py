@@ -1,0 +1,82 @@
+"""Both clients over TLS (Mosquitto, a CA made in the test) when the network fails:
+a connection gone silent is found by keepalive, and given up at once, without
+waiting for the TLS goodbye of a peer that no longer answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from conftest import Mosquitto, ProxyFactory, arun
+
+from fieldline.mqtt import AsyncClient, Client
+
+WAIT = 10.0
+KEEPALIVE = 1  # the silence is found 1.5 x keepalive after the last packet
+SLACK = 1.0  # a loaded machine
+
+
+def test_a_silent_tls_connection_is_lost_within_keepalive(
+    mosquitto_tls: Mosquitto, tcp_proxy: ProxyFactory, kind: str
+) -> None:
+    # The AsyncClient found the silence after 1.5 x keepalive, then closed
+    # the TLS connection politely, waiting up to ``timeout`` (30 s by
+    # default) for the peer's close_notify: on_disconnect, and reconnecting,
+    # came that much later. It now aborts a lost connection.
+    tls = mosquitto_tls.tls
+    assert tls is not None
+    proxy = tcp_proxy(("127.0.0.1", mosquitto_tls.ports["tls"]))
+    opts: dict[str, Any] = {
+        "version": 4,
+        "keepalive": KEEPALIVE,
+        "timeout": WAIT,
+        "ca_file": str(tls.ca_cert),
+        "backoff_min": 0.05,
+        "backoff_max": 0.1,
+    }
+    lost: list[float] = []
+    stalled: list[float] = []
+    if kind == "blocking":
+        c = Client("localhost", proxy.port, **opts)
+        gone = threading.Event()
+
+        def down(e: BaseException | None) -> None:
+            lost.append(time.monotonic())
+            gone.set()
+
+        c.on_disconnect = down
+        c.connect()
+        c.loop_start()
+        try:
+            stalled.append(time.monotonic())
+            proxy.stall()
+            assert gone.wait(WAIT)
+            proxy.resume()
+            c.subscribe("tls/after", qos=1)  # reconnected
+        finally:
+            c.disconnect()
+    else:
+
+        async def main() -> None:
+            c = AsyncClient("localhost", proxy.port, **opts)
+            gone = asyncio.Event()
+
+            def down(e: BaseException | None) -> None:
+                lost.append(time.monotonic())
+                gone.set()
+
+            c.on_disconnect = down
+            await c.connect()
+            stalled.append(time.monotonic())
+            proxy.stall()
+            await asyncio.wait_for(gone.wait(), WAIT)
+            proxy.resume()
+            await c.subscribe("tls/after", qos=1)  # reconnected
+            await c.disconnect()
+
+        arun(main())
+    took = lost[0] - stalled[0]
+    assert took < KEEPALIVE * 1.5 + SLACK, f"lost after {took:.1f} s"
