@@ -279,3 +279,17 @@ def test_a_compaction_that_cannot_switch_backs_out(tmp_path: Path) -> None:
     blocker.rmdir()
     with Store(folder, segment_size=512) as s:
         assert contents(s) == {f"k{i}": {"i": 60 + i} for i in range(20)}
+
+
+def test_a_large_compaction_writes_at_most_16_segments(tmp_path: Path) -> None:
+    # More than 32 segments call for a compaction: one that wrote as many
+    # would run again at the next write, and the next.
+    s = Store(tmp_path / "kv", segment_size=256, compact_ratio=0.9, fsync=False)
+    for i in range(300):  # 36 KB of live records: 140 segments of 256 bytes
+        s.put(f"k{i}", "x" * 100)
+    assert 3 < s.stats()["compactions"] < 30, s.stats()
+    s.compact()
+    assert 8 < s.stats()["segments"] <= 16, s.stats()
+    s.close()
+    with Store(tmp_path / "kv", segment_size=256) as s:
+        assert len(s) == 300 and s.stats()["damaged"] == []

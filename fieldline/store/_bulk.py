@@ -298,10 +298,11 @@ def compact(log, positions, mark=0):
     (a queue's next sequence number) goes in the BASE record: the records
     that held it may all be gone.
 
-    The new segments hold about ``segment_size`` of records each (at most
-    64 segments), so that on a full medium the oldest can move (see
-    make_room). One starts with a BASE record. Of several, each but the
-    last starts with a SEAL, as a segment appended to the log does (the
+    The new segments hold about ``segment_size`` of records each, so that
+    on a full medium the oldest can move (see make_room); at most 16 of
+    them (larger ones then), well below the 32 that call for a compaction.
+    One starts with a BASE record. Of several, each but the last starts
+    with a SEAL, as a segment appended to the log does (the
     first one's says where the old last segment ends), and the last with a
     _FROM record naming the first: every segment older than that one is
     superseded. They are renamed into place oldest first, so the last
@@ -316,8 +317,8 @@ def compact(log, positions, mark=0):
             "the live records exceed 16 MiB, what a compaction holds: "
             "delete some; the old segments are kept"
         )
-    if k > 64:
-        per = total // 64 + 1
+    if k > 16:
+        per = total // 16 + 1
         k = _plan(log, positions, per)[0]
     new = []
     slot = -1
