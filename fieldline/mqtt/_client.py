@@ -186,7 +186,9 @@ class Client(BaseClient):
         try:
             if self._cond is not None:  # loop_start(): loop_stop() can cut this attempt short
                 _threads.dialling(self, sock)
-            sock.settimeout(max(0.05, min(self.timeout, self._left(deadline, "connect"))))
+            # Whole ms: the Unix port turns 1.9999999999999998 s into 2 s
+            # and 1000000 us, which Linux refuses (EDOM), failing connect().
+            sock.settimeout(round(max(0.05, min(self.timeout, self._left(deadline, "connect"))), 3))
             sock.connect(ai[-1])
             if self.tls:
                 from ._tls import tls_context
