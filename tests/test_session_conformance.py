@@ -14,6 +14,8 @@ from fieldline.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
     PACKET_TOO_LARGE,
     PROTOCOL_ERROR,
+    QOS_NOT_SUPPORTED,
+    RECEIVE_MAXIMUM_EXCEEDED,
     TOPIC_ALIAS_INVALID,
     Auth,
     ConnAck,
@@ -23,6 +25,7 @@ from fieldline.mqtt import (
     PubAck,
     Publish,
     PubRec,
+    RemoteProtocolError,
     SubAck,
     UnsubAck,
     Will,
@@ -227,3 +230,52 @@ def test_disconnect_codes_of_both_roles(code):
         pair.connect()
         getattr(pair, role).disconnect(code)
         assert decode_all(getattr(pair, role).data_to_send(), 5) == [Disconnect(code)]
+
+
+def test_limits_in_the_connect_properties_are_kept():
+    # A limit the application writes into the CONNECT properties itself is
+    # the one the server obeys, so the client session must enforce that one:
+    # with Session(topic_alias_maximum=0) it refused the aliases its CONNECT
+    # allowed (MQTT-3.3.2-10), and the broker sends them.
+    pair = Pair(5, server={"auto_alias": True})
+    pair.connect(props={"topic_alias_maximum": 5, "receive_maximum": 1, "maximum_packet_size": 99})
+    assert (pair.c.topic_alias_maximum, pair.c.receive_maximum, pair.c.max_packet_size) == (
+        5,
+        1,
+        99,
+    )
+    for _ in range(2):
+        pair.s.publish("t/x", b"x")
+    pair.run()
+    assert delivered(pair.cev) == [Publish("t/x", b"x")] * 2
+    # The announced Receive Maximum and Maximum Packet Size hold as well.
+    for pid in (1, 2):
+        pair.c.receive_data(encode(Publish("q", b"", 2, packet_id=pid), MQTT5), 0)
+    with pytest.raises(RemoteProtocolError) as e:
+        pair.c.next_event(), pair.c.next_event()
+    assert e.value.reason_code == RECEIVE_MAXIMUM_EXCEEDED
+
+
+def test_limits_in_the_connack_properties_are_kept():
+    # The same for a server's accept(properties): MQTT-3.3.2-12 for the
+    # alias, MQTT-3.2.2-12 for Maximum QoS (0x9B for more).
+    pair = Pair(5, client={"auto_alias": True})
+    pair.connect(accept={"properties": {"topic_alias_maximum": 5, "maximum_qos": 1}})
+    assert (pair.s.topic_alias_maximum, pair.s.maximum_qos) == (5, 1)
+    for _ in range(2):
+        pair.c.publish("t/x", b"x")
+    pair.run()
+    assert delivered(pair.sev) == [Publish("t/x", b"x")] * 2
+    pair.s.receive_data(encode(Publish("q", b"", 2, packet_id=1), MQTT5), 0)
+    with pytest.raises(RemoteProtocolError) as e:
+        pair.s.next_event()
+    assert e.value.reason_code == QOS_NOT_SUPPORTED
+
+
+def test_maximum_packet_size_in_the_connect_properties_is_enforced():
+    pair = Pair(5)
+    pair.connect(props={"maximum_packet_size": 99})
+    pair.c.receive_data(encode(Publish("t", b"x" * 100), MQTT5), 0)
+    with pytest.raises(RemoteProtocolError) as e:
+        pair.c.next_event()
+    assert e.value.reason_code == PACKET_TOO_LARGE

@@ -167,10 +167,12 @@ class Session:
     in CONNECT (client) or CONNACK (server) and enforced on what it sends:
     ``receive_maximum`` (QoS 2 messages we hold unreleased), ``max_packet_size``,
     ``topic_alias_maximum`` (0: we accept no aliases), ``maximum_qos``
-    (server only). ``auto_alias``: give outgoing topics aliases within the
-    peer's Topic Alias Maximum (5.0). ``manual_ack``: a received QoS 1/2
-    message is delivered unanswered, and the application answers it with
-    ack() (default: the session answers it before delivering it).
+    (server only); the same limits put in the CONNECT or accept() properties
+    win, and become these attributes. ``auto_alias``: give outgoing topics
+    aliases within the peer's Topic Alias Maximum (5.0). ``manual_ack``: a
+    received QoS 1/2 message is delivered unanswered, and the application
+    answers it with ack() (default: the session answers it before
+    delivering it).
     ``released_events``: a PUBREC accepting one of our QoS 2 messages is an
     event too (PubRec, reason < 0x80; its PUBREL is sent), for a client
     that stores its messages and must then resend the PUBREL, not the
