@@ -256,9 +256,13 @@ class AsyncClient(BaseClient):
             self._call(self.on_connect, self.connack)
 
     async def _connack(self, r):
-        # Send the CONNECT and handle what comes until the CONNACK.
+        # Send the CONNECT and handle what comes until the CONNACK. An error
+        # writing the CONNECT is raised as it is: on MicroPython a refused
+        # connection shows only here (CPython's open_connection() raises it).
         s = self.session
-        await self._flush()
+        w = self._w
+        w.write(s.data_to_send())
+        await w.drain()
         while self.connack is None:
             data = await r.read(4096)
             if not data:
