@@ -167,8 +167,8 @@ class Session:
     in CONNECT (client) or CONNACK (server) and enforced on what it sends:
     ``receive_maximum`` (QoS 2 messages we hold unreleased), ``max_packet_size``,
     ``topic_alias_maximum`` (0: we accept no aliases), ``maximum_qos``
-    (server only); the same limits put in the CONNECT or accept() properties
-    win, and become these attributes. ``auto_alias``: give outgoing topics
+    (server only); a ``topic_alias_maximum`` put in the CONNECT or accept()
+    properties wins, and becomes the attribute. ``auto_alias``: give outgoing topics
     aliases within the peer's Topic Alias Maximum (5.0). ``manual_ack``: a
     received QoS 1/2 message is delivered unanswered, and the application
     answers it with ack() (default: the session answers it before

@@ -35,13 +35,6 @@ _RETAIN_NOT_SUPPORTED = const(0x9A)
 _QOS_NOT_SUPPORTED = const(0x9B)
 _MAX_PACKET_SIZE = const(268435460)
 
-# CONNECT/CONNACK property -> Session attribute, for our_limits.
-_LIMITS = (
-    ("receive_maximum", "receive_maximum"),
-    ("maximum_packet_size", "max_packet_size"),
-    ("topic_alias_maximum", "topic_alias_maximum"),
-)
-
 # DISCONNECT reason codes only a server sends (3.14.2.1, MQTT-3.14.2-1); 0x04
 # Disconnect with Will Message is the only one only a client sends.
 _SERVER_ONLY = b"\x87\x89\x8b\x8d\x8e\x8f\x9a\x9b\x9c\x9d\x9e\x9f\xa0\xa1\xa2"
@@ -69,15 +62,16 @@ def _get(p, name, default=None):
 
 def our_limits(s, props):
     """Add our limits (Receive Maximum, Maximum Packet Size, Topic Alias
-    Maximum) to the CONNECT or CONNACK property dict ``props``. A limit the
-    application put there itself is the one announced, so it becomes the
-    session's own too (else the session would refuse, say, the topic aliases
-    it just allowed the peer: MQTT-3.3.2-10, -12)."""
-    for name, attr in _LIMITS:
-        v = props.get(name)
-        if v is not None:
-            setattr(s, attr, v)
-    s._parser.max_packet_size = s.max_packet_size
+    Maximum) to the CONNECT or CONNACK property dict ``props``. A Topic
+    Alias Maximum the application put there itself is the one announced, so
+    it becomes the session's own too: else the session would refuse the
+    aliases it just allowed the peer (MQTT-3.3.2-10, -12). The other limits
+    put there are announced but not enforced (only the session's own are):
+    a client announces a Receive Maximum lower than it enforces, to bear
+    brokers that exceed it (see _client_base)."""
+    a = props.get("topic_alias_maximum")
+    if a is not None:
+        s.topic_alias_maximum = a
     if s.receive_maximum != 65535:
         props["receive_maximum"] = s.receive_maximum
     if s.max_packet_size < _MAX_PACKET_SIZE:

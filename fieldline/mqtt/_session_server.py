@@ -69,9 +69,6 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
     present = had and not s._clean
     if v5:
         our_limits(s, props)
-        q = props.get("maximum_qos")
-        if q is not None:
-            s.maximum_qos = q  # announced, so enforced (MQTT-3.2.2-12), as in our_limits
         if s.maximum_qos < 2:
             props["maximum_qos"] = s.maximum_qos
         if s._auth_method is not None:
