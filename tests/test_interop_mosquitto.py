@@ -31,6 +31,7 @@ from fieldline.mqtt import (
     Subscription,
     Will,
 )
+from fieldline.mqtt._session import CLOSED
 
 VERSIONS = [pytest.param(MQTT311, id="3.1.1"), pytest.param(MQTT5, id="5.0")]
 
@@ -359,3 +360,26 @@ def test_server_keep_alive_from_mosquitto(mosquitto_factory: Any) -> None:
     assert c.session.keep_alive == 10
     assert c.session.next_deadline() <= time.monotonic() + 10
     c.close()
+
+
+def test_assigned_client_identifier_from_mosquitto(wires: Any) -> None:
+    """A 5.0 CONNECT with an empty client id gets one from Mosquitto in the
+    CONNACK (MQTT-3.2.2-16), which the session takes as its client_id."""
+    c = wires(MQTT5)
+    ack = c.open("", clean=True)
+    assigned = (ack.properties or {}).get("assigned_client_identifier")
+    assert assigned and c.session.client_id == assigned
+    c.close()
+
+
+def test_auth_method_mosquitto_does_not_know(wires: Any) -> None:
+    """Enhanced authentication with a method the broker does not support:
+    CONNACK 0x8C Bad authentication method, the session CLOSED (MQTT-3.2.2-7:
+    the broker closes)."""
+    c = wires(MQTT5)
+    c.sock = socket.create_connection(c.address, timeout=5)
+    props = {"authentication_method": "SCRAM-SHA-1", "authentication_data": b"n,,n=u,r=x"}
+    c.session.connect(Connect("auth", protocol_level=MQTT5, properties=props), time.monotonic())
+    ack = c.wait(ConnAck)
+    assert ack.reason_code == 0x8C
+    assert c.session.state == CLOSED
