@@ -259,3 +259,25 @@ def test_topic_alias_maximum_in_the_connack_properties_is_kept():
         pair.c.publish("t/x", b"x")
     pair.run()
     assert delivered(pair.sev) == [Publish("t/x", b"x")] * 2
+
+
+def test_alias_only_publish_stays_on_its_connection():
+    # Topic Alias mappings last one connection (3.3.2.3.4). A QoS 1/2 message
+    # sent with an alias and no topic would be resent on the next connection,
+    # where the alias maps nothing, and the peer would disconnect at every
+    # resend: refused. QoS 0 is sent once; it may go so, unless auto_alias
+    # owns the aliases.
+    pair = Pair(5, server={"topic_alias_maximum": 5})
+    pair.connect()
+    pair.c.publish("t/x", b"1", properties={"topic_alias": 1})
+    with pytest.raises(LocalProtocolError) as e:
+        pair.c.publish("", b"2", qos=1, properties={"topic_alias": 1})
+    assert "resent" in str(e.value)
+    assert pair.c.inflight == 0
+    pair.c.publish("", b"3", properties={"topic_alias": 1})
+    pair.run()
+    assert [(m.topic, m.payload) for m in delivered(pair.sev)] == [("t/x", b"1"), ("t/x", b"3")]
+    auto = Pair(5, client={"auto_alias": True}, server={"topic_alias_maximum": 5})
+    auto.connect()
+    with pytest.raises(LocalProtocolError):
+        auto.c.publish("", b"4", properties={"topic_alias": 1})

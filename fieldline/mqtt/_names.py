@@ -209,6 +209,7 @@ HELD_OVER_MAX %d bytes wait unread, over the Maximum Packet Size
 REJECT_WITH_SUCCESS reject() needs a reason code of 0x80 or more, not 0x%02X
 ID_IN_USE packet id %d is in use
 NOT_RELEASABLE no QoS 2 message %d waits to be sent
+ALIAS_ONLY a Topic Alias without its topic cannot be resent on another connection or auto-aliased
 """
 
 

@@ -53,6 +53,7 @@ _E_AUTH_OUT_OF_TURN = const(106)
 _E_PROP_VALUE = const(108)
 _E_PROP_PLACE = const(112)
 _E_AUTH_DATA_NO_METHOD = const(117)
+_E_ALIAS_ONLY = const(122)
 
 
 def _get(p, name, default=None):
@@ -204,8 +205,15 @@ def publish(s, p):
     d = p.properties
     no_wildcard(d)
     a = d.get("topic_alias")
-    if a is not None and a > s.peer_topic_alias_maximum:
-        raise LocalProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
+    if a is not None:
+        if a > s.peer_topic_alias_maximum:
+            raise LocalProtocolError(_TOPIC_ALIAS_INVALID, (_E_ALIAS_RANGE, a))
+        if not p.topic and (p.qos or s._tx_alias is not None):
+            # An alias maps a topic on one connection only (3.3.2.3.4): a
+            # QoS 1/2 message may be resent on the next, where it maps
+            # nothing (the peer would disconnect at every resend); and
+            # auto_alias keys its aliases by topic.
+            raise LocalProtocolError(_PROTOCOL_ERROR, _E_ALIAS_ONLY)
     if s.role == _CLIENT and "subscription_identifier" in d:
         raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, "subscription_identifier"))
 
