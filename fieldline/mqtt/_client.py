@@ -203,6 +203,7 @@ class Client(BaseClient):
             if self.tls:
                 from ._tls import tls_context
 
+                self._raw = sock  # MicroPython's TLS socket has no timeout: see _attach()
                 sock = tls_context(self).wrap_socket(
                     sock, server_hostname=self.server_hostname or self.host
                 )
@@ -226,10 +227,17 @@ class Client(BaseClient):
         w = getattr(sock, "sendall", None)
         self._write = w if w is not None else sock.write
         settimeout = getattr(sock, "settimeout", None)
-        if settimeout is not None and self.keepalive:
-            # A write blocked by a stalled network gives up when keepalive
-            # would have noticed the silence, not after ``timeout``.
-            settimeout(min(self.timeout, self.keepalive * 1.5))
+        k = self.keepalive
+        # A write blocked by a stalled network gives up when keepalive
+        # would have noticed the silence, not after ``timeout``.
+        bound = min(self.timeout, k * 1.5) if k else self.timeout
+        if settimeout is not None:
+            if k:
+                settimeout(bound)
+        elif self.tls:  # MicroPython's TLS socket
+            from ._tls import bounded_writer
+
+            self._write = bounded_writer(sock, self._raw, bound)
 
     def _close(self, error):
         sock = self._sock

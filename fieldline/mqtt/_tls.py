@@ -44,3 +44,26 @@ def _der(path):
             break
         body.append(line.strip())
     return a2b_base64(b"".join(body))
+
+
+def bounded_writer(sock, raw, bound):
+    """A write function for MicroPython's TLS socket ``sock`` over the TCP
+    socket ``raw`` that gives up (OSError ETIMEDOUT) after ``bound`` seconds.
+    The TLS socket has no settimeout(), and the TCP socket's timeout bounds
+    each record it sends: a write of n records to a network that stopped
+    taking bytes waited n times over (a 50 KB message, 4 x timeout). Written
+    a record at a time (4 KiB, one record on every mbedTLS build) against
+    one deadline."""
+    from ._client_inbox import clock
+
+    def write(data):
+        end = clock() + bound
+        mv = memoryview(data)
+        for i in range(0, len(mv), 4096):
+            left = end - clock()
+            if left <= 0:
+                raise OSError(110)  # ETIMEDOUT
+            raw.settimeout(round(left, 3))
+            sock.write(mv[i : i + 4096])
+
+    return write
