@@ -281,3 +281,19 @@ def test_alias_only_publish_stays_on_its_connection():
     auto.connect()
     with pytest.raises(LocalProtocolError):
         auto.c.publish("", b"4", properties={"topic_alias": 1})
+
+
+def test_no_authentication_method_in_connack_unless_connect_had_one():
+    # MQTT-4.12.0-6; with a method, the CONNECT's is the one sent (MQTT-4.12.0-5).
+    pair = Pair(5)
+    pair.c.connect(Connect("d", protocol_level=5), 0)
+    pair.c2s()
+    pair.s.accept({"authentication_method": "X", "authentication_data": b"x"})
+    assert sent_by_server(pair) == [ConnAck(False, 0)]
+    pair = Pair(5)
+    pair.c.connect(Connect("d", protocol_level=5, properties={"authentication_method": "A"}), 0)
+    pair.c2s()
+    pair.s.accept({"authentication_method": "B", "authentication_data": b"x"})
+    assert sent_by_server(pair) == [
+        ConnAck(False, 0, {"authentication_method": "A", "authentication_data": b"x"})
+    ]

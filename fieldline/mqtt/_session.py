@@ -449,7 +449,9 @@ class Session:
         authentication method are added. ``assigned_client_id`` (str, or an
         int counter turned into "auto-N") names a client that sent an empty
         client id (MQTT-3.1.3-6). A ``response_information`` property is
-        left out unless the CONNECT asked for it (MQTT-3.1.2-28).
+        left out unless the CONNECT asked for it (MQTT-3.1.2-28), and
+        ``authentication_method`` and ``authentication_data`` unless the
+        CONNECT had a method (MQTT-4.12.0-6).
         ``resume``: the broker's stored Session for this client id, whose
         state moves into this one (default: this
         session's own state, if it had a connection before). Session Present

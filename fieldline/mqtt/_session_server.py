@@ -73,6 +73,11 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
             props["maximum_qos"] = s.maximum_qos
         if s._auth_method is not None:
             props["authentication_method"] = s._auth_method  # 4.12.0-5
+        else:
+            # No method in the CONNECT: none in the CONNACK (MQTT-4.12.0-6),
+            # nor data, which needs one (3.2.2.3.18).
+            props.pop("authentication_method", None)
+            props.pop("authentication_data", None)
         if not s._resp_info:
             props.pop("response_information", None)  # MQTT-3.1.2-28
     data = encode(ConnAck(present, 0, props or None), s.version)
