@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     passwd = commands.add_parser(
         "passwd",
         help="add, change or delete a user of a broker password file",
-        description="Add a user to the broker's password file or change their password "
+        description="Add a user to the broker's password file or change their password\n"
         "(asked for twice), or delete them.",
         epilog=_PASSWD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -3,6 +3,7 @@ The examples the help shows are run here, so they stay true."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -58,6 +59,20 @@ def test_broker_help_groups_every_flag() -> None:
     for flag in flags:  # each one explained once, in some group
         assert len(re.findall(rf"^  {flag}(?=[ \n])", options, re.M)) == 1, flag
     assert len(flags) == 29, flags
+
+
+def test_help_fits_a_terminal() -> None:
+    # argparse wraps its own parts to $COLUMNS; the texts we lay out ourselves must fit too.
+    for args in (["--help"], ["broker", "--help"], ["passwd", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "fieldline", *args],
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "80"},
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        ).stdout
+        assert max(len(line) for line in out.splitlines()) <= 90, (args, out)
 
 
 def test_the_help_example_for_devices_works(tmp_path: Path) -> None:
