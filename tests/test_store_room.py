@@ -293,3 +293,28 @@ def test_a_large_compaction_writes_at_most_16_segments(tmp_path: Path) -> None:
     s.close()
     with Store(tmp_path / "kv", segment_size=256) as s:
         assert len(s) == 300 and s.stats()["damaged"] == []
+
+
+def test_records_move_without_the_reserve_when_room_was_freed_first(small_fs: Path) -> None:
+    # The oldest segment holds nothing live and goes first: the records of the
+    # next one then move into the room it left, and the reserve is neither
+    # given back nor written again (flash wears with every write).
+    folder = small_fs / "kv"
+    s = Store(folder, segment_size=3600, compact_ratio=0.99)  # no compaction
+    for i in range(15):  # the first segment, deleted below
+        s.put(f"a{i}", "a" * 230)
+    for i in range(3):  # the second: settings that stay
+        s.put(f"cfg{i}", "c" * 1000)
+    s.delete_batch([f"a{i}" for i in range(15)])
+    reserve = (folder / "reserve").stat().st_ino
+    i = 0
+    while not [n for n in os.listdir(folder) if n.endswith(".cut")]:
+        assert i < 1000
+        i += 1
+        s.put(f"t{i % 30}", "t" * 230)
+    assert (folder / "reserve").stat().st_ino == reserve
+    assert (folder / "reserve").stat().st_size == 3600 + 4096
+    s.close()
+    with Store(folder, segment_size=3600) as s:
+        assert s.get("cfg2") == "c" * 1000 and s.get("a0") is None
+        assert s.stats()["damaged"] == []

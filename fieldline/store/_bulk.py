@@ -581,21 +581,19 @@ def _size(log, slot):
     return f.tell()
 
 
-def _room(log, released):
-    # Bytes free on the medium, the reserve's included (a lot if unknown).
+def _free_bytes(log, n):
+    # (bytes free on the medium, bytes of the blocks a move of n bytes takes
+    # there: see _move), or None if the platform does not say.
     if log._mem is not None:
-        return _MAX_SEGMENT
+        return None
     try:
         st = os.statvfs(log.path)
-        n = st[1] * st[4]
     except (AttributeError, OSError):
-        return _MAX_SEGMENT
-    if not released:
-        try:
-            n += os.stat(log._file("reserve"))[6]
-        except OSError:
-            pass
-    return n
+        return None
+    bs = st[1] or 1
+    if log._end + n <= log.segment_size:  # into the last segment, after its last block's slack
+        n -= -log._end % bs
+    return st[1] * st[4], (n + bs - 1) // bs * bs
 
 
 def _move(store, olds, n):
@@ -665,12 +663,27 @@ def _free(store, held, need):
                 n = _SEAL
                 for p in olds:
                     n += _length(log, p)
-                if n > _room(log, released):
-                    break  # it cannot fit: move nothing, rather than half
-                if not released:
-                    _release(log)
+                room = _free_bytes(log, n)
+                if room is not None:
+                    have = room[0]
+                    if not released:
+                        try:
+                            have += os.stat(log._file("reserve"))[6]
+                        except OSError:
+                            pass
+                    if n > have:
+                        break  # it cannot fit: move nothing, rather than half
+                if not released and (room is None or room[1] > room[0]):
+                    _release(log)  # (else the reserve need not be written again)
                     released = True
-                _move(store, olds, n)
+                try:
+                    _move(store, olds, n)
+                except StoreFullError:
+                    if released:
+                        raise
+                    _release(log)  # the blocks were not as the file system said
+                    released = True
+                    continue  # the records not moved yet
                 idx.merge()
             ps = idx._ps
             m = len(log.nums)
