@@ -3,7 +3,7 @@
 
 import fieldline.mqtt._props  # noqa: F401  (works around a lazy-import issue, see below)
 from fieldline.mqtt._codec import Parser, encode
-from fieldline.mqtt._errors import RemoteProtocolError
+from fieldline.mqtt._errors import LocalProtocolError, RemoteProtocolError
 from fieldline.mqtt._packets import Connect, PingReq, PubAck, PubComp, Publish, PubRec
 from fieldline.mqtt._session import CLIENT, CONNECTED, ERROR, IDLE, SERVER, Session
 
@@ -116,6 +116,38 @@ def test_keepalive():
     except RemoteProtocolError as e:
         assert e.reason_code == 0x8D
     assert s.state == ERROR
+
+
+def test_keepalive_timeout_answers_by_role():
+    # A 5.0 server that times out sends DISCONNECT 0x8D; a client does not
+    # (0x8D is a server's code, MQTT-3.14.2-1): it just closes.
+    for role in ("c", "s"):
+        c, s, cev, sev = _pair(5, ka=10)
+        sess = c if role == "c" else s
+        sess.tick(10)  # a client sends PINGREQ here, and gets no answer
+        sess.data_to_send()
+        try:
+            sess.tick(15)
+            raise AssertionError("no timeout")
+        except RemoteProtocolError as e:
+            assert e.reason_code == 0x8D
+        assert sess.state == ERROR
+        out = sess.data_to_send()
+        assert out == (b"" if role == "c" else b"\xe0\x01\x8d"), out
+
+
+def test_disconnect_codes_by_role():
+    # MQTT-3.14.2-1: 0x8B is a server's, 0x04 a client's.
+    c, s, cev, sev = _pair(5)
+    for sess, code in ((c, 0x8B), (s, 0x04)):
+        try:
+            sess.disconnect(code)
+            raise AssertionError("sent")
+        except LocalProtocolError:
+            pass
+        assert sess.state == CONNECTED and sess.data_to_send() == b""
+    c.disconnect(0x04)
+    assert c.data_to_send() == b"\xe0\x01\x04"
 
 
 def test_topic_alias_roundtrip():
