@@ -7,8 +7,10 @@ hold up the other clients. Tests that time other clients run the broker as a pro
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_broker import WAIT, Raw
@@ -16,7 +18,7 @@ from test_broker_config import cli_broker
 from test_broker_sessions import wait_for
 
 from fieldline.broker import BrokerThread
-from fieldline.mqtt import Subscription
+from fieldline.mqtt import Parser, Publish, Subscription
 
 
 def _stalled(port: int, client_id: bytes, *packets: bytes) -> socket.socket:
@@ -110,3 +112,188 @@ def test_queued_bytes_count_the_topic_and_properties_not_only_the_payload(big: s
         assert stats["dropped"] > 1000
         stalled.close()
         pub.close()
+
+
+def _take(c: Raw, n: int = 0) -> list[Publish]:
+    """Read, answering as we go (Raw flushes only after an event: a PUBCOMP or PUBREL
+    due would wait), until ``n`` messages came and every QoS 1/2 one ``c`` sent is
+    complete; returns the messages."""
+    s = c.session
+    got: list[Publish] = []
+    while len(got) < n or s.inflight:
+        data = c.sock.recv(65536)
+        assert data, "closed by the broker"
+        s.receive_data(data, time.monotonic())
+        while (ev := s.next_event()) is not None:
+            if isinstance(ev, Publish):
+                got.append(ev)
+        c.flush()
+    return got
+
+
+def _write_buffers(b: BrokerThread) -> dict[str, int]:
+    """Bytes each connection holds written but not taken by the network."""
+
+    def sizes() -> dict[str, int]:
+        return {
+            c.session.client_id: c.transport.get_write_buffer_size()
+            for c in b.broker.connections
+            if c.transport is not None
+        }
+
+    return b.call(sizes)
+
+
+@pytest.mark.usefixtures("both_event_loops")
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_stalled_subscriber_stays_bounded_while_a_publisher_floods(qos: int) -> None:
+    # A real publisher floods at each QoS; one subscriber reads nothing (its TCP
+    # window is full), another reads along. The stalled one holds at most its queue
+    # limits, its in-flight window and one write buffer; the publisher has every ack
+    # and the reading subscriber every message: neither waits for the stalled one.
+    limits: dict[str, Any] = {
+        "max_queued_messages": 50, "max_queued_bytes": 200_000, "max_inflight": 10,
+        "max_write_buffer": 16384,
+    }  # fmt: skip
+    with BrokerThread("127.0.0.1", 0, **limits) as b:
+        stalled = _stalled(b.port, b"stalled", _subscribe(b"f/#", qos))
+        live = Raw(b.port, "live")
+        live.subscribe(Subscription("f/#", qos))
+        wait_for(b, "subscriptions", 2)
+        pub = Raw(b.port, "pub")
+        payload = b"x" * 4000
+        n, batch = 2000, 25  # 8 MB: past what the kernel buffers for "stalled" (4 MB)
+        for i in range(0, n, batch):
+            for j in range(i, i + batch):
+                pub.session.publish(f"f/{j}", payload, qos)
+            pub.flush()
+            got = _take(live, batch)  # the reading subscriber keeps up, in order
+            assert [m.topic for m in got] == [f"f/{j}" for j in range(i, i + batch)]
+            assert _take(pub) == []  # and the publisher has every ack
+
+        def held() -> tuple[int, int, int]:
+            cs = b.broker.sessions.get("stalled")
+            assert cs is not None
+            return len(cs.queue), cs.queued_bytes, cs.session.inflight
+
+        queued, queued_bytes, inflight = b.call(held)
+        assert queued <= limits["max_queued_messages"]
+        assert queued_bytes <= limits["max_queued_bytes"]
+        assert inflight <= limits["max_inflight"]
+        assert b.call(b.broker.stats)["dropped"] > n // 4  # the kernel took up to 4 MB
+        assert _write_buffers(b)["stalled"] <= limits["max_write_buffer"] + 2 * len(payload)
+        stalled.close()
+        live.close()
+        pub.close()
+
+
+def test_an_offline_persistent_session_keeps_only_its_limits_in_memory_and_on_disk(
+    tmp_path: Path,
+) -> None:
+    # Messages pile up for a persistent session whose client is away: memory and the
+    # persistence file hold max_queued_messages of them (the newest: drop_oldest),
+    # the rest are counted as dropped; after a restart the client gets those.
+    db = tmp_path / "broker.db"
+    options: dict[str, Any] = {"persistence": str(db), "max_queued_messages": 100}
+    props = {"session_expiry_interval": 600}
+    with BrokerThread("127.0.0.1", 0, **options) as b:
+        away = Raw(b.port, "away", clean_start=False, properties=props)
+        away.subscribe(Subscription("p/#", 1))
+        away.close()
+        wait_for(b, "connected", 0)
+        pub = Raw(b.port, "pub")
+        n = 3000
+        for i in range(0, n, 100):
+            for j in range(i, i + 100):
+                pub.session.publish(f"p/{j}", b"%d" % j, 1)
+            pub.flush()
+            _take(pub)
+        stats = b.call(b.broker.stats)
+        assert (stats["queued"], stats["dropped"]) == (100, n - 100)
+        pub.close()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT COUNT(*) FROM queue").fetchone()[0] == 100
+    con.close()
+    with BrokerThread("127.0.0.1", 0, **options) as b:
+        away = Raw(b.port, "away", clean_start=False, properties=props)
+        assert away.connack.session_present
+        got = away.messages(100)
+        assert [m.payload for m in got] == [b"%d" % j for j in range(n - 100, n)]
+        assert away.quiet()
+        away.close()
+
+
+def _answers(sock: socket.socket) -> list[tuple[str, Any]]:
+    """Everything the broker sends until it closes, as (packet type, reason code)."""
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    parser = Parser(5)
+    parser.feed(data)
+    out = []
+    while (p := parser.next_packet()) is not None:
+        out.append((type(p).__name__, getattr(p, "reason_code", None)))
+    return out
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_a_publish_trickled_byte_by_byte_is_not_a_sign_of_life() -> None:
+    # A client announces a large PUBLISH and sends its body a byte at a time. It holds
+    # at most max_packet_size, and only whole packets count for Keep Alive
+    # (MQTT-3.1.2-22: "receive an MQTT Control Packet"): it is disconnected 1.5 x Keep
+    # Alive after its last whole packet, bytes arriving or not. Others carry on.
+    with BrokerThread("127.0.0.1", 0, max_packet_size=65536) as b:
+        other = Raw(b.port, "other")
+        slow = Raw(b.port, "slow", keep_alive=1)
+        t0 = time.monotonic()
+        slow.sock.sendall(b"\x30\xf9\xff\x03")  # a PUBLISH, 65529 bytes to come
+        closed = False
+        for _ in range(60):  # 6 s at most
+            try:
+                slow.sock.sendall(b"t")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            _round_trip(other)
+            try:
+                if not slow.sock.recv(65536, socket.MSG_DONTWAIT):
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed = True
+                break
+            time.sleep(0.1)  # the trickle's pace, not a wait for the broker
+        assert closed, "a trickle of bytes kept the connection alive"
+        assert 1.4 < time.monotonic() - t0 < 4
+        # One byte more than max_packet_size announced: refused from its header alone.
+        big = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+        big.sendall(b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01b")
+        big.sendall(b"\x30\xfd\xff\x03")  # 4 + 65533 bytes
+        assert _answers(big) == [("ConnAck", 0), ("Disconnect", 0x95)]
+        big.close()
+        other.close()
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_qos2_publishes_never_released_end_at_receive_maximum() -> None:
+    # QoS 2 PUBLISHes whose PUBREL never comes each hold a packet id: beyond the
+    # broker's Receive Maximum the client gets DISCONNECT 0x93 (MQTT-3.3.4-9).
+    with BrokerThread("127.0.0.1", 0, receive_maximum=20) as b:
+        sock = socket.create_connection(("127.0.0.1", b.port), timeout=WAIT)
+        sock.sendall(b"\x10\x0e\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x01q")
+        pubs = b"".join(
+            b"\x34\x07\x00\x01p" + i.to_bytes(2, "big") + b"\x00x" for i in range(1, 31)
+        )
+        sock.sendall(pubs)
+        answers = _answers(sock)
+        assert answers[0] == ("ConnAck", 0)
+        assert answers[1:] == [("PubRec", 0x10)] * 20 + [("Disconnect", 0x93)]
+        sock.close()
