@@ -24,7 +24,7 @@ the ``request()`` waiting for it; and the attributes ``_error`` (why the last
 connection ended) and ``_retry_at`` (when to reconnect).
 """
 
-from ._client_inbox import Inbox, clock
+from ._client_inbox import _MICROPYTHON, Inbox, clock
 from ._codec import encode
 from ._errors import LocalProtocolError, MQTTError
 from ._packets import Connect, Subscribe, Subscription
@@ -145,7 +145,8 @@ class BaseClient(Inbox):
     an ``ssl.SSLContext`` as ``tls``. ``reconnect``: after a connection was
     up, reconnect by itself with exponential backoff from ``backoff_min`` to
     ``backoff_max`` seconds, with jitter. ``max_queued``: QoS 1/2 messages
-    that may wait for their acknowledgement; ``queue_policy`` says what
+    that may wait for their acknowledgement (default 1000, on MicroPython
+    32); ``queue_policy`` says what
     publish() does beyond it. ``receive_maximum``: our receive window for
     QoS 1/2 messages (5.0). ``max_packet_size``: the largest packet we
     accept (5.0 tells the broker, which then drops larger messages for us; a
@@ -201,7 +202,7 @@ class BaseClient(Inbox):
         reconnect=True,
         backoff_min=0.5,
         backoff_max=30.0,
-        max_queued=1000,
+        max_queued=None,
         queue_policy=BLOCK,
         receive_maximum=65535,
         max_packet_size=268435460,
@@ -246,6 +247,11 @@ class BaseClient(Inbox):
         self.reconnect = reconnect
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        if max_queued is None:
+            # A queued message costs about 300 bytes besides its payload: a
+            # thousand of them (publish(timeout=0) reads no acks until the
+            # queue is full) was more than a board's heap.
+            max_queued = 32 if _MICROPYTHON else 1000
         self.max_queued = max_queued
         self.queue_policy = queue_policy
         self.timeout = timeout

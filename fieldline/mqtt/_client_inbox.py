@@ -51,6 +51,7 @@ except ImportError:  # MicroPython: a monotonic clock in seconds from ticks_ms()
 
 
 _CONNECTED = const(2)
+_MICROPYTHON = sys.implementation.name == "micropython"
 
 
 class Fifo(list):
@@ -89,7 +90,7 @@ class Inbox:
 
     def __init__(self, max_inbox, manual_ack, inbox_policy, receive_maximum):
         if max_inbox is None:
-            max_inbox = 32 if sys.implementation.name == "micropython" else 1000
+            max_inbox = 32 if _MICROPYTHON else 1000
         self.max_inbox = max_inbox
         self.manual_ack = manual_ack
         if inbox_policy not in ("drop", "block"):
