@@ -361,9 +361,10 @@ class AsyncClient(BaseClient):
                 try:
                     w.write(data)
                     await self._drain(w)
-                except OSError as e:
+                except OSError:
                     if not quiet:
-                        raise ConnectionLost(0x80, "connection lost while writing") from e
+                        # no 'from e': MicroPython prints a warning for chaining
+                        raise ConnectionLost(0x80, "connection lost while writing")  # noqa: B904
 
     def _alive(self):
         """True while the connection's transport takes bytes. One that is
@@ -427,9 +428,10 @@ class AsyncClient(BaseClient):
             if w is not None:
                 try:
                     await self._drain(w)  # waits only while the socket's buffer is full
-                except OSError as e:
+                except OSError:
                     if not quiet:
-                        raise ConnectionLost(0x80, "connection lost while writing") from e
+                        # no 'from e': MicroPython prints a warning for chaining
+                        raise ConnectionLost(0x80, "connection lost while writing")  # noqa: B904
         elif self._unsent == 1:
             loop.call_soon(self._write_now)
 

@@ -114,7 +114,8 @@ class Client(BaseClient):
                 self._retry_at = retry_at
                 if self._closing and isinstance(e, (OSError, MQTTError)):
                     # disconnect() on another thread cut the attempt short
-                    raise ConnectionLost(0x80, "disconnect() while connecting") from e
+                    # no 'from e': MicroPython prints a warning for chaining
+                    raise ConnectionLost(0x80, "disconnect() while connecting")  # noqa: B904
                 raise
             finally:
                 if self._dialling is not None:
@@ -276,8 +277,9 @@ class Client(BaseClient):
         if data and self._sock is not None:
             try:
                 self._write(data)
-            except OSError as e:  # a timeout too: waiters get ConnectionLost
-                raise ConnectionLost(0x80, "connection lost while writing") from e
+            except OSError:  # a timeout too: waiters get ConnectionLost
+                # no 'from e': MicroPython prints a warning for chaining
+                raise ConnectionLost(0x80, "connection lost while writing")  # noqa: B904
 
     def _io(self, timeout):
         """Wait up to ``timeout`` s for bytes, handle all that arrived, run
