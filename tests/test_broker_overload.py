@@ -6,6 +6,7 @@ hold up the other clients. Tests that time other clients run the broker as a pro
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import sqlite3
 import time
@@ -17,7 +18,7 @@ from test_broker import WAIT, Raw
 from test_broker_config import cli_broker
 from test_broker_sessions import wait_for
 
-from fieldline.broker import BrokerThread
+from fieldline.broker import BrokerThread, hooks
 from fieldline.mqtt import Parser, Publish, Subscription
 
 
@@ -297,3 +298,49 @@ def test_qos2_publishes_never_released_end_at_receive_maximum() -> None:
         assert answers[0] == ("ConnAck", 0)
         assert answers[1:] == [("PubRec", 0x10)] * 20 + [("Disconnect", 0x93)]
         sock.close()
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_an_async_on_message_hook_that_falls_behind_holds_a_bounded_number_of_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each notification of an async hook runs in a task holding the message for up to
+    # hook_timeout: under a flood, a hook slower than the messages held memory growing
+    # with the publish rate. Past MAX_PENDING_NOTIFICATIONS running, the next ones are
+    # skipped and counted as timeouts; once it catches up it hears messages again.
+    monkeypatch.setattr(hooks, "MAX_PENDING_NOTIFICATIONS", 50)
+
+    class Slow:
+        def __init__(self) -> None:
+            self.go: asyncio.Event | None = None
+            self.heard = 0
+
+        def start(self, broker: Any) -> None:
+            self.go = asyncio.Event()
+
+        async def on_message(self, *args: Any) -> None:
+            assert self.go is not None
+            await self.go.wait()
+            self.heard += 1
+
+    slow = Slow()
+    with BrokerThread("127.0.0.1", 0, plugins=[slow], hook_timeout=WAIT) as b:
+        pub = Raw(b.port, "pub")
+        for i in range(200):
+            pub.session.publish("flood", b"%d" % i, 0)
+        pub.flush()
+        assert pub.publish("flood", b"last", 1).reason_code == 0x10  # all routed
+        assert b.call(lambda: len(b.broker.plugins._notes)) == 50
+        assert b.call(b.broker.stats)["plugin_timeouts"] == {"Slow.on_message": 151}
+        assert slow.go is not None
+        b.call(slow.go.set)
+        deadline = time.monotonic() + WAIT
+        while b.call(lambda: len(b.broker.plugins._notes)):  # all 50 done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert slow.heard == 50
+        pub.publish("flood", b"heard", 1)
+        while b.call(lambda: slow.heard) < 51:  # caught up: heard again
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pub.close()

@@ -86,6 +86,13 @@ SUBACK_REFUSALS = frozenset(b"\x80\x83\x87\x8f\x91\x97\x9e\xa1\xa2")
 Verdict = int | None
 Hook = Callable[..., Any]
 
+# Notifications one plug-in's hook may have running at once (an ``async`` on_message
+# awaiting a database, say). Each holds its arguments, a message's payload among
+# them, for up to ``timeout``: a hook slower than messages come would hold memory
+# growing with the publish rate. Beyond it a notification is skipped, and counted as
+# a timeout: the hook is that far behind.
+MAX_PENDING_NOTIFICATIONS = 10_000
+
 
 class Plugins:
     """The plug-ins of one broker, in the order they are asked. ``plugins``: the
@@ -102,6 +109,8 @@ class Plugins:
             (label, _with_certificate(hook)) for label, hook in self._hooks[AUTHENTICATE]
         ]
         self._notes: set[asyncio.Task[None]] = set()
+        self._pending: dict[tuple[str, str], int] = {}  # notifications running, by hook
+        self._behind: set[tuple[str, str]] = set()  # hooks skipping them (logged once)
         self._started: list[object] = []  # whose stop() is owed, in start order
         # (plug-in class name, hook name) -> calls that raised / took over ``timeout``.
         self.errors: dict[tuple[str, str], int] = {}
@@ -301,10 +310,23 @@ class Plugins:
             except Exception:
                 self._raised(label, name, "")
                 continue
-            if inspect.isawaitable(result):
-                task = asyncio.get_running_loop().create_task(self._note(label, name, result))
-                self._notes.add(task)
-                task.add_done_callback(self._notes.discard)
+            if not inspect.isawaitable(result):
+                continue
+            key = (label, name)
+            n = self._pending.get(key, 0)
+            if n >= MAX_PENDING_NOTIFICATIONS:
+                if inspect.iscoroutine(result):
+                    result.close()  # never to run: no "never awaited" warning
+                self.timeouts[key] = self.timeouts.get(key, 0) + 1
+                if key not in self._behind:
+                    self._behind.add(key)
+                    log.warning("plug-in %s.%s has %d notifications running: further ones "
+                                "skipped until it catches up", label, name, n)  # fmt: skip
+                continue
+            self._pending[key] = n + 1
+            task = asyncio.get_running_loop().create_task(self._note(label, name, result))
+            self._notes.add(task)
+            task.add_done_callback(self._notes.discard)
 
     async def _note(self, label: str, name: str, pending: Awaitable[Any]) -> None:
         try:
@@ -313,6 +335,10 @@ class Plugins:
             self._late(label, name, "cancelled")
         except Exception:
             self._raised(label, name, "")
+        finally:
+            key = (label, name)
+            self._pending[key] -= 1
+            self._behind.discard(key)
 
     async def drain(self) -> None:
         """Wait for the notifications still running (each has ``timeout`` at most)."""
