@@ -297,3 +297,24 @@ def test_no_authentication_method_in_connack_unless_connect_had_one():
     assert sent_by_server(pair) == [
         ConnAck(False, 0, {"authentication_method": "A", "authentication_data": b"x"})
     ]
+
+
+def test_resent_message_drops_the_alias_of_its_first_connection():
+    # A QoS 1 message published with a Topic Alias (within the server's
+    # maximum then) is resent on the next connection with its topic alone:
+    # the alias meant something on the first connection only (3.3.2.3.4), and
+    # the new maximum may be lower (MQTT-3.3.2-9); the server disconnected
+    # at every resend (0x94).
+    pair = Pair(5, server={"topic_alias_maximum": 5})
+    props = {"session_expiry_interval": 60}
+    pair.connect(clean=False, props=props)
+    pid = pair.c.publish("t/x", b"1", qos=1, properties={"topic_alias": 5, "content_type": "a"})
+    pair.c.data_to_send()  # lost with the connection
+    pair.drop()
+    pair.s.topic_alias_maximum = 2
+    assert pair.connect(clean=False, props=props)
+    got = delivered(pair.sev)
+    assert [(m.topic, m.payload, m.dup, m.properties) for m in got] == [
+        ("t/x", b"1", True, {"content_type": "a"})
+    ]
+    assert pair.cev[-1] == PubAck(pid)

@@ -107,15 +107,26 @@ def _connected(s):
     for the peer. Resent PUBLISHes (DUP) too: a server that lowered its
     limits while keeping the session would disconnect at each resend, for
     ever; a PUBREL may still go. Done once here, not per message in _pump:
-    publish() checks what it queues while connected."""
+    publish() checks what it queues while connected. A Topic Alias the
+    application gave a message kept from an earlier connection is dropped:
+    it mapped its topic there only (3.3.2.3.4), and could exceed this
+    connection's Topic Alias Maximum (MQTT-3.3.2-9, -11); the message goes
+    with its topic (publish() refuses an alias without one at QoS 1/2)."""
     s._rx_alias = {} if s.topic_alias_maximum else None
     if s.auto_alias and s.peer_topic_alias_maximum:
         s._tx_alias = {}
+    msgs = s._msgs
+    for pid in s._order:
+        m = msgs[pid]
+        d = m.properties
+        if d and "topic_alias" in d:
+            d = dict(d)
+            del d["topic_alias"]
+            m.properties = d or None
     q = s._peer_qos
     r = s._peer_retain
     if q > 1 and r:  # the defaults; always so on a server
         return
-    msgs = s._msgs
     keep = []
     for pid in s._order:
         m = msgs[pid]
