@@ -7,8 +7,10 @@ is open; then, for each operation, ``B append <payload hex>`` or ``B ack
 <seqs as JSON>`` before the call, and after it ``C <seq>`` (append) or ``C
 <entries removed>`` (ack), or ``F <entries left as JSON>`` if it raised
 StoreFullError (an ack may have removed some before it did), each line
-flushed at once. It exits (status 1) if five calls in a row raise: the
-medium stays full, nothing can be drained.
+flushed at once. An ack that raised is followed by one of every entry (a
+prefix may free no whole segment, and five such in a row are only chance).
+It exits (status 1) if five calls in a row raise: the medium stays full,
+nothing can be drained.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     n = 0
     filling = True
     stuck = 0
+    ack_all = False
     while True:
         n += 1
         try:
@@ -47,14 +50,17 @@ def main() -> None:
                 out.write(f"C {q.append(payload)}\n")
             else:
                 entries = [s for s, _ in q.peek(len(q))]
-                seqs = entries[: rng.randint(1, len(entries))]  # the oldest, as a broker acks
+                # The oldest, as a broker acks; all of them after an ack that raised.
+                seqs = entries if ack_all else entries[: rng.randint(1, len(entries))]
                 out.write(f"B ack {json.dumps(seqs)}\n")
                 out.flush()
                 out.write(f"C {q.ack(seqs)}\n")
                 filling = rng.random() < 0.7
+                ack_all = False
             stuck = 0
         except StoreFullError:
             out.write(f"F {json.dumps([s for s, _ in q.peek(len(q))])}\n")
+            ack_all = ack_all or not filling
             filling = not filling
             stuck += 1
             if stuck == 5:
