@@ -1,7 +1,8 @@
 """The broker: its listeners, and what happens on an accepted CONNECT (who may
 connect is login.py's), PUBLISH, SUBSCRIBE, UNSUBSCRIBE and the end of a connection.
 Connections (``connection.py``) turn bytes into those events; the router decides who
-gets a message; the session store keeps what outlives a connection."""
+gets a message; the session store keeps what outlives a connection; wills.py publishes
+a connection's Will when it ends."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import inspect
 import logging
 import socket
 import ssl
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from fieldline.mqtt import (
-    SERVER,
     Connect,
     LocalProtocolError,
     Publish,
@@ -28,11 +27,11 @@ from fieldline.mqtt import (
     Session,
     Subscribe,
     Unsubscribe,
-    Will,
     validate_topic_filter,
     validate_topic_name,
 )
 
+from . import wills
 from .acl import Acl, Permissions
 from .config import DROP_OLDEST, NONE, BrokerConfig, ConfigError, Listener
 from .connection import Connection
@@ -184,7 +183,7 @@ class Broker:
         try:
             await self.plugins.start(self)
             if self.persist is not None:
-                self._restore_wills(self.persist)
+                wills.restore(self, self.persist)
             for listener, ctx in zip(listeners, contexts, strict=True):
                 self._servers.append(await self._listen(listener, ctx))
             if metrics is not None:
@@ -239,7 +238,7 @@ class Broker:
     async def stop(self) -> None:
         """Stop listening and close every connection (5.0 clients get DISCONNECT 0x8B).
         Wills of closed connections are not published now: the broker is going away
-        (with persistence they are when it starts again: ``_restore_wills``). Waits
+        (with persistence they are when it starts again: ``wills.restore``). Waits
         for the plug-ins' notifications still running (hook_timeout at most), then
         calls their ``stop()`` (before the persistence file is closed: what they
         publish is kept)."""
@@ -765,16 +764,7 @@ class Broker:
         will = conn.will
         conn.will = None
         if will is not None and not self._stopping:
-            delay = (will.properties or {}).get("will_delay_interval", 0)
-            if e != NEVER:
-                delay = min(delay, e)  # or when the session ends, if sooner (3.1.3.2.2)
-            if delay <= 0:
-                self._publish_will(cs, will)
-            else:
-                cs.pending_will = will
-                cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
-                if self.persist is not None:
-                    self.persist.will(cs.client_id, will, cs.username, time.time() + delay)
+            wills.schedule(self, cs, will, e)
         if e == 0:
             self._end_session(cs)
         elif e != NEVER and not self._stopping:
@@ -899,80 +889,6 @@ class Broker:
         if will is not None and self.persist is not None and conn.client is not None:
             self.persist.will_gone(conn.client.client_id, will)
 
-    def _restore_wills(self, persist: Persistence) -> None:
-        """The Wills of connections open when the broker last stopped or died: each is
-        published after its Will Delay Interval, counted from now (or from when its
-        connection ended, if it was waiting already), or when its session ends if that
-        is sooner (3.1.3.2.2); a client back before then cancels it (MQTT-3.1.3-9)."""
-        wall = time.time()
-        now = self.loop.time()
-        for client_id, (will, username, due) in list(persist.wills.items()):
-            cs = self.sessions.get(client_id)
-            if due is None:
-                delay = float((will.properties or {}).get("will_delay_interval", 0))
-            else:
-                delay = due - wall
-            if cs is not None and cs.expiry_timer is not None:
-                delay = min(delay, cs.expiry_timer.when() - now)
-            if cs is not None and delay > 0:
-                cs.pending_will = will
-                cs.will_timer = self.loop.call_later(delay, self._will_due, cs)
-                if due is None:
-                    persist.will(client_id, will, username, wall + delay)
-                continue
-            if cs is None:  # its session ended with the connection
-                cs = ClientSession(client_id, Session(SERVER))
-                cs.username = username
-                if self.acl is not None:
-                    cs.permissions = self.acl.permissions(username, client_id)
-            self._publish_will(cs, will)
-
-    def _publish_will(self, cs: ClientSession, will: Will) -> None:
-        if self.persist is not None:
-            self.persist.will_gone(cs.client_id, will)
-        perms = cs.permissions
-        if perms is not None and not perms.can_write(will.topic):
-            log.info("client id %r: Will on %r denied by the ACL", cs.client_id, will.topic)
-            return
-        if is_sys_topic(will.topic):
-            log.info("client id %r: Will on %r refused, $SYS is the broker's", cs.client_id,
-                     will.topic, extra={"client_id": cs.client_id,
-                     "topic": will.topic})  # fmt: skip
-            return
-        # A Will is a PUBLISH the client asked for in advance: the plug-ins that judge
-        # its PUBLISHes judge it too, as it goes.
-        verdict = self.plugins.authorize_publish(
-            cs.client_id, cs.username, will.topic, will.qos, will.retain
-        )
-        if inspect.isawaitable(verdict):
-            self.spawn(self._will_later(cs, will, verdict))
-        else:
-            self._send_will(cs, will, verdict)
-
-    async def _will_later(self, cs: ClientSession, will: Will, verdict: Awaitable[Verdict]) -> None:
-        self._send_will(cs, will, await verdict)
-
-    def _send_will(self, cs: ClientSession, will: Will, verdict: Verdict) -> None:
-        if verdict:
-            self.counters.denied += 1
-            log.info("client id %r: Will on %r refused by a plug-in (0x%02X)", cs.client_id,
-                     will.topic, verdict, extra={"client_id": cs.client_id,
-                     "topic": will.topic, "reason_code": verdict})  # fmt: skip
-            return
-        props = will.properties
-        if props and "will_delay_interval" in props:
-            props = {k: v for k, v in props.items() if k != "will_delay_interval"}
-        now = self.loop.time()
-        self._route(
-            Message(will.topic, will.payload, will.qos, will.retain, props, now, cs.client_id)
-        )
-
-    def _will_due(self, cs: ClientSession) -> None:
-        cs.will_timer = None
-        will, cs.pending_will = cs.pending_will, None
-        if will is not None:
-            self._publish_will(cs, will)
-
     def _end_session(self, cs: ClientSession) -> None:
         """The session ends: a Will still waiting for its delay goes now (3.1.3.2.2),
         its subscriptions and queue are dropped."""
@@ -981,7 +897,7 @@ class Broker:
         will, cs.pending_will = cs.pending_will, None
         cs.cancel_timers()
         if will is not None and not self._stopping:
-            self._publish_will(cs, will)
+            wills.publish(self, cs, will)
         undelivered = [] if self._stopping else cs.undelivered_shared()
         for f in cs.subscriptions:
             self.router.unsubscribe(cs.client_id, f)
