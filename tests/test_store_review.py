@@ -351,7 +351,7 @@ def written():
         return int([line for line in f if line.startswith("wchar")][0].split()[1])
 
 
-opts = dict(segment_size=3600, compact_ratio=0.3, fsync=False)  # one 4 KiB page
+opts = dict(segment_size=4096, compact_ratio=0.3, fsync=False)
 db = Store(folder, **opts) if kind == "store" else Queue(folder, **opts)
 n = 0
 for i in range(400):
@@ -370,20 +370,17 @@ db.close()
 
 
 @pytest.mark.parametrize("kind", ["store", "queue"])
-def test_a_compaction_without_room_is_not_retried_at_every_write(small_fs: Path, kind: str) -> None:
-    # Near a full medium (here: a filler file leaves 20 KiB to the log, and a
-    # Store's reserve is 8 KiB more), a compaction of the ~10 KB of live
-    # records cannot be written, and every write that left the garbage share
-    # above compact_ratio tried it again: it wrote a .tmp file until the
-    # medium refused, and deleted it. That is some kilobytes written for each
-    # put of 240 bytes, on flash that wears out. After a failed compaction the
-    # next attempt now waits for the log to grow by a segment.
-    st = os.statvfs(small_fs)
-    left = (28 if kind == "store" else 20) * 1024
-    (small_fs / "filler").write_bytes(bytes(st.f_bavail * st.f_frsize - left))
-    folder = small_fs / kind
+def test_a_compaction_without_room_is_not_retried_at_every_write(tmp_path: Path, kind: str) -> None:
+    # Near a full medium (here: no file past 8,000 bytes, so a compaction of the
+    # ~10 KB of live records cannot be written) every write that left the
+    # garbage share above compact_ratio tried the compaction again: it wrote a
+    # .tmp file until the medium refused, and deleted it. That is some 8 KB
+    # written for each put of 240 bytes, on flash that wears out. After a
+    # failed compaction the next attempt now waits for the log to grow by a
+    # segment.
+    folder = tmp_path / kind
     out = subprocess.run(
-        [sys.executable, "-c", AMPLIFY_CHILD, str(folder), kind, str(1 << 30)],
+        [sys.executable, "-c", AMPLIFY_CHILD, str(folder), kind, "8000"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -20,7 +20,6 @@ from ._log import (
     _MAGIC,
     _MAX_SEGMENT,
     _MAX_SLOTS,
-    _SEAL,
     BASE,
     DEAD,
     DELETE,
@@ -34,10 +33,6 @@ from ._log import (
     encode,
 )
 
-_FROM = 5  # first record of the last segment of a compaction written as several:
-# every segment before the one its value names (u32; then the queue's mark, u32)
-# is superseded (see compact)
-
 # -- reading in file order ----------------------------------------------------
 
 
@@ -50,7 +45,7 @@ def _parse(f, off, size):
     f.seek(off)
     head = f.read(_H)
     magic, kind, flags, klen, vlen, expires, crc = struct.unpack(_HEADER, head)
-    if magic != _MAGIC or not 0 < kind < 6 or klen == 0:
+    if magic != _MAGIC or not 0 < kind < 5 or klen == 0:
         return None
     if off + _H + klen + vlen > size:
         return 0
@@ -162,9 +157,8 @@ def _limits(log):
     # Segments deleted whole by drop_acked: the newest .cut file says up to
     # which one, and any left (a drop cut short) go now. A compaction cut
     # short by a crash leaves old segments behind its new one: delete those
-    # older than the newest segment that starts with a BASE record (or than
-    # the first segment of the newest compaction whose last one starts with
-    # a _FROM record), as the compaction would have. Then: per segment, where its valid records end
+    # older than the newest segment that starts with a BASE record, as the
+    # compaction would have. Then: per segment, where its valid records end
     # as the next one's SEAL says; a SEAL with no segment before it means
     # that one is lost (damage), unless it was deleted on purpose.
     cuts = sorted(log.cuts)
@@ -179,14 +173,8 @@ def _limits(log):
                 log._remove(n)
         log.nums = [n for n in log.nums if n > log.floor]
     firsts = _firsts(log)
-    start = 0  # a compaction written as several segments starts at this one
     for slot in range(len(firsts) - 1, 0, -1):
-        r = firsts[slot]
-        if r is not None and (r[0] == BASE or r[0] == _FROM):
-            if r[0] == _FROM:
-                start = struct.unpack("<I", r[1][:4])[0]
-                while slot and log.nums[slot - 1] >= start:
-                    slot -= 1
+        if firsts[slot] is not None and firsts[slot][0] == BASE:
             for n in log.nums[:slot]:
                 log._remove(n)
             log.nums = log.nums[slot:]
@@ -200,8 +188,7 @@ def _limits(log):
             end = struct.unpack("<I", r[1])[0]
             if slot and nums[slot - 1] == nums[slot] - 1:
                 limits[slot - 1] = end
-            elif nums[slot] - 1 != log.floor and nums[slot] != start:
-                # the one it follows is lost, and its records
+            elif nums[slot] - 1 != log.floor:  # the one it follows is lost, and its records
                 log.damage.append((_name(nums[slot] - 1), 0, end))
     return limits
 
@@ -235,8 +222,6 @@ def scan(log, visit, strict=False):
                         visit(kind, flags, key, pos, length, expires)
                     elif kind == BASE and len(value) == 4:  # older files: empty
                         log.mark = max(log.mark, struct.unpack("<I", value)[0])
-                    elif kind == _FROM:
-                        log.mark = max(log.mark, struct.unpack("<I", value[4:])[0])
                 batch = []
         num = log.nums[slot]
         if limit is not None and log.tail < limit:  # lost at the end, not torn
@@ -265,8 +250,6 @@ def scan(log, visit, strict=False):
             log._new_segment()
         except OSError as e:
             raise StoreFullError("no room for a segment to write to", e) from None
-    if log.reserve != 0:  # a Store's (see make_room)
-        top_up(log)
     d = log.damage
     if strict and d:
         e = CorruptError("damaged segments: %r" % (d,), d)
@@ -277,111 +260,47 @@ def scan(log, visit, strict=False):
 # -- compaction -----------------------------------------------------------------
 
 
-def _plan(log, positions, per):
-    # How many segments the records at positions fill, one starting where
-    # the one before holds per bytes of records or more; and their bytes.
-    k = 1
-    fill = total = 0
-    for pos in positions:
-        if fill >= per:
-            k += 1
-            fill = 0
-        n = _length(log, pos)
-        fill += n
-        total += n
-    return k, total
-
-
 def compact(log, positions, mark=0):
-    """Copy the records at ``positions`` (in order) to new segments, switch to
-    them, delete the old ones; return the records' new positions. ``mark``
-    (a queue's next sequence number) goes in the BASE record: the records
-    that held it may all be gone.
-
-    The new segments hold about ``segment_size`` of records each, so that
-    on a full medium the oldest can move (see make_room); at most 16 of
-    them (larger ones then), well below the 32 that call for a compaction.
-    One starts with a BASE record. Of several, each but the last starts
-    with a SEAL, as a segment appended to the log does (the
-    first one's says where the old last segment ends), and the last with a
-    _FROM record naming the first: every segment older than that one is
-    superseded. They are renamed into place oldest first, so the last
-    rename is the switch: before it, the new segments renamed hold copies
-    of live records after the old ones, which read as the same."""
+    """Copy the records at ``positions`` (in order) to a new segment, switch
+    to it, delete the old ones; return the records' new positions. ``mark``
+    (a queue's next sequence number) goes in the new segment's BASE record:
+    the records that held it may all be gone."""
     num = log.nums[-1] + 1
-    per = log.segment_size
-    k, total = _plan(log, positions, per)
-    if total + _SEAL > _MAX_SEGMENT:
-        log.retry = log.size + log.segment_size
-        raise StoreError(
-            "the live records exceed 16 MiB, what a compaction holds: "
-            "delete some; the old segments are kept"
-        )
-    if k > 16:
-        per = total // 16 + 1
-        k = _plan(log, positions, per)[0]
+    f = log._open(num, "wb")
     new = []
-    slot = -1
-    f = None
-    off = fill = written = 0
     try:
-        for i in range(len(positions) + 1):
-            last = i == len(positions)
-            if f is None or not last and fill >= per:
-                end = log._end  # where the segment before this one ends
-                if f is not None:
-                    log._sync(f)
-                    log._close(f)
-                    f = None
-                    end = off
-                    written += off
-                slot += 1
-                if k == 1:
-                    head = encode(BASE, 0, b"-", struct.pack("<I", mark) if mark else b"", 0)
-                elif slot < k - 1:
-                    head = encode(SEAL, 0, b"-", struct.pack("<I", end), 0)
-                else:
-                    head = encode(_FROM, 0, b"-", struct.pack("<II", num, mark), 0)
-                f = log._open(num + slot, "wb")
-                _write(f, head)
-                off = len(head)
-                fill = 0
-            if last:
-                break
-            kind, flags, key, value, expires = log.read(positions[i])
+        base = encode(BASE, 0, b"-", struct.pack("<I", mark) if mark else b"", 0)
+        _write(f, base)
+        off = len(base)
+        for pos in positions:
+            kind, flags, key, value, expires = log.read(pos)
             rec = encode(kind, flags & RAW | FIRST, key, value, expires)
+            if off + len(rec) > _MAX_SEGMENT:
+                raise StoreError(
+                    "the live records exceed 16 MiB, what one compacted segment holds: "
+                    "delete some; the old segments are kept"
+                )
             _write(f, rec)
-            new.append(slot << 24 | off)
+            new.append(off)
             off += len(rec)
-            fill += len(rec)
         log._sync(f)
-        log._close(f)
     except OSError as e:
-        _discard(log, num, slot + 1, f)
+        _discard(log, num, f)
         raise StoreFullError("compaction not written; the old segments are kept", e) from None
-    count = slot + 1
-    try:
-        for n in range(num, num + count):  # the last rename is the switch
-            log._commit(n)
-    except OSError as e:
-        # Back out, the switch first: the new segments renamed are copies.
-        for n in range(num + count - 1, num - 1, -1):
-            for suffix in (".seg", ".tmp"):
-                try:
-                    os.remove(log._file(_name(n, suffix)))
-                except OSError:
-                    pass
-        log.retry = log.size + log.segment_size
-        raise StoreFullError("compaction not switched to; the old segments are kept", e) from None
+    except StoreError:
+        _discard(log, num, f)
+        raise
+    log._close(f)
+    log._commit(num)
     log._drop_readers()
     log._close(log._active)
     old = log.nums
-    log.nums = list(range(num, num + count))
-    log._active = log._open(num + count - 1)
+    log.nums = [num]
+    log._active = log._open(num)
     log._end = off
-    log.size = written + off
+    log.size = off
     log.retry = 0
-    for n in old:  # a crash here leaves some: the BASE or _FROM record says to ignore them
+    for n in old:  # a crash here leaves some: the BASE record says to ignore them
         log._remove(n)
     return new
 
@@ -490,289 +409,65 @@ def drop_all(store, e):
     store._live_bytes = 0
 
 
-# -- a full medium: making room -----------------------------------------------------
-#
-# A Store on a full medium can only free room by deleting whole segments, and
-# only the oldest ones: a deletion record in a later segment must outlive the
-# records it deleted. When the oldest segment holds live records (a few
-# settings written first, say, then the churn of readings that replace each
-# other), its live records are moved first: written again at the end of the
-# log, as the caller would write them, after which that segment holds nothing
-# live and goes, with any after it that hold nothing live either. Segment by
-# segment this needs room for one segment's live records, not for all of
-# them as a compaction does; the file ``reserve`` keeps that room. Every step
-# is one the log already survives a crash in: a move is an ordinary write
-# (torn, it is dropped whole at open, and the originals stay; whole, it only
-# replaces records by equal copies), and a drop is _drop_front's.
-
-_CHUNK = 2048  # bytes of records moved in one write: a board holds them in RAM
-
-
-def _reserve_size(log):
-    r = log.reserve
-    if log._mem is not None:
-        return 0
-    if r is None:  # a segment and the blocks it straddles, at most 1/8 of the medium
-        r = log.segment_size + 4096
-        try:
-            st = os.statvfs(log.path)
-            r = min(r, st[1] * st[2] >> 3)
-        except (AttributeError, OSError):
-            pass
-    elif type(r) is not int or r < 0:
-        raise ValueError("reserve must be a number of bytes >= 0, or None")
-    return r
-
-
-def top_up(log):
-    """Write the file ``reserve`` in ``log``'s folder up to its size, as far as
-    the room allows (a full medium leaves it short until the next pass)."""
-    size = _reserve_size(log)
-    if not size:
-        return
-    name = log._file("reserve")
-    try:
-        have = os.stat(name)[6]
-    except OSError:
-        have = 0
-    if have >= size:
-        return
-    try:
-        f = open(name, "ab")
-    except OSError:
-        return
-    zero = bytes(512)
-    try:
-        while have < size:
-            n = min(512, size - have)
-            _write(f, zero[:n])
-            have += n
-        log._sync(f)
-    except OSError:
-        pass  # no more room: the part written stays
-    try:
-        f.close()
-    except OSError:
-        pass
-
-
-def _release(log):
-    # The room kept for moving records: free it now.
-    if log._mem is None:
-        try:
-            os.remove(log._file("reserve"))
-        except OSError:
-            pass
-
-
-def _length(log, pos):
-    # The length of the record at pos, from its header alone.
-    f = log._seg(pos >> 24)
-    f.seek(pos & 0xFFFFFF)
-    head = f.read(_H)
-    return _H + head[3] + struct.unpack("<I", head[4:8])[0]
-
-
-def _size(log, slot):
-    if slot == len(log.nums) - 1 and log._active is not None:
-        return log._end
-    f = log._seg(slot)
-    f.seek(0, 2)
-    return f.tell()
-
-
-def _free_bytes(log, n):
-    # (bytes free on the medium, bytes of the blocks a move of n bytes takes
-    # there: see _move), or None if the platform does not say.
-    if log._mem is not None:
-        return None
-    try:
-        st = os.statvfs(log.path)
-    except (AttributeError, OSError):
-        return None
-    bs = st[1] or 1
-    if log._end + n <= log.segment_size:  # into the last segment, after its last block's slack
-        n -= -log._end % bs
-    return st[1] * st[4], (n + bs - 1) // bs * bs
-
-
-def _move(store, olds, n):
-    # Write the live records at olds (in file order, n bytes and a SEAL's)
-    # again at the end of the log, a few at a time, and point the index at the copies. All of them
-    # go to one segment: the last one if they fit it, else a new one, which
-    # then takes no more blocks than the segment they come from.
-    log = store._log
-    idx = store._index
-    size = log.segment_size
-    if log._end + n > size:
-        log._stale = True  # a new segment, and no other after it
-        log.segment_size = _MAX_SEGMENT
-    try:
-        i = 0
-        while i < len(olds):
-            recs = []
-            n = 0
-            while i < len(olds) and n < _CHUNK:
-                kind, flags, key, value, expires = log.read(olds[i])
-                recs.append((kind, flags & RAW, key, value, expires))
-                n += _H + len(key) + len(value)
-                i += 1
-            new = log.append(recs, "records moved to make room")
-            for j in range(len(recs)):
-                idx.set(recs[j][2], new[j])
-    finally:
-        log.segment_size = size
-
-
-def _free(store, held, need):
-    # One pass: move and drop the oldest segments until about need bytes and
-    # a segment more are free. held: [key, position] of the records the write
-    # deletes, out of the index (position DEAD once its segment went). False
-    # if no segment holds enough garbage to be worth it (nothing changed).
-    log = store._log
-    idx = store._index
-    idx.merge()
-    n = len(log.nums)
-    live = [0] * n
-    for p in idx._ps:
-        live[p >> 24] += _length(log, p)
-    # The fewest oldest segments whose garbage is need and a segment more, or
-    # else every one up to the last that has garbage, if that is need at
-    # least. The last segment is written to: it stays.
-    target = need + log.segment_size
-    gain = best = 0
-    stop = -1
-    for slot in range(n - 1):
-        g = _size(log, slot) - live[slot]
-        gain += g
-        if g > _SEAL:
-            stop, best = slot, gain
-        if gain >= target:
-            stop = slot
-            break
-    if stop < 0 or best < need and gain < target:
-        return False
-    stop = log.nums[stop]
-    released = False
-    dropped = False
-    try:
-        while log.nums and log.nums[0] <= stop:
-            idx.merge()
-            olds = sorted([p for p in idx._ps if not p >> 24])
-            if olds:
-                n = _SEAL
-                for p in olds:
-                    n += _length(log, p)
-                room = _free_bytes(log, n)
-                if room is not None:
-                    have = room[0]
-                    if not released:
-                        try:
-                            have += os.stat(log._file("reserve"))[6]
-                        except OSError:
-                            pass
-                    if n > have:
-                        break  # it cannot fit: move nothing, rather than half
-                if not released and (room is None or room[1] > room[0]):
-                    _release(log)  # (else the reserve need not be written again)
-                    released = True
-                try:
-                    _move(store, olds, n)
-                except StoreFullError:
-                    if released:
-                        raise
-                    _release(log)  # the blocks were not as the file system said
-                    released = True
-                    continue  # the records not moved yet
-                idx.merge()
-            ps = idx._ps
-            m = len(log.nums)
-            for p in ps:
-                if p >> 24 < m:
-                    m = p >> 24
-            for h in held:
-                if h[1] != DEAD and h[1] >> 24 < m:
-                    store._drop(h[1])  # read now: it is about to go
-                    h[1] = DEAD
-            _drop_front(log, m, 0, "deletion")
-            for i in range(len(ps)):
-                ps[i] -= m << 24
-            for h in held:
-                if h[1] != DEAD:
-                    h[1] -= m << 24
-            dropped = True
-    finally:
-        if released:
-            top_up(log)
-    return dropped
-
-
-def make_room(store, records, what, e):
+def make_room(store, records, e):
     """A write of ``records`` to ``store`` found the medium full (the
-    StoreFullError ``e``, raised again if it is not for want of room): forget
-    the expired records, then free room by deleting whole the oldest
-    segments, after writing their live records again at the end of the log
-    (records the write deletes are not kept: a deletion whose record went
-    with its segment is done), and write. Returns (the records written, their
-    positions): those deletions are left out. Raises ``e`` (or the error of
-    the last try) when no segment holds enough garbage: the live records and
-    the write do not fit. A crash midway: see the comment above."""
+    StoreFullError ``e``; None is returned if it is not for want of room): forget the
+    expired records, then delete whole the oldest segments that hold no live
+    record once the write's deletions are done, which needs no room (a
+    deletion whose record went with them is done too). Returns the records
+    still to write, or None if no segment could go (nothing changed then).
+    A crash midway: see _drop_front."""
     if not _no_room(e):
-        raise e
+        return None
     forget_expired(store)
     idx = store._index
-    held = []  # [key, position] of the records the write deletes
-    need = _SEAL
+    held = []  # (key, position) of the records the write deletes
     for r in records:
-        need += _H + len(r[2]) + len(r[3])
         if r[0] == DELETE:
             p = idx.remove(r[2])
             if p is not None:
-                held.append([r[2], p])
-    log = store._log
-    try:
-        for _ in range(len(log.nums) + 2):
-            try:
-                if not _free(store, held, need):
-                    raise e
-            except StoreFullError:
-                raise e from None  # no room even to move records: the write's error
-            done = set([h[0] for h in held if h[1] == DEAD])
-            records = [r for r in records if r[0] != DELETE or r[2] not in done]
-            if not records:
-                return records, []
-            try:
-                return records, log.append(records, what)
-            except StoreFullError as again:
-                if not _no_room(again):
-                    raise
-                e = again
-        raise e
-    finally:
+                held.append((r[2], p))
+    idx.merge()  # the positions in one array, the dead ones out
+    ps = idx._ps
+    m = len(store._log.nums)
+    for p in ps:
+        if p >> 24 < m:
+            m = p >> 24
+    if not m:
         for key, p in held:
-            if p != DEAD:
-                idx.set(key, p)
+            idx.set(key, p)
+        return None
+    done = set()
+    for key, p in held:
+        if p >> 24 < m:
+            store._drop(p)  # read now: it is about to go
+            done.add(key)
+    _drop_front(store._log, m, 0, "deletion")
+    for i in range(len(ps)):
+        ps[i] -= m << 24
+    for key, p in held:
+        if key not in done:
+            idx.set(key, p - (m << 24))
+    return [r for r in records if r[0] != DELETE or r[2] not in done]
 
 
-def _discard(log, num, count, f):
+def _discard(log, num, f):
     # Closing flushes what the buffer holds, which fails as the writes did (a
-    # full disk): that must not escape, nor keep the .tmp files. Automatic
+    # full disk): that must not escape, nor keep the .tmp file. Automatic
     # compaction waits for a segment more before it tries again: on a full
-    # medium each write would otherwise write doomed .tmp files.
+    # medium each write would otherwise write a doomed .tmp file.
     log.retry = log.size + log.segment_size
     try:
-        if f is not None:
-            log._close(f)
+        log._close(f)
     except OSError:
         pass
-    for n in range(num, num + count):
-        if log._mem is not None:
-            log._mem.pop(n, None)
-        else:
-            try:
-                os.remove(log._file(_name(n, ".tmp")))
-            except OSError:
-                pass
+    if log._mem is not None:
+        log._mem.pop(num, None)
+    else:
+        try:
+            os.remove(log._file(_name(num, ".tmp")))
+        except OSError:
+            pass
 
 
 # -- the store's passes ----------------------------------------------------------

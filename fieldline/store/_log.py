@@ -3,9 +3,9 @@
 Records are appended to segment files and never rewritten in place, so a
 power cut can only damage the record being written. Each record carries its
 length and a CRC32; at open every complete record is kept and a torn tail is
-skipped. Compaction copies the live records to new segments and switches to
-them with one rename, so a crash at any point leaves either the old segments or
-the new ones whole. Hand-written because the device target has neither SQLite
+skipped. Compaction copies the live records to a new segment and switches to
+it with one rename, so a crash at any point leaves either the old segments or
+the new one whole. Hand-written because the device target has neither SQLite
 nor a journaling key-value store.
 
 Record layout, little-endian (16-byte header, then key, then value)::
@@ -150,7 +150,6 @@ class Log:
     mark = 0  # the owner's number found at open (a queue's next sequence number)
     floor = 0  # segments up to this number were deleted whole, on purpose
     cut = None  # the file that says so (see _bulk.drop_acked)
-    reserve = 0  # bytes of the file ``reserve`` kept for making room (a Store's: _bulk)
 
     def __init__(self, path=None, segment_size=65536, fsync=True, ratio=0.5):
         if not 256 <= segment_size <= _MAX_SEGMENT:

@@ -53,10 +53,7 @@ class Store:
     fresh segment. ``fsync``: sync each write to the medium before it
     returns (CPython; MicroPython's flush does it). ``strict``: raise
     CorruptError at open if a segment is damaged in the middle, instead of
-    opening with every record that could be read (see ``stats()``).
-    ``reserve``: bytes of the file ``reserve`` kept in the folder, the room
-    a full medium needs to move the oldest live records (None: segment_size
-    + 4096, at most 1/8 of the medium; 0: none)."""
+    opening with every record that could be read (see ``stats()``)."""
 
     def __init__(
         self,
@@ -66,12 +63,10 @@ class Store:
         fsync=True,
         strict=False,
         clock=time.time,
-        reserve=None,
     ):
         self.path = path
         self._clock = clock
         self._log = Log(path, segment_size, fsync, compact_ratio)
-        self._log.reserve = reserve
         self._index = Index(self._key_at)
         self._live_bytes = 0  # bytes of the records the index points at
         self._seq = 0
@@ -116,10 +111,12 @@ class Store:
         try:
             positions = self._log.append(records, what)
         except StoreFullError as e:
-            # A full medium: the oldest segments go whole, their live records
-            # moved to the end first (see _bulk.make_room); records left out
-            # are deletions whose record went with them.
-            records, positions = bulk().make_room(self, records, what, e)
+            # A full medium: the oldest segments that hold nothing live go
+            # whole (no room needed), with the records these deletions kill.
+            records = bulk().make_room(self, records, e)
+            if records is None:
+                raise
+            positions = self._log.append(records, what) if records else []
         idx = self._index
         for i in range(len(records)):
             kind, _, key, value, _ = records[i]
@@ -262,7 +259,7 @@ class Store:
         return n
 
     def compact(self):
-        """Rewrite the live records into fresh segments and drop the old ones
+        """Rewrite the live records into a fresh segment and drop the old ones
         (and ``stats()["damaged"]``, which automatic compactions keep)."""
         bulk().compact_store(self)
         self._log.damage = []
