@@ -344,3 +344,23 @@ def test_an_async_on_message_hook_that_falls_behind_holds_a_bounded_number_of_me
             assert time.monotonic() < deadline
             time.sleep(0.01)
         pub.close()
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_a_burst_read_at_once_is_not_dropped_for_a_subscriber_that_takes_it() -> None:
+    # Deliveries routed in one read wait to leave in one write (pump_soon), so a
+    # burst larger than max_queued_messages overflowed the queue of a subscriber
+    # that was reading and had room: all but the last few were dropped. The queue
+    # limit is for what waits; a full queue first hands on what the connection takes.
+    with BrokerThread("127.0.0.1", 0, max_queued_messages=2) as b:
+        sub = Raw(b.port, "sub")
+        sub.subscribe(Subscription("burst/#", 1))
+        pub = Raw(b.port, "pub")
+        for i in range(20):
+            pub.session.publish(f"burst/{i}", b"%d" % i, i % 2)
+        pub.flush()  # one write, read by the broker at once
+        got = _take(sub, 20)
+        assert [m.topic for m in got] == [f"burst/{i}" for i in range(20)]
+        assert b.call(b.broker.stats)["dropped"] == 0
+        sub.close()
+        pub.close()

@@ -850,7 +850,17 @@ class Broker:
         cs = self.sessions.get(client_id)
         if cs is None:
             return
-        kept = cs.enqueue(d, self.config)
+        cfg = self.config
+        conn = cs.conn
+        if conn is not None and (
+            len(cs.queue) >= cfg.max_queued_messages
+            or cs.queued_bytes + d.message.size > cfg.max_queued_bytes
+        ):
+            # Full, maybe only with what this turn routed (it leaves in one write,
+            # pump_soon): hand on what the connection takes now before the policy
+            # drops anything. The limits are for what waits for the client.
+            conn.pump()
+        kept = cs.enqueue(d, cfg)
         if cs.saved is not None:
             self.touch(cs)  # its queue, or its count of dropped messages
         if kept and cs.conn is not None:
