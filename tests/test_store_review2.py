@@ -483,3 +483,21 @@ def test_every_state_a_crash_leaves_while_a_full_store_drops_segments_opens_the_
     assert len(got) < len(keys)
     with Store(before, segment_size=4096) as s:  # a crash before the .cut file
         assert sorted(s.list()) == sorted(keys)
+
+
+def test_a_segment_that_cannot_be_started_leaves_no_tmp_file(small_fs: Path) -> None:
+    # The write that needs a new segment on a full medium fails; the segment's
+    # .tmp file it had created would hold a block of the medium until the
+    # next open.
+    folder = small_fs / "kv"
+    with Store(folder, segment_size=4096, fsync=False) as s:
+        n = 0
+        with pytest.raises(StoreFullError):
+            while True:
+                s.put(f"k{n:05}", "x" * 300)
+                n += 1
+        for i in range(3):
+            with pytest.raises(StoreFullError):
+                s.put(f"again{i}", "x" * 300)
+        assert [p.name for p in folder.glob("*.tmp")] == []
+        assert s.get("k00000") == "x" * 300

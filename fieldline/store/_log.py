@@ -252,11 +252,21 @@ class Log:
         seal = encode(SEAL, 0, b"-", struct.pack("<I", self._end), 0) if self.nums else b""
         f = self._open(num, "wb")
         try:
-            _write(f, seal)
-            self._sync(f)
-        finally:
-            self._close(f)  # a board has few file handles: none may leak
-        self._commit(num)
+            try:
+                _write(f, seal)
+                self._sync(f)
+            finally:
+                self._close(f)  # a board has few file handles: none may leak
+            self._commit(num)
+        except OSError:
+            # A full medium, most likely: the .tmp file would hold a block of
+            # it until the next open.
+            if self._mem is None:
+                try:
+                    os.remove(self._file(_name(num, ".tmp")))
+                except OSError:
+                    pass
+            raise
         self.nums.append(num)
         if self._active is not None:
             self._close(self._active)
