@@ -364,3 +364,25 @@ def test_a_burst_read_at_once_is_not_dropped_for_a_subscriber_that_takes_it() ->
         assert b.call(b.broker.stats)["dropped"] == 0
         sub.close()
         pub.close()
+
+
+@pytest.mark.usefixtures("both_event_loops")
+def test_a_subscriber_that_never_acknowledges_holds_max_inflight_messages() -> None:
+    # It reads what it is sent but sends no PUBACK: max_inflight messages go out,
+    # the rest wait in its queue (within its limits), and go once it acknowledges.
+    with BrokerThread("127.0.0.1", 0, max_inflight=5, max_queued_messages=10) as b:
+        sub = Raw(b.port, "mute", auto_flush=False)
+        sub.subscribe(Subscription("m/#", 1))
+        sub.flush()
+        for i in range(30):
+            b.call(b.broker.publish, f"m/{i}", b"%d" % i, 1)
+        assert [m.topic for m in sub.messages(5)] == [f"m/{i}" for i in range(5)]
+        assert sub.quiet()
+        stats = b.call(b.broker.stats)
+        assert (stats["inflight"], stats["queued"], stats["dropped"]) == (5, 10, 15)
+        sub.flush()  # the five PUBACKs: the newest ten of the rest come
+        got = sub.messages(5)
+        sub.flush()
+        got += sub.messages(5)
+        assert [m.topic for m in got] == [f"m/{i}" for i in range(20, 30)]
+        sub.close()
