@@ -91,15 +91,24 @@ class QueueFull(MQTTError):
     """``max_queued`` messages already wait and the policy is RAISE."""
 
 
+def _plain(e):
+    # A timeout is no protocol error: its text alone, without "Unspecified error (0x80)".
+    return e.message if isinstance(e.message, str) else MQTTError.__str__(e)
+
+
 try:
 
     class MQTTTimeout(MQTTError, TimeoutError):
         """A call did not complete within its timeout."""
 
+        __str__ = _plain
+
 except (NameError, TypeError):  # MicroPython: no TimeoutError, no such multiple inheritance
 
     class MQTTTimeout(MQTTError):
         """A call did not complete within its timeout."""
+
+        __str__ = _plain
 
 
 def refusal(connack):
