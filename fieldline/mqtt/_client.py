@@ -639,8 +639,10 @@ class Client(BaseClient):
         """Run the connection on a background thread (and callbacks on a
         second one) until loop_stop() or disconnect()."""
         global _threads
-        from . import _client_thread as _threads
-
+        try:
+            from . import _client_thread as _threads
+        except (ImportError, AttributeError):  # MicroPython: no threading module
+            raise NotImplementedError("loop_start() needs threads (CPython): call loop()") from None
         _threads.start(self)
 
     def loop_stop(self):

@@ -190,3 +190,15 @@ def test_small_inbox_loses_no_qos0_when_read_in_time():
         for i in range(50):
             assert c.recv(10).payload == b"%d" % i
         assert c.dropped == 0 and c.inbox_peak <= 2
+
+
+def test_loop_start_without_threads_says_so():
+    # MicroPython has no threading module: loop_start() says what to do
+    # instead of failing with AttributeError('_client_thread').
+    import sys
+
+    if sys.implementation.name != "micropython":
+        return
+    c = Client("localhost", 1)
+    e = raises(NotImplementedError, c.loop_start)
+    assert "loop()" in str(e), str(e)
