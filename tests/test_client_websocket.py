@@ -491,3 +491,29 @@ def test_refused_upgrade_is_a_clear_error(kind: str, answer: bytes, status: int 
         assert isinstance(e.value, UpgradeRefused) and isinstance(e.value, ConnectionRefusedError)
         assert e.value.status_code == status
         assert f"HTTP {status}" in str(e.value)
+
+
+@pytest.mark.parametrize("which", ["Client", "AsyncClient"])
+def test_without_wsproto_the_error_says_which_extra_to_install(which: str) -> None:
+    # A listening socket, so the dial gets as far as the WebSocket upgrade.
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        port = srv.getsockname()[1]
+        code = (
+            "import sys, asyncio\n"
+            "sys.modules['wsproto'] = None  # as if not installed\n"
+            f"from fieldline.mqtt import {which}\n"
+            f"c = {which}('127.0.0.1', {port}, transport='websockets', timeout=5)\n"
+            "try:\n"
+            "    r = c.connect()\n"
+            "    if asyncio.iscoroutine(r):\n"
+            "        asyncio.run(r)\n"
+            "except ImportError as e:\n"
+            "    print('ImportError', e)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+        )
+    assert "ImportError" in out.stdout and "pip install 'fieldline[ws]'" in out.stdout, out

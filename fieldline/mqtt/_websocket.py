@@ -21,18 +21,23 @@ import socket
 import ssl as _ssl
 from collections.abc import Iterable, Mapping
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Ping,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
-from wsproto.utilities import ProtocolError
+try:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.connection import ConnectionState
+    from wsproto.events import (
+        AcceptConnection,
+        BytesMessage,
+        CloseConnection,
+        Ping,
+        RejectConnection,
+        Request,
+        TextMessage,
+    )
+    from wsproto.utilities import ProtocolError
+except ImportError as e:  # an extra: the clients need it only for this transport
+    raise ImportError(
+        f"transport='websockets' needs wsproto ({e}): pip install 'fieldline[ws]'"
+    ) from e
 
 __all__ = ["UpgradeRefused", "WebSocket", "WebSocketError", "open_websocket"]
 
