@@ -139,6 +139,8 @@ def test_the_docs_example_file_is_valid(tmp_path: Path) -> None:
         ("mqtt", "0.0.0.0", 1883), ("mqtts", "0.0.0.0", 8883),
         ("ws", "0.0.0.0", 8080), ("wss", "0.0.0.0", 8443),
     ]  # fmt: skip
+    # Reachable beyond loopback: without a password file it would refuse every client.
+    assert cfg.password_file == str(tmp_path / "passwd")
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -108,7 +108,8 @@ class Login:
             out = "anonymous access (no password file)"
         elif pw is None:  # listening beyond loopback, nothing configured: closed
             out = "no password file and not on loopback only: every client refused "
-            out += "(set a password_file, or allow_anonymous = true)"
+            out += "(--password-file or password_file, "
+            out += "or --allow-anonymous or allow_anonymous = true)"
         else:
             n = len(pw.users)
             out = f"passwords from {pw.path} ({n} user{'' if n == 1 else 's'}), {anonymous}"
