@@ -391,3 +391,21 @@ def test_connect_while_waiting_to_reconnect_reconnects_now(
         assert proxy.active == 0
 
     arun(main())
+
+
+def test_qos0_publish_and_subscribe_before_connect_raise_at_once() -> None:
+    # Nothing will bring a connection up, so waiting out the timeout (as
+    # while a lost connection is being re-made) only hid the mistake; the
+    # blocking Client raises ConnectionLost at once too (docs/client.md,
+    # "Offline"). A QoS 1/2 message is queued for the connection to come.
+    async def main() -> None:
+        c = AsyncClient("127.0.0.1", 1, client_id="early")
+        for call in (
+            c.publish("t", b"x", qos=0, timeout=30),
+            c.subscribe("t/#", qos=1, timeout=30),
+            c.unsubscribe("t/#", timeout=30),
+        ):
+            with pytest.raises(ConnectionLost, match="not connected"):
+                await asyncio.wait_for(call, 5)
+
+    arun(main())

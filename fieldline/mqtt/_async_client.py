@@ -630,8 +630,9 @@ class AsyncClient(BaseClient):
     async def _until_up(self, t):
         deadline = clock() + t
         while not self.is_connected:
-            # Also after _wake_all() woke us: the client closed for good.
-            if self._closing or not self.reconnect:
+            # Also after _wake_all() woke us: the client closed for good. Or
+            # nothing is bringing a connection up: no connect() yet.
+            if self._closing or not self.reconnect or self._task is None and not self._opening:
                 raise self._error or ConnectionLost(0x80, "not connected")
             try:
                 await _within(max(0.0, deadline - clock()), self._up.wait())
