@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, broker: Broker, listener: Listener | None = None) -> None:
         cfg = broker.config
+        store = broker.persist
         self.broker = broker
         self.listener = listener
         self.config = cfg
@@ -81,6 +82,9 @@ class Connection(asyncio.Protocol):
             topic_alias_maximum=cfg.topic_alias_maximum,
             auto_alias=True,
             manual_ack=True,  # the broker answers a QoS 1/2 PUBLISH once it is routed
+            # Durability "full": a PUBREC for one of our QoS 2 messages is an event, and
+            # its PUBREL waits for the commit recording it (_release_later).
+            released_events=store is not None and store.full,
         )
         self.transport: asyncio.Transport | None = None
         self.client: ClientSession | None = None
@@ -215,7 +219,10 @@ class Connection(asyncio.Protocol):
         if t == _PUBLISH:
             self.broker.on_publish(self, ev)
         elif t == _PUBACK or t == _PUBREC or t == _PUBCOMP:
-            self.pump()  # one of ours completed: room in the window
+            if t == _PUBREC and ev.reason_code < 0x80:
+                self._release_later(ev.packet_id)  # released_events: durability "full"
+            else:
+                self.pump()  # one of ours completed: room in the window
         elif t == _SUBSCRIBE:
             self.broker.on_subscribe(self, ev)
         elif t == _UNSUBSCRIBE:
@@ -228,6 +235,36 @@ class Connection(asyncio.Protocol):
                 self.broker.discard_will(self)  # MQTT-3.1.2-10
         elif t == _AUTH:
             self.broker.login.on_auth(self, ev)
+
+    def _release_later(self, packet_id: int) -> None:
+        # The client accepted our QoS 2 message ``packet_id`` (PUBREC), and the session
+        # queued the PUBREL. Under durability "full" it waits for the commit that records
+        # the message released: once the client has its PUBREL it may answer PUBCOMP and
+        # forget the id, and a broker that died before that commit would send the
+        # PUBLISH again, which the client would take as a new message. Not for a session
+        # the file does not keep: a crash ends it, nothing is sent again.
+        cs = self.client
+        store = self.broker.persist
+        out = self.session._out  # packets queued, not yet taken (data_to_send)
+        if cs is None or cs.saved is None or store is None or not out or out[-1][0] != 0x62:
+            return
+        data = out.pop()  # that PUBREL, the last packet queued (Session._rx_ack)
+        cs.releasing.add(packet_id)
+        self.broker.touch(cs)
+
+        def released(ok: bool) -> None:
+            cs.releasing.discard(packet_id)
+            s = self.session
+            rel = s._msgs.get(packet_id)
+            # Sent already if the session moved to a connection accepted since (the
+            # resend of its in-flight messages; Login waits for this commit, though).
+            if self.client is cs and cs.conn is self and rel is not None and rel.type == 6:
+                t = self.transport
+                if t is not None and not self._ended and not self._lost:
+                    self.broker.counters.bytes_out += len(data)
+                    t.write(data)
+
+        store.after_commit(cs, packet_id, 0, released)
 
     def _yield(self) -> None:
         # This turn's events are spent: write their answers, then hold (reading on,
@@ -322,8 +359,12 @@ class Connection(asyncio.Protocol):
         chunks = []
         sent = self.broker.counters.sent  # PUBLISHes by QoS, bumped in place
         sent_bytes = 0
+        held = False
         while q and not self._paused and room > 0:
             d = q[0]
+            if d.message.held is not None:
+                held = True  # its commit first (Broker._publish); the rest waits, in order
+                break
             if d.qos and s.inflight >= self.window:
                 break
             stale = cs.seq_head < cs.recheck_until  # queued under other rights
@@ -354,7 +395,8 @@ class Connection(asyncio.Protocol):
             chunks.append(data)
             sent[d.qos] += 1
             sent_bytes += len(m.payload)
-        cs.pumps += 1  # what an interval 0 message queued before this pump missed expired
+        if not held:  # one held up behind a commit has not missed its start
+            cs.pumps += 1  # what an interval 0 message queued before this pump missed expired
         data = s.data_to_send()  # anything else queued (acks, SUBACK)
         if data:
             chunks.append(data)

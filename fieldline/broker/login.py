@@ -325,6 +325,19 @@ class Login:
             v5 = p.protocol_level == _MQTT5
             conn.session.reject(_QUOTA_EXCEEDED if v5 else _SERVER_UNAVAILABLE)
             return
+        old = b.sessions.get(p.client_id) if p.client_id else None
+        if old is not None and old.releasing and b.persist is not None:
+            # PUBRELs of its session wait for a commit (durability "full",
+            # Connection._release_later); accepting resends them: wait for it too.
+            conn.hold()
+
+            def then(ok: bool) -> None:
+                if not conn.ended:
+                    self._accept(conn, p, auth_data)
+                    conn.release()
+
+            b.persist.after_commit(old, 0, 0, then)
+            return
         b.accept(conn, p, auth_data)
 
     def _refuse(self, conn: Connection, p: Connect, reason_code: int) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sessions import ClientSession
 
 # Properties that belong to one hop and are never forwarded: a Topic Alias names a topic
 # on one connection only; Subscription Identifiers are set per subscriber (MQTT-3.3.4-6).
@@ -25,11 +28,15 @@ class Message:
     the publishing client id ("" for the broker itself), ``hops`` how many plug-in
     ``on_message`` hooks published it in a chain (0: not published by one), ``size``
     about the bytes it holds: its payload, topic and properties, what a queue holding
-    it is charged (``max_queued_bytes``)."""
+    it is charged (``max_queued_bytes``), ``held`` None once it may go out, or while
+    a commit must come first (a QoS 2 PUBLISH under durability "full": its packet id
+    and queued copies on disk before any subscriber sees it) the sessions it was
+    queued for, which their connections' ``pump`` stops at and which are pumped when
+    the commit is done (``Broker._publish``)."""
 
     __slots__ = (
         "topic", "payload", "qos", "retain", "properties", "expires_at", "at_once", "sender",
-        "hops", "size",
+        "hops", "size", "held",
     )  # fmt: skip
 
     def __init__(
@@ -51,6 +58,7 @@ class Message:
         self.hops = hops
         self.expires_at: float | None = None
         self.at_once = False
+        self.held: list[ClientSession] | None = None
         if properties:
             properties = {k: v for k, v in properties.items() if k not in _HOP_ONLY}
             interval = properties.pop("message_expiry_interval", None)

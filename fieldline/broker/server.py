@@ -546,6 +546,15 @@ class Broker:
         now = self.loop.time()
         m = Message(p.topic, p.payload, p.qos, p.retain, p.properties, now, cs.client_id)
         full = p.retain and not self._room_to_retain(m)  # _route_one says so in the log
+        store = self.persist
+        if p.qos == 2 and store is not None and store.full:
+            # Exactly once across a crash: queued now, but it reaches no subscriber
+            # before the commit holding its packet id (and its queued copies) is done
+            # (_answer releases it). Dying before, the broker has no trace of it and
+            # the publisher's resend is its only delivery; after, the resend finds the
+            # id and is not routed again. Until then the session drops a resend
+            # (manual_ack: its answer is owed).
+            m.held = []
         matched = self._route(m)
         if p.qos:
             # 5.0: 0x10 when no subscription matched (3.4.2.1); 3.1.1 sends a plain ack.
@@ -554,14 +563,22 @@ class Broker:
                 # Routed, not retained: 0x97, as for max_subscriptions. 3.1.1 has no
                 # code for it: a plain ack, and the log says why.
                 code = _QUOTA_EXCEEDED
-            self._answer(cs, p.packet_id, p.qos, code)
+            self._answer(cs, p.packet_id, p.qos, code, m)
 
-    def _answer(self, cs: ClientSession, packet_id: int, qos: int, reason_code: int) -> None:
+    def _answer(
+        self,
+        cs: ClientSession,
+        packet_id: int,
+        qos: int,
+        reason_code: int,
+        m: Message | None = None,
+    ) -> None:
         # A client's QoS 1/2 PUBLISH is answered now or, with durability "full", once
         # the commit holding its effects is done (all answers wait, so they keep the
-        # order of the PUBLISHes: MQTT-4.6.0-2). A failed commit refuses a QoS 1 one
+        # order of the PUBLISHes: MQTT-4.6.0-2); then a QoS 2 one ``m`` (held, see
+        # _publish) goes to its subscribers. A failed commit refuses a QoS 1 one
         # (0x80: the publisher learns the disk failed; a resend is a duplicate QoS 1
-        # allows). A QoS 2 one was routed already, and the next commit writes it: a
+        # allows). A QoS 2 one is queued already, and the next commit writes it: a
         # refusal would make its resend a second delivery, so it is accepted.
         store = self.persist
         if store is None or not store.full:
@@ -569,6 +586,11 @@ class Broker:
             return
 
         def answer(ok: bool) -> None:
+            if m is not None and m.held is not None:
+                held, m.held = m.held, None
+                for queued in held:
+                    if queued.conn is not None:
+                        queued.conn.pump_soon()
             code = reason_code if ok or qos == 2 else _UNSPECIFIED_ERROR
             conn = cs.conn
             if self.ack(cs, packet_id, code) and conn is not None:
@@ -720,7 +742,9 @@ class Broker:
                 skip -= len(found)
                 continue
             for m in found[skip : total + skip]:
-                cs.enqueue(Delivery(m, min(m.qos, qos), True, list(ids)), cfg)
+                if cs.enqueue(Delivery(m, min(m.qos, qos), True, list(ids)), cfg):
+                    if m.held is not None:  # its commit is not done yet (_publish)
+                        m.held.append(cs)
             total -= len(found) - skip
             skip = 0
             if total <= 0:
@@ -863,8 +887,12 @@ class Broker:
         kept = cs.enqueue(d, cfg)
         if cs.saved is not None:
             self.touch(cs)  # its queue, or its count of dropped messages
-        if kept and cs.conn is not None:
-            cs.conn.pump_soon()
+        if kept:
+            held = d.message.held
+            if held is not None:
+                held.append(cs)  # pumped once the commit is done (_answer)
+            elif cs.conn is not None:
+                cs.conn.pump_soon()
 
     def _reroute(self, undelivered: list[Delivery]) -> None:
         """A session ended holding these deliveries for shared subscriptions: each goes

@@ -48,7 +48,10 @@ class ClientSession:
     which another member of the group gets if the session ends unacknowledged
     (``sent_shared``, ``undelivered_shared``). ``pumps``: how many times its connection
     tried to hand the queue to the session (``Connection.pump``), to tell a message
-    with a Message Expiry Interval of 0 whether its delivery starts at once."""
+    with a Message Expiry Interval of 0 whether its delivery starts at once.
+    ``releasing``: packet ids of QoS 2 messages the client accepted (PUBREC) whose
+    PUBREL waits for the commit recording them released (durability "full":
+    ``Connection._release_later``)."""
 
     def __init__(self, client_id: str, session: Session) -> None:
         self.client_id = client_id
@@ -73,6 +76,7 @@ class ClientSession:
         self.expiry: dict[int, float] = {}
         self.shared: dict[int, Delivery] = {}
         self.pumps = 0
+        self.releasing: set[int] = set()
 
     def set_permissions(self, permissions: Permissions | None) -> None:
         """New rights: another user name on this session, or a reloaded ACL file. What
