@@ -1,14 +1,16 @@
-"""QoS 1 throughput of ``fieldline broker`` at each durability level, for docs/broker.md.
+"""QoS 1 (or 2) throughput of ``fieldline broker`` at each durability level, for
+docs/broker.md.
 
     python tests/brokerproc/throughput.py [--messages 20000] [--size 64] [--inflight 100]
-                                          [--offline N]
+                                          [--offline N] [--qos 1]
 
 For each of none, batched and full: a broker process (``--persist`` on a fresh file
 in a temporary folder), a persistent QoS 1 subscriber (clean session 0) that is
 online, and one paho publisher with 100 messages in flight. Prints messages a second
 from the first PUBLISH to the last PUBACK, and to the last delivery. ``--offline N``
 adds N persistent subscribers that are offline, so each message is also queued (and
-written) N times. Not a test: a quick local measurement, one run per level.
+written) N times. ``--qos 2``: published and subscribed at QoS 2 (the rate is then
+to the last PUBCOMP). Not a test: a quick local measurement, one run per level.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ def start(args: list[str]) -> tuple[subprocess.Popen[str], int]:
     return proc, int(m.group(1))
 
 
-def offline(port: int, n: int) -> None:
-    """``n`` persistent sessions subscribed to tp/# at QoS 1, left offline."""
+def offline(port: int, n: int, qos: int) -> None:
+    """``n`` persistent sessions subscribed to tp/# at ``qos``, left offline."""
     for i in range(n):
         done = threading.Event()
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"tp-off{i}",
@@ -50,14 +52,14 @@ def offline(port: int, n: int) -> None:
         c.on_subscribe = lambda *a, done=done: done.set()
         c.connect("127.0.0.1", port)
         c.loop_start()
-        c.subscribe("tp/#", 1)
+        c.subscribe("tp/#", qos)
         assert done.wait(10)
         c.disconnect()
         c.loop_stop()
 
 
 def run(
-    level: str, n: int, size: int, inflight: int, n_offline: int, folder: Path
+    level: str, n: int, size: int, inflight: int, n_offline: int, folder: Path, qos: int = 1
 ) -> tuple[float, float]:
     config = folder / f"{level}.toml"
     config.write_text(f"max_queued_messages = {2 * n}\nmax_queued_bytes = {4 * n * size}\n")
@@ -67,7 +69,7 @@ def run(
         args += ["--persist", str(folder / f"{level}.db"), "--durability", level]
     proc, port = start(args)
     try:
-        offline(port, n_offline)
+        offline(port, n_offline, qos)
         got = threading.Event()
         received = 0
 
@@ -84,7 +86,7 @@ def run(
         sub.on_subscribe = lambda *a: subscribed.set()
         sub.connect("127.0.0.1", port)
         sub.loop_start()
-        sub.subscribe("tp/#", 1)
+        sub.subscribe("tp/#", qos)
         assert subscribed.wait(10)
         acked = threading.Event()
         acks = 0
@@ -104,7 +106,7 @@ def run(
         payload = b"x" * size
         t0 = time.perf_counter()
         for i in range(n):
-            pub.publish(f"tp/{i % 10}", payload, qos=1)
+            pub.publish(f"tp/{i % 10}", payload, qos=qos)
         assert acked.wait(300), f"{acks} PUBACKs"
         t_ack = time.perf_counter() - t0
         assert got.wait(300), f"{received} deliveries"
@@ -127,13 +129,16 @@ def main() -> None:
         "--offline", type=int, default=0, metavar="N",
         help="also N persistent subscribers, offline: each message is queued N times",
     )  # fmt: skip
+    parser.add_argument("--qos", type=int, default=1, choices=(1, 2))
     a = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        print(f"{a.messages} QoS 1 messages of {a.size} bytes, {a.inflight} in flight, "
+        print(f"{a.messages} QoS {a.qos} messages of {a.size} bytes, {a.inflight} in flight, "
               f"{a.offline} offline subscribers")  # fmt: skip
-        print("durability   PUBACKed/s   delivered/s")
+        print("durability   completed/s  delivered/s")
         for level in ("none", "batched", "full"):
-            acked, delivered = run(level, a.messages, a.size, a.inflight, a.offline, Path(folder))
+            acked, delivered = run(
+                level, a.messages, a.size, a.inflight, a.offline, Path(folder), a.qos
+            )
             print(f"{level:<12} {acked:>10.0f}   {delivered:>11.0f}", flush=True)
 
 
