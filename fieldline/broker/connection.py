@@ -249,11 +249,11 @@ class Connection(asyncio.Protocol):
         if cs is None or cs.saved is None or store is None or not out or out[-1][0] != 0x62:
             return
         data = out.pop()  # that PUBREL, the last packet queued (Session._rx_ack)
-        cs.releasing.add(packet_id)
+        cs.releasing = cs.releasing | {packet_id}
         self.broker.touch(cs)
 
         def released(ok: bool) -> None:
-            cs.releasing.discard(packet_id)
+            cs.releasing = cs.releasing - {packet_id}
             s = self.session
             rel = s._msgs.get(packet_id)
             # Sent already if the session moved to a connection accepted since (the
