@@ -35,6 +35,7 @@ _CONNECT = 1
 _PUBLISH = 3
 _PUBACK = 4
 _PUBREC = 5
+_PUBREL = 6
 _PUBCOMP = 7
 _SUBSCRIBE = 8
 _UNSUBSCRIBE = 10
@@ -246,7 +247,9 @@ class Connection(asyncio.Protocol):
         cs = self.client
         store = self.broker.persist
         out = self.session._out  # packets queued, not yet taken (data_to_send)
-        if cs is None or cs.saved is None or store is None or not out or out[-1][0] != 0x62:
+        if cs is None or cs.saved is None or store is None or not out:
+            return
+        if out[-1][0] != _PUBREL << 4 | 2:  # its fixed header's first byte
             return
         data = out.pop()  # that PUBREL, the last packet queued (Session._rx_ack)
         cs.releasing = cs.releasing | {packet_id}
@@ -258,7 +261,7 @@ class Connection(asyncio.Protocol):
             rel = s._msgs.get(packet_id)
             # Sent already if the session moved to a connection accepted since (the
             # resend of its in-flight messages; Login waits for this commit, though).
-            if self.client is cs and cs.conn is self and rel is not None and rel.type == 6:
+            if self.client is cs and cs.conn is self and rel is not None and rel.type == _PUBREL:
                 t = self.transport
                 if t is not None and not self._ended and not self._lost:
                     self.broker.counters.bytes_out += len(data)
