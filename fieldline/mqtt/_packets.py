@@ -3,7 +3,7 @@
 Plain keyword-argument classes (MicroPython has no dataclasses). Values are
 checked on the send path by the encoder, not here, so decoding builds them at
 no extra cost. ``properties`` is ``None`` or a dict keyed by property name
-(see ``_props.PROPERTIES``); ``None`` and ``{}`` mean the same.
+(see ``_props._TABLE``); ``None`` and ``{}`` mean the same.
 """
 
 import sys

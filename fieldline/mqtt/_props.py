@@ -55,50 +55,53 @@ _E_PROP_PLACE = const(112)
 _E_PROP_TOO_LONG = const(113)
 _E_PROP_RANGE = const(114)
 
-# id: (name, wire type, where allowed, allowed values as bytes or None) (2.2.2.2).
-PROPERTIES = {
-    0x01: ("payload_format_indicator", _BYTE, _IN_PUBLISH | _IN_WILL, b"\x00\x01"),
-    0x02: ("message_expiry_interval", _INT4, _IN_PUBLISH | _IN_WILL, None),
-    0x03: ("content_type", _STRING, _IN_PUBLISH | _IN_WILL, None),
-    0x08: ("response_topic", _STRING, _IN_PUBLISH | _IN_WILL, None),
-    0x09: ("correlation_data", _BINARY, _IN_PUBLISH | _IN_WILL, None),
-    0x0B: ("subscription_identifier", _VARINT, _IN_PUBLISH | _IN_SUBSCRIBE, None),
-    0x11: ("session_expiry_interval", _INT4, _IN_CONNECT | _IN_CONNACK | _IN_DISCONNECT, None),
-    0x12: ("assigned_client_identifier", _STRING, _IN_CONNACK, None),
-    0x13: ("server_keep_alive", _INT2, _IN_CONNACK, None),
-    0x15: ("authentication_method", _STRING, _IN_CONNECT | _IN_CONNACK | _IN_AUTH, None),
-    0x16: ("authentication_data", _BINARY, _IN_CONNECT | _IN_CONNACK | _IN_AUTH, None),
-    0x17: ("request_problem_information", _BYTE, _IN_CONNECT, b"\x00\x01"),
-    0x18: ("will_delay_interval", _INT4, _IN_WILL, None),
-    0x19: ("request_response_information", _BYTE, _IN_CONNECT, b"\x00\x01"),
-    0x1A: ("response_information", _STRING, _IN_CONNACK, None),
-    0x1C: ("server_reference", _STRING, _IN_CONNACK | _IN_DISCONNECT, None),
+# The property table (2.2.2.2), a row of four per property: identifier, name,
+# wire type, where it may appear. One flat tuple rather than a dict of tuples: on
+# MicroPython each small tuple is a heap object of its own. Every _BYTE property
+# is a flag that may only be 0 or 1.
+_TABLE = (
+    0x01, "payload_format_indicator", _BYTE, _IN_PUBLISH | _IN_WILL,
+    0x02, "message_expiry_interval", _INT4, _IN_PUBLISH | _IN_WILL,
+    0x03, "content_type", _STRING, _IN_PUBLISH | _IN_WILL,
+    0x08, "response_topic", _STRING, _IN_PUBLISH | _IN_WILL,
+    0x09, "correlation_data", _BINARY, _IN_PUBLISH | _IN_WILL,
+    0x0B, "subscription_identifier", _VARINT, _IN_PUBLISH | _IN_SUBSCRIBE,
+    0x11, "session_expiry_interval", _INT4, _IN_CONNECT | _IN_CONNACK | _IN_DISCONNECT,
+    0x12, "assigned_client_identifier", _STRING, _IN_CONNACK,
+    0x13, "server_keep_alive", _INT2, _IN_CONNACK,
+    0x15, "authentication_method", _STRING, _IN_CONNECT | _IN_CONNACK | _IN_AUTH,
+    0x16, "authentication_data", _BINARY, _IN_CONNECT | _IN_CONNACK | _IN_AUTH,
+    0x17, "request_problem_information", _BYTE, _IN_CONNECT,
+    0x18, "will_delay_interval", _INT4, _IN_WILL,
+    0x19, "request_response_information", _BYTE, _IN_CONNECT,
+    0x1A, "response_information", _STRING, _IN_CONNACK,
+    0x1C, "server_reference", _STRING, _IN_CONNACK | _IN_DISCONNECT,
     # Not in UNSUBSCRIBE: its only property is User Property (3.10.2.1).
-    0x1F: (
-        "reason_string",
-        _STRING,
-        _IN_ALL & ~(_IN_CONNECT | _IN_PUBLISH | _IN_SUBSCRIBE | _IN_UNSUBSCRIBE | _IN_WILL),
-        None,
-    ),
-    0x21: ("receive_maximum", _INT2, _IN_CONNECT | _IN_CONNACK, None),
-    0x22: ("topic_alias_maximum", _INT2, _IN_CONNECT | _IN_CONNACK, None),
-    0x23: ("topic_alias", _INT2, _IN_PUBLISH, None),
-    0x24: ("maximum_qos", _BYTE, _IN_CONNACK, b"\x00\x01"),
-    0x25: ("retain_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
-    0x26: ("user_property", _PAIR, _IN_ALL, None),
-    0x27: ("maximum_packet_size", _INT4, _IN_CONNECT | _IN_CONNACK, None),
-    0x28: ("wildcard_subscription_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
-    0x29: ("subscription_identifier_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
-    0x2A: ("shared_subscription_available", _BYTE, _IN_CONNACK, b"\x00\x01"),
-}
+    0x1F, "reason_string", _STRING,
+    _IN_ALL & ~(_IN_CONNECT | _IN_PUBLISH | _IN_SUBSCRIBE | _IN_UNSUBSCRIBE | _IN_WILL),
+    0x21, "receive_maximum", _INT2, _IN_CONNECT | _IN_CONNACK,
+    0x22, "topic_alias_maximum", _INT2, _IN_CONNECT | _IN_CONNACK,
+    0x23, "topic_alias", _INT2, _IN_PUBLISH,
+    0x24, "maximum_qos", _BYTE, _IN_CONNACK,
+    0x25, "retain_available", _BYTE, _IN_CONNACK,
+    0x26, "user_property", _PAIR, _IN_ALL,
+    0x27, "maximum_packet_size", _INT4, _IN_CONNECT | _IN_CONNACK,
+    0x28, "wildcard_subscription_available", _BYTE, _IN_CONNACK,
+    0x29, "subscription_identifier_available", _BYTE, _IN_CONNACK,
+    0x2A, "shared_subscription_available", _BYTE, _IN_CONNACK,
+)  # type: tuple  # fmt: skip
 
 # Properties whose value 0 is a Protocol Error (3.1.2.11.3, 3.1.2.11.4, 3.3.2.3.8, 3.3.4).
 _NONZERO = b"\x0b\x21\x23\x27"
 
+# Where each identifier's row starts in _TABLE, plus one (0: no such property),
+# and each name's identifier.
+_ROW = bytearray(0x2B)
 _BY_NAME = {}
-for _id in PROPERTIES:
-    _BY_NAME[PROPERTIES[_id][0]] = _id
-del _id
+for _i in range(0, len(_TABLE), 4):
+    _ROW[_TABLE[_i]] = _i + 1
+    _BY_NAME[_TABLE[_i + 1]] = _TABLE[_i]
+del _i
 
 _RANGES = {_BYTE: 0xFF, _INT2: 0xFFFF, _INT4: 0xFFFFFFFF, _VARINT: 268435455}
 
@@ -118,11 +121,12 @@ def decode_properties(data, pos, ptype):
     bit = 1 << ptype
     while pos < end:
         pid, pos = read_varint(data, pos)
-        spec = PROPERTIES.get(pid)
-        if spec is None or not spec[2] & bit:
+        row = _ROW[pid] if pid < 0x2B else 0
+        if not row or not _TABLE[row + 2] & bit:
             # MQTT 2.2.2.2: an identifier not valid for the packet type is malformed.
             raise RemoteProtocolError(_MALFORMED_PACKET, (_E_PROP_NOT_ALLOWED, pid))
-        name, wire, _, allowed = spec
+        name = _TABLE[row]
+        wire = _TABLE[row + 1]
         if wire == _BYTE:
             value = data[pos]
             pos += 1
@@ -153,7 +157,7 @@ def decode_properties(data, pos, ptype):
             value = (k, v)
         if pos > end:
             raise IndexError
-        if allowed is not None and value not in allowed:
+        if wire == _BYTE and value > 1:
             raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, value))
         if not value and pid in _NONZERO:
             # Topic Alias 0 (MQTT-3.3.2-8) as Mosquitto and EMQX answer it.
@@ -183,8 +187,9 @@ def encode_properties(props, ptype):
         pid = _BY_NAME.get(name)
         if pid is None:
             raise LocalProtocolError(_PROTOCOL_ERROR, (_E_UNKNOWN_PROP, name))
-        _, wire, where, allowed = PROPERTIES[pid]
-        if not where & bit:
+        row = _ROW[pid]
+        wire = _TABLE[row + 1]
+        if not _TABLE[row + 2] & bit:
             raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, name))
         if wire == _PAIR and isinstance(value, dict):
             value = list(value.items())  # {name: value}: one pair each
@@ -217,7 +222,7 @@ def encode_properties(props, ptype):
             else:
                 if not isinstance(v, int) or v < 0 or v > _RANGES[wire]:
                     raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_RANGE, name, v))
-                if (allowed is not None and v not in allowed) or (not v and pid in _NONZERO):
+                if (wire == _BYTE and v > 1) or (not v and pid in _NONZERO):
                     raise LocalProtocolError(_PROTOCOL_ERROR, (_E_PROP_VALUE, name, v))
                 if wire == _VARINT:
                     out += encode_varint(v)
