@@ -35,6 +35,8 @@ from fieldline.mqtt import (
     Publish,
     Session,
     Subscription,
+    decode,
+    encode,
 )
 
 # On uvloop (the default when installed) and on asyncio's own loop.
@@ -183,6 +185,34 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             break
         data += chunk
     return data
+
+
+def read_packet(sock: socket.socket, version: int = 5) -> Any:
+    """The next whole packet from ``sock``, decoded; None at EOF."""
+    head = recv_exact(sock, 2)
+    if not head:
+        return None
+    data, n, shift, i = head, head[1] & 0x7F, 7, 1
+    while data[i] & 0x80:  # a longer Remaining Length
+        data += recv_exact(sock, 1)
+        i += 1
+        n |= (data[i] & 0x7F) << shift
+        shift += 7
+    data += recv_exact(sock, n)
+    return decode(data, version)
+
+
+def send_connect(port: int, connect: Connect, version: int = 5) -> socket.socket:
+    """A socket to the broker that has sent ``connect`` (its CONNACK not read)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    sock.sendall(encode(connect, version))
+    return sock
+
+
+def publish_each(broker: BrokerThread, topic: str, payloads: list[bytes], qos: int) -> None:
+    """``broker.publish()`` each payload to ``topic``, in order."""
+    for payload in payloads:
+        broker.call(broker.broker.publish, topic, payload, qos)
 
 
 def paho_wait_connected(c: Any) -> None:

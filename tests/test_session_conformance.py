@@ -168,7 +168,7 @@ def test_client_sends_no_subscription_identifier():
     pair.run()
     assert pair.cev[-1].properties == props
     # A server still takes one a client sent, as Mosquitto does (the broker
-    # drops it rather than forward it: tests/test_broker_review3.py).
+    # drops it rather than forward it: tests/test_broker_subscriptions.py).
     pair.s.receive_data(encode(Publish("t", b"x", properties=props), MQTT5), 0)
     assert pair.s.next_event() == Publish("t", b"x", properties=props)
 
