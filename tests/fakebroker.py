@@ -70,6 +70,7 @@ def connack_ok(version: int, session_present: bool = False) -> bytes:
 def suback_for(subscribe: bytes, version: int, qos: int = 1) -> bytes:
     """The SUBACK granting ``qos`` to ``subscribe``, the bytes of a one-filter
     SUBSCRIBE (short: a one-byte Remaining Length), of protocol ``version``."""
+    assert subscribe[0] >> 4 == SUBSCRIBE, subscribe
     body = subscribe[2:4] + (b"\x00" if version == 5 else b"") + bytes([qos])
     return bytes([SUBACK << 4, len(body)]) + body
 
