@@ -23,6 +23,7 @@ from fieldline.mqtt import (
     PubAck,
     Publish,
     PubRec,
+    PubRel,
     SubAck,
     UnsubAck,
     Will,
@@ -318,3 +319,33 @@ def test_resent_message_drops_the_alias_of_its_first_connection():
         ("t/x", b"1", True, {"content_type": "a"})
     ]
     assert pair.cev[-1] == PubAck(pid)
+
+
+@pytest.mark.parametrize("v", [4, 5])
+def test_resume_resends_in_original_send_order(v):
+    # MQTT-4.6.0-1: PUBLISH packets resent in the order first sent;
+    # MQTT-4.6.0-4: PUBREL packets in the order the PUBRECs came. Here the
+    # PUBRECs come in reverse, after a QoS 1 message: the first connection
+    # sent PUBLISH a, b, c, then PUBREL b, PUBREL a, so the resumed session
+    # resends PUBLISH c, PUBREL b, PUBREL a.
+    props = {"session_expiry_interval": 60} if v == 5 else None
+    pair = Pair(v, server={"manual_ack": True})
+    pair.connect(clean=False, props=props)
+    a = pair.c.publish("t", b"a", qos=2)
+    b = pair.c.publish("t", b"b", qos=2)
+    c = pair.c.publish("t", b"c", qos=1)
+    assert [m.payload for m in pair.c2s()] == [b"a", b"b", b"c"]
+    pair.s.ack(b)
+    pair.s.ack(a)  # the PUBACK for c is owed
+    assert pair.s2c() == []
+    assert decode_all(pair.c.data_to_send(), v) == [PubRel(b), PubRel(a)]  # lost
+    pair.drop()
+    pair.c.connect(Connect("dev1", False, protocol_level=v, properties=props), 0)
+    pair.c2s()
+    assert pair.s.accept() is True
+    assert pair.s2c() == [ConnAck(True, 0, pair.cev[-1].properties)]
+    assert decode_all(pair.c.data_to_send(), v) == [
+        Publish("t", b"c", 1, dup=True, packet_id=c),
+        PubRel(b),
+        PubRel(a),
+    ]

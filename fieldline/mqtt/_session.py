@@ -24,9 +24,11 @@ RemoteProtocolError is raised; write ``data_to_send()`` and close. A call the
 protocol does not allow raises LocalProtocolError and changes nothing.
 
 State kept across connections: our QoS 1/2 messages not yet completed, in
-publish order (``_order`` of packet ids, ``_msgs`` id -> Publish, or PubRel
-once PUBREC came); the first ``_nsent`` of them went out on this connection,
-the rest wait for the peer's Receive Maximum (MQTT-4.9.0-2); the ids of QoS 2
+the order their last packet went out (``_order`` of packet ids, ``_msgs``
+id -> Publish, or PubRel once PUBREC came: the id then moves behind all sent
+before that PUBREL, so a resumption resends in the order first sent); the
+first ``_nsent`` of them went out on this connection, the rest wait, in
+publish order, for the peer's Receive Maximum (MQTT-4.9.0-2); the ids of QoS 2
 messages received but not yet released (``_rx2``); with manual_ack, the
 received messages the application has not answered yet (``_acks``); the
 session expiry interval. Topic aliases, SUBSCRIBE ids awaiting their ack and
@@ -694,18 +696,26 @@ class Session:
             from ._session_rare import _rx_ack
 
             return _rx_ack(self, p, m)
+        order = self._order
+        i = order.index(pid)
+        n = self._nsent - 1  # the last one sent
         if t == _PUBREC and p.reason_code < 0x80:
             rel = self._msgs[pid] = PubRel(pid)  # MQTT-4.3.3-4: PUBLISH is not sent again
             if self.role == _CLIENT:
                 rel.message = m  # type: ignore[attr-defined]  # until PUBCOMP, for _discard
+            if i < n:
+                # The PUBREL goes out after all sent so far: moved there, a
+                # resumption resends in the order first sent (MQTT-4.6.0-1),
+                # PUBRELs in the order the PUBRECs came (MQTT-4.6.0-4).
+                del order[i]
+                order.insert(n, pid)
             self._send(rel)
             return p if self._rel_events else None
-        i = self._order.index(pid)
-        if i >= self._nsent:
+        if i > n:
             raise _remote(_E_ACK_NOT_SENT)
-        del self._order[i]
+        del order[i]
         del self._msgs[pid]
-        self._nsent -= 1
+        self._nsent = n
         self._pump()
         return p
 
