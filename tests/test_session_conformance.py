@@ -21,15 +21,17 @@ from fieldline.mqtt import (
     Disconnect,
     LocalProtocolError,
     PubAck,
+    PubComp,
     Publish,
     PubRec,
     PubRel,
+    RemoteProtocolError,
     SubAck,
     UnsubAck,
     Will,
     encode,
 )
-from fieldline.mqtt._session import CONNECTED
+from fieldline.mqtt._session import CONNECTED, ERROR
 
 PROBLEM = {"reason_string": "why", "user_property": [("k", "v")]}
 
@@ -349,3 +351,77 @@ def test_resume_resends_in_original_send_order(v):
         PubRel(b),
         PubRel(a),
     ]
+
+
+def quiet_client_gets(case: str, props: dict[str, Any] | None, rpi: int | None = 0) -> Any:
+    """A connected client that sent Request Problem Information ``rpi`` (None:
+    none) receives the ``case`` packet carrying ``props``, as a server that
+    ignores MQTT-3.1.2-29 would send it (encoded by hand: our server session
+    keeps it). Returns the pair, the client's event read."""
+    pair = Pair(5)
+    cprops: dict[str, Any] = {} if rpi is None else {"request_problem_information": rpi}
+    if case == "auth":
+        cprops["authentication_method"] = "M"
+        pair.c.connect(Connect("dev1", protocol_level=5, properties=cprops), 0)
+        pair.c2s()
+        packet: Any = Auth(0x18, {"authentication_method": "M", **(props or {})})
+    else:
+        pair.connect(props=cprops)
+        if case in ("puback", "pubrec", "pubcomp"):
+            pid = pair.c.publish("t", b"x", qos=1 if case == "puback" else 2)
+            if case == "pubcomp":
+                pair.c.receive_data(encode(PubRec(pid), MQTT5), 0)
+                assert pair.c.next_event() is None
+            packet = {"puback": PubAck, "pubrec": PubRec, "pubcomp": PubComp}[case](pid, 0, props)
+        elif case == "pubrel":
+            pair.c.receive_data(encode(Publish("t", b"x", 2, packet_id=7), MQTT5), 0)
+            assert isinstance(pair.c.next_event(), Publish)
+            packet = PubRel(7, 0, props)
+        elif case == "suback":
+            packet = SubAck(pair.c.subscribe("a/b"), [0], props)
+        elif case == "unsuback":
+            packet = UnsubAck(pair.c.unsubscribe("a/b"), [0], props)
+        else:  # PUBLISH, DISCONNECT: they may carry both (MQTT-3.1.2-29)
+            packet = {
+                "publish": Publish("t", b"x", properties=props),
+                "disconnect": Disconnect(0x80, props),
+            }[case]
+    pair.c.data_to_send()
+    pair.c.receive_data(encode(packet, MQTT5), 0)
+    return pair, pair.c.next_event()
+
+
+QUIET_CASES = ["puback", "pubrec", "pubcomp", "pubrel", "suback", "unsuback", "auth"]
+
+
+@pytest.mark.parametrize("prop", [{"reason_string": "why"}, {"user_property": [("k", "v")]}])
+@pytest.mark.parametrize("case", QUIET_CASES)
+def test_client_refuses_problem_information_it_asked_not_to_get(case, prop):
+    # MQTT-3.1.2-29: with Request Problem Information 0, a Reason String or
+    # User Property on anything but PUBLISH, CONNACK and DISCONNECT is a
+    # Protocol Error: the client answers DISCONNECT 0x82 (4.13).
+    with pytest.raises(RemoteProtocolError) as e:
+        quiet_client_gets(case, prop)
+    assert e.value.reason_code == PROTOCOL_ERROR
+    assert next(iter(prop)) in str(e.value)
+
+
+@pytest.mark.parametrize("rpi", [None, 1, 0])
+@pytest.mark.parametrize("case", [*QUIET_CASES, "publish", "disconnect"])
+def test_client_takes_problem_information_otherwise(case, rpi):
+    # Requested (1, the default), or on PUBLISH and DISCONNECT whatever the
+    # client asked, they are taken; without them, anything is.
+    problem = {"user_property": [("k", "v")]} if case == "publish" else PROBLEM  # no reason there
+    for props in (problem, None):
+        if rpi == 0 and props and case in QUIET_CASES:
+            continue
+        pair, event = quiet_client_gets(case, props, rpi)
+        assert pair.c.state != ERROR and decode_all(pair.c.data_to_send(), 5) != [
+            Disconnect(PROTOCOL_ERROR)
+        ]
+        if case in ("pubrel", "pubrec"):
+            assert event is None
+        else:
+            assert event is not None and event.properties == (
+                props if case != "auth" else {"authentication_method": "M", **(props or {})}
+            )

@@ -12,13 +12,17 @@ from test_interop_mosquitto import VERSIONS, Wire, completions, messages
 
 from fieldline.mqtt import (
     CLIENT,
+    MQTT5,
     Parser,
+    PubAck,
+    PubComp,
     Publish,
     PubRec,
     PubRel,
     Session,
     SubAck,
     Subscription,
+    UnsubAck,
     encode,
 )
 
@@ -89,3 +93,22 @@ def test_pubrels_resent_in_the_order_of_their_pubrecs(wire: Any, version: int) -
     assert [m.payload for m in messages(sub, 2)] == [b"b", b"a"]
     pub.close()
     sub.close()
+
+
+def test_no_problem_information_from_mosquitto(wire: Any) -> None:
+    """A client that sends Request Problem Information 0 refuses a Reason
+    String or User Property on acks (MQTT-3.1.2-29; test_session_conformance
+    has the refusals): Mosquitto sends none, so every exchange completes,
+    QoS 2 both ways included (PUBREC, PUBREL, PUBCOMP), with the guard on."""
+    c = wire(MQTT5)
+    c.open("quiet", clean=True, request_problem_information=0)
+    c.session.subscribe([Subscription("quiet/#", qos=2)])
+    assert c.wait(SubAck).reason_codes == [2]
+    for qos in (1, 2):
+        pid = c.session.publish("quiet/t", b"%d" % qos, qos)
+        got = {type(e): e for e in (c.wait(object), c.wait(object))}  # in either order
+        assert got[PubAck if qos == 1 else PubComp].packet_id == pid
+        assert got[Publish].payload == b"%d" % qos
+    c.session.unsubscribe("quiet/#")
+    c.wait(UnsubAck)
+    c.close()

@@ -10,10 +10,13 @@ bytes come out of ``data_to_send()``, and time is the ``now`` argument of
 
 ``next_event()`` parses one packet, checks it against ``_RX`` below -- the one
 table saying which packet types each role may receive in each connection
-state -- and runs the handler named there. The handler updates the session,
-queues any automatic answer (PUBACK, PUBREC, PUBCOMP, PINGRESP) and returns
-the packet when the application has something to do with it, which is then
-the event.
+state -- and runs the handler named there, looked up on the session: a
+connection that asked for more checks on what it receives (Request Problem
+Information 0) has them wrapped around its handlers there
+(``_session5.guard``), so the others pay nothing for them. The handler
+updates the session, queues any automatic answer (PUBACK, PUBREC, PUBCOMP,
+PINGRESP) and returns the packet when the application has something to do
+with it, which is then the event.
 
 Connection states: IDLE (no connection) -> CONNECTING (CONNECT sent or
 received, no CONNACK yet; AUTH may go both ways) -> CONNECTED -> CLOSED

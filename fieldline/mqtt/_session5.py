@@ -83,8 +83,9 @@ def our_limits(s, props):
 
 def connect(s, packet):
     """The 5.0 part of Session.connect(): add our limits to the Connect
-    ``packet``'s properties; returns its Session Expiry Interval. The
-    attributes set here are read only once connected (if encoding the
+    ``packet``'s properties; returns its Session Expiry Interval. With
+    Request Problem Information 0, guard what the server may not send then.
+    The attributes set here are read only once connected (if encoding the
     packet fails next, the session stays IDLE and they are set again)."""
     w = packet.will
     if w is not None:
@@ -93,6 +94,9 @@ def connect(s, packet):
     our_limits(s, props)
     packet.properties = props
     s._auth_method = props.get("authentication_method")
+    check = no_problem_info if props.get("request_problem_information") == 0 else None
+    for h in ("_rx_ack", "_rx_pubrel", "_rx_suback", "_rx_auth"):
+        guard(s, h, check)  # all a client receives but PUBLISH, CONNACK, DISCONNECT
     e = s._connect_expiry = props.get("session_expiry_interval", 0)
     return e
 
@@ -171,6 +175,42 @@ def _rx_connack(s, p):
     e = _get(p, "session_expiry_interval")
     if e is not None:
         s.session_expiry_interval = e
+
+
+def guard(s, name, check):
+    """Make the Session ``s`` call ``check(s, p)`` before its receive handler
+    ``name`` (a name in _session._RX) for each packet ``p`` that handler
+    gets; ``check`` raises RemoteProtocolError to refuse it. ``check`` None
+    removes the guard. next_event() looks the handler up on the session, so
+    the wrapper goes there, over the class's method: a check only some
+    connections need (those asking for it in CONNECT or CONNACK) costs the
+    others nothing, and adds nothing to the 3.1.1 core. Set at the start
+    of each connection (connect(), accept()), for that connection."""
+    if check is None:
+        try:
+            delattr(s, name)
+        except AttributeError:  # no guard
+            pass
+        return
+    h = getattr(type(s), name)
+
+    def rx(p):
+        check(s, p)
+        return h(s, p)
+
+    setattr(s, name, rx)
+
+
+def no_problem_info(s, p):
+    """A guard (see guard()) for a client whose CONNECT set Request Problem
+    Information to 0: a Reason String or User Property in anything but
+    PUBLISH, CONNACK and DISCONNECT is a Protocol Error (MQTT-3.1.2-29,
+    3.1.2.11.7)."""
+    d = p.properties
+    if d:
+        for k in ("reason_string", "user_property"):
+            if k in d:
+                raise RemoteProtocolError(_PROTOCOL_ERROR, (_E_PROP_PLACE, k))
 
 
 def quiet(s, props):
