@@ -14,6 +14,8 @@ from fieldline.mqtt import (
     NO_MATCHING_SUBSCRIBERS,
     PACKET_TOO_LARGE,
     PROTOCOL_ERROR,
+    QOS_NOT_SUPPORTED,
+    RETAIN_NOT_SUPPORTED,
     TOPIC_ALIAS_INVALID,
     Auth,
     ConnAck,
@@ -351,6 +353,77 @@ def test_resume_resends_in_original_send_order(v):
         PubRel(b),
         PubRel(a),
     ]
+
+
+def server_refuses(pair: Pair, packet: Any, code: int) -> None:
+    """``packet`` from the client makes the server disconnect with ``code``."""
+    pair.s.receive_data(encode(packet, MQTT5), 0)
+    with pytest.raises(RemoteProtocolError) as e:
+        pair.s.next_event()
+    assert e.value.reason_code == code
+    assert sent_by_server(pair) == [Disconnect(code)]
+
+
+@pytest.mark.parametrize("session_max", [1, 2])
+@pytest.mark.parametrize("announced", [0, 1])
+def test_server_enforces_the_maximum_qos_announced_in_accept(announced, session_max):
+    # A Maximum QoS put in accept() properties is the one announced (it wins
+    # over Session(maximum_qos=...)) and so the one enforced: a client that
+    # publishes above it gets DISCONNECT 0x9B (3.2.2.3.4; MQTT-3.2.2-11 is
+    # the client's side). The server took QoS 2 while announcing 0 or 1.
+    pair = Pair(5, server={"maximum_qos": session_max})
+    pair.connect(accept={"properties": {"maximum_qos": announced}})
+    assert pair.cev[-1].properties["maximum_qos"] == announced
+    assert pair.s.maximum_qos == announced
+    pair.c.publish("t", b"within", qos=announced)
+    pair.run()
+    assert [m.payload for m in delivered(pair.sev)] == [b"within"]
+    server_refuses(pair, Publish("t", b"above", announced + 1, packet_id=9), QOS_NOT_SUPPORTED)
+
+
+def test_server_enforces_retain_available_0_announced_in_accept():
+    # Retain Available 0 in accept() properties: a retained PUBLISH gets
+    # DISCONNECT 0x9A (3.2.2.3.5; MQTT-3.2.2-14 is the client's side). It
+    # held for that connection only: the next, accepted without it, takes one.
+    pair = Pair(5)
+    props = {"session_expiry_interval": 60}
+    pair.connect(clean=False, props=props, accept={"properties": {"retain_available": 0}})
+    pair.c.publish("t", b"plain", qos=1)
+    pair.run()
+    assert [m.payload for m in delivered(pair.sev)] == [b"plain"]
+    server_refuses(pair, Publish("t", b"kept", 0, retain=True), RETAIN_NOT_SUPPORTED)
+    pair.drop()
+    pair.connect(clean=False, props=props)
+    pair.c.publish("t", b"kept", qos=1, retain=True)
+    pair.run()
+    assert delivered(pair.sev)[-1] == Publish("t", b"kept", 1, True, packet_id=2)
+
+
+@pytest.mark.parametrize(
+    ("will", "props", "code"),
+    [
+        (Will("w", b"x", qos=1), {"maximum_qos": 0}, QOS_NOT_SUPPORTED),
+        (Will("w", b"x", qos=2), {"maximum_qos": 1}, QOS_NOT_SUPPORTED),
+        (Will("w", b"x", retain=True), {"retain_available": 0}, RETAIN_NOT_SUPPORTED),
+    ],
+)
+def test_accept_refuses_limits_the_will_exceeds(will, props, code):
+    # MQTT-3.2.2-12, -13: a Will the announced Maximum QoS or Retain Available
+    # forbids means refusing the connection. accept() raises and sends
+    # nothing; reject() answers with the code it carries.
+    pair = Pair(5)
+    pair.c.connect(Connect("d", will=will, protocol_level=5), 0)
+    pair.c2s()
+    with pytest.raises(LocalProtocolError) as e:
+        pair.s.accept(props)
+    assert e.value.reason_code == code
+    assert pair.s.data_to_send() == b"" and pair.s.maximum_qos == 2
+    pair.s.reject(e.value.reason_code)
+    assert sent_by_server(pair) == [ConnAck(False, code)]
+    pair = Pair(5)
+    pair.c.connect(Connect("d", will=Will("w", b"x", qos=will.qos), protocol_level=5), 0)
+    pair.c2s()
+    assert pair.s.accept({"maximum_qos": will.qos} if will.qos < 2 else None) is False
 
 
 def quiet_client_gets(case: str, props: dict[str, Any] | None, rpi: int | None = 0) -> Any:

@@ -5,20 +5,28 @@ flaky network makes."""
 
 from __future__ import annotations
 
+import queue
+import socket
+import threading
+import time
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from test_interop_mosquitto import VERSIONS, Wire, completions, messages
 
 from fieldline.mqtt import (
     CLIENT,
     MQTT5,
+    SERVER,
+    Connect,
     Parser,
     PubAck,
     PubComp,
     Publish,
     PubRec,
     PubRel,
+    RemoteProtocolError,
     Session,
     SubAck,
     Subscription,
@@ -112,3 +120,73 @@ def test_no_problem_information_from_mosquitto(wire: Any) -> None:
     c.session.unsubscribe("quiet/#")
     c.wait(UnsubAck)
     c.close()
+
+
+class SessionServer:
+    """One connection served by a Session(SERVER) on a loopback socket,
+    accepting with ``properties``: the server core facing a client we did
+    not write. ``errors`` gets the RemoteProtocolError that ended it."""
+
+    def __init__(self, properties: dict[str, Any]) -> None:
+        self.properties = properties
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.errors: list[RemoteProtocolError] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(5)
+        conn, _ = self.listener.accept()
+        session = Session(SERVER)
+        with conn, self.listener:
+            conn.settimeout(5)
+            while True:
+                data = conn.recv(65536)
+                session.receive_data(data, time.monotonic())
+                try:
+                    while (event := session.next_event()) is not None:
+                        if isinstance(event, Connect):
+                            session.accept(self.properties)
+                except RemoteProtocolError as e:
+                    self.errors.append(e)
+                conn.sendall(session.data_to_send())
+                if not data or self.errors:
+                    return
+
+
+@pytest.mark.parametrize(
+    ("announced", "qos", "retain", "code"),
+    [
+        ({"maximum_qos": 0}, 1, False, 0x9B),
+        ({"maximum_qos": 1}, 2, False, 0x9B),
+        ({"retain_available": 0}, 1, True, 0x9A),
+    ],
+)
+def test_paho_publishing_beyond_what_accept_announced(
+    announced: dict[str, Any], qos: int, retain: bool, code: int
+) -> None:
+    """paho-mqtt does not check the server's Maximum QoS or Retain Available:
+    it publishes beyond what accept() announced, and gets DISCONNECT 0x9B
+    (QoS not supported) or 0x9A (Retain not supported), not an ack."""
+    server = SessionServer(announced)
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, "paho-limits", protocol=paho.MQTTv5)
+    outcome: queue.Queue[Any] = queue.Queue()
+    client.on_connect = lambda c, u, f, rc, props: outcome.put(props.json())
+    client.on_disconnect = lambda c, u, f, rc, props: outcome.put(("disconnect", rc.value))
+    client.on_publish = lambda c, u, mid, rc, props: outcome.put(("acked", rc.value))
+    client.reconnect_delay_set(0, 0)  # else loop_stop() waits out a 1 s delay
+    client.connect("127.0.0.1", server.port, keepalive=30)
+    client.loop_start()
+    try:
+        connack = outcome.get(timeout=5)
+        announced_as = {"maximum_qos": "MaximumQoS", "retain_available": "RetainAvailable"}
+        for name, value in announced.items():
+            assert connack[announced_as[name]] == value
+        client.publish("limits/t", b"x", qos=qos, retain=retain)
+        assert outcome.get(timeout=5) == ("disconnect", code)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    server.thread.join(5)
+    assert [e.reason_code for e in server.errors] == [code]

@@ -12,8 +12,8 @@ bytes come out of ``data_to_send()``, and time is the ``now`` argument of
 table saying which packet types each role may receive in each connection
 state -- and runs the handler named there, looked up on the session: a
 connection that asked for more checks on what it receives (Request Problem
-Information 0) has them wrapped around its handlers there
-(``_session5.guard``), so the others pay nothing for them. The handler
+Information 0, Retain Available 0) has them wrapped around its handlers
+there (``_session5.guard``), so the others pay nothing for them. The handler
 updates the session, queues any automatic answer (PUBACK, PUBREC, PUBCOMP,
 PINGRESP) and returns the packet when the application has something to do
 with it, which is then the event.
@@ -173,7 +173,8 @@ class Session:
     ``receive_maximum`` (QoS 2 messages we hold unreleased), ``max_packet_size``,
     ``topic_alias_maximum`` (0: we accept no aliases), ``maximum_qos``
     (server only); a ``topic_alias_maximum`` put in the CONNECT or accept()
-    properties wins, and becomes the attribute. ``auto_alias``: give outgoing topics
+    properties wins, and becomes the attribute, as does a ``maximum_qos`` put
+    in the accept() properties. ``auto_alias``: give outgoing topics
     aliases within the peer's Topic Alias Maximum (5.0). ``manual_ack``: a
     received QoS 1/2 message is delivered unanswered, and the application
     answers it with ack() (default: the session answers it before
@@ -464,9 +465,14 @@ class Session:
         unacknowledged messages are then resent. Returns the Session Present
         flag. A CONNACK larger than the client's Maximum Packet Size goes
         without its reason_string and user_property (MQTT-3.2.2-19, -20).
-        Raises LocalProtocolError if not awaiting a CONNECT answer, or
-        PACKET_TOO_LARGE if the CONNACK is too large even so (nothing is
-        sent: reject() may still answer)."""
+        A ``maximum_qos`` or ``retain_available`` 0 in ``properties`` (5.0)
+        is enforced as announced: a PUBLISH above that QoS gets DISCONNECT
+        0x9B, a retained one 0x9A (the latter on this connection only).
+        Raises LocalProtocolError if not awaiting a CONNECT answer,
+        PACKET_TOO_LARGE if the CONNACK is too large even so, or
+        QOS_NOT_SUPPORTED, RETAIN_NOT_SUPPORTED if the CONNECT's Will
+        exceeds those ``properties`` (MQTT-3.2.2-12, -13); nothing is sent
+        then: reject() may still answer, with that code."""
         from ._session_server import accept
 
         return accept(self, properties, assigned_client_id, resume)

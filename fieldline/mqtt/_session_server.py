@@ -8,7 +8,7 @@ Each function takes the Session ``s``; the public docstrings are on the
 from ._codec import encode
 from ._packets import ConnAck, PingResp, SubAck, UnsubAck
 from ._session import NEVER, _local, _remote
-from ._session5 import our_limits, peer_limits, quiet
+from ._session5 import guard, our_limits, peer_limits, quiet
 from ._session_rare import V3_CODES
 
 try:
@@ -31,11 +31,13 @@ _MQTT5 = const(5)
 _PROTOCOL_ERROR = const(0x82)
 _CLIENT_IDENTIFIER_NOT_VALID = const(0x85)
 _PACKET_TOO_LARGE = const(0x95)
+_RETAIN_NOT_SUPPORTED = const(0x9A)
 _QOS_NOT_SUPPORTED = const(0x9B)
 
 # Error details: numbers of the texts in _names.DETAILS, which loads only
 # when an error is printed (tests check each number against its name).
 _E_EMPTY_ID_NEEDS_CLEAN = const(63)
+_E_NO_RETAIN = const(65)
 _E_OVER_PEER_MAX = const(67)
 _E_EXPIRY_WAS_0 = const(78)
 _E_EMPTY_ID_PASS_ASSIGNED = const(82)
@@ -67,10 +69,23 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
     if resume is not None and resume is not s:
         had = resume.resumable(s._now)
     present = had and not s._clean
+    q = s.maximum_qos
+    retain = True
     if v5:
+        # Maximum QoS and Retain Available given here are announced, so they
+        # are the ones enforced (3.2.2.3.4, 3.2.2.3.5): DISCONNECT 0x9B or
+        # 0x9A for a PUBLISH beyond them. A Will beyond them refuses the
+        # connection (MQTT-3.2.2-12, -13): raised, for reject() to answer.
+        q = props.get("maximum_qos", q)
+        retain = props.get("retain_available", 1)
+        w = s._will
+        if w is not None and w.qos > q:
+            raise _local(_QOS_NOT_SUPPORTED, _E_WILL_QOS_OVER_MAX)
+        if w is not None and w.retain and not retain:
+            raise _local(_RETAIN_NOT_SUPPORTED, _E_NO_RETAIN)
         our_limits(s, props)
-        if s.maximum_qos < 2:
-            props["maximum_qos"] = s.maximum_qos
+        if q < 2:
+            props["maximum_qos"] = q
         if s._auth_method is not None:
             props["authentication_method"] = s._auth_method  # 4.12.0-5
         else:
@@ -97,6 +112,9 @@ def accept(s, properties=None, assigned_client_id=None, resume=None):
             # With manual_ack, answers the application still owes (or kept).
             s._acks, resume._acks = resume._acks, {}
     s.client_id = cid
+    s.maximum_qos = q
+    guard(s, "_rx_publish", None if retain else no_retain)
+    s._will = None  # checked: a stored session need not hold its payload
     e = props.get("session_expiry_interval")
     if e is not None:
         s.session_expiry_interval = e
@@ -182,12 +200,19 @@ def rx_connect(s, p):
         if not p.client_id and not p.clean_start:
             raise _remote(_E_EMPTY_ID_NEEDS_CLEAN, _CLIENT_IDENTIFIER_NOT_VALID)
     s._connect_expiry = s.session_expiry_interval = e
-    w = p.will
+    w = s._will = p.will
     if w is not None and w.qos > s.maximum_qos:
         # MQTT-3.2.2-12: refused, with CONNACK 0x9B in 5.0 (3.1.1 has no
         # return code for it: the connection just closes).
         raise _remote(_E_WILL_QOS_OVER_MAX, _QOS_NOT_SUPPORTED)
     return p
+
+
+def no_retain(s, p):
+    """A guard (see _session5.guard) for a connection accepted with Retain
+    Available 0: a retained PUBLISH gets DISCONNECT 0x9A (3.2.2.3.5)."""
+    if p.retain:
+        raise _remote(_E_NO_RETAIN, _RETAIN_NOT_SUPPORTED)
 
 
 def answer(s, p, t):
