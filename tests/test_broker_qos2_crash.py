@@ -10,8 +10,10 @@ sans-IO ``Session(CLIENT)`` (3.1.1 and 5.0) that answers within microseconds, ki
 at a random event or read, its answer sent or not. Two windows made duplicates
 before: a PUBLISH routed before the commit recording its packet id (the resend was new
 to the restarted broker), and a PUBREL sent before the commit recording the message
-released (the subscriber completed; the restarted broker sent the PUBLISH again).
-paho's own reconnection is not used: see ``client``.
+released (the subscriber completed; the restarted broker sent the PUBLISH again). A
+third lost messages: a PUBCOMP sent before the commit recording the publisher's PUBREL
+(the restarted broker still held the id, and dropped the next message sent under it
+as a resend). paho's own reconnection is not used: see ``client``.
 """
 
 from __future__ import annotations
@@ -405,3 +407,50 @@ def test_qos2_exactly_once_when_killed_inside_an_exchange(
     print(f"seed {seed}: {len(completed)} messages complete, {len(twice)} delivered twice")
     assert not twice, f"seed {seed}: {len(twice)} messages delivered twice: {twice[:20]}"
     assert not lost, f"seed {seed}: {len(lost)} acknowledged messages lost: {lost[:20]}"
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_qos2_packet_id_reused_at_once_after_pubcomp_across_kill_9(
+    brokers: Callable[..., BrokerProc],  # noqa: F811
+    version: int,
+) -> None:
+    # A publisher that has its PUBCOMP may send a new message under the same packet
+    # id at once (MQTT-4.3.3-12). The broker is killed right after each PUBCOMP, and
+    # the persist interval is an hour, so no commit but those the exchange asks for
+    # runs: a PUBCOMP sent before the commit recording the release would leave the
+    # restarted broker holding the id as unreleased, and the new message sent under
+    # it would be taken for a resend of the old one and dropped.
+    port = free_port()
+    b = brokers("--port", str(port), "--durability", "full", "--persist-interval", "3600000")
+    b.start()
+    sub = Fast(port, "reuse-sub", version)
+    sub.connect()
+    sub.session.subscribe([Subscription("reuse/#", 2)])
+    sub.flush()
+    assert isinstance(sub.next(), SubAck)
+    sub.session.publish("sync", b"", 1)  # its PUBACK comes once the subscription is on disk
+    sub.flush()
+    assert isinstance(sub.next(), PubAck)
+    sub.close()  # offline: what is published queues for it, in order
+    pub = Fast(port, "reuse-pub", version)
+    pub.connect()
+    sent = [b"%d" % k for k in range(3)] + [b"end"]
+    for payload in sent:
+        pub.session.publish("reuse/x", payload, 2, packet_id=1)
+        pub.flush()
+        assert isinstance(ev := pub.next(), PubComp), ev  # next() sends the PUBREL
+        b.kill()
+        b.start()
+        pub.close()
+        pub.connect()
+    pub.close()
+    sub.connect()
+    got: list[bytes] = []
+    while b"end" not in got:
+        ev = sub.next()
+        assert ev is not None, f"nothing more came after {got}"
+        if isinstance(ev, Publish):
+            got.append(ev.payload)
+    sub.close()
+    b.stop()
+    assert got == sent

@@ -85,6 +85,8 @@ class Connection(asyncio.Protocol):
             manual_ack=True,  # the broker answers a QoS 1/2 PUBLISH once it is routed
             # Durability "full": a PUBREC for one of our QoS 2 messages is an event, and
             # its PUBREL waits for the commit recording it (_release_later).
+            # Likewise a PUBREL from the client is an event, and its PUBCOMP waits for
+            # the commit recording the message released (_complete_later).
             released_events=store is not None and store.full,
         )
         self.transport: asyncio.Transport | None = None
@@ -224,6 +226,8 @@ class Connection(asyncio.Protocol):
                 self._release_later(ev.packet_id)  # released_events: durability "full"
             else:
                 self.pump()  # one of ours completed: room in the window
+        elif t == _PUBREL:
+            self._complete_later(ev.packet_id)  # released_events: durability "full"
         elif t == _SUBSCRIBE:
             self.broker.on_subscribe(self, ev)
         elif t == _UNSUBSCRIBE:
@@ -268,6 +272,34 @@ class Connection(asyncio.Protocol):
                     t.write(data)
 
         store.after_commit(cs, packet_id, 0, released)
+
+    def _complete_later(self, packet_id: int) -> None:
+        # The client released its QoS 2 message ``packet_id`` (PUBREL): the session
+        # forgot the id and queued the PUBCOMP. Under durability "full" it waits for the
+        # commit that records the id released: once the client has its PUBCOMP it may
+        # send a new message under that id at once (MQTT-4.3.3-12), and a broker that
+        # died before that commit would hold the id as unreleased after its restart and
+        # drop the new message as a resend of the old one. A PUBREL the client sends
+        # again on a later connection waits for a commit too, one as late or later.
+        cs = self.client
+        store = self.broker.persist
+        out = self.session._out  # packets queued, not yet taken (data_to_send)
+        if cs is None or cs.saved is None or store is None or not out:
+            return
+        if out[-1][0] != _PUBCOMP << 4:  # its fixed header's first byte
+            return
+        data = out.pop()  # that PUBCOMP, the last packet queued (Session._rx_pubrel)
+        self.broker.touch(cs)
+
+        def completed(ok: bool) -> None:
+            # Not on a later connection of the session: the client sends the PUBREL
+            # again there, and that one is answered.
+            t = self.transport
+            if cs.conn is self and t is not None and not self._ended and not self._lost:
+                self.broker.counters.bytes_out += len(data)
+                t.write(data)
+
+        store.after_commit(cs, packet_id, 0, completed)
 
     def _yield(self) -> None:
         # This turn's events are spent: write their answers, then hold (reading on,

@@ -32,9 +32,10 @@ lose the last commits); a crash loses at most the changes of the last interval.
 answers a QoS 1/2 PUBLISH only once the commit holding its effects is done
 (``after_commit``); it flushes at the end of every loop iteration that has an answer
 waiting, so messages arriving together share one commit. A QoS 2 message is also
-delivered only then (queued, but ``Message.held``: ``Broker._publish``), and a PUBREL
+delivered only then (queued, but ``Message.held``: ``Broker._publish``), a PUBREL
 to a subscriber waits for the commit recording its PUBREC (``Connection._release_later``),
-so QoS 2 stays exactly once across a crash.
+and a PUBCOMP to a publisher for the commit recording its PUBREL
+(``Connection._complete_later``), so QoS 2 stays exactly once across a crash.
 
 Why plain ``sqlite3`` and not SQLAlchemy: the broker writes a handful of fixed
 statements at message rates from a thread of its own; SQLAlchemy's unit of work and

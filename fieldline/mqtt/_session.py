@@ -182,7 +182,9 @@ class Session:
     ``released_events``: a PUBREC accepting one of our QoS 2 messages is an
     event too (PubRec, reason < 0x80; its PUBREL is sent), for a client
     that stores its messages and must then resend the PUBREL, not the
-    PUBLISH, after a restart (see release()).
+    PUBLISH, after a restart (see release()); on a server, so is a PUBREL
+    (PubRel; its PUBCOMP is queued, the last packet), for a broker that
+    stores the ids of the QoS 2 messages it received.
 
     Attributes to read: ``state``, ``role``, ``version``, ``client_id``,
     ``keep_alive`` (in force: Server Keep Alive overrides), and
@@ -273,8 +275,9 @@ class Session:
         too large for the peer, with 0x9B or 0x9A one queued before a
         CONNACK whose Maximum QoS or Retain Available forbids it);
         Disconnect; with released_events, PubRec with reason < 0x80 too (our
-        QoS 2 message was released). A server session returns None while a
-        Connect or Auth awaits accept(), reject() or auth(). After EOF
+        QoS 2 message was released), and on a server PubRel (the peer's
+        was). A server session returns None while a Connect or Auth awaits
+        accept(), reject() or auth(). After EOF
         and the last event, the session is IDLE as after connection_lost().
         Raises RemoteProtocolError (session now ERROR, answer queued); also
         PACKET_TOO_LARGE when, while nothing is read (awaiting accept(), or
@@ -736,7 +739,7 @@ class Session:
         elif self.version == _MQTT5:
             rc = _PACKET_IDENTIFIER_NOT_FOUND
         self._send(PubComp(pid, rc))  # MQTT-4.3.3-11
-        return None
+        return p if self._rel_events and self.role else None
 
     def _rx_suback(self, p):
         e = self._pending.pop(p.packet_id, None)
