@@ -368,7 +368,35 @@ def drop_acked(queue, found):
                 queue._forget(i)
             else:
                 pos[i] = p - (m << 24)
+    queue._held = _shift(queue._held, m)
     return m
+
+
+def _shift(held, m):
+    # The held acks or deletions once the oldest m segments went: those of
+    # records in them are done (nothing to write), the others move m down.
+    return [(k, p - (m << 24)) for k, p in held if p >> 24 >= m]
+
+
+def hold(queue, found, e):
+    """``Queue.ack`` of ``found`` where the acknowledgement could not be
+    written (the StoreFullError ``e``, raised again unless it is for want of
+    room): forget the entries and hold their acks in RAM, then delete whole
+    the oldest segments that hold no entry any more (needs no room; a crash
+    midway: see _drop_front) and write the acks still held, in the room that
+    made. Held acks are written by the next write that finds room too (they
+    go first in its batch), or made moot by a compaction."""
+    if not _no_room(e):
+        raise e
+    for s in found:
+        i = queue._find(s)
+        queue._held.append((s, queue._pos[i]))
+        queue._forget(i)
+    try:
+        if drop_acked(queue, ()):
+            queue._delete(())
+    except StoreFullError:
+        pass  # held: the next write, or the next ack, tries again
 
 
 def _no_room(e):
@@ -378,17 +406,25 @@ def _no_room(e):
 
 
 def drop_oldest_segment(queue, e):
-    """A DROP_OLDEST ``queue``'s append found the medium full (the
-    StoreFullError ``e``): forget the entries of its oldest segment (counted
-    as dropped) and delete it, with any after it that hold no entry. False
-    if none could go, or ``e`` is not for want of room."""
+    """A ``queue``'s append found the medium full (the StoreFullError ``e``):
+    delete whole the oldest segments that hold no entry; if there are none,
+    and the policy is DROP_OLDEST, forget the entries of its oldest segment
+    (counted as dropped) and delete it, with any after it that hold no
+    entry. False if none could go, or ``e`` is not for want of room."""
     if not _no_room(e):
+        return False
+    try:
+        if queue._log.size and drop_acked(queue, ()):  # size 0: nothing would go
+            return True
+    except StoreFullError:
         return False
     old = []
     for i in range(queue._head, len(queue._pos)):
         p = queue._pos[i]
         if p != DEAD and not p >> 24:
             old.append(queue._seqs[i])
+    if not old or queue.policy != "drop_oldest":
+        return False
     n = queue.count
     if not drop_acked(queue, old):
         return False
@@ -443,12 +479,34 @@ def make_room(store, records, e):
             store._drop(p)  # read now: it is about to go
             done.add(key)
     _drop_front(store._log, m, 0, "deletion")
+    store._held = _shift(store._held, m)
     for i in range(len(ps)):
         ps[i] -= m << 24
     for key, p in held:
         if key not in done:
             idx.set(key, p - (m << 24))
     return [r for r in records if r[0] != DELETE or r[2] not in done]
+
+
+def hold_deletions(store, records, e):
+    """``Store.delete`` of ``records`` (DELETE records) where they could not
+    be written (the StoreFullError ``e``, raised again unless it is for
+    want of room): drop the keys from the index and hold the deletions in
+    RAM, then delete whole the oldest segments that hold nothing live any
+    more and write the deletions still held, in the room that made. Held
+    deletions are written by the next write that finds room too."""
+    if not _no_room(e):
+        raise e
+    for r in records:
+        p = store._index.remove(r[2])
+        if p is not None:
+            store._drop(p)
+            store._held.append((r[2], p))
+    try:
+        if make_room(store, [], e) is not None and store._held:
+            store._write([], "held deletions")
+    except StoreFullError:
+        pass  # held: the next write tries again
 
 
 def _discard(log, num, f):
@@ -562,6 +620,7 @@ def compact_store(store):
     forget_expired(store)
     old = [pos for pos, _, _, _ in live(store)]
     new = compact(store._log, old)
+    store._held = []  # the records they delete were not copied
     store._index.relocate(old, new)
     store._live_bytes = store._log.size
     store.compactions += 1
@@ -572,6 +631,7 @@ def compact_queue(queue):
     pos = queue._pos
     old = [pos[i] for i in range(queue._head, len(pos)) if pos[i] != DEAD]
     new = compact(queue._log, old, queue._next)
+    queue._held = []  # the entries they ack were not copied
     j = 0
     for i in range(queue._head, len(pos)):
         if pos[i] != DEAD:

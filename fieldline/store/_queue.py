@@ -85,6 +85,7 @@ class Queue:
         self._pos = array("I")
         self._head = 0  # entries before it are all gone
         self._lens = {}  # seq -> record length, for the byte bounds
+        self._held = []  # [(seq, pos)]: acks a full medium had no room for
         self.count = 0
         self.bytes = 0
         self.dropped = 0
@@ -209,11 +210,12 @@ class Queue:
         seq = self._next
         records.append((PUT, RAW, struct.pack(">I", seq), value, expires))
         try:
-            positions = self._log.append(records, "queue entry %d" % seq)
+            positions = self._append(records, "queue entry %d" % seq)
         except StoreFullError as e:
-            # A full medium: DROP_OLDEST makes room there as within its
-            # bounds, by deleting the oldest segment whole (no write needed).
-            if self.policy == REFUSE or not bulk().drop_oldest_segment(self, e):
+            # A full medium: the oldest segments holding no entry go whole (no
+            # write needed); then DROP_OLDEST makes room there as within its
+            # bounds, by deleting the oldest segment whole.
+            if not bulk().drop_oldest_segment(self, e):
                 raise
             return self.append(value, ttl)
         self._next = seq + 1
@@ -247,8 +249,10 @@ class Queue:
     def ack(self, seqs):
         """Remove the entries ``seqs`` (one or a list), in one write; return
         how many were there (a number given twice counts once). On a full
-        medium, segments holding only acknowledged entries are deleted whole
-        instead; StoreFullError if the rest cannot be written."""
+        medium, an acknowledgement with no room to be written is held in RAM
+        (``stats()["unwritten"]``) until a write finds room or its segment,
+        acknowledged whole, is deleted: a crash before then brings the entry
+        back. StoreFullError only for an I/O error, removing nothing."""
         if type(seqs) is int:
             seqs = (seqs,)
         found = []
@@ -258,19 +262,24 @@ class Queue:
         if found:
             try:
                 self._delete(found)
-            except StoreFullError:
-                # A full medium: the oldest segments holding nothing else go
-                # whole, which needs no room, then the rest are written.
-                if not bulk().drop_acked(self, found):
-                    raise
-                self._delete([s for s in found if self._find(s) >= 0])
+            except StoreFullError as e:
+                bulk().hold(self, found, e)  # a full medium: see _bulk.hold
             self._trim()
             self._maybe_compact()
         return len(found)
 
+    def _append(self, records, what):
+        # The acks held for want of room go first, in the same write.
+        held = self._held
+        if held:
+            records = [(DELETE, 0, struct.pack(">I", s), b"", 0) for s, _ in held] + records
+        positions = self._log.append(records, what)
+        self._held = []
+        return positions
+
     def _delete(self, seqs):
-        if seqs:
-            self._log.append(
+        if seqs or self._held:
+            self._append(
                 [(DELETE, 0, struct.pack(">I", s), b"", 0) for s in seqs],
                 "acknowledgement of %d entries" % len(seqs),
             )
@@ -298,9 +307,15 @@ class Queue:
             "segments": len(log.nums),
             "compactions": self.compactions,
             "damaged": list(log.damage),
+            "unwritten": len(self._held),
         }
 
     def close(self):
+        if self._held and not self._log.closed:
+            try:
+                self._delete(())  # room came back (files deleted beside it)
+            except StoreError:
+                pass  # lost: those entries are sent again after a restart
         self._log.close()
 
     def __enter__(self):
@@ -334,7 +349,7 @@ class Queue:
             (DELETE, 0, struct.pack(">I", key), b"", 0),
             (PUT, RAW, struct.pack(">I", seq), value, expires),
         ]
-        positions = self._log.append(records, "release of queue entry %d" % key)
+        positions = self._append(records, "release of queue entry %d" % key)
         self._next = seq + 1
         self._forget(i)
         self._add(seq, positions[-1], 20 + len(value))

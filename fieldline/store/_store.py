@@ -69,6 +69,7 @@ class Store:
         self._log = Log(path, segment_size, fsync, compact_ratio)
         self._index = Index(self._key_at)
         self._live_bytes = 0  # bytes of the records the index points at
+        self._held = []  # [(key, pos)]: deletions a full medium had no room for
         self._seq = 0
         self._t = 0  # the second in the last made-up key
         self._now = clock()
@@ -107,21 +108,35 @@ class Store:
             raise EncodeError("value for key %r is not JSON-serialisable" % key)
         return json.dumps(value).encode()
 
-    def _write(self, records, what):
+    def _append(self, records, what):
+        # The deletions held for want of room go first, in the same write.
+        held = [(DELETE, 0, k, b"", 0) for k, _ in self._held]
+        return self._log.append(held + records, what)
+
+    def _write(self, records, what, hold=False):
         try:
-            positions = self._log.append(records, what)
+            try:
+                positions = self._append(records, what)
+            except StoreFullError as e:
+                # A full medium: the oldest segments that hold nothing live go
+                # whole (no room needed), with the records these deletions kill.
+                rest = bulk().make_room(self, records, e)
+                if rest is None:
+                    raise
+                records = rest
+                positions = self._append(records, what) if records or self._held else []
         except StoreFullError as e:
-            # A full medium: the oldest segments that hold nothing live go
-            # whole (no room needed), with the records these deletions kill.
-            records = bulk().make_room(self, records, e)
-            if records is None:
+            if not hold:
                 raise
-            positions = self._log.append(records, what) if records else []
+            bulk().hold_deletions(self, records, e)  # deletions: held in RAM
+            return
+        self._held = []
+        n = len(positions) - len(records)
         idx = self._index
         for i in range(len(records)):
             kind, _, key, value, _ = records[i]
             if kind == PUT:
-                self._drop(idx.set(key, positions[i]))
+                self._drop(idx.set(key, positions[n + i]))
                 self._live_bytes += 16 + len(key) + len(value)
             else:
                 self._drop(idx.remove(key))
@@ -185,7 +200,10 @@ class Store:
     def delete(self, key=None, purge=False):
         """Delete ``key``: True if it was there (an expired key was not).
         ``delete(purge=True)`` deletes everything in one atomic switch and
-        returns how many records went, as ``len()`` counts them."""
+        returns how many records went, as ``len()`` counts them. On a full
+        medium a deletion with no room to be written is held in RAM
+        (``stats()["unwritten"]``) until a write finds room or the segment of
+        the record is deleted whole: a crash before then brings the key back."""
         if purge:
             n = self._index.count
             try:
@@ -194,11 +212,12 @@ class Store:
                 bulk().drop_all(self, e)
             self._index.clear()
             self._live_bytes = 0
+            self._held = []
             return n
         k = _key(key)
         if self._find(k) is None:
             return False
-        self._write([(DELETE, 0, k, b"", 0)], "deletion of key %r" % key)
+        self._write([(DELETE, 0, k, b"", 0)], "deletion of key %r" % key, True)
         return True
 
     def put_batch(self, items, ttl=None, ttls=None):
@@ -229,7 +248,9 @@ class Store:
 
     def delete_batch(self, keys):
         """Delete ``keys`` in one atomic write; return how many were there
-        (a key given twice counts once)."""
+        (a key given twice counts once). Held in RAM on a full medium, as
+        ``delete``: then no longer atomic across a crash (each key is
+        deleted or back)."""
         records = []
         seen = set()
         for key in keys:
@@ -238,7 +259,7 @@ class Store:
                 seen.add(k)
                 records.append((DELETE, 0, k, b"", 0))
         if records:
-            self._write(records, "deletion of %d keys" % len(records))
+            self._write(records, "deletion of %d keys" % len(records), True)
         return len(records)
 
     def list(self):
@@ -276,6 +297,7 @@ class Store:
             "expired": self.expired,
             "damaged": list(log.damage),
             "in_memory": self.path is None,
+            "unwritten": len(self._held),
         }
 
     def __len__(self):
@@ -285,6 +307,11 @@ class Store:
         return self._index.count
 
     def close(self):
+        if self._held and not self._log.closed:
+            try:
+                self._write([], "held deletions")  # room came back from elsewhere
+            except StoreError:
+                pass  # lost: those keys are back after a restart
         self._log.close()
 
     def __enter__(self):
