@@ -249,7 +249,12 @@ def scan(log, visit, strict=False):
         try:
             log._new_segment()
         except OSError as e:
-            raise StoreFullError("no room for a segment to write to", e) from None
+            # A full medium: open all the same, what is stored readable and
+            # droppable; each write tries the new segment first (and fails
+            # until room is made), never the end that could not be cut off.
+            if not log.nums or not _no_room(e):
+                raise StoreFullError("no room for a segment to write to", e) from None
+            log._stale = True
     d = log.damage
     if strict and d:
         e = CorruptError("damaged segments: %r" % (d,), d)

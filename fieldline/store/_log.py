@@ -214,7 +214,7 @@ class Log:
         return open(name, mode, 0) if mode == "r+b" else open(name, mode)
 
     def _close(self, f):
-        if self._mem is None:
+        if self._mem is None and f is not None:  # None: no segment to write to
             f.close()
 
     def _sync(self, f):
