@@ -244,7 +244,9 @@ def test_kill_loop_acking_one_at_a_time_on_a_full_medium(small_fs: Path) -> None
         for s, _ in got:
             gone.pop(s, None)
         drops += any(n.endswith(".cut") for n in os.listdir(folder))
-    assert drops > 10 and back > 0, (drops, back)  # segments dropped, held acks lost
+    # Segments dropped often; held acks lost to a kill now and then (the
+    # tests above show that case on their own: the kills here need not hit it).
+    assert drops > 10, (drops, back)
 
 
 def test_a_full_queue_reopens_on_micropython_after_a_power_cut(
@@ -282,3 +284,72 @@ def test_a_full_queue_reopens_on_micropython_after_a_power_cut(
     with Queue(folder, **OPTS) as q:
         assert [s for s, _ in q.peek(len(seqs) + 1)] == seqs[half:] + [seqs[-1] + 1]
         assert q.stats()["damaged"] == []
+
+
+def test_kill_loop_deleting_one_at_a_time_on_a_full_store(small_fs: Path) -> None:
+    # As for the queue, a Store: a child fills the medium, deletes the oldest
+    # keys one at a time (a few in one delete_batch now and then), puts again
+    # (some under keys it just deleted), ..., SIGKILLed after a random number
+    # of confirmed operations. The reopened store holds every key confirmed
+    # put and not deleted with its last value (none lost), and of the keys
+    # confirmed deleted only those the child last reported held in RAM (its
+    # ``H`` line), with the value they had, or those of the operation in
+    # flight.
+    from storeproc import full_kv_each
+    from test_store_crash import killed_round
+
+    folder = small_fs / "kv"
+    rng = random.Random(0xDE1)
+    state: dict[str, str] = {}  # confirmed put, not confirmed deleted
+    gone: dict[str, str] = {}  # confirmed deleted: the value it had
+    back = drops = 0
+    for round_ in range(30):
+        lines = killed_round("full_kv_each.py", folder, rng, round_)
+        pending: list[Any] | None = None
+        held: set[str] = set()
+        for line in lines:
+            kind, _, rest = line.partition(" ")
+            if kind == "B":
+                pending = json.loads(rest)
+            elif kind == "C":
+                assert pending is not None
+                if pending[0] == "put":
+                    state[pending[1]] = pending[2]
+                    gone.pop(pending[1], None)
+                else:
+                    for k in pending[1]:
+                        gone[k] = state.pop(k)
+                pending = None
+            elif kind == "H":
+                held = set(json.loads(rest))
+            elif kind == "F":
+                assert pending is not None and pending[0] == "put"
+                pending = None
+            else:
+                assert line == "ready", line
+        with full_kv_each.open_store(str(folder)) as s:
+            got = {k: s.get(k) for k in s.list()}
+            assert s.stats()["damaged"] == []
+        flight: set[str] = set()
+        maybe: Any = None  # what a key in flight may hold: a put's value, or none
+        if pending is not None:
+            flight = {pending[1]} if pending[0] == "put" else set(pending[1])
+            maybe = pending[2] if pending[0] == "put" else None
+        for k, v in state.items():
+            if k in flight:
+                assert got.get(k) in (v, maybe)
+            else:
+                assert got.get(k) == v, f"round {round_}: {k} lost or changed"
+        for k in set(got) - set(state):
+            if pending is not None and pending[0] == "put" and k == pending[1]:
+                assert got[k] == pending[2] or got[k] == gone.get(k)
+                continue
+            assert k in held | flight and got[k] == gone[k], f"round {round_}: {k} came back"
+            back += 1
+        state = got
+        for k in got:
+            gone.pop(k, None)
+        drops += any(n.endswith(".cut") for n in os.listdir(folder))
+    # Segments dropped often; held deletions lost to a kill now and then (the
+    # test above shows that case on its own: the kills here need not hit it).
+    assert drops > 10, (drops, back)
