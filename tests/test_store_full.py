@@ -164,6 +164,17 @@ def test_close_writes_the_held_acks_when_there_is_room(small_fs: Path) -> None:
         assert seqs[-1] not in [s for s, _ in q.peek(len(seqs))]
 
 
+def test_close_writes_the_held_deletions_when_there_is_room(small_fs: Path) -> None:
+    folder = small_fs / "kv"
+    s = Store(folder, segment_size=4096)
+    keys = fill_store(s)
+    assert s.delete(keys[-1]) is True and s.stats()["unwritten"] == 1
+    os.remove(folder / segment_names(folder)[0])  # room, from outside the store
+    s.close()
+    with Store(folder, segment_size=4096) as s:
+        assert keys[-1] not in s.list() and keys[-2] in s.list()
+
+
 def test_a_full_queue_drains_one_ack_at_a_time_on_micropython(
     small_fs: Path, need_tool: Callable[..., str]
 ) -> None:

@@ -404,6 +404,25 @@ def hold(queue, found, e):
         pass  # held: the next write, or the next ack, tries again
 
 
+def flush(owner):
+    """``close()`` of a Queue or Store with acks or deletions held: write
+    them if room came back (files deleted beside it); else they are lost, as
+    in a crash, and those entries or keys are back at the next open."""
+    log = owner._log
+    if not log.closed:
+        held = owner._held
+        try:
+            log.append(
+                [
+                    (DELETE, 0, k if type(k) is bytes else struct.pack(">I", k), b"", 0)
+                    for k, _ in held
+                ],
+                "%d held deletions" % len(held),
+            )
+        except StoreError:
+            pass
+
+
 def _no_room(e):
     # The medium is full (ENOSPC, EFBIG, EDQUOT), not broken: deleting
     # segments makes room then, where an I/O error asks for care.

@@ -311,11 +311,8 @@ class Queue:
         }
 
     def close(self):
-        if self._held and not self._log.closed:
-            try:
-                self._delete(())  # room came back (files deleted beside it)
-            except StoreError:
-                pass  # lost: those entries are sent again after a restart
+        if self._held:
+            bulk().flush(self)
         self._log.close()
 
     def __enter__(self):

@@ -307,11 +307,8 @@ class Store:
         return self._index.count
 
     def close(self):
-        if self._held and not self._log.closed:
-            try:
-                self._write([], "held deletions")  # room came back from elsewhere
-            except StoreError:
-                pass  # lost: those keys are back after a restart
+        if self._held:
+            bulk().flush(self)
         self._log.close()
 
     def __enter__(self):
