@@ -53,8 +53,10 @@ class Queue:
     ``max_entries`` / ``max_bytes`` bound it; when full, ``policy``
     DROP_OLDEST drops the oldest entry to make room (counted in
     ``dropped``) and REFUSE raises QueueFull (counted in ``refused``). On a
-    full medium DROP_OLDEST drops the oldest segment's entries to make room
-    and REFUSE raises StoreFullError.
+    full medium an append first deletes whole the oldest segments holding
+    only acknowledged entries; then DROP_OLDEST drops the oldest segment's
+    entries to make room and REFUSE raises StoreFullError. There an ack with
+    no room to be written is held in RAM (see ``ack``).
     ``ttl``: seconds an entry lives unless ``append`` says otherwise
     (None: forever). The other options are the Store's."""
 
