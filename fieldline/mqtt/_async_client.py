@@ -11,7 +11,7 @@ and ``messages()`` returns a plain async iterator.
 
 import asyncio
 
-from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published
+from ._client_base import BaseClient, ConnectionLost, MQTTTimeout, published, warn
 from ._client_inbox import Fifo, clock
 from ._errors import LocalProtocolError, MQTTError
 
@@ -747,9 +747,7 @@ class AsyncClient(BaseClient):
         try:
             r = fn(arg)
         except Exception as e:
-            import sys
-
-            print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
+            warn("callback %r raised %r" % (fn, e))
             return
         if r is not None and hasattr(r, "send"):  # a coroutine: run it as a task
             if id(arg) in self._holds:  # a message: it keeps its place until the task ends

@@ -24,6 +24,8 @@ the ``request()`` waiting for it; and the attributes ``_error`` (why the last
 connection ended) and ``_retry_at`` (when to reconnect).
 """
 
+import sys
+
 from ._client_inbox import _MICROPYTHON, Inbox, clock
 from ._codec import encode
 from ._errors import LocalProtocolError, MQTTError
@@ -55,6 +57,13 @@ RAISE = "raise"  # raise QueueFull
 
 # 3.1.1 CONNACK return codes 1-5 as the 5.0 reason codes (3.2.2.3).
 _V3_REFUSALS = (0, 0x84, 0x85, 0x88, 0x86, 0x87)
+
+
+def warn(text):
+    """Report on stderr what the client carries on past: a callback's bug, a
+    persistence that failed after the broker answered. Not raised: the
+    connection and the other messages are fine."""
+    print("fieldline: " + text, file=sys.stderr)
 
 
 class ConnectionRefused(MQTTError):
@@ -457,7 +466,20 @@ class BaseClient(Inbox):
     def _unstore(self, pid):
         key = self._stored.pop(pid, None)
         if key is not None:
-            self.persistence.done(key)
+            self._note(self.persistence.done, "done", key)
+
+    def _note(self, call, name, key):
+        # The broker has the message; the persistence failing to note it now
+        # (a broken medium; on MicroPython a StoreFullError is no OSError)
+        # loses nothing, as the message only goes again after a restart. Not
+        # raised: an OSError here would pass for the connection failing, and
+        # the call waiting on this acknowledgement would time out.
+        try:
+            return call(key)
+        except Exception as e:
+            warn("persistence.%s(%r) raised %r: the message may go again after a restart"
+                 % (name, key, e))  # fmt: skip
+            return key
 
     def _released(self, pid):
         # Our QoS 2 message is released (PUBREC came, PUBREL sent): a store
@@ -468,10 +490,7 @@ class BaseClient(Inbox):
         key = self._stored.get(pid)
         note = getattr(self.persistence, "released", None)
         if key is not None and note is not None:
-            try:
-                self._stored[pid] = note(key)
-            except OSError:
-                pass
+            self._stored[pid] = self._note(note, "released", key)
 
     def _load_stored(self):
         # Messages an earlier run stored and never completed go out first.

@@ -18,11 +18,10 @@ it: MicroPython loads only what it imports.
 import queue
 import select
 import socket
-import sys
 import threading
 
 from ._client import NoLock
-from ._client_base import RAISE, BaseClient, ConnectionLost, QueueFull
+from ._client_base import RAISE, BaseClient, ConnectionLost, QueueFull, warn
 from ._client_inbox import clock
 from ._errors import MQTTError
 from ._topic import topic_matches
@@ -333,4 +332,4 @@ def _run_calls(c):
             else:
                 fn(arg)
         except Exception as e:  # a callback's bug must not stop the others
-            print("fieldline: callback %r raised %r" % (fn, e), file=sys.stderr)
+            warn("callback %r raised %r" % (fn, e))
