@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_store_review2 import run_script, segment_names
+from storeproc.child import run_script, segment_names
 
 from fieldline.store import REFUSE, Queue, Store, StoreFullError
 

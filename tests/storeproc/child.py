@@ -115,3 +115,21 @@ class Child:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(WAIT)
+
+
+def run_script(exe: str, script: str, folder: Path) -> list[str]:
+    """``exe tests/storeproc/SCRIPT REPO FOLDER``: its output lines before the
+    closing "done", once it has exited with 0 after printing it."""
+    out = subprocess.run(
+        [exe, str(HERE / script), str(REPO), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
+    return out.stdout.splitlines()[:-1]
+
+
+def segment_names(folder: Path) -> list[str]:
+    """The segment files of the store in ``folder``, oldest first."""
+    return sorted(n for n in os.listdir(folder) if n.endswith(".seg"))

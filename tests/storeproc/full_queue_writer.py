@@ -1,5 +1,5 @@
 """Appends to a Queue until the medium is full, then acknowledges the oldest
-entries, over and over until killed, for tests/test_store_review2.py (the
+entries, over and over until killed, for tests/test_store_full_segments.py (the
 folder is on a small file system).
 
 ``full_queue_writer.py FOLDER SEED ROUND``. Prints ``ready`` once the queue

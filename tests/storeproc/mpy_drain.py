@@ -1,5 +1,5 @@
 """Fills a Queue on MicroPython until the medium is full, then acknowledges
-the oldest half, for tests/test_store_review2.py (the folder is on a small
+the oldest half, for tests/test_store_full_segments.py (the folder is on a small
 tmpfs: writes fail with ENOSPC, and MicroPython cannot cut a failed one off).
 
 ``micropython mpy_drain.py REPO FOLDER``: prints "full ERRNO" when 300-byte

@@ -1,4 +1,4 @@
-"""Counts the files a query leaves open, for tests/test_store_review2.py: on
+"""Counts the files a query leaves open, for tests/test_store_batch_and_limit.py: on
 MicroPython a generator dropped half-way is never closed, so a file it holds
 stays open until a garbage collection (disabled here to show it).
 

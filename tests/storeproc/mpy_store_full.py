@@ -1,5 +1,5 @@
 """Fills a Store on MicroPython until the medium is full, then deletes the
-oldest half and writes again, for tests/test_store_review2.py (the folder is
+oldest half and writes again, for tests/test_store_full_segments.py (the folder is
 on a small tmpfs: writes fail with ENOSPC, and MicroPython cannot cut a
 failed one off).
 

@@ -1,7 +1,10 @@
-"""fieldline.store: the second review's defects and gaps, each with the test that shows it.
-
-Real files on disk, a real size-limited file system, the MicroPython Unix port
-where the board's behaviour differs from CPython's.
+"""fieldline.store on a full medium, making room by whole segments: a compaction with no room
+leaves the write alone and is not retried at every write; a queue drains by deleting
+segments of acknowledged entries, DROP_OLDEST drops the oldest segment; a Store deletes
+segments left without live records; a new segment that cannot be started leaves no
+``.tmp``; every state a crash leaves in between opens the same. On a real size-limited file
+system, with kill loops, and on the MicroPython Unix port. One ``ack`` or ``delete`` at a time:
+test_store_full.py.
 """
 
 from __future__ import annotations
@@ -12,108 +15,151 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from storeproc.child import run_script, segment_names
 
-from fieldline.store import REFUSE, QueryError, Queue, Store, StoreFullError
+from fieldline.store import REFUSE, Queue, Store, StoreFullError
 
-STOREPROC = Path(__file__).parent / "storeproc"
-REPO = Path(__file__).resolve().parent.parent
+# -- a compaction that fails for want of room ------------------------------------------------
+
+FULL_CHILD = r"""
+import json, os, resource, signal, sys
+from fieldline.store import Queue, Store, StoreFullError
+
+folder, kind, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # no file grows past it
 
 
-def run_script(exe: str, script: str, folder: Path) -> list[str]:
-    """``exe tests/storeproc/SCRIPT REPO FOLDER``: its output lines before the
-    closing "done", once it has exited with 0 after printing it."""
+def say(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+opts = dict(segment_size=4096, compact_ratio=0.3, fsync=False)
+for attempt in range(2):  # the second time: open again, under the same limit
+    try:
+        db = Store(folder, **opts) if kind == "store" else Queue(folder, **opts)
+    except Exception as e:
+        say(open=type(e).__name__, msg=str(e))
+        sys.exit(0)
+    for i in range(300):
+        try:
+            if kind == "store":
+                db.put("k%d" % (i % 40), [attempt, i, "x" * 200])
+            else:
+                seq = db.append(b"%d:%d:" % (attempt, i) + b"x" * 200)
+                if len(db) > 40:
+                    db.ack(db.peek()[0][0])
+            say(ok=i)
+        except Exception as e:
+            say(i=i, error=type(e).__name__, store_full=isinstance(e, StoreFullError))
+    tmp = [n for n in os.listdir(folder) if n.endswith(".tmp")]
+    say(compactions=db.stats()["compactions"], tmp=tmp)
+    db.close()
+say(done=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["store", "queue"])
+def test_a_compaction_without_room_leaves_the_write_that_triggered_it_alone(
+    tmp_path: Path, kind: str
+) -> None:
+    # No file may grow past 8,000 bytes (RLIMIT_FSIZE, in a child): segments of
+    # 4 KiB fit, a compaction of the ~10 KB of live records does not. The write
+    # that calls for the compaction is on the medium; the compaction's failure
+    # must stay inside (the store works on, docs/store.md). But closing the
+    # compaction's buffered .tmp file flushed it, failed again, and that bare
+    # OSError escaped: put/append raised though their record was written, the
+    # .tmp stayed, and opening the folder again under the same limit failed.
+    folder = tmp_path / kind
     out = subprocess.run(
-        [exe, str(STOREPROC / script), str(REPO), str(folder)],
+        [sys.executable, "-c", FULL_CHILD, str(folder), kind, "8000"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
-    assert out.returncode == 0 and out.stdout.endswith("done\n"), out
-    return out.stdout.splitlines()[:-1]
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    errors = [d for d in lines if "error" in d or "open" in d]
+    assert errors == [], errors[:3]
+    ends = [d for d in lines if "compactions" in d]
+    assert len(ends) == 2 and all(d["tmp"] == [] for d in ends), ends
+    assert lines[-1] == {"done": True}
+    if kind == "store":
+        with Store(str(folder)) as s:
+            assert {k: s.get(k) for k in s.list()} == {
+                f"k{i % 40}": [1, i, "x" * 200] for i in range(260, 300)
+            }
+    else:
+        with Queue(str(folder)) as q:
+            assert [v.split(b":")[:2] for _, v in q.peek(100)] == [
+                [b"1", b"%d" % i] for i in range(260, 300)
+            ]
 
 
-def segment_names(folder: Path) -> list[str]:
-    return sorted(n for n in os.listdir(folder) if n.endswith(".seg"))
+AMPLIFY_CHILD = r"""
+import json, resource, signal, sys
+from fieldline.store import Queue, Store
+
+folder, kind, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-# -- 1. sequence numbers never go back -------------------------------------------------------
+def written():
+    with open("/proc/self/io") as f:
+        return int([line for line in f if line.startswith("wchar")][0].split()[1])
 
 
-def test_sequence_numbers_do_not_restart_after_reopening_an_emptied_queue(tmp_path: Path) -> None:
-    # A consumer peeks entry N, the device restarts before it acks, and the
-    # ack of N arrives after the restart: N must not name a new entry. Once
-    # every entry is acknowledged, a compaction leaves no record that holds a
-    # number; the compacted segment must still say where numbering stands.
-    folder = tmp_path / "q"
-    q = Queue(folder, segment_size=512)
-    last = 0
-    for _ in range(60):
-        last = q.append(b"x" * 40)
-        q.ack(last)
-    q.compact()
-    assert len(q) == 0
-    q.close()
-    with Queue(folder, segment_size=512) as q:
-        assert q.append(b"new") == last + 1
-        assert q.ack(last) == 0  # the old number names nothing
-        assert q.peek(5) == [(last + 1, b"new")]
+opts = dict(segment_size=4096, compact_ratio=0.3, fsync=False)
+db = Store(folder, **opts) if kind == "store" else Queue(folder, **opts)
+n = 0
+for i in range(400):
+    if i == 100:  # by now the garbage calls for a compaction there is no room for
+        start, n = written(), 0
+    if kind == "store":
+        db.put("k%d" % (i % 40), [i, "x" * 200])
+    else:
+        db.append(b"x" * 200)
+        if len(db) > 40:
+            db.ack(db.peek()[0][0])
+    n += 1
+print(json.dumps({"per_write": (written() - start) / n, "compactions": db.stats()["compactions"]}))
+db.close()
+"""
 
 
-def test_sequence_numbers_go_on_after_a_compaction_at_open(tmp_path: Path) -> None:
-    # The compaction runs while opening (the garbage left by a previous run):
-    # the number it records is the one the replay found, not 1.
-    folder = tmp_path / "q"
-    with Queue(folder) as q:
-        seqs = [q.append(b"y" * 60) for _ in range(20)]
-        q.ack(seqs)
-        assert q.stats()["compactions"] == 0
-    with Queue(folder, segment_size=512) as q:
-        assert q.stats()["compactions"] == 1
-    with Queue(folder, segment_size=512) as q:
-        assert q.append(b"z") == seqs[-1] + 1
+@pytest.mark.parametrize("kind", ["store", "queue"])
+def test_a_compaction_without_room_is_not_retried_at_every_write(tmp_path: Path, kind: str) -> None:
+    # Near a full medium (here: no file past 8,000 bytes, so a compaction of the
+    # ~10 KB of live records cannot be written) every write that left the
+    # garbage share above compact_ratio tried the compaction again: it wrote a
+    # .tmp file until the medium refused, and deleted it. That is some 8 KB
+    # written for each put of 240 bytes, on flash that wears out. After a
+    # failed compaction the next attempt now waits for the log to grow by a
+    # segment.
+    folder = tmp_path / kind
+    out = subprocess.run(
+        [sys.executable, "-c", AMPLIFY_CHILD, str(folder), kind, "8000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["compactions"] == 0
+    assert got["per_write"] < 1200, got  # each write ~240 bytes, plus an attempt now and then
 
 
-def test_a_compacted_queue_of_the_old_format_still_opens(tmp_path: Path) -> None:
-    # Files written before the compacted segment carried the next number: its
-    # first record has an empty value. They open, with what they hold.
-    from fieldline.store._log import BASE, FIRST, PUT, RAW, encode
-
-    folder = tmp_path / "q"
-    folder.mkdir()
-    data = encode(BASE, 0, b"-", b"", 0) + encode(PUT, RAW | FIRST, b"\0\0\0\x07", b"seven", 0)
-    (folder / "00000003.seg").write_bytes(data)
-    with Queue(folder) as q:
-        assert q.peek(5) == [(7, b"seven")]
-        assert q.stats()["damaged"] == []
-        assert q.append(b"eight") == 8
-
-
-# -- 3. a query with a limit closes its file at once, on MicroPython too ----------------------
-
-
-def test_a_query_with_a_limit_leaves_no_file_open(tmp_path: Path, interpreter: str) -> None:
-    # A query that stops at its limit leaves the scan of the log half-way. On
-    # MicroPython a generator dropped half-way is never closed: the segment
-    # file it reads from stayed open until a garbage collection, and a board
-    # has few file handles.
-    if not os.path.isdir("/proc/self/fd"):
-        pytest.skip("needs /proc/self/fd")
-    rows = [line.split() for line in run_script(interpreter, "mpy_query_files.py", tmp_path / "kv")]
-    assert [(r[0], r[3]) for r in rows] == [
-        ("limit1", "1"),
-        ("limit0", "0"),
-        ("limit3-later-segment", "3"),
-        ("all", "20"),
-    ]
-    assert all(r[1] == r[2] for r in rows), rows  # as many files open after as before
-
-
-# -- 2. a full medium can still drain the queue ----------------------------------------------
+# -- a full medium can still drain the queue ----------------------------------------------
 
 
 def fill(q: Queue) -> list[int]:
@@ -235,63 +281,6 @@ def test_a_full_medium_can_still_drain_the_queue_on_micropython(
     with Queue(folder, segment_size=4096, max_entries=100000, policy=REFUSE) as q:
         assert [s for s, _ in q.peek(len(seqs) + 1)] == seqs[half:] + [seqs[-1] + 1]
         assert q.stats()["damaged"] == []
-
-
-# -- 4. the seed database's API: per-item TTLs in put_batch, $limit in a query ----------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_put_batch_takes_a_ttl_per_item(tmp_path: Path) -> None:
-    clock = Clock()
-    with Store(tmp_path / "kv", clock=clock) as s:
-        keys = s.put_batch([{"n": 1}, {"n": 2}, {"n": 3}], ttls=[60, None, 600])
-        assert s.put_batch({"a": 1, "b": 2}, ttls=[30, 90]) == ["a", "b"]
-        clock.now += 61
-        assert s.get_batch([*keys, "a", "b"]) == [None, {"n": 2}, {"n": 3}, None, 2]
-        clock.now += 600
-        assert s.get_batch(keys) == [None, {"n": 2}, None]
-    with Store(tmp_path / "kv", clock=clock) as s:  # expiry times were written
-        assert s.list() == [keys[1]]
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        {"ttls": [60]},  # one short
-        {"ttls": [60, 60, 60]},  # one too many
-        {"ttls": [60, 60], "ttl": 60},  # both
-        {"ttls": [60, -1]},
-    ],
-)
-def test_put_batch_refuses_ttls_that_do_not_fit_and_writes_nothing(args: dict[str, Any]) -> None:
-    s = Store()
-    with pytest.raises(ValueError):
-        s.put_batch({"a": 1, "b": 2}, **args)
-    assert len(s) == 0 and s.stats()["file_bytes"] == 0
-
-
-def test_a_query_takes_its_limit_as_dollar_limit() -> None:
-    s = Store()
-    s.put_batch([{"status": "active", "n": i} for i in range(5)] + [{"status": "idle"}])
-    q: dict[str, Any] = {"status": "active", "$limit": 2}
-    assert s.query(q) == [{"status": "active", "n": 0}, {"status": "active", "n": 1}]
-    assert q == {"status": "active", "$limit": 2}  # the caller's dict is left alone
-    assert s.query({"$limit": 0}) == []
-    assert len(s.query({"status": "active", "$limit": 9}, sort="-n")) == 5
-    with pytest.raises(QueryError, match="limit"):
-        s.query({"$limit": 2}, limit=2)  # twice is once too many
-    for bad in (-1, "2", 2.0, None, True):
-        with pytest.raises(QueryError, match="limit"):
-            s.query({"$limit": bad})
-    with pytest.raises(QueryError, match="unknown operator"):
-        s.query({"$or": [{"$limit": 1}]})  # only at the top
 
 
 def test_kill_loop_on_a_full_medium_keeps_exactly_the_unacked_entries(small_fs: Path) -> None:
