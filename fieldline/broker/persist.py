@@ -554,19 +554,22 @@ class Persistence:
                             _props(m.properties), self._wall(m.expires_at), ids,
                             d.share)))  # fmt: skip
         sv.tail = tail
-        # In flight: by packet id; a new object under an id is a new state of it.
+        # In flight: by packet id; a new object under an id is a new state of it. The
+        # rows' ``ord`` follows ``s._order``, which a restart brings back: a PUBREC moves
+        # its message behind all sent before (Session._rx_ack), so its PUBREL row gets
+        # a new place at the end, as does any row written before whose place is now
+        # behind it (PUBRELs resent in the order the PUBRECs came, MQTT-4.6.0-3).
         msgs = s._msgs
         saved = sv.inflight
+        last = -1  # the place of the row before, in s._order
         for pid in s._order:
             p = msgs[pid]
             was = saved.get(pid)
-            if was is not None and was[0] is p:
+            if was is not None and was[0] is p and was[1] > last:
+                last = was[1]
                 continue
-            if was is not None and p.type != _PUBLISH:
-                order = was[1]  # PUBREC came: the same message, in the same place
-            else:
-                order = sv.order
-                sv.order += 1
+            order = last = sv.order
+            sv.order += 1
             saved[pid] = (p, order)
             if p.type == _PUBLISH:
                 # The shared subscription of a QoS 1 one (sent_shared): its group gets it
