@@ -498,11 +498,20 @@ def make_room(store, records, e):
             idx.set(key, p)
         return None
     done = set()
+    live_bytes = store._live_bytes
     for key, p in held:
         if p >> 24 < m:
             store._drop(p)  # read now: it is about to go
             done.add(key)
-    _drop_front(store._log, m, 0, "deletion")
+    try:
+        _drop_front(store._log, m, 0, "deletion")
+    except StoreFullError:
+        # Not even the .cut file fits: nothing went. The keys go back in the
+        # index, for the caller to hold their deletions (or report the error).
+        store._live_bytes = live_bytes
+        for key, p in held:
+            idx.set(key, p)
+        raise
     store._held = _shift(store._held, m)
     for i in range(len(ps)):
         ps[i] -= m << 24
