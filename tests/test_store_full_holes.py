@@ -84,3 +84,36 @@ def test_a_deletion_is_held_when_not_even_a_cut_file_can_be_made(few_inodes: Pat
     with Store(folder, segment_size=4096) as s:
         assert sorted(s.list()) == sorted(set(keys) - set(first) | {"after"})
         assert s.stats()["damaged"] == []
+
+
+def test_a_store_left_with_no_segment_compacts_and_purges(
+    few_inodes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every key deleted, so every segment deleted whole, and no room for a
+    # new one (the medium taken meanwhile by another writer): compact() and
+    # delete(purge=True) raised IndexError, looking for the last segment.
+    from fieldline.store import _log
+
+    folder = few_inodes / "kv"
+    s = Store(folder, segment_size=4096)
+    keys = fill_store(s)
+    new_segment = _log.Log._new_segment
+
+    def no_room(log: _log.Log) -> None:
+        if not log.nums:  # the drop took every segment; another writer took the room
+            raise OSError(errno.ENOSPC, "no space left")
+        new_segment(log)
+
+    monkeypatch.setattr(_log.Log, "_new_segment", no_room)
+    assert s.delete_batch(keys) == len(keys)  # no room to write: all segments go whole
+    assert s.stats()["segments"] == 0 and len(s) == 0
+    monkeypatch.setattr(_log.Log, "_new_segment", new_segment)
+    s.compact()
+    assert s.stats()["segments"] == 1
+    s.put("after", 1)
+    assert s.delete(purge=True) == 1
+    s.put("again", 2)
+    s.close()
+    with Store(folder, segment_size=4096) as s:
+        assert s.list() == ["again"]
+        assert s.stats()["damaged"] == []

@@ -270,7 +270,7 @@ def compact(log, positions, mark=0):
     to it, delete the old ones; return the records' new positions. ``mark``
     (a queue's next sequence number) goes in the new segment's BASE record:
     the records that held it may all be gone."""
-    num = log.nums[-1] + 1
+    num = log.nums[-1] + 1 if log.nums else log.floor + 1  # none: all went whole
     f = log._open(num, "wb")
     new = []
     try:
