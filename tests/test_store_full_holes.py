@@ -117,3 +117,61 @@ def test_a_store_left_with_no_segment_compacts_and_purges(
     with Store(folder, segment_size=4096) as s:
         assert s.list() == ["again"]
         assert s.stats()["damaged"] == []
+
+
+def test_a_held_deletion_reads_the_oldest_segment_at_most(
+    few_inodes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each deletion held on a full store looked for room by reading every
+    # record of every segment (to forget the expired ones first), twice: on
+    # a board, seconds per delete. Only the oldest segment can go, and only
+    # once its first live record is gone: that is all it reads now, and not
+    # even that while the record it found last time is still there.
+    from fieldline.store import _log
+
+    s = Store(few_inodes / "kv", segment_size=4096)
+    keys = fill_store(s)
+    assert s.stats()["segments"] >= 8
+    opened: list[int] = []
+    open_ = _log.Log._open
+
+    def counting(log: _log.Log, num: int, mode: str = "r+b") -> object:
+        if mode == "rb":
+            opened.append(num)
+        return open_(log, num, mode)
+
+    monkeypatch.setattr(_log.Log, "_open", counting)
+    for k in reversed(keys[-20:]):  # the newest: no segment can go
+        assert s.delete(k) is True
+    assert s.stats()["unwritten"] == 20
+    assert len(opened) <= 4, opened  # a pass read each segment twice a delete
+    for k in keys[:40]:  # the oldest: segments go, each read once
+        assert s.delete(k) is True
+    assert len(opened) <= 4 + 40, opened
+    s.close()
+    with Store(few_inodes / "kv", segment_size=4096) as s:
+        assert sorted(s.list()) == sorted(keys[40:-20])
+
+
+def test_expired_records_make_room_on_a_full_store(few_inodes: Path) -> None:
+    # A put on a full store forgets the expired records of the oldest
+    # segments and deletes those segments whole, also when a held deletion
+    # found them unexpired a moment before.
+    now = [1000.0]
+    folder = few_inodes / "kv"
+    s = Store(folder, segment_size=4096, clock=lambda: now[0])
+    for i in range(120):
+        s.put(f"t{i}", {"v": "x" * 200}, ttl=100)
+    keys = fill_store(s)
+    assert s.stats()["segments"] >= 8
+    assert s.delete(keys[-1]) is True  # held: the oldest record lives on
+    assert s.stats()["unwritten"] == 1
+    with pytest.raises(StoreFullError):
+        s.put("new", 1)
+    now[0] = 1101.0
+    s.put("new", 1)  # the expired segments go
+    assert s.stats()["unwritten"] == 0
+    s.close()
+    with Store(folder, segment_size=4096, clock=lambda: now[0]) as s:
+        assert sorted(s.list()) == sorted(keys[:-1] + ["new"])
+        assert s.stats()["damaged"] == []

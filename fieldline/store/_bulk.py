@@ -469,17 +469,46 @@ def drop_all(store, e):
     store._live_bytes = 0
 
 
+def _free_front(store):
+    # How many of the oldest segments hold no live record: read from the
+    # oldest on up to the first live one, forgetting the expired ones on the
+    # way. A full store asks at every held deletion, so the answer "none" is
+    # kept as the record that blocks (segment number, key, offset, expiry):
+    # while that record is live, in the oldest segment, and unexpired, no
+    # segment can go and nothing is read.
+    log = store._log
+    idx = store._index
+    now = store._clock()
+    b = getattr(store, "_blocker", None)
+    if b is not None and log.nums and log.nums[0] == b[0] and idx.live(b[1], b[2]):
+        if not (b[3] and b[3] <= now):
+            return 0
+    for slot in range(len(log.nums)):
+        recs = walk(log, slot)
+        try:
+            for kind, _, key, _, expires, pos, _ in recs:
+                if kind == PUT and idx.live(key, pos):
+                    if not (expires and expires <= now):
+                        store._blocker = (log.nums[slot], key, pos & 0xFFFFFF, expires)
+                        return slot
+                    store._drop(idx.remove(key))
+                    store.expired += 1
+        finally:
+            recs.close()  # its file, now (see query)
+    return len(log.nums)
+
+
 def make_room(store, records, e):
     """A write of ``records`` to ``store`` found the medium full (the
-    StoreFullError ``e``; None is returned if it is not for want of room): forget the
-    expired records, then delete whole the oldest segments that hold no live
-    record once the write's deletions are done, which needs no room (a
-    deletion whose record went with them is done too). Returns the records
-    still to write, or None if no segment could go (nothing changed then).
-    A crash midway: see _drop_front."""
+    StoreFullError ``e``; None is returned if it is not for want of room):
+    delete whole the oldest segments that hold no live record once the
+    write's deletions are done and the expired records forgotten, which
+    needs no room (a deletion whose record went with them is done too).
+    Returns the records still to write, or None if no segment could go
+    (nothing changed then but expired records forgotten). A crash midway:
+    see _drop_front."""
     if not _no_room(e):
         return None
-    forget_expired(store)
     idx = store._index
     held = []  # (key, position) of the records the write deletes
     for r in records:
@@ -487,12 +516,13 @@ def make_room(store, records, e):
             p = idx.remove(r[2])
             if p is not None:
                 held.append((r[2], p))
-    idx.merge()  # the positions in one array, the dead ones out
-    ps = idx._ps
-    m = len(store._log.nums)
-    for p in ps:
-        if p >> 24 < m:
-            m = p >> 24
+    m = _free_front(store)
+    if m:
+        idx.merge()  # the positions in one array, the dead ones out
+        ps = idx._ps
+        for p in ps:  # what the index says live stays, whatever was read
+            if p >> 24 < m:
+                m = p >> 24
     if not m:
         for key, p in held:
             idx.set(key, p)
