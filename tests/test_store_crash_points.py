@@ -1,0 +1,256 @@
+"""A crash at every file-system step of a full medium's paths, one by one.
+
+The kill loops in test_store_full.py stop a child at random points; here a
+run on a full 64 KiB tmpfs copies its folder before every rename and remove
+and after every write, which is what a crash at that step leaves (a killed
+process loses nothing already written; torn writes are test_store_crash's).
+Each copy is opened and checked against what had been confirmed then: no
+key put and not deleted lost or changed, no entry appended and not acked
+lost, and back only what was held in RAM or in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fieldline.store import REFUSE, Queue, Store, StoreFullError, _bulk, _log
+
+SEG = 2048
+
+
+class Points:
+    """Copies ``folder`` to ``out/<n>`` at each step, with ``note()``'s
+    view of what was confirmed then."""
+
+    def __init__(self, folder: Path, out: Path, note: Callable[[], Any]) -> None:
+        self.folder, self.out, self.note = folder, out, note
+        self.copies: list[tuple[Path, Any]] = []
+        self.on = True
+
+    def __call__(self) -> None:
+        if self.on and self.folder.exists():
+            dest = self.out / str(len(self.copies))
+            shutil.copytree(self.folder, dest, ignore=shutil.ignore_patterns("lock"))
+            self.copies.append((dest, self.note()))
+
+
+@pytest.fixture
+def points(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Points]]:
+    made: list[Points] = []
+
+    def make(folder: Path, out: Path, note: Callable[[], Any]) -> Points:
+        p = Points(folder, out, note)
+        made.append(p)
+        remove, rename, write = os.remove, os.rename, _log._write
+
+        def before(f: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapped(*args: Any) -> Any:
+                p()
+                return f(*args)
+
+            return wrapped
+
+        def written(fh: Any, data: bytes) -> None:
+            write(fh, data)
+            fh.flush()
+            p()
+
+        monkeypatch.setattr(os, "remove", before(remove))
+        monkeypatch.setattr(os, "rename", before(rename))
+        monkeypatch.setattr(_log, "_write", written)
+        monkeypatch.setattr(_bulk, "_write", written)
+        return p
+
+    yield make
+    for p in made:
+        p.on = False
+
+
+def test_a_crash_at_any_step_of_a_full_store_loses_nothing(
+    small_fs: Path, tmp_path: Path, points: Callable[..., Points]
+) -> None:
+    folder = small_fs / "kv"
+    state: dict[str, Any] = {}  # confirmed put and not deleted
+    gone: dict[str, Any] = {}  # confirmed deleted: its last value
+    flight: dict[str, Any] = {}  # the keys of the operation in flight: their new value or None
+    filler = small_fs / "filler"  # a page, to give back later
+    filler.write_bytes(b"\0" * 4096)
+    s = Store(folder, segment_size=SEG, fsync=False)
+
+    def note() -> Any:
+        held = {k.decode() for k, _ in s._held}
+        return dict(state), dict(gone), dict(flight), held
+
+    p = points(folder, tmp_path / "copies", note)
+
+    def put(k: str, v: Any) -> None:
+        flight.clear()
+        flight[k] = v
+        try:
+            s.put(k, v)
+        except StoreFullError:
+            flight.clear()
+            return
+        state[k] = v
+        gone.pop(k, None)
+        flight.clear()
+
+    def delete(keys: list[str]) -> None:
+        flight.clear()
+        flight.update(dict.fromkeys(keys))
+        if len(keys) == 1:
+            assert s.delete(keys[0]) is True
+        else:
+            assert s.delete_batch(keys) == len(keys)
+        for k in keys:
+            gone[k] = state.pop(k)
+        flight.clear()
+
+    n = 0
+    while not flight:  # fill: the last put fails and clears flight... until it does
+        put(f"k{n}", {"n": n, "pad": "x" * (20 + n % 7 * 40)})
+        n += 1
+        if f"k{n - 1}" not in state:
+            break
+    keys = sorted(state, key=lambda k: int(k[1:]))
+    delete([keys[-1]])  # the newest: held
+    assert s.stats()["unwritten"] == 1
+    delete(keys[-2:-1])  # held too
+    for k in keys[:6]:
+        delete([k])
+    delete(keys[6:9])
+    for k in keys[9:20]:  # till a segment goes and the held deletions are written
+        delete([k])
+        if not s._held:
+            break
+    j = 0
+    while not s._held:  # the slack of the last page too: puts as large as the deletion
+        before = len(state)
+        put("z" * (len(keys[-3]) - 3) + f"{j:02d}", 0)
+        j += 1
+        if len(state) == before:
+            delete([keys[-3]])
+    assert s._held
+    filler.unlink()  # room from outside the store
+    put(keys[-3], "again")  # its held deletion goes first, in the same write
+    assert state[keys[-3]] == "again"
+    put(keys[3], "back")  # a key deleted and written, put again
+    assert state[keys[3]] == "back"
+    for i, k in enumerate(keys[20:50]):
+        delete([k])
+        if i % 5 == 0:
+            put(f"new{i}", i)
+    try:
+        s.compact()
+    except StoreFullError:
+        pass
+    delete([k for k in keys[50:55] if k in state])
+    put("last", 1)
+    s.close()
+    p.on = False
+    assert len(p.copies) > 50
+    for dest, (want, was, inflight, held) in p.copies:
+        with Store(dest, segment_size=SEG, fsync=False) as c:
+            got = {k: c.get(k) for k in c.list()}
+            assert c.stats()["damaged"] == [], dest
+        for k, v in want.items():
+            if k in inflight:
+                assert got.get(k) in (v, inflight[k]), (dest, k)
+            else:
+                assert got.get(k) == v, (dest, k, "lost or changed")
+        for k in set(got) - set(want):
+            if k in inflight and got[k] == inflight[k]:
+                continue
+            assert k in held | set(inflight) and got[k] == was[k], (dest, k, "came back")
+
+
+def test_a_crash_at_any_step_of_a_full_queue_loses_nothing(
+    small_fs: Path, tmp_path: Path, points: Callable[..., Points]
+) -> None:
+    folder = small_fs / "q"
+    opts: dict[str, Any] = {
+        "segment_size": SEG,
+        "max_entries": 100000,
+        "policy": REFUSE,
+        "fsync": False,
+    }
+    filler = small_fs / "filler"  # a page, to give back later
+    filler.write_bytes(b"\0" * 4096)
+    q = Queue(folder, **opts)
+    state: dict[int, bytes] = {}  # confirmed appended, not acked
+    gone: dict[int, bytes] = {}
+    flight: dict[int, bytes | None] = {}
+    top = [0]  # the highest number confirmed handed out
+
+    def note() -> Any:
+        return dict(state), dict(gone), dict(flight), {s for s, _ in q._held}, top[0]
+
+    p = points(folder, tmp_path / "copies", note)
+
+    def append(v: bytes) -> bool:
+        flight.clear()
+        flight[top[0] + 1] = v  # the number it will get (none goes back)
+        try:
+            seq = q.append(v)
+        except StoreFullError:
+            flight.clear()
+            return False
+        assert seq > top[0]
+        state[seq] = v
+        top[0] = seq
+        flight.clear()
+        return True
+
+    def ack(seqs: list[int]) -> None:
+        flight.clear()
+        flight.update(dict.fromkeys(seqs))
+        assert q.ack(seqs) == len(seqs)
+        for s in seqs:
+            gone[s] = state.pop(s)
+        flight.clear()
+
+    i = 0
+    while append(b"%05d" % i + b"p" * (40 + i % 5 * 60)):
+        i += 1
+    seqs = sorted(state)
+    ack([seqs[-1]])  # held: out of order
+    ack(seqs[:5])
+    assert len(q._held) == 6
+    filler.unlink()  # room from outside the queue
+    assert append(b"with the held acks")  # written first, in the same write
+    assert not q._held
+    for s in seqs[5:40]:
+        ack([s])
+        if s % 4 == 0:
+            append(b"more%d" % s)
+    try:
+        q.compact()
+    except StoreFullError:
+        pass
+    while append(b"x" * 200):  # full again
+        pass
+    for s in sorted(state, reverse=True):  # held till the oldest goes: every segment goes
+        ack([s])
+    assert q.stats()["entries"] == 0 and q.stats()["segments"] <= 1
+    append(b"last")
+    q.close()
+    p.on = False
+    assert len(p.copies) > 50
+    for dest, (want, was, inflight, held, top_) in p.copies:
+        with Queue(dest, **opts) as c:
+            got = dict((s, bytes(v)) for s, v in c.peek(len(c) + 1))
+            nxt = c._next
+            assert c.stats()["damaged"] == [], dest
+        for s, v in want.items():
+            assert got.get(s) == v or s in inflight, (dest, s, "lost")
+        for s in set(got) - set(want):
+            if s in inflight and got[s] == inflight[s]:
+                continue
+            assert s in held | set(inflight) and got[s] == was[s], (dest, s, "came back")
+        assert nxt > top_, (dest, "a number handed out again")
