@@ -9,9 +9,11 @@ store left with no segment at all, and what a held deletion costs.
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +177,46 @@ def test_expired_records_make_room_on_a_full_store(few_inodes: Path) -> None:
     with Store(folder, segment_size=4096, clock=lambda: now[0]) as s:
         assert sorted(s.list()) == sorted(keys[:-1] + ["new"])
         assert s.stats()["damaged"] == []
+
+
+def test_a_queue_whose_segments_all_went_opens_on_a_full_medium(
+    few_inodes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every entry acknowledged, so every segment deleted whole, and no room
+    # for a new one: the folder holds only its .cut file. Opening it on a
+    # medium still full raised StoreFullError, as for a new, empty folder:
+    # the device could not open its queue at all. It opens now, empty,
+    # numbering on from the .cut file, and appends once there is room.
+    from fieldline.store import REFUSE, Queue, _log
+
+    opts: dict[str, Any] = {"segment_size": 4096, "max_entries": 100000, "policy": REFUSE}
+    folder = few_inodes / "q"
+    q = Queue(folder, **opts)
+    seqs: list[int] = []
+    with pytest.raises(StoreFullError):
+        while True:
+            seqs.append(q.append(b"p" * 300))
+    new_segment = _log.Log._new_segment
+
+    def no_room(log: _log.Log) -> None:
+        if not log.nums:  # the drop took every segment; another writer took the room
+            raise OSError(errno.ENOSPC, "no space left")
+        new_segment(log)
+
+    monkeypatch.setattr(_log.Log, "_new_segment", no_room)
+    for s in reversed(seqs):  # newest first: all held, then every segment goes at once
+        assert q.ack(s) == 1
+    monkeypatch.setattr(_log.Log, "_new_segment", new_segment)
+    assert q.stats()["segments"] == 0
+    q.close()
+    names = [n for n in os.listdir(folder) if n != "lock"]
+    assert len(names) == 1 and names[0].endswith(".cut"), names
+    fillers = use_up_inodes(few_inodes / "other")
+    with Queue(folder, **opts) as q:
+        assert len(q) == 0
+        with pytest.raises(StoreFullError):
+            q.append(b"no room")
+        fillers[0].unlink()
+        assert q.append(b"room") == seqs[-1] + 1
+    with Queue(folder, **opts) as q:
+        assert q.peek(5) == [(seqs[-1] + 1, b"room")]

@@ -252,7 +252,8 @@ def scan(log, visit, strict=False):
             # A full medium: open all the same, what is stored readable and
             # droppable; each write tries the new segment first (and fails
             # until room is made), never the end that could not be cut off.
-            if not log.nums or not _no_room(e):
+            # So too with no segment left but a .cut file: every one went whole.
+            if not (log.nums or log.cut) or not _no_room(e):
                 raise StoreFullError("no room for a segment to write to", e) from None
             log._stale = True
     d = log.damage
