@@ -1,9 +1,10 @@
 """A crash at every file-system step of a full medium's paths, one by one.
 
 The kill loops in test_store_full.py stop a child at random points; here a
-run on a full 64 KiB tmpfs copies its folder before every rename and remove
-and after every write, which is what a crash at that step leaves (a killed
-process loses nothing already written; torn writes are test_store_crash's).
+run on a full 64 KiB tmpfs copies its folder before every remove
+and after every write (the last before a rename too), and with a batch's
+write cut in the middle: what a crash at that step leaves (a killed process
+loses nothing already written; torn records are test_store_crash's).
 Each copy is opened and checked against what had been confirmed then: no
 key put and not deleted lost or changed, no entry appended and not acked
 lost, and back only what was held in RAM or in flight.
@@ -23,6 +24,7 @@ import pytest
 from fieldline.store import REFUSE, Queue, Store, StoreFullError, _bulk, _log
 
 SEG = 2048
+_truncate = os.truncate  # the no-shrink runs take it from the store
 
 
 class Points:
@@ -34,10 +36,17 @@ class Points:
         self.copies: list[tuple[Path, Any]] = []
         self.on = True
 
-    def __call__(self) -> None:
+    def __call__(self, torn: tuple[str, int] | None = None) -> None:
+        """``torn``: (file, size): that file of the copy cut to that size, a
+        write the crash cut short."""
         if self.on and self.folder.exists():
             dest = self.out / str(len(self.copies))
-            shutil.copytree(self.folder, dest, ignore=shutil.ignore_patterns("lock"))
+            dest.mkdir(parents=True)
+            for name in os.listdir(self.folder):
+                if name != "lock":
+                    shutil.copyfile(self.folder / name, dest / name)
+            if torn is not None:
+                _truncate(dest / os.path.basename(torn[0]), torn[1])
             self.copies.append((dest, self.note()))
 
 
@@ -74,7 +83,7 @@ def points(
     def make(folder: Path, out: Path, note: Callable[[], Any]) -> Points:
         p = Points(folder, out, note)
         made.append(p)
-        remove, rename, write = os.remove, os.rename, _log._write
+        remove, write = os.remove, _log._write
 
         def before(f: Callable[..., Any]) -> Callable[..., Any]:
             def wrapped(*args: Any) -> Any:
@@ -87,9 +96,10 @@ def points(
             write(fh, data)
             fh.flush()
             p()
+            if len(data) > 2 and data[2] & _log.MORE:  # a batch, torn in the middle
+                p((fh.name, fh.tell() - len(data) // 2))
 
         monkeypatch.setattr(os, "remove", before(remove))
-        monkeypatch.setattr(os, "rename", before(rename))
         monkeypatch.setattr(_log, "_write", written)
         monkeypatch.setattr(_bulk, "_write", written)
         return p
@@ -140,8 +150,10 @@ class StoreRun:
 
     def fill(self) -> list[str]:
         n = 0
+        self.p.on = False  # plain puts: test_store_crash's
         while self.put(f"k{n}", {"n": n, "pad": "x" * (20 + n % 7 * 40)}):
             n += 1
+        self.p.on = True
         return sorted(self.state, key=lambda k: int(k[1:]))
 
     def check(self) -> None:
@@ -274,8 +286,10 @@ def test_a_crash_at_any_step_of_a_full_queue_loses_nothing(
         flight.clear()
 
     i = 0
+    p.on = False  # plain appends: test_store_crash's
     while append(b"%05d" % i + b"p" * (40 + i % 5 * 60)):
         i += 1
+    p.on = True
     seqs = sorted(state)
     ack([seqs[-1]])  # held: out of order
     ack(seqs[:5])
@@ -293,7 +307,12 @@ def test_a_crash_at_any_step_of_a_full_queue_loses_nothing(
         pass
     while append(b"x" * 200):  # full again
         pass
-    for s in sorted(state, reverse=True):  # held till the oldest goes: every segment goes
+    left = sorted(state, reverse=True)
+    p.on = False  # held, each: nothing changes on the medium but .tmp files tried
+    for s in left[:-3]:
+        ack([s])
+    p.on = True
+    for s in left[-3:]:  # held till the oldest goes: then every segment goes
         ack([s])
     assert q.stats()["entries"] == 0 and q.stats()["segments"] <= 1
     append(b"last")
