@@ -258,9 +258,9 @@ def scan(log, visit, strict=False):
             log._stale = True
     d = log.damage
     if strict and d:
-        e = CorruptError("damaged segments: %r" % (d,), d)
-        e.segments = sorted(set([x[0] for x in d]))
-        raise e
+        err = CorruptError("damaged segments: %r" % (d,), d)
+        err.segments = sorted(set([x[0] for x in d]))
+        raise err
 
 
 # -- compaction -----------------------------------------------------------------
@@ -636,12 +636,13 @@ def query(store, query, limit, sort, keys):
         raise QueryError("limit must be an int >= 0 or None, not %r" % (limit,))
     need = needles(query)
     out = []  # type: list
-    stop = sort is None and limit is not None
+    # The count that stops the scan (a limit without a sort), else -1.
+    stop = limit if sort is None and limit is not None else -1
     is_live = store._index.live
     now = store._clock()
     log = store._log
     slot = 0
-    while slot < len(log.nums) and not (stop and len(out) >= limit):
+    while slot < len(log.nums) and not (0 <= stop <= len(out)):
         recs = walk(log, slot)
         try:
             for kind, _, key, value, expires, pos, _ in recs:
@@ -654,7 +655,7 @@ def query(store, query, limit, sort, keys):
                     doc = json.loads(value)
                     if matches(doc, query):
                         out.append((key.decode(), doc))
-                        if stop and len(out) >= limit:
+                        if 0 <= stop <= len(out):
                             break
         finally:
             # Closes its segment file now: MicroPython never closes a generator
