@@ -4,11 +4,13 @@ folder is on a small file system).
 
 ``full_queue_writer.py FOLDER SEED ROUND``. Prints ``ready`` once the queue
 is open; then, for each operation, ``B append <payload hex>`` or ``B ack
-<seqs as JSON>`` before the call, and after it ``C <seq>`` (append) or ``C
-<entries removed>`` (ack), or ``F <entries left as JSON>`` if it raised
-StoreFullError (an ack may have removed some before it did), each line
-flushed at once. An ack that raised is followed by one of every entry (a
-prefix may free no whole segment, and five such in a row are only chance).
+<seqs as JSON>`` before the call, and after it ``C <seq> <held>`` (append)
+or ``C <entries removed> <held>`` (ack), ``<held>`` being the acks held in RAM
+for want of room (``stats()["unwritten"]``: 0, every ack so far is written),
+or ``F <entries left as JSON>`` if it raised StoreFullError (an ack may have
+removed some before it did), each line flushed at once. An ack that raised
+is followed by one of every entry (a prefix may free no whole segment, and
+five such in a row are only chance).
 It exits (status 1) if five calls in a row raise: the medium stays full,
 nothing can be drained.
 """
@@ -47,14 +49,16 @@ def main() -> None:
                 payload = f"{round_}-{n}:".encode() + rng.randbytes(rng.choice((0, 40, 300)))
                 out.write(f"B append {payload.hex()}\n")
                 out.flush()
-                out.write(f"C {q.append(payload)}\n")
+                seq = q.append(payload)
+                out.write(f"C {seq} {q.stats()['unwritten']}\n")
             else:
                 entries = [s for s, _ in q.peek(len(q))]
                 # The oldest, as a broker acks; all of them after an ack that raised.
                 seqs = entries if ack_all else entries[: rng.randint(1, len(entries))]
                 out.write(f"B ack {json.dumps(seqs)}\n")
                 out.flush()
-                out.write(f"C {q.ack(seqs)}\n")
+                removed = q.ack(seqs)
+                out.write(f"C {removed} {q.stats()['unwritten']}\n")
                 filling = rng.random() < 0.7
                 ack_all = False
             stuck = 0
