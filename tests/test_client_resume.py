@@ -435,3 +435,43 @@ def test_an_unsubscribe_cut_off_is_sent_again_on_the_resumed_session(
         arun(main())
     broker.check()
     assert broker.connection(1).packets[1][0] >> 4 == UNSUBSCRIBE
+
+
+def test_a_pubrel_answered_with_identifier_not_found_completes_the_publish(
+    fake_broker: FakeBrokerFactory,
+) -> None:
+    # MQTT 5.0: the PUBREC came (the broker has the message), the PUBREL went,
+    # and the connection broke before the PUBCOMP. On the resumed session the
+    # PUBREL goes again, and a broker that had completed the message answers
+    # PUBCOMP 0x92 (Packet Identifier not found), as ours does after a
+    # takeover. publish() raised PublishRefused(0x92) for a message the broker
+    # had delivered: an application retrying it delivered it twice.
+    def first(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, properties=b""))
+        pid = conn.recv_packet()[-4:-2]  # topic "q2/x", the id, no properties, "x"
+        conn.send(b"\x50\x02" + pid)  # PUBREC
+        assert conn.recv_packet()[0] == 0x62  # PUBREL
+        conn.close()  # no PUBCOMP
+
+    def resumed(conn: FakeConnection) -> None:
+        conn.recv_packet()
+        conn.send(connack(0, session_present=True, properties=b""))
+        pubrel = conn.recv_packet()
+        assert pubrel[0] == 0x62, pubrel
+        conn.send(b"\x70\x03" + pubrel[2:4] + b"\x92")  # PUBCOMP, Packet Identifier not found
+
+    broker = fake_broker(first, resumed)
+    c = Client(
+        broker.host,
+        broker.port,
+        client_id="q2",
+        session_expiry=60,
+        keepalive=0,
+        backoff_min=0.05,
+        timeout=WAIT,
+    )
+    c.connect()
+    ack = c.publish("q2/x", b"x", qos=2)
+    assert (ack.type, ack.reason_code) == (7, 0x92)
+    c.disconnect()

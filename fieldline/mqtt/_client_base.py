@@ -45,6 +45,7 @@ _MQTT5 = const(5)
 _CONNACK = const(2)
 _PUBLISH = const(3)
 _PUBREC = const(5)
+_PUBCOMP = const(7)
 _SUBACK = const(9)
 _UNSUBACK = const(11)
 _DISCONNECT = const(14)
@@ -137,11 +138,14 @@ def refusal(connack):
 def published(ack):
     """Return the ack of a QoS 1/2 message, or raise: the exception a waiter
     was handed instead (QueueFull), or for a failure reason code (>= 0x80)
-    PacketTooLarge (0x95) or PublishRefused."""
+    PacketTooLarge (0x95) or PublishRefused. A PUBCOMP's only failure, 0x92
+    (Packet Identifier not found), answers a PUBREL sent again for a message
+    the broker took (its PUBREC succeeded) and has completed: done, not
+    refused."""
     if isinstance(ack, Exception):
         raise ack
     rc = ack.reason_code
-    if rc < 0x80:
+    if rc < 0x80 or ack.type == _PUBCOMP:
         return ack
     d = ack.properties
     why = d.get("reason_string", "publish refused") if d else "publish refused"
