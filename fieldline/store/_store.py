@@ -110,8 +110,9 @@ class Store:
 
     def _append(self, records, what):
         # The deletions held for want of room go first, in the same write.
-        held = [(DELETE, 0, k, b"", 0) for k, _ in self._held]
-        return self._log.append(held + records, what)
+        if self._held:
+            records = [(DELETE, 0, k, b"", 0) for k, _ in self._held] + records
+        return self._log.append(records, what)
 
     def _write(self, records, what, hold=False):
         try:
